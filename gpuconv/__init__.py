@@ -1,0 +1,41 @@
+"""gpuconv: 2D convolution layers (forward + every gradient) as raw CUDA kernels, with a NumPy fallback.
+
+    >>> import numpy as np, gpuconv
+    >>> x = np.random.rand(1, 48, 64, 10).astype(np.float32)   # NHWC
+    >>> w = np.random.rand(3, 3, 10, 20).astype(np.float32)    # HWIO
+    >>> gpuconv.conv2d(x, w, activation="relu").shape
+    (1, 46, 62, 20)
+"""
+from ._api import (
+    Conv2D,
+    Conv2DGrads,
+    activation_backward,
+    conv2d,
+    conv2d_backward,
+    conv2d_backward_bias,
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_info,
+)
+from ._config import ConvInfo, get_workspace_limit, set_workspace_limit
+from ._dispatch import get_array_module
+from ._show import show_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Conv2D",
+    "Conv2DGrads",
+    "ConvInfo",
+    "activation_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_backward_bias",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "conv2d_info",
+    "get_array_module",
+    "get_workspace_limit",
+    "set_workspace_limit",
+    "show_config",
+]

@@ -1,0 +1,223 @@
+"""The public operations: validate once, pick a backend, call it, give the result back in the caller's layout.
+
+Shapes (channels last): x (H,W) | (H,W,C) | (N,H,W,C); w (KH,KW) with a 2-D x, else (KH,KW,C/groups,M);
+bias (M,); output (OH,OW) | (OH,OW,M) | (N,OH,OW,M), following x. Results have the array type and dtype of
+the first array argument; a numpy array forced onto the cupy backend (or the reverse) comes back as it went in.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _config
+from ._config import ConvConfig
+from ._dispatch import module_of, select_backend, to_module
+
+
+class Conv2DGrads(NamedTuple):
+    """Gradients of a convolution layer: dx like x, dw like w, db like the bias (None without one)."""
+
+    dx: object
+    dw: object
+    db: object
+
+
+def _as_array(a):
+    return a if hasattr(a, "dtype") and hasattr(a, "shape") else np.asarray(a)
+
+
+def _prepare(fname: str, backend: str, named: dict):
+    """Pick the backend and move every array argument into its array module (None stays None)."""
+    named = {k: (None if v is None else _as_array(v)) for k, v in named.items()}
+    be = select_backend(fname, backend, named)
+    return be, {k: to_module(v, be.xp) for k, v in named.items()}
+
+
+def _check_dtypes(fname: str, arrays: dict) -> None:
+    """Every array float16/32/64 and all of one dtype (the first one's)."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    ref_name, ref = items[0]
+    _config.check_float_dtype(fname, ref_name, ref.dtype)
+    for k, v in items[1:]:
+        _config.check_same_dtype(fname, ref_name, ref.dtype, k, v.dtype)
+
+
+def _check_shape(fname: str, argname: str, a, expected: tuple) -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{fname}: argument '{argname}' must have shape {tuple(expected)}, got {tuple(a.shape)}")
+
+
+def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
+    x4, w4 = _config.as_4d_shapes(fname, tuple(x_shape), tuple(w_shape))
+    return _config.make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _check_bias(fname: str, b, cfg: ConvConfig) -> None:
+    if b is not None:
+        _check_shape(fname, "b", b, (cfg.m,))
+
+
+def _back(result, like):
+    """Move a result back to the array module of ``like`` (the caller's array)."""
+    return to_module(result, module_of(like))
+
+
+def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None, backend="auto"):
+    """act(conv(x, w) + b), cross-correlation with channels last, fused in one pass.
+
+    stride, dilation: int or (s1, s2). padding: "valid", "same" (output ceil(H/s), odd pixel bottom/right),
+    "full", int, (ph, pw) or ((top, bottom), (left, right)). activation: None, "identity", "relu", "sigmoid".
+    backend: "auto" (cupy arrays -> GPU, numpy arrays -> NumPy; GPUCONV_BACKEND overrides), "numpy",
+    "cupy" or "emulator".
+    """
+    fname = "conv2d"
+    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b})
+    _check_dtypes(fname, a)
+    act = _config.activation_name(fname, activation)
+    cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
+    _check_bias(fname, a["b"], cfg)
+    if cfg.n == 0:
+        y = be.xp.zeros(cfg.y_shape, a["x"].dtype)
+    else:
+        y = be.forward(a["x"].reshape(cfg.x_shape), a["w"].reshape(cfg.w_shape), a["b"], cfg, act)
+    return _back(y.reshape(_config.user_y_shape(cfg, a["x"].ndim)), x)
+
+
+def activation_backward(dy, y, activation, *, backend="auto"):
+    """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y)); any shape."""
+    fname = "activation_backward"
+    be, a = _prepare(fname, backend, {"dy": dy, "y": y})
+    _check_dtypes(fname, a)
+    act = _config.activation_name(fname, activation)
+    _check_shape(fname, "y", a["y"], a["dy"].shape)
+    return _back(be.activation_backward(a["dy"], a["y"], act), dy)
+
+
+def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto"):
+    """dx, the gradient with respect to the input: the transposed convolution of dz with w."""
+    fname = "conv2d_backward_input"
+    be, a = _prepare(fname, backend, {"dz": dz, "w": w})
+    _check_dtypes(fname, a)
+    x_shape = tuple(int(v) for v in x_shape)
+    cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups)
+    _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, len(x_shape)))
+    if cfg.n == 0:
+        dx = be.xp.zeros(cfg.x_shape, a["dz"].dtype)
+    else:
+        dx = be.backward_input(a["dz"].reshape(cfg.y_shape), a["w"].reshape(cfg.w_shape), cfg)
+    return _back(dx.reshape(x_shape), dz)
+
+
+def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto"):
+    """dw, the gradient with respect to the weights: dz correlated with the input windows, summed over the batch."""
+    fname = "conv2d_backward_weight"
+    be, a = _prepare(fname, backend, {"dz": dz, "x": x})
+    _check_dtypes(fname, a)
+    w_shape = tuple(int(v) for v in w_shape)
+    cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups)
+    _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, a["x"].ndim))
+    if cfg.n == 0:
+        dw = be.xp.zeros(cfg.w_shape, a["dz"].dtype)
+    else:
+        dw = be.backward_weight(a["dz"].reshape(cfg.y_shape), a["x"].reshape(cfg.x_shape), cfg)
+    return _back(dw.reshape(w_shape), dz)
+
+
+def conv2d_backward_bias(dz, *, backend="auto"):
+    """db, dz summed over every axis but the last (shape (M,))."""
+    fname = "conv2d_backward_bias"
+    be, a = _prepare(fname, backend, {"dz": dz})
+    _check_dtypes(fname, a)
+    if a["dz"].ndim < 1:
+        raise ValueError(f"{fname}: argument 'dz' must have at least 1 dimension, got a scalar")
+    return _back(_bias_grad(be, a["dz"], a["dz"].shape[-1]), dz)
+
+
+def _bias_grad(be, dz, m: int):
+    if dz.size == 0:
+        return be.xp.zeros((m,), dz.dtype)
+    return be.backward_bias(dz.reshape(1, 1, -1, m))
+
+
+def conv2d_backward(
+    dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", dilation=1, groups=1, activation=None,
+    backend="auto",
+):
+    """All gradients of ``conv2d`` from dy = dJ/dy: returns Conv2DGrads(dx, dw, db).
+
+    ``y``, the forward output, is needed for relu and sigmoid (their derivative is taken from it).
+    db is None when ``has_bias`` is False; with a 2-D x it has shape (1,).
+    """
+    fname = "conv2d_backward"
+    act = _config.activation_name(fname, activation)
+    if y is None and act != "identity":
+        raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
+    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
+    _check_dtypes(fname, a)
+    cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
+    y_shape = _config.user_y_shape(cfg, a["x"].ndim)
+    _check_shape(fname, "dy", a["dy"], y_shape)
+    if a["y"] is not None:
+        _check_shape(fname, "y", a["y"], y_shape)
+    dz = a["dy"] if act == "identity" else be.activation_backward(a["dy"], a["y"], act)
+    dz4 = dz.reshape(cfg.y_shape)
+    if cfg.n == 0:
+        dx = be.xp.zeros(cfg.x_shape, dz.dtype)
+        dw = be.xp.zeros(cfg.w_shape, dz.dtype)
+    else:
+        dx = be.backward_input(dz4, a["w"].reshape(cfg.w_shape), cfg)
+        dw = be.backward_weight(dz4, a["x"].reshape(cfg.x_shape), cfg)
+    db = _bias_grad(be, dz4, cfg.m) if has_bias else None
+    return Conv2DGrads(_back(dx.reshape(a["x"].shape), dy), _back(dw.reshape(a["w"].shape), dy), _back(db, dy))
+
+
+class Conv2D:
+    """A convolution layer: ``layer(x)`` runs the fused forward pass and keeps what backward needs;
+    ``layer.backward(dy)`` returns dx and sets ``layer.dw`` and ``layer.db``.
+
+    The options are those of ``conv2d``; they are checked when the layer is built.
+    """
+
+    def __init__(self, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None,
+                 backend="auto"):
+        self.w, self.b = w, b
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.activation = _config.activation_name("Conv2D", activation)
+        self.backend = backend
+        _config.pair("Conv2D", "stride", stride, minimum=1)
+        _config.pair("Conv2D", "dilation", dilation, minimum=1)
+        self.dw = self.db = None
+        self._x = self._y = None
+
+    def _options(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    backend=self.backend)
+
+    def forward(self, x):
+        y = conv2d(x, self.w, self.b, activation=self.activation, **self._options())
+        self._x, self._y = x, y
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("Conv2D.backward: call forward(x) first; backward needs its saved input and output")
+        grads = conv2d_backward(dy, self._x, self.w, self._y, has_bias=self.b is not None,
+                                activation=self.activation, **self._options())
+        self.dw, self.db = grads.dw, grads.db
+        return grads.dx
+
+    def info(self, x_shape):
+        """conv2d_info of this layer for an input of shape ``x_shape``."""
+        return conv2d_info(x_shape, self.w.shape, stride=self.stride, padding=self.padding,
+                           dilation=self.dilation, groups=self.groups, bias=self.b is not None)
+
+    def __repr__(self) -> str:
+        return (f"Conv2D(w={tuple(self.w.shape)}, bias={self.b is not None}, stride={self.stride!r}, "
+                f"padding={self.padding!r}, dilation={self.dilation!r}, groups={self.groups}, "
+                f"activation={self.activation!r})")
+
+
+conv2d_info = _config.conv2d_info

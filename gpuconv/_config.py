@@ -1,0 +1,283 @@
+"""Argument checks and shape arithmetic, written once and shared by every backend.
+
+Notation (used in every module, in Python and in CUDA):
+  x  (N, H, W, C)          input, NHWC
+  w  (KH, KW, C/G, M)      weights, HWIO; G = groups
+  y  (N, OH, OW, M)        output
+  s1, s2 strides; d1, d2 dilations; pt, pb, pl, pr paddings (top, bottom, left, right)
+
+Every public operation turns its options into one frozen ``ConvConfig`` here; backends receive it and never
+validate anything themselves.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTIVATIONS = ("identity", "relu", "sigmoid")
+PADDING_MODES = ("valid", "same", "full")
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+_workspace_limit = 256 * 2**20
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Cap the temporary buffers (im2col columns) a backend may allocate for one chunk of the batch."""
+    if not isinstance(nbytes, numbers.Integral) or nbytes < 1:
+        raise ValueError(f"set_workspace_limit: argument 'nbytes' must be a positive int, got {nbytes!r}")
+    global _workspace_limit
+    _workspace_limit = int(nbytes)
+
+
+def get_workspace_limit() -> int:
+    """The current workspace cap in bytes (default 256 MiB)."""
+    return _workspace_limit
+
+
+@dataclass(frozen=True)
+class ConvConfig:
+    """Everything a backend needs to know about one convolution, normalized and checked."""
+
+    n: int
+    h: int
+    w: int
+    c: int
+    kh: int
+    kw: int
+    m: int
+    groups: int
+    s1: int
+    s2: int
+    d1: int
+    d2: int
+    pt: int
+    pb: int
+    pl: int
+    pr: int
+    oh: int
+    ow: int
+
+    @property
+    def cg(self) -> int:
+        """Input channels per group."""
+        return self.c // self.groups
+
+    @property
+    def mg(self) -> int:
+        """Output channels per group."""
+        return self.m // self.groups
+
+    @property
+    def x_shape(self) -> tuple:
+        return (self.n, self.h, self.w, self.c)
+
+    @property
+    def w_shape(self) -> tuple:
+        return (self.kh, self.kw, self.cg, self.m)
+
+    @property
+    def y_shape(self) -> tuple:
+        return (self.n, self.oh, self.ow, self.m)
+
+    @property
+    def multiplications(self) -> int:
+        """Multiplies in the forward convolution (padding taps counted, bias excluded)."""
+        return self.n * self.oh * self.ow * self.m * self.kh * self.kw * self.cg
+
+
+@dataclass(frozen=True)
+class ConvInfo:
+    """What ``conv2d_info`` reports about a layer."""
+
+    input_shape: tuple
+    weight_shape: tuple
+    output_shape: tuple
+    in_channels: int
+    out_channels: int
+    multiplications: int
+    parameters: int
+    stride: tuple
+    dilation: tuple
+    padding: tuple  # ((top, bottom), (left, right))
+    groups: int
+
+
+def pair(fname: str, argname: str, value, *, minimum: int) -> tuple:
+    """An int or a pair of ints -> (a, b), each at least ``minimum``."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    ):
+        values = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{fname}: argument '{argname}' must be an int or a pair of ints, got {value!r}")
+    if min(values) < minimum:
+        word = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{fname}: argument '{argname}' must be {word}, got {value!r}")
+    return values
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def paddings(fname: str, padding, h: int, w: int, kh: int, kw: int, s: tuple, d: tuple) -> tuple:
+    """Any accepted ``padding`` -> (top, bottom, left, right)."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return (0, 0, 0, 0)
+        if mode == "full":
+            ph, pw = d[0] * (kh - 1), d[1] * (kw - 1)
+            return (ph, ph, pw, pw)
+        if mode == "same":
+            # TensorFlow's rule: output ceil(size / stride), the odd pixel of padding at the bottom/right.
+            out = []
+            for size, k, st, dl in ((h, kh, s[0], d[0]), (w, kw, s[1], d[1])):
+                total = max((math.ceil(size / st) - 1) * st + (k - 1) * dl + 1 - size, 0)
+                out += [total // 2, total - total // 2]
+            return tuple(out)
+        raise ValueError(
+            f"{fname}: argument 'padding' must be one of {PADDING_MODES}, an int or pairs, got {padding!r}"
+        )
+    if _is_int(padding):
+        values = (int(padding),) * 4
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(_is_int(p) for p in padding):
+        values = (int(padding[0]), int(padding[0]), int(padding[1]), int(padding[1]))
+    elif (
+        isinstance(padding, (tuple, list))
+        and len(padding) == 2
+        and all(isinstance(p, (tuple, list)) and len(p) == 2 and all(_is_int(q) for q in p) for p in padding)
+    ):
+        values = tuple(int(q) for p in padding for q in p)
+    else:
+        raise TypeError(
+            f"{fname}: argument 'padding' must be 'valid', 'same', 'full', an int, (ph, pw) or "
+            f"((top, bottom), (left, right)), got {padding!r}"
+        )
+    if min(values) < 0:
+        raise ValueError(f"{fname}: argument 'padding' must be non-negative, got {padding!r}")
+    return values
+
+
+def activation_name(fname: str, activation) -> str:
+    """None or a name -> one of ACTIVATIONS."""
+    if activation is None:
+        return "identity"
+    if isinstance(activation, str) and activation.lower() in ACTIVATIONS:
+        return activation.lower()
+    raise ValueError(
+        f"{fname}: argument 'activation' must be None or one of {ACTIVATIONS}, got {activation!r}"
+    )
+
+
+def check_float_dtype(fname: str, argname: str, dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{fname}: argument '{argname}' must have dtype float16, float32 or float64, got {dtype}"
+        )
+    return dtype
+
+
+def check_same_dtype(fname: str, ref_name: str, ref_dtype, argname: str, dtype) -> None:
+    check_float_dtype(fname, argname, dtype)
+    if np.dtype(dtype) != np.dtype(ref_dtype):
+        raise TypeError(
+            f"{fname}: argument '{argname}' has dtype {np.dtype(dtype)} but '{ref_name}' has "
+            f"{np.dtype(ref_dtype)}; convert one with .astype({np.dtype(ref_dtype).name!r}) "
+            "(gpuconv never promotes silently)"
+        )
+
+
+def make_config(
+    fname: str, x_shape: tuple, w_shape: tuple, *, stride=1, padding="valid", dilation=1, groups=1
+) -> ConvConfig:
+    """Check a 4-D x_shape (N,H,W,C) against a 4-D w_shape (KH,KW,C/G,M) and the options; build the config."""
+    n, h, w, c = (int(v) for v in x_shape)
+    kh, kw, cg, m = (int(v) for v in w_shape)
+    if not _is_int(groups):
+        raise TypeError(f"{fname}: argument 'groups' must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{fname}: argument 'groups' must be positive, got {groups!r}")
+    s = pair(fname, "stride", stride, minimum=1)
+    d = pair(fname, "dilation", dilation, minimum=1)
+    if min(kh, kw, cg, m) < 1:
+        raise ValueError(f"{fname}: argument 'w' must have a non-empty shape (KH, KW, C/groups, M), got {w_shape}")
+    if c != cg * groups:
+        raise ValueError(
+            f"{fname}: argument 'x' has {c} channels but 'w' expects w.shape[2] * groups = "
+            f"{cg} * {groups} = {cg * groups}"
+        )
+    if m % groups:
+        raise ValueError(
+            f"{fname}: argument 'w' has {m} output channels, not divisible by groups={groups}"
+        )
+    pt, pb, pl, pr = paddings(fname, padding, h, w, kh, kw, s, d)
+    oh = (h + pt + pb - d[0] * (kh - 1) - 1) // s[0] + 1
+    ow = (w + pl + pr - d[1] * (kw - 1) - 1) // s[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(
+            f"{fname}: output size would be {oh}x{ow} (below 1): input {h}x{w}, padding "
+            f"(({pt}, {pb}), ({pl}, {pr})), kernel {kh}x{kw}, dilation {d}, stride {s}"
+        )
+    return ConvConfig(n, h, w, c, kh, kw, m, int(groups), s[0], s[1], d[0], d[1], pt, pb, pl, pr, oh, ow)
+
+
+def conv2d_info(x_shape, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, bias=True) -> ConvInfo:
+    """Output shape, channels, multiply count and parameter count of a layer, computed from shapes alone.
+
+    ``x_shape`` is (H, W), (H, W, C) or (N, H, W, C); ``w_shape`` is (KH, KW) with a 2-D x, else (KH, KW, C/G, M).
+    """
+    fname = "conv2d_info"
+    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
+    x4, w4 = as_4d_shapes(fname, x_shape, w_shape)
+    cfg = make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    y_shape = cfg.y_shape[4 - len(x_shape) :] if len(x_shape) > 2 else (cfg.oh, cfg.ow)
+    params = cfg.kh * cfg.kw * cfg.cg * cfg.m + (cfg.m if bias else 0)
+    return ConvInfo(
+        input_shape=x_shape,
+        weight_shape=w_shape,
+        output_shape=y_shape,
+        in_channels=cfg.c,
+        out_channels=cfg.m,
+        multiplications=cfg.multiplications,
+        parameters=params,
+        stride=(cfg.s1, cfg.s2),
+        dilation=(cfg.d1, cfg.d2),
+        padding=((cfg.pt, cfg.pb), (cfg.pl, cfg.pr)),
+        groups=cfg.groups,
+    )
+
+
+def as_4d_shapes(fname: str, x_shape: tuple, w_shape: tuple) -> tuple:
+    """(H,W)+(KH,KW), (H,W,C)+4-D or (N,H,W,C)+4-D -> the 4-D shapes; anything else is a ValueError."""
+    if len(x_shape) == 2:
+        if len(w_shape) != 2:
+            raise ValueError(
+                f"{fname}: argument 'w' must be 2-D (KH, KW) when 'x' is 2-D (H, W), got shape {w_shape}"
+            )
+        return (1, *x_shape, 1), (*w_shape, 1, 1)
+    if len(x_shape) not in (3, 4):
+        raise ValueError(
+            f"{fname}: argument 'x' must be 2-D (H, W), 3-D (H, W, C) or 4-D (N, H, W, C), got shape {x_shape}"
+        )
+    if len(w_shape) != 4:
+        raise ValueError(
+            f"{fname}: argument 'w' must be 4-D (KH, KW, C/groups, M) when 'x' is {len(x_shape)}-D, "
+            f"got shape {w_shape}"
+        )
+    return ((1,) * (4 - len(x_shape)) + x_shape, w_shape)
+
+
+def user_y_shape(cfg: ConvConfig, x_ndim: int) -> tuple:
+    """The output shape in the caller's layout (2-D, 3-D or 4-D, following x)."""
+    if x_ndim == 2:
+        return (cfg.oh, cfg.ow)
+    return cfg.y_shape[4 - x_ndim :]

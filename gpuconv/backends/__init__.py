@@ -1,0 +1,33 @@
+"""Backends: objects with the five operations of a convolution layer.
+
+A backend lives in ``gpuconv/backends/<name>.py`` and exposes ``load() -> Backend`` (raising
+``gpuconv._dispatch.BackendUnavailable`` with the reason when it cannot run here). The public API has already
+validated everything and normalized shapes when it calls a backend, so a backend only computes:
+
+  xp                                          the array module its arrays live in (numpy or cupy)
+  forward(x, w, b, cfg, activation)           y = act(conv(x, w) + b); x (N,H,W,C), w (KH,KW,C/G,M), b (M,) or None
+  activation_backward(dy, y, activation)      dz = dy * act'(z), from the saved output y
+  backward_input(dz, w, cfg)                  dx (N,H,W,C)
+  backward_weight(dz, x, cfg)                 dw (KH,KW,C/G,M)
+  backward_bias(dz)                           db (M,) = dz summed over (N, OH, OW)
+
+Arrays arrive 4-D in the right array module with one float dtype (float16, float32 or float64), possibly
+non-contiguous; results have that same dtype (float16 is computed in float32 and rounded once).
+``cfg`` is a ``gpuconv._config.ConvConfig``; ``activation`` is one of "identity", "relu", "sigmoid".
+"""
+from typing import Protocol
+
+
+class Backend(Protocol):
+    name: str
+    xp: object
+
+    def forward(self, x, w, b, cfg, activation): ...
+
+    def activation_backward(self, dy, y, activation): ...
+
+    def backward_input(self, dz, w, cfg): ...
+
+    def backward_weight(self, dz, x, cfg): ...
+
+    def backward_bias(self, dz): ...
