@@ -59,8 +59,11 @@ def _check_bias(fname: str, b, cfg: ConvConfig) -> None:
 
 
 def _back(result, like):
-    """Move a result back to the array module of ``like`` (the caller's array)."""
-    return to_module(result, module_of(like))
+    """A C-contiguous result, moved back to the array module of ``like`` (the caller's array)."""
+    if result is None:
+        return None
+    xp = module_of(like)
+    return xp.ascontiguousarray(to_module(result, xp))
 
 
 def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None, backend="auto"):

@@ -1,14 +1,101 @@
-"""The command line: gpuconv demo | summary | info | bench (also ``python -m gpuconv``)."""
+"""The command line: ``gpuconv demo | summary | info | bench`` (also ``python -m gpuconv``).
+
+It uses the public API only; the demo's worked example and finite-difference check live in ``_demo``.
+"""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+
+
+def _dims(text: str, what: str) -> tuple:
+    """'48x64x10' -> (48, 64, 10)."""
+    try:
+        dims = tuple(int(v) for v in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must look like 48x64x10, got {text!r}") from None
+    return dims
+
+
+def _int_or_pair(text: str):
+    dims = _dims(text, "value")
+    if len(dims) == 1:
+        return dims[0]
+    if len(dims) == 2:
+        return dims
+    raise argparse.ArgumentTypeError(f"expected N or AxB, got {text!r}")
+
+
+def _padding(text: str):
+    """'valid' | 'same' | 'full' | P | PHxPW | T,B,L,R."""
+    if text.lower() in ("valid", "same", "full"):
+        return text.lower()
+    dims = _dims(text, "padding")
+    if len(dims) == 1:
+        return dims[0]
+    if len(dims) == 2:
+        return dims
+    if len(dims) == 4:
+        return ((dims[0], dims[1]), (dims[2], dims[3]))
+    raise argparse.ArgumentTypeError(f"padding must be valid|same|full|P|PHxPW|T,B,L,R, got {text!r}")
+
+
+def _cmd_demo(args) -> int:
+    from ._demo import run_demo
+
+    return run_demo(backend=args.backend)
+
+
+def _cmd_summary(args) -> int:
+    from ._api import conv2d_info
+
+    try:
+        info = conv2d_info(args.input, args.kernel, stride=args.stride, padding=args.padding,
+                           dilation=args.dilation, groups=args.groups, bias=not args.no_bias)
+    except (TypeError, ValueError) as exc:
+        print(f"gpuconv summary: {exc}", file=sys.stderr)
+        return 2
+    print(format_info(info))
+    return 0
+
+
+def format_info(info) -> str:
+    """conv2d_info as a readable two-column table."""
+    x = " x ".join(str(v) for v in info.input_shape)
+    (pt, pb), (pl, pr) = info.padding
+    weights = math.prod(info.weight_shape)
+    biases = info.parameters - weights
+    rows = [
+        ("input shape", x + ("  (H x W x C)" if len(info.input_shape) == 3 else "")),
+        ("kernel shape", " x ".join(str(v) for v in info.weight_shape)
+         + ("  (KH x KW x C/groups x M)" if len(info.weight_shape) == 4 else "")),
+        ("output shape", " x ".join(str(v) for v in info.output_shape)),
+        ("stride", f"{info.stride[0]} x {info.stride[1]}"),
+        ("dilation", f"{info.dilation[0]} x {info.dilation[1]}"),
+        ("padding", f"top {pt}, bottom {pb}, left {pl}, right {pr}"),
+        ("groups", str(info.groups)),
+        ("in channels", str(info.in_channels)),
+        ("out channels", str(info.out_channels)),
+        ("multiplications", f"{info.multiplications:,}"),
+        ("parameters", f"{info.parameters:,}  ({weights:,} weights + {biases:,} biases)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
 def _cmd_info(args) -> int:
     from ._show import show_config
 
     show_config()
+    if args.kernels:
+        print()
+        try:
+            from .cuda.nvrtc import format_resource_table
+        except ImportError as exc:
+            print(f"kernel resource table unavailable: {exc}")
+            return 1
+        print(format_resource_table())
     return 0
 
 
@@ -19,13 +106,37 @@ def _cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuconv", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="versions and which backends can run here")
+    parser = argparse.ArgumentParser(
+        prog="gpuconv",
+        description="2D convolution layers on the GPU (CuPy) with a NumPy fallback.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,summary,info,bench}")
+
+    p = sub.add_parser("demo", help="the worked example, a ReLU layer, and a checked sigmoid backward")
+    p.add_argument("--backend", default="auto", help="auto (default), numpy, cupy or emulator")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("summary", help="a layer's output shape, multiplications and parameters")
+    p.add_argument("--input", required=True, type=lambda t: _dims(t, "--input"),
+                   help="HxW, HxWxC or NxHxWxC, e.g. 48x64x10")
+    p.add_argument("--kernel", required=True, type=lambda t: _dims(t, "--kernel"),
+                   help="KHxKW (with a 2-D input) or KHxKWxCxM, e.g. 3x3x10x20")
+    p.add_argument("--stride", type=_int_or_pair, default=1, help="S or S1xS2 (default 1)")
+    p.add_argument("--padding", type=_padding, default="valid",
+                   help="valid (default), same, full, P, PHxPW or T,B,L,R")
+    p.add_argument("--dilation", type=_int_or_pair, default=1, help="D or D1xD2 (default 1)")
+    p.add_argument("--groups", type=int, default=1, help="channel groups (default 1)")
+    p.add_argument("--no-bias", action="store_true", help="the layer has no bias")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("info", help="versions, and which backends can run here and why not")
+    p.add_argument("--kernels", action="store_true",
+                   help="also compile every kernel with NVRTC and print registers, shared memory and spills")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("bench", help="time forward and backward on the benchmark shapes")
+
     from . import _bench
 
+    p = sub.add_parser("bench", help="time forward and backward on the benchmark shapes")
     _bench.add_arguments(p)
     p.set_defaults(func=_cmd_bench)
     return parser

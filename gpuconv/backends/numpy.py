@@ -39,7 +39,7 @@ class NumpyBackend:
         ct = _compute_dtype(dy.dtype)
         dy32, y32 = dy.astype(ct, copy=False), y.astype(ct, copy=False)
         if activation == "relu":
-            dz = np.where(y32 > 0, dy32, ct(0))
+            dz = np.where(y32 > 0, dy32, 0)
         else:
             dz = dy32 * y32 * (1 - y32)
         return dz.astype(dy.dtype, copy=False)
