@@ -224,8 +224,8 @@ def make_config(
     ow = (w + pl + pr - d[1] * (kw - 1) - 1) // s[1] + 1
     if oh < 1 or ow < 1:
         raise ValueError(
-            f"{fname}: output size would be {oh}x{ow} (below 1): input {h}x{w}, padding "
-            f"(({pt}, {pb}), ({pl}, {pr})), kernel {kh}x{kw}, dilation {d}, stride {s}"
+            f"{fname}: argument 'x' ({h}x{w}) is too small: the output would be {oh}x{ow} (below 1) with "
+            f"padding (({pt}, {pb}), ({pl}, {pr})), kernel {kh}x{kw}, dilation {d}, stride {s}"
         )
     return ConvConfig(n, h, w, c, kh, kw, m, int(groups), s[0], s[1], d[0], d[1], pt, pb, pl, pr, oh, ow)
 
