@@ -194,8 +194,8 @@ class Conv2D:
         self._x = self._y = None
 
     def _options(self) -> dict:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    backend=self.backend)
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
+                "groups": self.groups, "backend": self.backend}
 
     def forward(self, x):
         y = conv2d(x, self.w, self.b, activation=self.activation, **self._options())

@@ -70,7 +70,7 @@ def relative_error(analytic, numeric) -> float:
 
 def checked_backward(backend: str, rng) -> list:
     """A conv + sigmoid layer's gradients against float64 central differences of J = sum(U * R)."""
-    opts = dict(stride=2, padding="same", activation="sigmoid", backend=backend)
+    opts = {"stride": 2, "padding": "same", "activation": "sigmoid", "backend": backend}
     x = rng.standard_normal((2, 7, 8, 3))
     w = rng.standard_normal((3, 3, 3, 4)) / 3
     b = rng.standard_normal(4) * 0.1

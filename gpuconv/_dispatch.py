@@ -32,7 +32,7 @@ def import_cupy():
             import cupy
 
             _cupy = cupy
-        except Exception as exc:  # ImportError, or a broken CUDA install raising anything
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a broken CUDA install raising anything
             _cupy_error = f"cupy cannot be imported: {type(exc).__name__}: {exc}"
     if _cupy is None:
         raise BackendUnavailable(_cupy_error)
@@ -47,7 +47,7 @@ def cupy_gpu_reason():
         return str(exc)
     try:
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any driver error means "no usable GPU"
         return f"cupy is installed but no CUDA device is usable: {type(exc).__name__}: {exc}"
     if count < 1:
         return "cupy is installed but reports no CUDA device"
