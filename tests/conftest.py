@@ -126,7 +126,7 @@ def to_xp(xp):
 @pytest.fixture
 def work_scale(backend):
     """1.0 on fast backends, smaller on slow ones: multiply example and sample counts by it."""
-    return 0.2 if backend in SLOW_BACKENDS else 1.0
+    return 0.1 if backend in SLOW_BACKENDS else 1.0
 
 
 def hypothesis_examples(backend: str, fast: int = 60, slow: int = 12) -> int:
