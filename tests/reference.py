@@ -197,10 +197,11 @@ def case(name, x_shape, w_shape, *, bias=True, activation=None, **options):
 
 
 # Tiny configurations covering every option of the specification; shared by the forward, backward, layer
-# and gradient-check tests. bias=False for 2-D x (no channel axis for a bias).
+# and gradient-check tests. A 2-D x has one output channel, so its bias has shape (1,).
 OPTION_CASES = [
     case("2d-valid", (6, 7), (3, 2), bias=False),
     case("2d-full-stride", (5, 6), (2, 3), bias=False, padding="full", stride=2),
+    case("2d-bias-sigmoid", (6, 5), (2, 2), activation="sigmoid", padding=((1, 0), (0, 1))),
     case("3d-valid", (6, 5, 3), (3, 3, 3, 4)),
     case("4d-valid", (2, 6, 7, 3), (3, 2, 3, 4)),
     case("4d-nobias", (2, 6, 5, 2), (2, 2, 2, 3), bias=False),

@@ -218,3 +218,60 @@ def test_backward_result_dtypes(backend, xp, to_xp, rand, dtype):
              gpuconv.activation_backward(to_xp(dy), to_xp(y), "sigmoid", backend=backend)]
     for a in outs:
         assert isinstance(a, xp.ndarray) and a.dtype == dtype
+
+
+def test_float16_backward_accumulates_in_float32(backend, to_xp, asnumpy):
+    """2048 + sixteen 1s is 2064 in float32 (representable in float16); a float16 running sum from 2048 stays
+    at 2048. Each gradient sums such a sequence."""
+    big_then_ones = np.ones(17, np.float16)
+    big_then_ones[0] = 2048
+    # db: dz over 17 output pixels, one channel
+    dz = big_then_ones.reshape(1, 1, 17, 1)
+    assert float(asnumpy(gpuconv.conv2d_backward_bias(to_xp(dz), backend=backend)).item()) == 2064.0
+    # dW: 1x1 kernel, x = ones over 17 pixels, dz as above
+    x = np.ones((1, 1, 17, 1), np.float16)
+    dw = asnumpy(gpuconv.conv2d_backward_weight(to_xp(dz), to_xp(x), (1, 1, 1, 1), backend=backend))
+    assert dw.dtype == np.float16 and float(dw.item()) == 2064.0
+    # dX: 1x1 kernel with 17 output channels of weight 1, dz = (2048, 1, ..., 1) over those channels
+    dz_m = big_then_ones.reshape(1, 1, 1, 17)
+    dx = asnumpy(gpuconv.conv2d_backward_input(to_xp(dz_m), to_xp(np.ones((1, 1, 1, 17), np.float16)),
+                                               (1, 1, 1, 1), backend=backend))
+    assert float(dx.item()) == 2064.0
+    # all three through conv2d_backward
+    g = gpuconv.conv2d_backward(to_xp(dz), to_xp(x), to_xp(np.ones((1, 1, 1, 1), np.float16)), backend=backend)
+    assert float(asnumpy(g.db).item()) == 2064.0 and float(asnumpy(g.dw).item()) == 2064.0
+
+
+def test_backward_does_not_modify_inputs(backend, to_xp, asnumpy, rand):
+    x, w, b = rand((2, 6, 5, 4)), rand((3, 2, 2, 6)), rand((6,))
+    opts = dict(stride=(2, 1), padding="same", groups=2, activation="sigmoid")
+    y = ref.conv2d(x, w, b, **opts)
+    dy = rand(y.shape)
+    args = [to_xp(a) for a in (dy, x, w, y)]
+    gpuconv.conv2d_backward(*args, backend=backend, **opts)
+    dz = gpuconv.activation_backward(args[0], args[3], "sigmoid", backend=backend)
+    dz_before = asnumpy(dz).copy()
+    geo = {k: v for k, v in opts.items() if k != "activation"}
+    gpuconv.conv2d_backward_input(dz, args[2], x.shape, backend=backend, **geo)
+    gpuconv.conv2d_backward_weight(dz, args[1], w.shape, backend=backend, **geo)
+    gpuconv.conv2d_backward_bias(dz, backend=backend)
+    for got, want in zip(args, (dy, x, w, y)):
+        np.testing.assert_array_equal(asnumpy(got), want)
+    np.testing.assert_array_equal(asnumpy(dz), dz_before)
+
+
+def test_read_only_and_broadcast_inputs(backend, to_xp, check, rand):
+    """Zero-stride (np.broadcast_to, read-only) inputs give the same results as ordinary copies."""
+    x1, w, b = rand((1, 6, 5, 2)), rand((2, 3, 2, 3)), rand((3,))
+    x = np.broadcast_to(x1, (3, 6, 5, 2))
+    dy = np.broadcast_to(rand((1, 5, 4, 3)), (3, 5, 4, 3))
+    assert not x.flags.writeable and x.strides[0] == 0
+    opts = dict(padding=((0, 0), (1, 0)), activation="relu")
+    y = gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), backend=backend, **opts)
+    check(y, ref.conv2d(np.array(x), w, b, **opts), np.float64, reduction=13)
+    y_np = to_numpy(y)
+    g = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(y_np), backend=backend, **opts)
+    dz = ref.activation_backward(np.array(dy), y_np, "relu")
+    check(g.dx, ref.backward_input(dz, w, x.shape, padding=opts["padding"]), np.float64, reduction=18)
+    check(g.dw, ref.backward_weight(dz, np.array(x), w.shape, padding=opts["padding"]), np.float64, reduction=60)
+    check(g.db, ref.backward_bias(dz), np.float64, reduction=60)

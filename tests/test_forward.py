@@ -278,3 +278,49 @@ def test_workspace_limit_does_not_change_results(backend, to_xp, asnumpy, rand, 
     grads = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(expected), backend=backend, **opts)
     for got, want in zip(grads, grads_expected):
         np.testing.assert_allclose(asnumpy(got), asnumpy(want), rtol=1e-12, atol=1e-14)
+
+
+def test_workspace_limit_default():
+    """256 MiB unless changed (checked in a fresh interpreter: other tests change it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import gpuconv; print(gpuconv.get_workspace_limit())"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert int(out) == 256 * 2**20
+
+
+@pytest.mark.parametrize("limit_mib", [1, 4])
+def test_workspace_limit_caps_numpy_temporaries(restore_workspace_limit, limit_mib):
+    """The NumPy backend's temporaries (im2col columns and the like) stay within about the limit: the peak of
+    traced memory during a call is at most the result, two copies of the inputs, and twice the limit
+    (+ 1 MiB slack). Here the full im2col matrix alone would be 33 MiB."""
+    import tracemalloc
+
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-1, 1, (64, 32, 32, 16)).astype(np.float32)
+    w = rng.uniform(-1, 1, (3, 3, 16, 32)).astype(np.float32)
+    limit = limit_mib * 2**20
+    gpuconv.set_workspace_limit(limit)
+    slack = 2**20
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        y = gpuconv.conv2d(x, w, backend="numpy")
+        peak_forward = tracemalloc.get_traced_memory()[1]
+        dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+        tracemalloc.reset_peak()
+        g = gpuconv.conv2d_backward(dy, x, w, backend="numpy")
+        peak_backward = tracemalloc.get_traced_memory()[1] - dy.nbytes - y.nbytes
+    finally:
+        tracemalloc.stop()
+    mib = 2**20
+    bound_forward = y.nbytes + 2 * (x.nbytes + w.nbytes) + 2 * limit + slack
+    assert peak_forward <= bound_forward, (
+        f"forward peak {peak_forward / mib:.1f} MiB > {bound_forward / mib:.1f} MiB with a {limit_mib} MiB limit")
+    bound_backward = g.dx.nbytes + g.dw.nbytes + 2 * (dy.nbytes + x.nbytes + w.nbytes) + 2 * limit + slack
+    assert peak_backward <= bound_backward, (
+        f"backward peak {peak_backward / mib:.1f} MiB > {bound_backward / mib:.1f} MiB with a {limit_mib} MiB limit")
