@@ -1,0 +1,191 @@
+"""Shared fixtures for the gpuconv test suite.
+
+Every numerical test takes the ``backend`` fixture and passes ``backend=backend`` explicitly, so adding a name to
+``BACKENDS`` runs the whole suite on that backend too. A backend that cannot run here is skipped with the reason
+``gpuconv._dispatch.backend_status`` gives.
+
+Tolerances live here, once, per dtype (see ``tolerance``); no test loosens them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# The helpers next to this file (reference.py) import as top-level modules, whatever pytest's import mode.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from gpuconv import _dispatch  # noqa: E402
+
+# Backends the suite runs on. The next issue adds "emulator" and "cupy" here; nothing else needs to change.
+BACKENDS = ["numpy"]
+
+# Backends where one call is expensive (the CPU emulator: ~10 ms a call). Tests size their work with
+# ``work_scale`` / ``hypothesis_examples`` so that all emulator tests together stay under about a minute.
+SLOW_BACKENDS = {"emulator"}
+
+# ---------------------------------------------------------------------------------------------- tolerances
+# Relative tolerances, against the float64 reference computed from the same (already rounded) inputs.
+# float64: ~1e-10. float32: 1e-5 for reductions up to REDUCTION_UNIT terms, growing linearly with the
+# reduction length beyond it (rounding error of a sum grows with its length). float16 (computed in float32,
+# rounded once): 1e-2.
+RTOL = {
+    np.dtype(np.float64): 1e-10,
+    np.dtype(np.float32): 1e-5,
+    np.dtype(np.float16): 1e-2,
+}
+REDUCTION_UNIT = 100
+DTYPES = [np.float16, np.float32, np.float64]
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+# Finite-difference gradient checks (float64 only): central differences with step FD_STEP, compared with this
+# relative tolerance (truncation error ~ h^2 * f''' and cancellation ~ eps / h, both far below it).
+FD_STEP = 1e-6
+FD_RTOL = 1e-6
+
+
+def tolerance(dtype, reduction: int = 1) -> float:
+    """Relative tolerance for results of ``dtype`` that sum ``reduction`` products each."""
+    dtype = np.dtype(dtype)
+    rtol = RTOL[dtype]
+    if dtype == np.float32:
+        rtol *= max(1.0, reduction / REDUCTION_UNIT)
+    return rtol
+
+
+def to_numpy(a):
+    """A host numpy array from a numpy or cupy array."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+def assert_close(actual, expected, dtype, reduction: int = 1, err_msg: str = ""):
+    """``actual`` (any backend's array) matches the float64 reference ``expected`` within the dtype's tolerance.
+
+    The absolute part of the tolerance is scaled by the largest magnitude in ``expected`` (the scale of the
+    sums); NaN must match NaN and infinities must match exactly.
+    """
+    dtype = np.dtype(dtype)
+    actual_np = to_numpy(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual_np.dtype == dtype, f"dtype {actual_np.dtype}, expected {dtype}. {err_msg}"
+    assert actual_np.shape == expected.shape, f"shape {actual_np.shape}, expected {expected.shape}. {err_msg}"
+    rtol = tolerance(dtype, reduction)
+    finite = np.isfinite(expected)
+    scale = float(np.max(np.abs(expected[finite]))) if finite.any() else 0.0
+    np.testing.assert_allclose(
+        actual_np.astype(np.float64), expected, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True,
+        err_msg=f"dtype={dtype.name}, reduction={reduction}, rtol={rtol:g}. {err_msg}",
+    )
+
+
+@pytest.fixture
+def check():
+    """``check(actual, expected, dtype, reduction=1)``: the suite's one comparison (see ``assert_close``)."""
+    return assert_close
+
+
+@pytest.fixture
+def asnumpy():
+    return to_numpy
+
+
+# ---------------------------------------------------------------------------------------------- backends
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """A backend name from BACKENDS; skipped with the library's own reason when it cannot run here."""
+    name = request.param
+    reason = _dispatch.backend_status(name)
+    if reason is not None:
+        pytest.skip(f"backend {name!r} cannot run here: {reason}")
+    return name
+
+
+@pytest.fixture
+def xp(backend):
+    """The array module of ``backend``'s arrays: cupy for "cupy", numpy otherwise."""
+    if backend == "cupy":
+        return _dispatch.import_cupy()
+    return np
+
+
+@pytest.fixture
+def to_xp(xp):
+    """Move a host array into the backend's array module (None stays None)."""
+
+    def convert(a):
+        return None if a is None else xp.asarray(a)
+
+    return convert
+
+
+@pytest.fixture
+def work_scale(backend):
+    """1.0 on fast backends, smaller on slow ones: multiply example and sample counts by it."""
+    return 0.1 if backend in SLOW_BACKENDS else 1.0
+
+
+def hypothesis_examples(backend: str, fast: int = 60, slow: int = 12) -> int:
+    return slow if backend in SLOW_BACKENDS else fast
+
+
+@pytest.fixture
+def n_examples(backend):
+    """Hypothesis max_examples for ``backend`` (fewer on slow backends)."""
+    return lambda fast=60, slow=12: hypothesis_examples(backend, fast, slow)
+
+
+# ---------------------------------------------------------------------------------------------- random data
+@pytest.fixture
+def rng(request):
+    """A numpy Generator seeded from the test's node id: fresh per test, reproducible across runs."""
+    seed = np.frombuffer(request.node.nodeid.encode(), dtype=np.uint8).astype(np.uint64)
+    seed = int((seed * np.arange(1, seed.size + 1, dtype=np.uint64)).sum() % (2**32))
+    return np.random.default_rng(seed)
+
+
+def random_array(rng, shape, dtype=np.float64, low=-1.0, high=1.0):
+    """Uniform random values in [low, high) of ``dtype``, never all zeros."""
+    a = rng.uniform(low, high, size=shape).astype(dtype)
+    if a.size and not np.any(a):
+        a.flat[0] = dtype(0.5)
+    return a
+
+
+@pytest.fixture
+def rand(rng):
+    """``rand(shape, dtype=float64, low=-1, high=1)``: seeded random array (numpy, host)."""
+    return lambda shape, dtype=np.float64, low=-1.0, high=1.0: random_array(rng, shape, dtype, low, high)
+
+
+# ---------------------------------------------------------------------------------------------- global state
+@pytest.fixture
+def restore_workspace_limit():
+    import gpuconv
+
+    before = gpuconv.get_workspace_limit()
+    yield
+    gpuconv.set_workspace_limit(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Tests choose the backend explicitly; a GPUCONV_BACKEND in the caller's environment must not interfere."""
+    monkeypatch.delenv("GPUCONV_BACKEND", raising=False)
+
+
+# ---------------------------------------------------------------------------------------------- hypothesis
+settings.register_profile(
+    "ci",
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    derandomize=True,
+    print_blob=True,
+)
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
