@@ -89,7 +89,7 @@ def test_gradcheck(backend, to_xp, rng, work_scale, cfg_name, activation):
     )
     dx, dw = to_numpy(grads.dx), to_numpy(grads.dw)
     assert dx.shape == x.shape and dw.shape == w.shape
-    limit = max(8, int(200 * work_scale))
+    limit = 200 if work_scale >= 1 else 10  # every coordinate of these tiny arrays, or 10 on slow backends
     for name, arr, analytic in (("dx", x, dx), ("dw", w, dw)):
         coords = _coordinates(rng, arr.shape, limit)
         _assert_grad(name, analytic, _fd_gradient(loss, arr, coords), coords)
