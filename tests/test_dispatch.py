@@ -177,8 +177,8 @@ def test_mixing_numpy_and_cupy_arrays_is_a_type_error(backend):
 # ------------------------------------------------------------------------------------------ forcing backends
 @needs_no_cupy
 @pytest.mark.parametrize("how", ["argument", "environment"])
-def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, how):
-    x, w = np.ones((1, 4, 4, 2)), np.ones((2, 2, 2, 3))
+def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, rand, how):
+    x, w = rand((1, 4, 4, 2)), rand((2, 2, 2, 3))
     if how == "environment":
         monkeypatch.setenv("GPUCONV_BACKEND", "cupy")
         kwargs = {}
@@ -192,8 +192,8 @@ def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, how):
 
 
 @needs_no_cupy
-def test_every_function_reports_cupy_unavailable():
-    x, w, dz = np.ones((1, 4, 4, 2)), np.ones((2, 2, 2, 3)), np.ones((1, 3, 3, 3))
+def test_every_function_reports_cupy_unavailable(rand):
+    x, w, dz = rand((1, 4, 4, 2)), rand((2, 2, 2, 3)), rand((1, 3, 3, 3))
     calls = [
         lambda: gpuconv.conv2d(x, w, backend="cupy"),
         lambda: gpuconv.activation_backward(dz, dz, "relu", backend="cupy"),
