@@ -296,6 +296,16 @@ err(
     lambda t, be: gpuconv.activation_backward(t(arr(4, F32)), t(arr(4, F64)), "sigmoid", backend=be),
 )
 
+for act in ("relu", "sigmoid"):
+    err(
+        f"act-bw-y-missing-{act}",
+        ERR,
+        "activation_backward",
+        "y",
+        "",
+        lambda t, be, act=act: gpuconv.activation_backward(t(arr((3, 4))), None, act, backend=be),
+    )
+
 # --- conv2d_backward_input (x (2,6,6,2), w 3x3x2x3 valid -> dz (2,4,4,3))
 err(
     "bw-input-dz-shape",
@@ -563,3 +573,14 @@ def test_nothing_computed_spy_works(backend, to_xp, no_compute):
     """The spy itself: a valid call does reach the backend (so the error tests above are meaningful)."""
     with pytest.raises(AssertionError, match="backend was called"):
         gpuconv.conv2d(to_xp(x4()), to_xp(w4()), backend=backend)
+
+
+def test_activation_backward_identity_needs_no_y(backend, to_xp, asnumpy):
+    """y is only needed for relu and sigmoid: with identity, dZ = dU whatever y is (None included)."""
+    dy = arr((3, 4))
+    np.testing.assert_array_equal(
+        asnumpy(gpuconv.activation_backward(to_xp(dy), None, "identity", backend=backend)), dy
+    )
+    np.testing.assert_array_equal(
+        asnumpy(gpuconv.activation_backward(to_xp(dy), None, None, backend=backend)), dy
+    )
