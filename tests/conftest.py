@@ -1,11 +1,12 @@
 """Shared fixtures for the gpuconv test suite.
 
-Every numerical test takes the ``backend`` fixture and passes ``backend=backend`` explicitly, so adding a name to
-``BACKENDS`` runs the whole suite on that backend too. A backend that cannot run here is skipped with the reason
-``gpuconv._dispatch.backend_status`` gives.
+Every numerical test takes the ``backend`` fixture and passes ``backend=backend`` explicitly, so adding a
+name to ``BACKENDS`` runs the whole suite on that backend too. A backend that cannot run here is skipped with
+the reason ``gpuconv._dispatch.backend_status`` gives.
 
 Tolerances live here, once, per dtype (see ``tolerance``); no test loosens them.
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,7 @@ def to_numpy(a):
 
 
 def assert_close(actual, expected, dtype, reduction: int = 1, err_msg: str = ""):
-    """``actual`` (any backend's array) matches the float64 reference ``expected`` within the dtype's tolerance.
+    """``actual`` (any backend's array) matches the float64 reference ``expected`` within dtype's tolerance.
 
     The absolute part of the tolerance is scaled by the largest magnitude in ``expected`` (the scale of the
     sums); NaN must match NaN and infinities must match exactly.
@@ -78,7 +79,11 @@ def assert_close(actual, expected, dtype, reduction: int = 1, err_msg: str = "")
     finite = np.isfinite(expected)
     scale = float(np.max(np.abs(expected[finite]))) if finite.any() else 0.0
     np.testing.assert_allclose(
-        actual_np.astype(np.float64), expected, rtol=rtol, atol=rtol * max(scale, 1e-30), equal_nan=True,
+        actual_np.astype(np.float64),
+        expected,
+        rtol=rtol,
+        atol=rtol * max(scale, 1e-30),
+        equal_nan=True,
         err_msg=f"dtype={dtype.name}, reduction={reduction}, rtol={rtol:g}. {err_msg}",
     )
 
@@ -174,7 +179,7 @@ def restore_workspace_limit():
 
 @pytest.fixture(autouse=True)
 def _no_backend_env(monkeypatch):
-    """Tests choose the backend explicitly; a GPUCONV_BACKEND in the caller's environment must not interfere."""
+    """Tests choose the backend explicitly; a GPUCONV_BACKEND set by the caller must not interfere."""
     monkeypatch.delenv("GPUCONV_BACKEND", raising=False)
 
 

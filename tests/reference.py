@@ -2,15 +2,18 @@
 
 Cross-correlation, channels last, indices from 0:
 
-    Z[b,i,j,m] = sum_{k1,k2,n} W[k1,k2,n,m] * X[b, i*s1 + k1*d1 - p_top, j*s2 + k2*d2 - p_left, g*Cg + n] + bias[m]
+    Z[b,i,j,m] = sum_{k1,k2,n} W[k1,k2,n,m] * X[b, i*s1 + k1*d1 - p_top, j*s2 + k2*d2 - p_left, g*Cg + n]
+                 + bias[m]
 
 with g = m // Mg, Cg = C / groups, Mg = M / groups; X reads outside the image are zero. U = act(Z).
 Backward from dU: dZ = dU * act'(Z) taken from U; dW and dbias are the sums the formula implies; dX is the
-adjoint of the forward map (each product X[...] * W[...] sends dZ[b,i,j,m] * W[...] back to the X pixel it read).
+adjoint of the forward map (each product X[...] * W[...] sends dZ[b,i,j,m] * W[...] back to the X pixel
+it read).
 
 Loops run over output pixels and kernel taps (tiny sizes only); every sum is done in float64.
 Shapes: x (H,W) with w (KH,KW), (H,W,C) or (N,H,W,C) with w (KH,KW,C/groups,M); results follow x.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,7 +74,7 @@ def y_shape(x_shape, w_shape, stride=1, padding="valid", dilation=1) -> tuple:
     x4, w4 = _to4(x_shape, w_shape)
     oh, ow = output_hw(x4[1], x4[2], w4[0], w4[1], stride, padding, dilation)
     full = (x4[0], oh, ow, w4[3])
-    return (oh, ow) if len(x_shape) == 2 else full[4 - len(x_shape):]
+    return (oh, ow) if len(x_shape) == 2 else full[4 - len(x_shape) :]
 
 
 class _Geometry:
@@ -87,7 +90,8 @@ class _Geometry:
         self.s1, self.s2 = as_pair(stride)
         self.d1, self.d2 = as_pair(dilation)
         self.pt, self.pb, self.pl, self.pr = resolve_padding(
-            padding, self.h, self.w, self.kh, self.kw, stride, dilation)
+            padding, self.h, self.w, self.kh, self.kw, stride, dilation
+        )
         self.oh, self.ow = output_hw(self.h, self.w, self.kh, self.kw, stride, padding, dilation)
 
     def taps(self):
@@ -159,7 +163,7 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
 
 # ------------------------------------------------------------------------------------------------ backward
 def backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1):
-    """dX: every product X[b,row,col,g*Cg+n] * W[k1,k2,n,m] returns dZ[b,i,j,m] * W[k1,k2,n,m] to that X pixel."""
+    """dX: each product X[b,row,col,g*Cg+n] * W[k1,k2,n,m] returns dZ[b,i,j,m] * W[k1,k2,n,m] to its pixel."""
     w = np.asarray(w, np.float64)
     geo = _Geometry(tuple(x_shape), w.shape, stride, padding, dilation, groups)
     dz4 = np.asarray(dz, np.float64).reshape(geo.n, geo.oh, geo.ow, geo.m)
@@ -192,8 +196,14 @@ def backward_bias(dz):
 
 # ------------------------------------------------------------------------------------------------ cases
 def case(name, x_shape, w_shape, *, bias=True, activation=None, **options):
-    return dict(name=name, x_shape=tuple(x_shape), w_shape=tuple(w_shape), bias=bias, activation=activation,
-                options=options)
+    return dict(
+        name=name,
+        x_shape=tuple(x_shape),
+        w_shape=tuple(w_shape),
+        bias=bias,
+        activation=activation,
+        options=options,
+    )
 
 
 # Tiny configurations covering every option of the specification; shared by the forward, backward, layer
@@ -231,8 +241,15 @@ OPTION_CASES = [
     case("relu", (2, 6, 6, 3), (3, 3, 3, 4), activation="relu", padding=1),
     case("sigmoid", (2, 6, 6, 3), (3, 3, 3, 4), activation="sigmoid", stride=2),
     case("identity", (1, 5, 5, 2), (2, 2, 2, 2), activation="identity"),
-    case("relu-groups-same-stride", (2, 7, 6, 4), (3, 3, 2, 4), activation="relu", groups=2, padding="same",
-         stride=2),
+    case(
+        "relu-groups-same-stride",
+        (2, 7, 6, 4),
+        (3, 3, 2, 4),
+        activation="relu",
+        groups=2,
+        padding="same",
+        stride=2,
+    ),
     case("sigmoid-3d-dil", (7, 7, 2), (2, 2, 2, 3), activation="sigmoid", dilation=3),
     case("2d-relu-dil-same", (7, 6), (3, 2), bias=False, activation="relu", dilation=2, padding="same"),
 ]
@@ -243,7 +260,18 @@ def reduction_lengths(c) -> dict:
     """How many products each result element sums (for the float32 tolerance)."""
     x4, w4 = _to4(c["x_shape"], c["w_shape"])
     groups = c["options"].get("groups", 1)
-    oh, ow = output_hw(x4[1], x4[2], w4[0], w4[1], c["options"].get("stride", 1),
-                       c["options"].get("padding", "valid"), c["options"].get("dilation", 1))
-    return dict(forward=w4[0] * w4[1] * w4[2] + 1, dx=w4[0] * w4[1] * (w4[3] // groups),
-                dw=x4[0] * oh * ow, db=x4[0] * oh * ow)
+    oh, ow = output_hw(
+        x4[1],
+        x4[2],
+        w4[0],
+        w4[1],
+        c["options"].get("stride", 1),
+        c["options"].get("padding", "valid"),
+        c["options"].get("dilation", 1),
+    )
+    return dict(
+        forward=w4[0] * w4[1] * w4[2] + 1,
+        dx=w4[0] * w4[1] * (w4[3] // groups),
+        dw=x4[0] * oh * ow,
+        db=x4[0] * oh * ow,
+    )

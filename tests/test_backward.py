@@ -1,21 +1,26 @@
 """The backward operations (activation_backward, conv2d_backward_input/_weight/_bias, conv2d_backward)
 against the float64 reference, for every option and dtype."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import gpuconv
 import reference as ref
 from conftest import DTYPE_IDS, DTYPES, to_numpy, tolerance
 from reference import OPTION_CASES, OPTION_IDS, reduction_lengths
+
+import gpuconv
 
 
 def geometry(c):
     """(stride, padding, dilation, groups) keyword options of a case, with the defaults filled in."""
     o = c["options"]
-    return dict(stride=o.get("stride", 1), padding=o.get("padding", "valid"), dilation=o.get("dilation", 1),
-                groups=o.get("groups", 1))
+    return dict(
+        stride=o.get("stride", 1),
+        padding=o.get("padding", "valid"),
+        dilation=o.get("dilation", 1),
+        groups=o.get("groups", 1),
+    )
 
 
 def case_arrays(rand, c, dtype):
@@ -23,12 +28,14 @@ def case_arrays(rand, c, dtype):
     w = rand(c["w_shape"], dtype)
     m = c["w_shape"][3] if len(c["w_shape"]) == 4 else 1
     b = rand((m,), dtype) if c["bias"] else None
-    y_shape = ref.y_shape(c["x_shape"], c["w_shape"], **{k: v for k, v in geometry(c).items() if k != "groups"})
+    y_shape = ref.y_shape(
+        c["x_shape"], c["w_shape"], **{k: v for k, v in geometry(c).items() if k != "groups"}
+    )
     dy = rand(y_shape, dtype)
     return x, w, b, dy
 
 
-# ------------------------------------------------------------------------------------------ activation_backward
+# -------------------------------------------------------------------------------------- activation_backward
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("activation", [None, "identity", "relu", "sigmoid"])
 @pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 4, 5)])
@@ -95,8 +102,16 @@ def test_conv2d_backward_vs_reference(backend, to_xp, check, rand, c, dtype):
     act = c["activation"]
     y = ref.conv2d(x, w, b, activation=act, **c["options"]).astype(dtype)
     y_arg = to_xp(y) if act in ("relu", "sigmoid") else None
-    grads = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), y_arg, has_bias=c["bias"], activation=act,
-                                    backend=backend, **geometry(c))
+    grads = gpuconv.conv2d_backward(
+        to_xp(dy),
+        to_xp(x),
+        to_xp(w),
+        y_arg,
+        has_bias=c["bias"],
+        activation=act,
+        backend=backend,
+        **geometry(c),
+    )
     assert isinstance(grads, gpuconv.Conv2DGrads) and isinstance(grads, tuple)
     assert grads._fields == ("dx", "dw", "db")
     dz = ref.activation_backward(dy, y, act)
@@ -116,7 +131,9 @@ def test_conv2d_backward_identity_accepts_y(backend, to_xp, check, rand):
     x, w, b, dy = rand((2, 5, 5, 2)), rand((2, 2, 2, 3)), rand((3,)), rand((2, 4, 4, 3))
     y = ref.conv2d(x, w, b)
     g1 = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), backend=backend)
-    g2 = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(y), activation="identity", backend=backend)
+    g2 = gpuconv.conv2d_backward(
+        to_xp(dy), to_xp(x), to_xp(w), to_xp(y), activation="identity", backend=backend
+    )
     for a, e in zip(g1, g2):
         check(a, to_numpy_f64(e), np.float64, reduction=32)
 
@@ -174,7 +191,9 @@ def test_backward_empty_batch(backend, xp, to_xp, asnumpy, rand, activation):
     x, w = np.zeros((0, 5, 6, 2)), rand((3, 2, 2, 4))
     dy = np.zeros((0, 3, 5, 4))
     y = np.zeros((0, 3, 5, 4)) if activation else None
-    g = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(y), activation=activation, backend=backend)
+    g = gpuconv.conv2d_backward(
+        to_xp(dy), to_xp(x), to_xp(w), to_xp(y), activation=activation, backend=backend
+    )
     assert tuple(g.dx.shape) == (0, 5, 6, 2)
     np.testing.assert_array_equal(asnumpy(g.dw), np.zeros((3, 2, 2, 4)))
     np.testing.assert_array_equal(asnumpy(g.db), np.zeros(4))
@@ -195,13 +214,20 @@ def test_backward_non_contiguous_inputs(backend, to_xp, check, rand, which):
     y = ref.conv2d(x, w, b, **opts)
     dy = rand(y.shape)
     base = dict(dy=dy, x=x, w=w, y=y)
-    expected = gpuconv.conv2d_backward(*(to_xp(base[k]) for k in ("dy", "x", "w", "y")), backend=backend, **opts)
+    expected = gpuconv.conv2d_backward(
+        *(to_xp(base[k]) for k in ("dy", "x", "w", "y")), backend=backend, **opts
+    )
     a = base[which]
-    views = [np.asfortranarray(a), np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
-             np.repeat(a, 2, axis=-1)[..., ::2]]
+    views = [
+        np.asfortranarray(a),
+        np.ascontiguousarray(a[::-1, ::-1])[::-1, ::-1],
+        np.repeat(a, 2, axis=-1)[..., ::2],
+    ]
     for view in views:
         args = dict(base, **{which: view})
-        got = gpuconv.conv2d_backward(*(to_xp(args[k]) for k in ("dy", "x", "w", "y")), backend=backend, **opts)
+        got = gpuconv.conv2d_backward(
+            *(to_xp(args[k]) for k in ("dy", "x", "w", "y")), backend=backend, **opts
+        )
         for g, e in zip(got, expected):
             check(g, to_numpy_f64(e), np.float64, reduction=30)
 
@@ -210,12 +236,15 @@ def test_backward_non_contiguous_inputs(backend, to_xp, check, rand, which):
 def test_backward_result_dtypes(backend, xp, to_xp, rand, dtype):
     x, w, dy = rand((1, 4, 4, 2), dtype), rand((2, 2, 2, 2), dtype), rand((1, 3, 3, 2), dtype)
     y = ref.conv2d(x, w, activation="relu").astype(dtype)
-    outs = list(gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(y), activation="relu",
-                                        backend=backend))
-    outs += [gpuconv.conv2d_backward_input(to_xp(dy), to_xp(w), x.shape, backend=backend),
-             gpuconv.conv2d_backward_weight(to_xp(dy), to_xp(x), w.shape, backend=backend),
-             gpuconv.conv2d_backward_bias(to_xp(dy), backend=backend),
-             gpuconv.activation_backward(to_xp(dy), to_xp(y), "sigmoid", backend=backend)]
+    outs = list(
+        gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(y), activation="relu", backend=backend)
+    )
+    outs += [
+        gpuconv.conv2d_backward_input(to_xp(dy), to_xp(w), x.shape, backend=backend),
+        gpuconv.conv2d_backward_weight(to_xp(dy), to_xp(x), w.shape, backend=backend),
+        gpuconv.conv2d_backward_bias(to_xp(dy), backend=backend),
+        gpuconv.activation_backward(to_xp(dy), to_xp(y), "sigmoid", backend=backend),
+    ]
     for a in outs:
         assert isinstance(a, xp.ndarray) and a.dtype == dtype
 
@@ -234,11 +263,16 @@ def test_float16_backward_accumulates_in_float32(backend, to_xp, asnumpy):
     assert dw.dtype == np.float16 and float(dw.item()) == 2064.0
     # dX: 1x1 kernel with 17 output channels of weight 1, dz = (2048, 1, ..., 1) over those channels
     dz_m = big_then_ones.reshape(1, 1, 1, 17)
-    dx = asnumpy(gpuconv.conv2d_backward_input(to_xp(dz_m), to_xp(np.ones((1, 1, 1, 17), np.float16)),
-                                               (1, 1, 1, 1), backend=backend))
+    dx = asnumpy(
+        gpuconv.conv2d_backward_input(
+            to_xp(dz_m), to_xp(np.ones((1, 1, 1, 17), np.float16)), (1, 1, 1, 1), backend=backend
+        )
+    )
     assert float(dx.item()) == 2064.0
     # all three through conv2d_backward
-    g = gpuconv.conv2d_backward(to_xp(dz), to_xp(x), to_xp(np.ones((1, 1, 1, 1), np.float16)), backend=backend)
+    g = gpuconv.conv2d_backward(
+        to_xp(dz), to_xp(x), to_xp(np.ones((1, 1, 1, 1), np.float16)), backend=backend
+    )
     assert float(asnumpy(g.db).item()) == 2064.0 and float(asnumpy(g.dw).item()) == 2064.0
 
 
@@ -273,5 +307,7 @@ def test_read_only_and_broadcast_inputs(backend, to_xp, check, rand):
     g = gpuconv.conv2d_backward(to_xp(dy), to_xp(x), to_xp(w), to_xp(y_np), backend=backend, **opts)
     dz = ref.activation_backward(np.array(dy), y_np, "sigmoid")
     check(g.dx, ref.backward_input(dz, w, x.shape, padding=opts["padding"]), np.float64, reduction=18)
-    check(g.dw, ref.backward_weight(dz, np.array(x), w.shape, padding=opts["padding"]), np.float64, reduction=60)
+    check(
+        g.dw, ref.backward_weight(dz, np.array(x), w.shape, padding=opts["padding"]), np.float64, reduction=60
+    )
     check(g.db, ref.backward_bias(dz), np.float64, reduction=60)

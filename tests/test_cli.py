@@ -1,4 +1,5 @@
 """The command line (``python -m gpuconv ...``, also installed as ``gpuconv``), run in a subprocess."""
+
 from __future__ import annotations
 
 import os
@@ -15,25 +16,30 @@ import gpuconv
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 WORKED_X = np.array(
-    [[0, 0, 0, 0, 0],
-     [0, 3, 3, 3, 0],
-     [0, 3, 2, 3, 0],
-     [0, 3, 2, 3, 0],
-     [0, 0, 0, 0, 0]], dtype=np.float64)
+    [[0, 0, 0, 0, 0], [0, 3, 3, 3, 0], [0, 3, 2, 3, 0], [0, 3, 2, 3, 0], [0, 0, 0, 0, 0]], dtype=np.float64
+)
 WORKED_W = np.array([[1, -1], [1, -1]], dtype=np.float64)
 
 
 def run_cli(*args, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     env.pop("GPUCONV_BACKEND", None)
-    proc = subprocess.run([sys.executable, "-m", "gpuconv", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpuconv", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
     return proc
 
 
 def ok_output(*args):
     proc = run_cli(*args)
-    assert proc.returncode == 0, f"gpuconv {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"gpuconv {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc.stdout
 
 
@@ -67,8 +73,11 @@ def demo_proc():
 
 
 def stdout_of(proc):
-    """The stdout of a finished CLI run; asserting here (in the test) makes a broken command fail, not error."""
-    assert proc.returncode == 0, f"gpuconv {' '.join(proc.args[3:])} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    """The stdout of a finished CLI run; asserting here (in the test) makes a broken command fail, not error
+    (a failing fixture would be an error)."""
+    assert proc.returncode == 0, (
+        f"gpuconv {' '.join(proc.args[3:])} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    )
     return proc.stdout
 
 
@@ -122,8 +131,9 @@ def test_demo_says_backend(demo_proc):
 
 def test_demo_exact_values_in_library(backend, to_xp, asnumpy):
     """What the demo prints is what conv2d computes: the worked example's exact Z."""
-    np.testing.assert_array_equal(asnumpy(gpuconv.conv2d(to_xp(WORKED_X), to_xp(WORKED_W), backend=backend)),
-                                  worked_z())
+    np.testing.assert_array_equal(
+        asnumpy(gpuconv.conv2d(to_xp(WORKED_X), to_xp(WORKED_W), backend=backend)), worked_z()
+    )
 
 
 # ------------------------------------------------------------------------------------------ summary

@@ -1,5 +1,6 @@
 """Backend selection: "auto" (GPUCONV_BACKEND overrides it), forcing "numpy" / "cupy", unknown names, mixing
 numpy and cupy arrays, get_array_module, show_config, and importing gpuconv without touching cupy."""
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,9 @@ def run_python(code, tmp_path=None, fake_cupy=None, env_extra=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     env.pop("GPUCONV_BACKEND", None)
     env.update(env_extra or {})
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout
 
@@ -93,7 +95,8 @@ def test_import_does_not_import_cupy():
 def test_import_never_fails_with_a_broken_cupy(tmp_path):
     """A cupy whose import raises (a broken CUDA install): gpuconv still imports and the numpy path works; the
     cupy backend reports the reason."""
-    out = run_python("""
+    out = run_python(
+        """
         import numpy as np
         import gpuconv
         y = gpuconv.conv2d(np.ones((1, 4, 4, 2)), np.ones((2, 2, 2, 3)))
@@ -109,14 +112,18 @@ def test_import_never_fails_with_a_broken_cupy(tmp_path):
             raise AssertionError("backend='cupy' ran with a broken cupy")
         print("CONFIG")
         gpuconv.show_config()
-    """, tmp_path, fake_cupy=FAKE_BROKEN_CUPY)
+    """,
+        tmp_path,
+        fake_cupy=FAKE_BROKEN_CUPY,
+    )
     config = out.split("CONFIG", 1)[1]
     assert "CUDA driver version is insufficient" in config  # show_config says why cupy cannot run
 
 
 def test_mixing_numpy_and_cupy_arrays_is_a_type_error_fake_cupy(tmp_path):
     """With a stand-in cupy (arrays of type cupy.ndarray, no GPU): mixing names the arguments."""
-    out = run_python("""
+    out = run_python(
+        """
         import numpy as np, cupy, gpuconv
         x, w = np.ones((1, 4, 4, 2)), np.ones((2, 2, 2, 3))
         calls = {
@@ -137,11 +144,19 @@ def test_mixing_numpy_and_cupy_arrays_is_a_type_error_fake_cupy(tmp_path):
                 print(name, "|", e)
             else:
                 raise AssertionError(name + " accepted mixed numpy and cupy arrays")
-    """, tmp_path, fake_cupy=FAKE_CUPY)
+    """,
+        tmp_path,
+        fake_cupy=FAKE_CUPY,
+    )
     lines = dict(line.split(" | ", 1) for line in out.strip().splitlines())
-    expected_args = {"conv2d x/w": ("x", "w"), "conv2d b": ("x", "b"), "conv2d_backward": ("dy", "x"),
-                     "backward_input": ("dz", "w"), "backward_weight": ("dz", "x"),
-                     "activation_backward": ("dy", "y")}
+    expected_args = {
+        "conv2d x/w": ("x", "w"),
+        "conv2d b": ("x", "b"),
+        "conv2d_backward": ("dy", "x"),
+        "backward_input": ("dz", "w"),
+        "backward_weight": ("dz", "x"),
+        "activation_backward": ("dy", "y"),
+    }
     for name, args in expected_args.items():
         msg = lines[name]
         fname = name.split()[0] if name.startswith("conv2d") else "conv2d_" + name
@@ -162,8 +177,8 @@ def test_mixing_numpy_and_cupy_arrays_is_a_type_error(backend):
 # ------------------------------------------------------------------------------------------ forcing backends
 @needs_no_cupy
 @pytest.mark.parametrize("how", ["argument", "environment"])
-def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, how):
-    x, w = np.ones((1, 4, 4, 2)), np.ones((2, 2, 2, 3))
+def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, rand, how):
+    x, w = rand((1, 4, 4, 2)), rand((2, 2, 2, 3))
     if how == "environment":
         monkeypatch.setenv("GPUCONV_BACKEND", "cupy")
         kwargs = {}
@@ -177,8 +192,8 @@ def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, how):
 
 
 @needs_no_cupy
-def test_every_function_reports_cupy_unavailable():
-    x, w, dz = np.ones((1, 4, 4, 2)), np.ones((2, 2, 2, 3)), np.ones((1, 3, 3, 3))
+def test_every_function_reports_cupy_unavailable(rand):
+    x, w, dz = rand((1, 4, 4, 2)), rand((2, 2, 2, 3)), rand((1, 3, 3, 3))
     calls = [
         lambda: gpuconv.conv2d(x, w, backend="cupy"),
         lambda: gpuconv.activation_backward(dz, dz, "relu", backend="cupy"),
@@ -236,7 +251,9 @@ def test_unknown_backend_name_is_value_error(rand, name):
 def test_forcing_numpy_and_auto_agree(rand):
     x, w, b = rand((2, 5, 6, 2)), rand((3, 2, 2, 4)), rand((4,))
     np.testing.assert_array_equal(gpuconv.conv2d(x, w, b, backend="numpy"), gpuconv.conv2d(x, w, b))
-    np.testing.assert_array_equal(gpuconv.conv2d(x, w, b, backend="numpy"), gpuconv.conv2d(x, w, b, backend="auto"))
+    np.testing.assert_array_equal(
+        gpuconv.conv2d(x, w, b, backend="numpy"), gpuconv.conv2d(x, w, b, backend="auto")
+    )
 
 
 @needs_cupy

@@ -1,19 +1,24 @@
 """Finite-difference gradient checks in float64: the backend's backward against central differences of the
 backend's own forward, for the scalar loss L = sum(U * R) with a fixed random R (so dU = R)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import gpuconv
 import reference as ref
 from conftest import FD_RTOL, FD_STEP, to_numpy
 
+import gpuconv
+
 CONFIGS = {
     "valid": dict(x=(2, 5, 5, 3), w=(3, 2, 3, 2), opts={}),
-    "stride-asym-pad": dict(x=(2, 6, 5, 2), w=(2, 3, 2, 3), opts=dict(stride=(2, 1), padding=((1, 0), (0, 2)))),
+    "stride-asym-pad": dict(
+        x=(2, 6, 5, 2), w=(2, 3, 2, 3), opts=dict(stride=(2, 1), padding=((1, 0), (0, 2)))
+    ),
     "dilation-groups": dict(x=(1, 6, 6, 4), w=(2, 2, 2, 4), opts=dict(dilation=(2, 1), groups=2, padding=1)),
-    "same-stride-depthwise": dict(x=(1, 7, 6, 3), w=(3, 3, 1, 3), opts=dict(padding="same", stride=2, groups=3)),
+    "same-stride-depthwise": dict(
+        x=(1, 7, 6, 3), w=(3, 3, 1, 3), opts=dict(padding="same", stride=2, groups=3)
+    ),
     "2d": dict(x=(6, 5), w=(3, 2), opts=dict(padding="full")),
 }
 ACTIVATIONS = ["identity", "relu", "sigmoid"]
@@ -34,7 +39,7 @@ def _inputs(rng, cfg, activation):
 
 
 def _coordinates(rng, shape, limit):
-    """Every index of ``shape`` if there are at most ``limit`` of them, else ``limit`` random distinct ones."""
+    """Every index of ``shape`` if there are at most ``limit``, else ``limit`` random distinct ones."""
     size = int(np.prod(shape))
     flat = np.arange(size) if size <= limit else rng.choice(size, limit, replace=False)
     return [np.unravel_index(i, shape) for i in flat]
@@ -72,11 +77,19 @@ def test_gradcheck(backend, to_xp, rng, work_scale, cfg_name, activation):
         u = gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), activation=activation, backend=backend, **opts)
         return float(np.sum(to_numpy(u) * r))
 
-    grads = gpuconv.conv2d_backward(to_xp(r), to_xp(x), to_xp(w), to_xp(y), has_bias=b is not None,
-                                    activation=activation, backend=backend, **opts)
+    grads = gpuconv.conv2d_backward(
+        to_xp(r),
+        to_xp(x),
+        to_xp(w),
+        to_xp(y),
+        has_bias=b is not None,
+        activation=activation,
+        backend=backend,
+        **opts,
+    )
     dx, dw = to_numpy(grads.dx), to_numpy(grads.dw)
     assert dx.shape == x.shape and dw.shape == w.shape
-    limit = max(8, int(200 * work_scale))
+    limit = 200 if work_scale >= 1 else 10  # every coordinate of these tiny arrays, or 10 on slow backends
     for name, arr, analytic in (("dx", x, dx), ("dw", w, dw)):
         coords = _coordinates(rng, arr.shape, limit)
         _assert_grad(name, analytic, _fd_gradient(loss, arr, coords), coords)
@@ -90,7 +103,7 @@ def test_gradcheck(backend, to_xp, rng, work_scale, cfg_name, activation):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_gradcheck_separate_ops(backend, to_xp, rng, activation):
-    """The chain activation_backward -> backward_input / backward_weight / backward_bias against differences."""
+    """activation_backward -> backward_input / backward_weight / backward_bias against differences."""
     cfg = CONFIGS["stride-asym-pad"]
     x, w, b, _ = _inputs(rng, cfg, activation)
     opts = cfg["opts"]
@@ -135,8 +148,11 @@ def test_reference_gradients_match_differences(rng):
         return float(np.sum(ref.conv2d(x, w, b, activation="sigmoid", **opts) * r))
 
     dz = ref.activation_backward(r, y, "sigmoid")
-    analytic = dict(dx=ref.backward_input(dz, w, x.shape, **opts), dw=ref.backward_weight(dz, x, w.shape, **opts),
-                    db=ref.backward_bias(dz))
+    analytic = dict(
+        dx=ref.backward_input(dz, w, x.shape, **opts),
+        dw=ref.backward_weight(dz, x, w.shape, **opts),
+        db=ref.backward_bias(dz),
+    )
     for name, arr in (("dx", x), ("dw", w), ("db", b)):
         coords = _coordinates(rng, arr.shape, 40)
         _assert_grad(name, analytic[name], _fd_gradient(loss, arr, coords), coords)

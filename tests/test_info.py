@@ -1,14 +1,15 @@
-"""conv2d_info: output shape, channels, forward multiplications (bias excluded) and parameters, from shapes."""
+"""conv2d_info: output shape, channels, forward multiplications (bias excluded), parameters: from shapes."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 import pytest
-
-import gpuconv
 import reference as ref
 from reference import OPTION_CASES, OPTION_IDS
+
+import gpuconv
 
 
 def test_spec_example():
@@ -43,6 +44,7 @@ def test_is_frozen_dataclass():
         ((7, 6), (3, 2), {}, (5, 5), 5 * 5 * 6, 7),
         ((7, 6), (3, 2), dict(bias=False), (5, 5), 5 * 5 * 6, 6),
         ((1, 1, 1), (1, 1, 1, 1), {}, (1, 1, 1), 1, 2),
+        ((0, 5, 5, 2), (3, 3, 2, 4), {}, (0, 3, 3, 4), 0, 76),
     ],
 )
 def test_numbers(x_shape, w_shape, opts, out, mults, params):

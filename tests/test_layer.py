@@ -1,20 +1,25 @@
-"""gpuconv.Conv2D: layer(x) / layer.forward(x) keep what backward needs; layer.backward(dy) returns dX and sets
-layer.dw and layer.db."""
+"""gpuconv.Conv2D: layer(x) / layer.forward(x) keep what backward needs; layer.backward(dy) returns dX and
+sets layer.dw and layer.db."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import gpuconv
 import reference as ref
 from conftest import DTYPE_IDS, DTYPES, FD_RTOL, FD_STEP, to_numpy
 from reference import OPTION_CASES, OPTION_IDS, reduction_lengths
 
+import gpuconv
+
 
 def _geometry(c):
     o = c["options"]
-    return dict(stride=o.get("stride", 1), padding=o.get("padding", "valid"), dilation=o.get("dilation", 1),
-                groups=o.get("groups", 1))
+    return dict(
+        stride=o.get("stride", 1),
+        padding=o.get("padding", "valid"),
+        dilation=o.get("dilation", 1),
+        groups=o.get("groups", 1),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -49,8 +54,12 @@ def test_call_and_forward_agree(backend, to_xp, asnumpy, rand):
     np.testing.assert_array_equal(asnumpy(layer(to_xp(x))), asnumpy(layer.forward(to_xp(x))))
     np.testing.assert_array_equal(
         asnumpy(layer(to_xp(x))),
-        asnumpy(gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), padding="same", activation="sigmoid",
-                               backend=backend)))
+        asnumpy(
+            gpuconv.conv2d(
+                to_xp(x), to_xp(w), to_xp(b), padding="same", activation="sigmoid", backend=backend
+            )
+        ),
+    )
 
 
 def test_backward_uses_latest_forward(backend, to_xp, check, rand):

@@ -1,5 +1,6 @@
 """The wheel: built from the repository into a temporary folder, it ships the package and the CUDA sources
 (the top-level kernels/ folder as gpuconv/kernels/) and declares the ``gpuconv`` console script."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,8 +22,17 @@ def _build_wheel(src: Path, out_dir: Path) -> Path:
     if importlib.util.find_spec("build") is not None:
         cmd = [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out_dir), str(src)]
     elif importlib.util.find_spec("pip") is not None:
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir",
-               str(out_dir), str(src)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out_dir),
+            str(src),
+        ]
     else:
         pytest.skip("neither 'build' nor 'pip' is installed")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=out_dir)
@@ -36,8 +46,13 @@ def _build_wheel(src: Path, out_dir: Path) -> Path:
 def wheel_names(tmp_path_factory):
     # Build from a copy of the working tree so that the build leaves nothing behind in the repository.
     src = tmp_path_factory.mktemp("src") / "gpuconv-src"
-    shutil.copytree(REPO_ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", ".asv", "*.egg-info"))
+    shutil.copytree(
+        REPO_ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", ".asv", "*.egg-info"
+        ),
+    )
     wheel = _build_wheel(src, tmp_path_factory.mktemp("wheel"))
     with zipfile.ZipFile(wheel) as zf:
         return {"names": zf.namelist(), "entry_points": _read_entry_points(zf)}
