@@ -88,11 +88,18 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
 
 
 def activation_backward(dy, y, activation, *, backend="auto"):
-    """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y)); any shape."""
+    """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y)); any shape.
+
+    y may be None for the identity (dz is then a copy of dy).
+    """
     fname = "activation_backward"
+    act = _config.activation_name(fname, activation)
+    if y is None and act != "identity":
+        raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
     be, a = _prepare(fname, backend, {"dy": dy, "y": y})
     _check_dtypes(fname, a)
-    act = _config.activation_name(fname, activation)
+    if act == "identity":
+        return _back(a["dy"].copy(), dy)
     _check_shape(fname, "y", a["y"], a["dy"].shape)
     return _back(be.activation_backward(a["dy"], a["y"], act), dy)
 
@@ -188,10 +195,29 @@ class Conv2D:
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
         self.backend = backend
-        _config.pair("Conv2D", "stride", stride, minimum=1)
-        _config.pair("Conv2D", "dilation", dilation, minimum=1)
+        self._check_options()
         self.dw = self.db = None
         self._x = self._y = None
+
+    def _check_options(self) -> None:
+        """Fail at construction, not at the first forward, on anything checkable without an input."""
+        fname = "Conv2D"
+        w_shape = tuple(self.w.shape)
+        if len(w_shape) not in (2, 4):
+            raise ValueError(f"{fname}: argument 'w' must be 2-D (KH, KW) or 4-D (KH, KW, C/groups, M), "
+                             f"got shape {w_shape}")
+        if not isinstance(self.groups, int) or isinstance(self.groups, bool):
+            raise TypeError(f"{fname}: argument 'groups' must be an int, got {self.groups!r}")
+        # The output size is only known with the input: check the rest on a dummy input large enough for any
+        # stride, dilation and padding.
+        d = _config.pair(fname, "dilation", self.dilation, minimum=1)
+        size = (max(w_shape[0] * d[0], 1), max(w_shape[1] * d[1], 1))
+        x_shape = size if len(w_shape) == 2 else (*size, w_shape[2] * self.groups)
+        x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
+        cfg = _config.make_config(fname, x4, w4, stride=self.stride, padding=self.padding, dilation=d,
+                                  groups=self.groups)
+        _check_dtypes(fname, {"w": _as_array(self.w), "b": None if self.b is None else _as_array(self.b)})
+        _check_bias(fname, self.b, cfg)
 
     def _options(self) -> dict:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
