@@ -28,10 +28,13 @@ ENV_CXX = "GPUCONV_CXX"
 ENV_CACHE = "GPUCONV_CACHE_DIR"
 ENV_SANITIZE = "GPUCONV_EMULATOR_SANITIZE"
 
-BASE_FLAGS = ("-std=c++20", "-O2", "-fPIC", "-pthread", "-fno-strict-aliasing", "-fvisibility=hidden", "-w")
+# -fstack-clash-protection: a frame bigger than a page probes each page, so a huge local array hits the fiber
+# stack's guard page (reported as a stack overflow) instead of silently writing into a neighbour's stack.
+BASE_FLAGS = ("-std=c++20", "-O2", "-fPIC", "-pthread", "-fno-strict-aliasing", "-fvisibility=hidden", "-w",
+              "-fstack-clash-protection")
 SANITIZE_FLAGS = {
     "address": ("-std=c++20", "-O1", "-g", "-fPIC", "-pthread", "-fno-strict-aliasing", "-fvisibility=hidden",
-                "-w", "-fsanitize=address", "-fno-omit-frame-pointer"),
+                "-w", "-fstack-clash-protection", "-fsanitize=address", "-fno-omit-frame-pointer"),
 }
 # NVRTC options that mean nothing to g++ (their prefixes); -D, -U and -I are passed on.
 IGNORED_OPTIONS = ("-std", "--std", "-arch", "--gpu-architecture", "--use_fast_math", "-use_fast_math",
@@ -105,8 +108,6 @@ def cache_dir() -> Path:
 
 
 # ---- source rewriting -----------------------------------------------------------------------------------
-_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
-_STRING = re.compile(r'"(?:\\.|[^"\\\n])*"')
 _EXTERN_C_KERNEL = re.compile(
     r'extern\s+"C"\s+((?:(?:__\w+__|static|inline)(?:\s*\([^()]*\))?\s+)*)void\s+'
     r"(?:__launch_bounds__\s*\([^()]*\)\s*)?([A-Za-z_]\w*)\s*\("

@@ -94,6 +94,7 @@ struct Fiber {
     void* sp = nullptr;
     char* stack_lo = nullptr;  // usable stack [stack_lo, stack_lo + stack_size); guard page just below
     size_t stack_size = 0;
+    size_t color = 0;  // bytes left unused at the top of the stack
     void* asan_fake = nullptr;
     uint3 tid{};
     FiberState state = DONE;
@@ -210,6 +211,7 @@ void ensure_fibers(Worker& w, int n) {
         mprotect(mem, ps, PROT_NONE);  // guard page: a stack overflow faults here
         w.fibers[i].stack_lo = static_cast<char*>(mem) + ps;
         w.fibers[i].stack_size = w.stack_size;
+        w.fibers[i].color = size_t(i % 64) * 64 + size_t(i / 64 % 4) * 1024;
     }
 }
 
@@ -335,7 +337,9 @@ void describe_deadlock(Worker& w) {
 
 void init_fiber_stack(Fiber& f) {
     // Layout (low to high): mxcsr|fpu cw, r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
-    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size) & ~uintptr_t(15);
+    // Tops staggered by fiber index (f.color) so that the hot frames of neighbouring fibers do not all
+    // fall into the same cache sets (every stack top has the same page offset otherwise).
+    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size - f.color) & ~uintptr_t(15);
     uintptr_t after_ret = top - 16;
     auto* sp = reinterpret_cast<uint64_t*>(after_ret - 64);
     unsigned mxcsr;
@@ -371,8 +375,8 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
     }
     if (L.shmem) memset(dyn, 0xFF, L.shmem);
     tl.block_idx = w.block;
-    tl.block_dim = L.block;
-    tl.grid_dim = L.grid;
+    tl.block_dim = uint3{L.block.x, L.block.y, L.block.z};
+    tl.grid_dim = uint3{L.grid.x, L.grid.y, L.grid.z};
     tl.dyn_smem = dyn;
     w.nthreads = n;
     w.live = n;
