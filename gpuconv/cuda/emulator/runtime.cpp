@@ -33,6 +33,9 @@
 #else
 #define GPUCONV_ASAN 0
 #endif
+// The code that switches stacks is not instrumented: ASan's bookkeeping of the current stack is only right
+// again after __sanitizer_finish_switch_fiber, and a no-return call there would make it unpoison the wrong one.
+#define GPUCONV_NO_ASAN __attribute__((no_sanitize_address))
 
 extern "C" {
 void gpuconv_emu_switch(void** save_sp, void* new_sp) GPUCONV_EMU_HIDDEN;
@@ -216,7 +219,7 @@ void ensure_fibers(Worker& w, int n) {
 }
 
 // ---- fiber switches, with AddressSanitizer's annotations in sanitize builds ----
-void resume(Worker& w, Fiber& f) {
+GPUCONV_NO_ASAN void resume(Worker& w, Fiber& f) {
 #if GPUCONV_ASAN
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f.stack_lo, f.stack_size);
@@ -227,7 +230,7 @@ void resume(Worker& w, Fiber& f) {
 #endif
 }
 
-void yield(Worker& w, Fiber& f) {
+GPUCONV_NO_ASAN void yield(Worker& w, Fiber& f) {
 #if GPUCONV_ASAN
     __sanitizer_start_switch_fiber(&f.asan_fake, w.sched_bottom, w.sched_size);
     gpuconv_emu_switch(&f.sp, w.sched_sp);
@@ -237,7 +240,7 @@ void yield(Worker& w, Fiber& f) {
 #endif
 }
 
-[[noreturn]] void leave(Worker& w, Fiber& f) {
+[[noreturn]] GPUCONV_NO_ASAN void leave(Worker& w, Fiber& f) {
 #if GPUCONV_ASAN
     __sanitizer_start_switch_fiber(nullptr, w.sched_bottom, w.sched_size);
 #endif
@@ -486,22 +489,29 @@ void pool_main() {
 struct sigaction old_actions[NSIG];
 std::once_flag handlers_once;
 
+// Writes "kernel 'K' (launch ...), in block (..), thread (..)" for the launch running on this thread.
+int describe_launch(char* buf, size_t size) {
+    Worker* w = tl.worker;
+    if (!w || !w->launch) return 0;
+    Launch& L = *w->launch;
+    int len = snprintf(buf, size, "kernel '%s' in launch grid=(%u,%u,%u) block=(%u,%u,%u) shared_mem=%llu, block (%u,%u,%u)",
+                       L.kernel->name, L.grid.x, L.grid.y, L.grid.z, L.block.x, L.block.y, L.block.z, L.shmem,
+                       w->block.x, w->block.y, w->block.z);
+    if (tl.fiber >= 0 && len >= 0 && size_t(len) < size) {
+        const Fiber& f = w->fibers[tl.fiber];
+        len += snprintf(buf + len, size - len, ", thread (%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
+    }
+    return len < 0 ? 0 : (size_t(len) < size ? len : int(size) - 1);
+}
+
 void crash_handler(int sig, siginfo_t* info, void* ctx) {
     Worker* w = tl.worker;
     if (w && w->launch) {
         char buf[1024];
         const char* name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
                                                                                              : "SIGILL";
-        Launch& L = *w->launch;
-        int len = snprintf(buf, sizeof buf,
-                           "\ngpuconv emulator: kernel '%s' crashed with %s (address %p) in launch grid=(%u,%u,%u) "
-                           "block=(%u,%u,%u) shared_mem=%llu, in block (%u,%u,%u)",
-                           L.kernel->name, name, info->si_addr, L.grid.x, L.grid.y, L.grid.z, L.block.x,
-                           L.block.y, L.block.z, L.shmem, w->block.x, w->block.y, w->block.z);
-        if (tl.fiber >= 0 && size_t(len) < sizeof buf) {
-            const Fiber& f = w->fibers[tl.fiber];
-            len += snprintf(buf + len, sizeof buf - len, ", thread (%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
-        }
+        int len = snprintf(buf, sizeof buf, "\ngpuconv emulator: crash (%s, address %p) in ", name, info->si_addr);
+        len += describe_launch(buf + len, sizeof buf - len);
         const char* a = static_cast<const char*>(info->si_addr);
         for (const Fiber& f : w->fibers) {
             if (a >= f.stack_lo - page_size() && a < f.stack_lo && size_t(len) < sizeof buf) {
@@ -522,6 +532,15 @@ void crash_handler(int sig, siginfo_t* info, void* ctx) {
     sigaction(sig, &old_actions[sig], nullptr);
 }
 
+#if GPUCONV_ASAN
+// AddressSanitizer calls this before it ends the process: say which kernel launch it caught.
+void asan_death() {
+    char buf[1024];
+    int len = describe_launch(buf, sizeof buf);
+    if (len > 0) fprintf(stderr, "gpuconv emulator: AddressSanitizer stopped %s\n", buf);
+}
+#endif
+
 void install_crash_handlers() {
     std::call_once(handlers_once, [] {
         for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) {
@@ -531,6 +550,9 @@ void install_crash_handlers() {
             sigemptyset(&sa.sa_mask);
             sigaction(sig, &sa, &old_actions[sig]);
         }
+#if GPUCONV_ASAN
+        __sanitizer_set_death_callback(asan_death);
+#endif
     });
 }
 
@@ -597,7 +619,7 @@ void fail(const char* what, unsigned line) {
 
 using namespace gpuconv_emu;
 
-extern "C" void gpuconv_emu_fiber_main() {
+extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
     Worker& w = *tl.worker;
     int me = tl.fiber;
 #if GPUCONV_ASAN
