@@ -83,7 +83,7 @@ struct State {
     Worker* worker;
     int fiber;  // index of the running fiber (linear thread id), -1 in the scheduler
 };
-extern thread_local State tl GPUCONV_EMU_HIDDEN;
+extern __thread State tl GPUCONV_EMU_HIDDEN;  // __thread: no TLS init wrapper calls
 
 GPUCONV_EMU_HIDDEN void block_barrier(unsigned line);
 GPUCONV_EMU_HIDDEN int block_barrier_count(int pred, unsigned line);  // returns how many had pred != 0

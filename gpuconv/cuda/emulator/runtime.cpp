@@ -43,9 +43,10 @@ void gpuconv_emu_fiber_start() GPUCONV_EMU_HIDDEN;
 void gpuconv_emu_fiber_main() GPUCONV_EMU_HIDDEN;
 }
 
-// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
-// pointer to *save_sp, loads new_sp and restores the same from there. A new fiber's stack is laid out so
-// that the final `ret` enters gpuconv_emu_fiber_start with a 16-byte aligned stack.
+// Saves the callee-saved registers on the current stack, stores the stack pointer to *save_sp, loads new_sp
+// and restores the same from there. A new fiber's stack is laid out so that the final `ret` enters
+// gpuconv_emu_fiber_start with a 16-byte aligned stack. MXCSR and the x87 control word are not switched
+// (fnstcw/fldcw cost more than the rest of the switch): kernels must not change rounding modes.
 asm(R"(
     .text
     .globl gpuconv_emu_switch
@@ -58,14 +59,8 @@ gpuconv_emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -86,7 +81,7 @@ gpuconv_emu_fiber_start:
 
 namespace gpuconv_emu {
 
-thread_local State tl;
+__thread State tl;
 
 
 enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
@@ -339,19 +334,14 @@ void describe_deadlock(Worker& w) {
 }
 
 void init_fiber_stack(Fiber& f) {
-    // Layout (low to high): mxcsr|fpu cw, r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
+    // Layout (low to high): r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
     // Tops staggered by fiber index (f.color) so that the hot frames of neighbouring fibers do not all
     // fall into the same cache sets (every stack top has the same page offset otherwise).
     uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size - f.color) & ~uintptr_t(15);
     uintptr_t after_ret = top - 16;
-    auto* sp = reinterpret_cast<uint64_t*>(after_ret - 64);
-    unsigned mxcsr;
-    unsigned short fpucw;
-    asm volatile("stmxcsr %0" : "=m"(mxcsr));
-    asm volatile("fnstcw %0" : "=m"(fpucw));
-    sp[0] = uint64_t(mxcsr) | (uint64_t(fpucw) << 32);
-    for (int i = 1; i < 7; ++i) sp[i] = 0;
-    sp[7] = reinterpret_cast<uint64_t>(&gpuconv_emu_fiber_start);
+    auto* sp = reinterpret_cast<uint64_t*>(after_ret - 56);
+    for (int i = 0; i < 6; ++i) sp[i] = 0;
+    sp[6] = reinterpret_cast<uint64_t>(&gpuconv_emu_fiber_start);
     f.sp = sp;
 }
 
