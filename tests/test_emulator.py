@@ -39,7 +39,7 @@ def run_script(code, env_extra=None, timeout=120):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
@@ -252,6 +252,14 @@ def test_trap_is_reported():
     assert (c == 2).all()
 
 
+def test_failed_assert_is_reported():
+    from gpuconv.cuda.emulator import EmulatorError
+
+    out = np.zeros(4, np.float32)
+    with pytest.raises(EmulatorError, match=r"assert_odd.*thread \(1,0,0\).*assert\(threadIdx.x % 2 == 0\) failed"):
+        module("faults.cu").get_function("assert_odd")((1,), (4,), (out,))
+
+
 @pytest.mark.skipif(bool(SANITIZE), reason="under ASan, AddressSanitizer reports the fault itself")
 def test_crash_names_the_kernel_and_launch():
     proc = run_script(f"""
@@ -280,7 +288,8 @@ def test_stack_overflow_is_named():
 
 def _libasan():
     try:
-        out = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(["g++", "-print-file-name=libasan.so"], check=False, capture_output=True, text=True,
+                             timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     path = out.stdout.strip()
@@ -305,3 +314,64 @@ def test_out_of_bounds_read_is_caught_under_asan():
     assert "read_past_end" in proc.stderr
     assert "AddressSanitizer stopped kernel 'read_past_end' in launch grid=(1,1,1) block=(128,1,1)" in proc.stderr
     assert proc.returncode != 0 and "survived" not in proc.stdout
+
+
+# ---- module interface -------------------------------------------------------------------------------------
+def test_no_compiler_means_unavailable_not_broken():
+    proc = run_script("""
+        import numpy as np
+        import gpuconv
+        from gpuconv.cuda.modules import emulator_unavailable_reason, get_module
+        from gpuconv._dispatch import BackendUnavailable
+        reason = emulator_unavailable_reason()
+        assert reason and "no C++ compiler" in reason, reason
+        try:
+            get_module("emulator", "%s")
+        except BackendUnavailable as exc:
+            print("unavailable:", exc)
+        x = np.ones((1, 5, 5, 2), np.float32); w = np.ones((3, 3, 2, 4), np.float32)
+        print(gpuconv.conv2d(x, w).shape)
+    """ % (KERNELS / "vector_add.cu"), {"GPUCONV_CXX": "no-such-compiler-gpuconv"})
+    assert proc.returncode == 0, proc.stderr
+    assert "unavailable: the CUDA emulator is unavailable: no C++ compiler" in proc.stdout
+    assert "(1, 3, 3, 4)" in proc.stdout
+
+
+def test_import_compiles_nothing(tmp_path):
+    proc = run_script("""
+        import sys, gpuconv, gpuconv.cuda.modules, gpuconv.cuda.nvrtc
+        assert "gpuconv.cuda.emulator" not in sys.modules and "cuda.bindings.nvrtc" not in sys.modules
+    """, {"GPUCONV_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_kernel_source_lookup(tmp_path):
+    from gpuconv.cuda.modules import kernel_path, kernel_source
+
+    assert kernel_path("README.md").parent.name == "kernels"
+    assert "kernels" in kernel_source("README.md")
+    with pytest.raises(FileNotFoundError, match="no_such.cu"):
+        kernel_source("no_such.cu")
+    with pytest.raises(ValueError, match="bare name"):
+        kernel_source("../README.md")
+
+
+def test_cupy_kind_without_cupy():
+    from gpuconv._dispatch import BackendUnavailable, import_cupy
+
+    try:
+        import_cupy()
+    except BackendUnavailable:
+        pass
+    else:
+        pytest.skip("cupy is installed: the cupy kind is exercised by the GPU tests")
+    with pytest.raises(BackendUnavailable, match="cupy"):
+        get_module("cupy", str(KERNELS / "vector_add.cu"))
+
+
+def test_modules_are_cached_and_name_expressions_registered():
+    a = module("templates.cu")
+    assert module("templates.cu") is a
+    assert {"axpy<float>", "axpy<double>", "axpy<__half>"} <= set(a.kernel_names)
+    assert a.get_function("axpy<__half>").param_types == ("__half*", "__half*", "__half", "int")

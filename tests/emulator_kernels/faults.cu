@@ -45,3 +45,9 @@ extern "C" __global__ void trap_one(float* __restrict__ out) {
     if (threadIdx.x == 3) __trap();
     out[threadIdx.x] = 1.0f;
 }
+
+// Fails an assert() in the threads with an odd index (assert needs no include, under NVRTC or the emulator).
+extern "C" __global__ void assert_odd(float* __restrict__ out) {
+    assert(threadIdx.x % 2 == 0);
+    out[threadIdx.x] = 1.0f;
+}

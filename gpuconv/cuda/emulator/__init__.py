@@ -32,9 +32,9 @@ from . import _compile
 from ._compile import CompileError, sanitize_mode, unavailable_reason
 
 __all__ = [
+    "SCHEDULES",
     "CompileError",
     "EmulatorError",
-    "SCHEDULES",
     "load_module",
     "schedule",
     "unavailable_reason",

@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,14 +62,14 @@ def flags() -> tuple:
     return SANITIZE_FLAGS[mode] if mode else BASE_FLAGS
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiler_info(cxx: str):
     """(path, version string) of the C++ compiler, or (None, reason)."""
     path = shutil.which(cxx)
     if path is None:
         return None, f"no C++ compiler found (looked for {cxx!r} on PATH; set {ENV_CXX} to choose one)"
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([path, "--version"], check=False, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"the C++ compiler {path} cannot be run: {exc}"
     first = (out.stdout or out.stderr).splitlines()[:1]
@@ -124,7 +124,7 @@ def strip_comments(source: str) -> str:
             return text
         return re.sub(r"[^\n]", " ", text)
 
-    return re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', repl, source, flags=re.S)
+    return re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', repl, source, flags=re.DOTALL)
 
 
 def extern_c_kernels(source: str) -> list:
@@ -216,7 +216,7 @@ def _hash_include_dirs(h, dirs):
 
 
 def _run(cmd, what):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CompileError(f"{what} failed (exit {proc.returncode}):\n{' '.join(cmd)}\n{proc.stderr}{proc.stdout}")
 

@@ -7,6 +7,7 @@
 #ifndef GPUCONV_EMU_H
 #define GPUCONV_EMU_H
 
+#include <assert.h>    // assert() in kernels, as NVRTC has it built in
 #include <math.h>      // libstdc++'s math.h: the C functions plus the float/double overloads in ::
 #include <stdint.h>
 #include <stdio.h>     // printf in kernels

@@ -11,6 +11,7 @@
 // one. A scheduling pass that resumes nobody is a deadlock: the launch fails with a description.
 #include "gpuconv_emu.h"
 
+#include <assert.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -499,7 +500,7 @@ void crash_handler(int sig, siginfo_t* info, void* ctx) {
     if (w && w->launch) {
         char buf[1024];
         const char* name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
-                                                                                             : "SIGILL";
+                           : sig == SIGABRT ? "SIGABRT" : "SIGILL";
         int len = snprintf(buf, sizeof buf, "\ngpuconv emulator: crash (%s, address %p) in ", name, info->si_addr);
         len += describe_launch(buf + len, sizeof buf - len);
         const char* a = static_cast<const char*>(info->si_addr);
@@ -533,7 +534,7 @@ void asan_death() {
 
 void install_crash_handlers() {
     std::call_once(handlers_once, [] {
-        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) {
+        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) {
             struct sigaction sa {};
             sa.sa_sigaction = crash_handler;
             sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
@@ -608,6 +609,19 @@ void fail(const char* what, unsigned line) {
 }  // namespace gpuconv_emu
 
 using namespace gpuconv_emu;
+
+// assert() in kernel code: glibc's assert calls __assert_fail; this hidden definition takes its place inside the
+// kernel library, so that a failed assertion fails the launch (naming kernel, block and thread) instead of
+// aborting the process.
+extern "C" __attribute__((visibility("hidden"))) void __assert_fail(const char* expr, const char* file,
+                                                                      unsigned int line, const char* func) noexcept {
+    if (!tl.worker || tl.fiber < 0) {
+        fprintf(stderr, "%s:%u: %s: Assertion `%s' failed.\n", file, line, func, expr);
+        abort();
+    }
+    Worker& w = *tl.worker;
+    fail_here(w, std::string("assert(") + expr + ") failed at " + file + ":" + std::to_string(line));
+}
 
 extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
     Worker& w = *tl.worker;
