@@ -189,6 +189,40 @@ def test_schedule_from_environment():
     assert proc.stdout.strip() == "shuffle"
 
 
+def test_builtins_match_numpy(schedule):
+    n = 100
+    x = np.linspace(0.05, 3.95, n).astype(np.float32)
+    f = np.zeros(16 * n, np.float32)
+    k = np.zeros(8 * n, np.int32)
+    d = np.zeros(2 * n, np.float64)
+    h = np.zeros(2 * n, np.float16)
+    total = np.zeros(1, np.uint64)
+    module("builtins.cu").get_function("builtins")((2,), (64,), (x, f, k, d, h, total, np.int32(n)))
+    f, k, d, h = f.reshape(n, 16), k.reshape(n, 8), d.reshape(n, 2), h.reshape(n, 2)
+    x64 = x.astype(np.float64)
+    expected = [np.exp(x64), np.log(x64), np.sqrt(x64), 1 / np.sqrt(x64), np.exp(x64), x64 / 3, x64 * 2 + 1,
+                np.maximum(x64, 2) + np.minimum(x64, 1), np.tanh(x64 - 2), np.abs(x64 - 2),
+                np.maximum(x64, 2.5) - np.minimum(x64, 0.5), np.clip(x64 - 1.5, 0, 1), x64, x64 * x64,
+                3 * x64 + 7, x.astype(np.float16).astype(np.float64)]
+    for j, e in enumerate(expected):
+        np.testing.assert_allclose(f[:, j], e, rtol=2e-6, atol=1e-6, err_msg=f"float result {j}")
+    i = np.arange(n)
+    u = (i.astype(np.uint64) * 2654435761) % 2**32
+    assert (k[:, 0] == [bin(int(v)).count("1") for v in u]).all()
+    assert (k[:, 1] == [32 - int(v | 1).bit_length() for v in u]).all()
+    assert (k[:, 2] == [(int(v) & -int(v)).bit_length() for v in i]).all()
+    assert (k[:, 3].view(np.uint32) == [int(f"{v:032b}"[::-1], 2) for v in i]).all()
+    assert (k[:, 4] == np.minimum(i, 7) + np.maximum(i, 3)).all()
+    assert (k[:, 5] == 32).all() and (k[:, 7] == 64).all()
+    assert (k[:, 6] == np.rint(x * np.float32(10))).all()
+    np.testing.assert_allclose(d[:, 0], np.exp(x64), rtol=1e-15)
+    np.testing.assert_allclose(d[:, 1], np.sqrt(x64) + np.maximum(x64, 1), rtol=1e-15)
+    half = (x.astype(np.float16) * np.float16(0.5)) + np.float16(0.5)
+    np.testing.assert_array_equal(h[:, 0], half)
+    np.testing.assert_array_equal(h[:, 1], half)
+    assert total[0] == i.sum()
+
+
 # ---- launch checks ---------------------------------------------------------------------------------------
 def test_python_scalars_are_refused():
     k = module("vector_add.cu").get_function("vector_add")
