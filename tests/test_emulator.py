@@ -320,6 +320,18 @@ def test_stack_overflow_is_named():
     assert "kernel 'stack_hog' in launch" in proc.stderr and "stack overflow" in proc.stderr, proc.stderr
 
 
+def test_spin_wait_hits_the_watchdog():
+    proc = run_script(f"""
+        import numpy as np
+        from gpuconv.cuda.modules import get_module
+        m = get_module("emulator", {str(KERNELS / 'faults.cu')!r})
+        m.get_function("spin_wait")((1,), (2,), (np.zeros(1, np.int32),))
+        print("survived")
+    """, {"GPUCONV_EMULATOR_TIMEOUT": "1", "GPUCONV_EMULATOR_SCHEDULE": "forward"})
+    assert proc.returncode == 124 and "survived" not in proc.stdout, (proc.returncode, proc.stderr)
+    assert "kernel 'spin_wait' (grid=(1,1,1) block=(2,1,1) shared_mem=0) still runs after 1 s" in proc.stderr
+
+
 def _libasan():
     try:
         out = subprocess.run(["g++", "-print-file-name=libasan.so"], check=False, capture_output=True, text=True,

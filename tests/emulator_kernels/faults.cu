@@ -51,3 +51,13 @@ extern "C" __global__ void assert_odd(float* __restrict__ out) {
     assert(threadIdx.x % 2 == 0);
     out[threadIdx.x] = 1.0f;
 }
+
+// Thread 0 spins until thread 1 sets a flag: fine on a GPU (independent thread scheduling), a hang under
+// cooperative fibers when thread 0 runs first.
+extern "C" __global__ void spin_wait(int* __restrict__ flag) {
+    if (threadIdx.x == 0) {
+        while (atomicAdd(flag, 0) == 0) {}
+    } else {
+        atomicExch(flag, 1);
+    }
+}

@@ -13,6 +13,9 @@ launch unless said otherwise):
                               between barriers (also ``with schedule("reverse"): ...``)
   GPUCONV_EMULATOR_SEED       seed of the shuffle schedule (default 0)
   GPUCONV_EMULATOR_WORKERS    worker threads per launch (default: CPU count, at most 8)
+  GPUCONV_EMULATOR_TIMEOUT    seconds a launch may run before the process is aborted with a message naming the
+                              kernel (default 300; 0: no limit). Threads are never preempted, so a kernel that
+                              spins waiting for another thread or block would otherwise hang
   GPUCONV_EMULATOR_SANITIZE   "address": build and run with AddressSanitizer (python must run with libasan
                               preloaded; see tools/asan_emulator.sh); read when a module is compiled
   GPUCONV_EMULATOR_STACK_KB   fiber stack size (default 256 KiB, 512 under ASan); read by each worker once
@@ -44,6 +47,8 @@ SCHEDULES = ("forward", "reverse", "shuffle")
 ENV_SCHEDULE = "GPUCONV_EMULATOR_SCHEDULE"
 ENV_SEED = "GPUCONV_EMULATOR_SEED"
 ENV_WORKERS = "GPUCONV_EMULATOR_WORKERS"
+ENV_TIMEOUT = "GPUCONV_EMULATOR_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -86,6 +91,11 @@ def _workers() -> int:
             raise ValueError(f"{ENV_WORKERS} must be a positive integer, got {value!r}")
         return n
     return _DEFAULT_WORKERS
+
+
+def _timeout() -> float:
+    value = os.environ.get(ENV_TIMEOUT, "").strip()
+    return float(value) if value else DEFAULT_TIMEOUT_S
 
 
 class _ArgInfo(ctypes.Structure):
@@ -240,7 +250,7 @@ class EmulatorKernel:
         seed = int(os.environ.get(ENV_SEED, "0") or 0) & 0xFFFFFFFF
         try:
             rc = self.module._launch(ctypes.addressof(self._entry), grid3, block3, int(shared_mem), argv, sched,
-                                     seed, _workers(), err, _ERRLEN)
+                                     seed, _workers(), _timeout(), err, _ERRLEN)
         finally:
             for a, buf, lo, span in copies:
                 if a.flags.writeable and a.size:
@@ -275,7 +285,7 @@ class EmulatorModule:
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                  ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_int, ctypes.c_char_p, ctypes.c_ulonglong]
+                                 ctypes.c_int, ctypes.c_double, ctypes.c_char_p, ctypes.c_ulonglong]
         count = ctypes.c_int.in_dll(self._lib, "gpuconv_emu_num_entries").value
         entries = (_Entry * max(count, 1)).in_dll(self._lib, "gpuconv_emu_entries")
         self._kernels = {}

@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <string>
@@ -120,6 +121,7 @@ struct Launch {
     std::mutex err_mu;
     std::string error;
     std::atomic<int> helpers_left{0};
+    double timeout_s = 0;
 };
 
 struct Worker {
@@ -549,6 +551,58 @@ void install_crash_handlers() {
 
 std::mutex launch_mu;
 
+// ---- watchdog: fibers are never preempted, so a thread spinning on a flag that another thread or block
+// should set runs forever. A launch that outlives its time limit is reported and the process aborted. ----
+struct Watch {
+    std::mutex mu;
+    std::condition_variable cv;
+    const Launch* launch = nullptr;
+    unsigned long long serial = 0;
+    bool started = false;
+};
+Watch* watch = new Watch();  // never destroyed, like the pool
+
+void watchdog_main() {
+    std::unique_lock<std::mutex> lk(watch->mu);
+    for (;;) {
+        watch->cv.wait(lk, [] { return watch->launch != nullptr; });
+        const Launch* L = watch->launch;
+        unsigned long long serial = watch->serial;
+        double limit = L->timeout_s;
+        if (watch->cv.wait_for(lk, std::chrono::duration<double>(limit),
+                               [&] { return watch->serial != serial; }))
+            continue;
+        fprintf(stderr,
+                "\ngpuconv emulator: kernel '%s' (grid=(%u,%u,%u) block=(%u,%u,%u) shared_mem=%llu) still runs "
+                "after %.0f s (GPUCONV_EMULATOR_TIMEOUT). The emulator never preempts a thread: a thread that "
+                "spins waiting for another thread or block hangs here. Aborting.\n",
+                L->kernel->name, L->grid.x, L->grid.y, L->grid.z, L->block.x, L->block.y, L->block.z, L->shmem,
+                limit);
+        fflush(stderr);
+        _exit(124);
+    }
+}
+
+void watch_begin(const Launch& L) {
+    if (L.timeout_s <= 0) return;
+    std::lock_guard<std::mutex> g(watch->mu);
+    if (!watch->started) {
+        std::thread(watchdog_main).detach();
+        watch->started = true;
+    }
+    watch->launch = &L;
+    watch->serial++;
+    watch->cv.notify_all();
+}
+
+void watch_end(const Launch& L) {
+    if (L.timeout_s <= 0) return;
+    std::lock_guard<std::mutex> g(watch->mu);
+    watch->launch = nullptr;
+    watch->serial++;
+    watch->cv.notify_all();
+}
+
 void block_barrier(unsigned line) {
     Worker& w = *tl.worker;
     Fiber& f = w.fibers[tl.fiber];
@@ -643,7 +697,7 @@ extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
 // Runs kernel `entry` over the grid. Returns 0, or 1 with a message in err.
 extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     const KernelEntry* entry, const unsigned* grid, const unsigned* block, unsigned long long shmem, void** args,
-    int schedule, unsigned seed, int nworkers, char* err, unsigned long long errlen) {
+    int schedule, unsigned seed, int nworkers, double timeout_s, char* err, unsigned long long errlen) {
     std::lock_guard<std::mutex> serial(launch_mu);
     install_crash_handlers();
     Launch L;
@@ -655,6 +709,8 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     L.schedule = schedule;
     L.seed = seed;
     L.nblocks = long(grid[0]) * grid[1] * grid[2];
+    L.timeout_s = timeout_s;
+    watch_begin(L);
     int helpers = nworkers - 1;
     if (helpers > L.nblocks - 1) helpers = int(L.nblocks - 1);
     if (helpers > 0) {
@@ -674,6 +730,7 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
         pool->job = nullptr;
         pool->done.wait(lk, [] { return pool->busy == 0; });
     }
+    watch_end(L);
     if (L.failed) {
         snprintf(err, errlen, "%s", L.error.c_str());
         return 1;
