@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -555,31 +556,34 @@ std::mutex launch_mu;
 // should set runs forever. A launch that outlives its time limit is reported and the process aborted. ----
 struct Watch {
     std::mutex mu;
-    std::condition_variable cv;
-    const Launch* launch = nullptr;
-    unsigned long long serial = 0;
-    bool started = false;
+    bool started = false, active = false;
+    double limit = 0;
+    std::chrono::steady_clock::time_point start;
+    char what[512];
 };
 Watch* watch = new Watch();  // never destroyed, like the pool
 
+// Polls (no wake-ups on the launch path): a launch only stamps its start under an uncontended mutex.
 void watchdog_main() {
-    std::unique_lock<std::mutex> lk(watch->mu);
     for (;;) {
-        watch->cv.wait(lk, [] { return watch->launch != nullptr; });
-        const Launch* L = watch->launch;
-        unsigned long long serial = watch->serial;
-        double limit = L->timeout_s;
-        if (watch->cv.wait_for(lk, std::chrono::duration<double>(limit),
-                               [&] { return watch->serial != serial; }))
-            continue;
-        fprintf(stderr,
-                "\ngpuconv emulator: kernel '%s' (grid=(%u,%u,%u) block=(%u,%u,%u) shared_mem=%llu) still runs "
-                "after %.0f s (GPUCONV_EMULATOR_TIMEOUT). The emulator never preempts a thread: a thread that "
-                "spins waiting for another thread or block hangs here. Aborting.\n",
-                L->kernel->name, L->grid.x, L->grid.y, L->grid.z, L->block.x, L->block.y, L->block.z, L->shmem,
-                limit);
-        fflush(stderr);
-        _exit(124);
+        double poll;
+        {
+            std::lock_guard<std::mutex> g(watch->mu);
+            poll = watch->limit > 0 ? std::min(1.0, std::max(0.005, watch->limit / 4)) : 1.0;
+            if (watch->active) {
+                double ran = std::chrono::duration<double>(std::chrono::steady_clock::now() - watch->start).count();
+                if (ran > watch->limit) {
+                    fprintf(stderr,
+                            "\ngpuconv emulator: %s still runs after %.0f s (GPUCONV_EMULATOR_TIMEOUT). The emulator "
+                            "never preempts a thread: one that spins waiting for another thread or block hangs "
+                            "here. Aborting.\n",
+                            watch->what, watch->limit);
+                    fflush(stderr);
+                    _exit(124);
+                }
+            }
+        }
+        std::this_thread::sleep_for(std::chrono::duration<double>(poll));
     }
 }
 
@@ -590,17 +594,17 @@ void watch_begin(const Launch& L) {
         std::thread(watchdog_main).detach();
         watch->started = true;
     }
-    watch->launch = &L;
-    watch->serial++;
-    watch->cv.notify_all();
+    snprintf(watch->what, sizeof watch->what, "kernel '%s' (grid=(%u,%u,%u) block=(%u,%u,%u) shared_mem=%llu)",
+             L.kernel->name, L.grid.x, L.grid.y, L.grid.z, L.block.x, L.block.y, L.block.z, L.shmem);
+    watch->limit = L.timeout_s;
+    watch->start = std::chrono::steady_clock::now();
+    watch->active = true;
 }
 
 void watch_end(const Launch& L) {
     if (L.timeout_s <= 0) return;
     std::lock_guard<std::mutex> g(watch->mu);
-    watch->launch = nullptr;
-    watch->serial++;
-    watch->cv.notify_all();
+    watch->active = false;
 }
 
 void block_barrier(unsigned line) {
