@@ -127,6 +127,21 @@ def test_warp_shuffles_and_votes(schedule):
     np.testing.assert_array_equal(any_all[1::2], np.repeat((w > 0).all(axis=1), 32))
 
 
+@pytest.mark.parametrize("n", [64, 50])
+def test_block_votes_and_partial_warp_shuffle(schedule, n):
+    x = np.random.default_rng(6).integers(-3, 10, 64).astype(np.int32)
+    out = np.zeros(3, np.int32)
+    half = np.zeros(64, np.int32)
+    module("warp_ops.cu").get_function("block_votes")((1,), (64,), (x, out, half, np.int32(n)))
+    p = x[:n] > 0
+    assert out.tolist() == [p.sum(), p.all(), p.any()]
+    i = np.arange(n)
+    lower = (i & 31) < 16
+    src = np.where((i & 15) < 15, i + 1, i)
+    np.testing.assert_array_equal(half[:n][lower], x[src][lower])
+    np.testing.assert_array_equal(half[:n][~lower], -x[:n][~lower])
+
+
 def test_atomics_from_many_blocks(schedule):
     n, bins = 20000, 7
     x = np.random.default_rng(5).integers(0, bins, n).astype(np.int32)
