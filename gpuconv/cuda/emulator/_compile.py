@@ -291,10 +291,11 @@ def build_library(source: str, display_name: str, name_expressions=(), options=(
     target = cache_dir() / f"{Path(display_name).stem}-{key}.so"
     if not target.exists():
         rt = runtime_object()
-        pch = precompiled_header()
+        # The precompiled header pays off over several files; a sanitize build usually compiles one or two.
+        prelude = HEADER if sanitize_mode() else precompiled_header()
         src = cache_dir() / f"{Path(display_name).stem}-{key}.cpp"
         src.write_text(text)
-        cmd = [cxx, *fl, "-shared", "-include", str(pch), "-I", str(STUB_INCLUDE)]
+        cmd = [cxx, *fl, "-shared", "-include", str(prelude), "-I", str(STUB_INCLUDE)]
         for d in include_dirs:
             cmd += ["-I", str(d)]
         cmd += extra
