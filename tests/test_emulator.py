@@ -436,3 +436,36 @@ def test_modules_are_cached_and_name_expressions_registered():
     assert module("templates.cu") is a
     assert {"axpy<float>", "axpy<double>", "axpy<__half>"} <= set(a.kernel_names)
     assert a.get_function("axpy<__half>").param_types == ("__half*", "__half*", "__half", "int")
+
+
+def test_source_scanning_and_rewrite():
+    from gpuconv.cuda.emulator._compile import CompileError, extern_c_kernels, rewrite_source
+
+    src = """char q = '"'; // extern "C" __global__ void commented(
+extern "C" __global__ void __launch_bounds__(128) a(float* x) {}
+/* extern "C" __global__ void b( */
+extern "C" __global__ __launch_bounds__(64, 2) void c(float* x) {}
+extern "C"
+__global__ void d(int n) {
+    extern __shared__ __align__(16) unsigned char raw[];
+    extern __shared__ float
+        buf[];
+}
+template <class T> __global__ void e(T* x) {}
+"""
+    assert extern_c_kernels(src) == ["a", "c", "d"]
+    out = rewrite_source(src)
+    assert out.count("\n") == src.count("\n"), "line numbers must not move"
+    assert "unsigned char* const raw = reinterpret_cast<unsigned char*>(::gpuconv_emu::tl.dyn_smem);" in out
+    assert "float* const buf = reinterpret_cast<float*>(::gpuconv_emu::tl.dyn_smem);" in out
+    with pytest.raises(CompileError, match="line 2: .*at file scope"):
+        rewrite_source("// top\nextern __shared__ float s[];\n")
+
+
+def test_compile_error_points_at_the_kernel_file(tmp_path):
+    from gpuconv.cuda.emulator import CompileError
+
+    bad = tmp_path / "broken.cu"
+    bad.write_text('extern "C" __global__ void k(float* x) {\n    x[0] = undefined_name;\n}\n')
+    with pytest.raises(CompileError, match=r"broken.cu:2:.*undefined_name"):
+        get_module("emulator", str(bad))

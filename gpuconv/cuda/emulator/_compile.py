@@ -120,11 +120,12 @@ def strip_comments(source: str) -> str:
     """The source with comments blanked out (newlines kept), strings left alone."""
     def repl(m):
         text = m.group(0)
-        if text.startswith('"'):
+        if text.startswith(('"', "'")):
             return text
         return re.sub(r"[^\n]", " ", text)
 
-    return re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', repl, source, flags=re.DOTALL)
+    return re.sub(r""""(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'|//[^\n]*|/\*.*?\*/""", repl, source,
+                  flags=re.DOTALL)
 
 
 def extern_c_kernels(source: str) -> list:
@@ -147,7 +148,18 @@ def _rewrite_extern_shared(m) -> str:
 
 
 def rewrite_source(source: str) -> str:
-    """Rewrites `extern __shared__ T name[];` to a pointer into the block's dynamic shared memory."""
+    """Rewrites `extern __shared__ T name[];` (in a function) to a pointer into the block's dynamic shared memory."""
+    code = re.sub(r""""(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'""", lambda m: " " * len(m.group(0)),
+                  strip_comments(source))
+    for m in _EXTERN_SHARED.finditer(code):
+        depth = code.count("{", 0, m.start()) - code.count("}", 0, m.start())
+        if depth <= 0:
+            line = code.count("\n", 0, m.start()) + 1
+            raise CompileError(
+                f"line {line}: `{' '.join(m.group(0).split())}` at file scope: the emulator supports "
+                "extern __shared__ arrays declared inside a function (declare it in the kernel, or pass the "
+                "pointer to device functions)"
+            )
     return _EXTERN_SHARED.sub(_rewrite_extern_shared, source)
 
 
@@ -157,7 +169,8 @@ def generate(source: str, display_name: str, name_expressions) -> tuple:
     for expr in name_expressions:
         if expr not in names:
             names.append(expr)
-    lines = [f'#line 1 "{display_name}"', rewrite_source(source), "", "#line 1 \"<gpuconv emulator entries>\""]
+    lines = [f"#line 1 {_c_string(display_name)}", rewrite_source(source), "",
+             '#line 1 "<gpuconv emulator entries>"']
     lines.append('extern "C" __attribute__((visibility("default"))) const ::gpuconv_emu::KernelEntry '
                  "gpuconv_emu_entries[] = {")
     for name in names:
