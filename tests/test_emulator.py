@@ -348,8 +348,11 @@ def test_spin_wait_hits_the_watchdog():
 
 
 def _libasan():
+    from gpuconv.cuda.emulator._compile import compiler
+
+    cxx, _ = compiler()
     try:
-        out = subprocess.run(["g++", "-print-file-name=libasan.so"], check=False, capture_output=True, text=True,
+        out = subprocess.run([cxx, "-print-file-name=libasan.so"], check=False, capture_output=True, text=True,
                              timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -360,7 +363,7 @@ def _libasan():
 def test_out_of_bounds_read_is_caught_under_asan():
     libasan = _libasan()
     if libasan is None:
-        pytest.skip("libasan not found (g++ -print-file-name=libasan.so)")
+        pytest.skip("libasan not found (<compiler> -print-file-name=libasan.so gives no file)")
     proc = run_script(f"""
         import numpy as np
         from gpuconv.cuda.modules import get_module

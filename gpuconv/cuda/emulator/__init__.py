@@ -60,7 +60,7 @@ _DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 
 
 class EmulatorError(RuntimeError):
-    """A launch failed: deadlock, divergent barrier, __trap(), or a bad launch configuration."""
+    """A launch failed (deadlock, divergent barrier, __trap(), failed assert), or a kernel name is unknown."""
 
 
 @contextlib.contextmanager
