@@ -305,7 +305,7 @@ def test_failed_assert_is_reported():
     from gpuconv.cuda.emulator import EmulatorError
 
     out = np.zeros(4, np.float32)
-    with pytest.raises(EmulatorError, match=r"assert_odd.*thread \(1,0,0\).*assert\(threadIdx.x % 2 == 0\) failed"):
+    with pytest.raises(EmulatorError, match=r"assert_odd.*thread \([13],0,0\).*assert\(threadIdx.x % 2 == 0\) failed"):
         module("faults.cu").get_function("assert_odd")((1,), (4,), (out,))
 
 
