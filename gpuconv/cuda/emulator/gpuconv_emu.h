@@ -83,7 +83,9 @@ struct State {
     Worker* worker;
     int fiber;  // index of the running fiber (linear thread id), -1 in the scheduler
 };
-extern __thread State tl GPUCONV_EMU_HIDDEN;  // __thread: no TLS init wrapper calls
+// __thread (not thread_local): no TLS init wrapper calls. local-dynamic: one __tls_get_addr per function serves
+// tl and the __shared__ variables alike.
+extern __thread State tl GPUCONV_EMU_HIDDEN __attribute__((tls_model("local-dynamic")));
 
 GPUCONV_EMU_HIDDEN void block_barrier(unsigned line);
 GPUCONV_EMU_HIDDEN int block_barrier_count(int pred, unsigned line);  // returns how many had pred != 0
