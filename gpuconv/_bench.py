@@ -1,10 +1,234 @@
-"""gpuconv bench (placeholder until the benchmark issue fills it in)."""
+"""gpuconv bench: forward and backward times and GFLOP/s on the benchmark shapes, optionally beside PyTorch.
+
+Shapes, inputs and the timer come from ``gpuconv._benchdata``, which the asv suite (asv_bench/) shares.
+Times are medians of repeated runs after warm-up; on the GPU every run ends with a device synchronization.
+Forward = conv2d (+ bias + activation); backward = conv2d_backward (dX + dW + db, through the activation).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import _benchdata as bd
 
 
 def add_arguments(parser) -> None:
-    pass
+    parser.description = __doc__.split("\n")[0]
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto",) + bd.BACKENDS,
+        help="backend to time (default auto: GPUCONV_BACKEND if set, else cupy where it runs, else numpy)",
+    )
+    parser.add_argument(
+        "--shape", dest="shapes", action="extend", nargs="+", metavar="SHAPE",
+        help=f"a benchmark shape ({', '.join(bd.SHAPE_NAMES)}) or NxHxWxC:M:KHxKW[:sS][:pP], e.g. "
+             "8x112x112x3:64:7x7:s2:p3 (default: the whole benchmark set)",
+    )
+    parser.add_argument("--dtype", default="float32", choices=bd.DTYPES, help="default float32")
+    parser.add_argument(
+        "--activation", default="identity", choices=("none",) + bd.ACTIVATIONS,
+        help="activation fused into the forward pass (default identity, i.e. none)",
+    )
+    parser.add_argument("--repeat", type=int, default=7, metavar="K",
+                        help="timed samples per measurement, after warm-up; the median is shown (default 7)")
+    parser.add_argument("--compare", choices=("torch",), help="also time PyTorch's conv2d and show the ratio")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw a progress bar on stderr (default: when stderr is a terminal)")
+
+
+class Progress:
+    """A one-line progress bar on stderr: [#####-----] 3/10 resnet backward."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self._width = 0
+
+    def show(self, label: str) -> None:
+        if not self.enabled:
+            return
+        filled = round(20 * self.done / max(self.total, 1))
+        line = f"[{'#' * filled}{'-' * (20 - filled)}] {self.done}/{self.total} {label}"
+        self.stream.write("\r" + line.ljust(self._width))
+        self.stream.flush()
+        self._width = len(line)
+
+    def step(self) -> None:
+        self.done += 1
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+
+
+def _fmt_ms(seconds) -> str:
+    if seconds is None:
+        return "n/a"
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _fmt_gflops(flops, seconds) -> str:
+    return "n/a" if seconds is None else f"{flops / seconds / 1e9:.1f}"
+
+
+def _fmt_ratio(a, b) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+
+
+def _blas_line():
+    """Which BLAS kernel numpy runs (through threadpoolctl, when installed), for quoting CPU numbers."""
+    try:
+        from threadpoolctl import threadpool_info
+    except Exception:
+        return None
+    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not infos:
+        return None
+    i = infos[0]
+    return f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}), {i.get('num_threads')} threads"
 
 
 def run(args) -> int:
-    print("gpuconv bench: not implemented yet")
-    return 1
+    import gpuconv
+
+    out = sys.stdout
+    try:
+        shapes = [bd.parse_shape(s) for s in (args.shapes or bd.SHAPE_NAMES)]
+    except ValueError as exc:
+        print(f"gpuconv bench: {exc}", file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        print(f"gpuconv bench: --repeat must be at least 1, got {args.repeat}", file=sys.stderr)
+        return 2
+    backend = bd.default_backend() if args.backend == "auto" else args.backend
+    if backend not in bd.BACKENDS:
+        print(f"gpuconv bench: GPUCONV_BACKEND={backend!r} is not one of {bd.BACKENDS}", file=sys.stderr)
+        return 2
+    reason = bd.backend_reason(backend)
+    if reason is not None:
+        print(f"gpuconv bench: cannot run backend {backend!r} here: {reason}", file=sys.stderr)
+        return 1
+    activation = "identity" if args.activation == "none" else args.activation
+
+    peer_device = None
+    if args.compare == "torch":
+        peer_device = "cuda" if backend == "cupy" and bd.torch_reason("cuda") is None else "cpu"
+        reason = bd.torch_reason(peer_device)
+        if reason is not None:
+            print(f"gpuconv bench: --compare torch needs PyTorch: {reason}. Install it (e.g. pip install "
+                  "torch) or leave out --compare.", file=sys.stderr)
+            return 1
+
+    sync = bd.synchronizer(backend)
+    steps_per_shape = 4 if peer_device else 2
+    progress = Progress(len(shapes) * steps_per_shape,
+                        sys.stderr.isatty() if args.progress is None else args.progress)
+    rows, errors = [], []
+    try:
+        for shape in shapes:
+            row = {"shape": shape}
+            host = bd.make_inputs(shape, args.dtype)
+            a = bd.to_backend(host, backend)
+            opts = dict(shape.options, backend=backend)
+            y = None
+
+            def forward():
+                return gpuconv.conv2d(a["x"], a["w"], a["b"], activation=activation, **opts)
+
+            def backward():
+                return gpuconv.conv2d_backward(a["dy"], a["x"], a["w"], y, activation=activation, **opts)
+
+            progress.show(f"{shape.name} forward")
+            row["fwd"] = _timed(forward, sync, args.repeat, errors, f"{shape.name} forward")
+            progress.step()
+            progress.show(f"{shape.name} backward")
+            try:
+                y = forward()
+            except Exception:
+                pass  # already reported by the forward measurement
+            row["bwd"] = _timed(backward, sync, args.repeat, errors, f"{shape.name} backward")
+            progress.step()
+            if peer_device:
+                progress.show(f"{shape.name} torch forward")
+                try:
+                    peer = bd.TorchLayer(shape, host, activation, peer_device)
+                except Exception as exc:
+                    errors.append(f"{shape.name} torch: {type(exc).__name__}: {exc}")
+                    peer = None
+                row["torch_fwd"] = peer and _timed(peer.forward, peer.sync, args.repeat, errors,
+                                                   f"{shape.name} torch forward")
+                progress.step()
+                progress.show(f"{shape.name} torch backward")
+                if peer:
+                    try:
+                        peer.record()
+                    except Exception:
+                        pass
+                row["torch_bwd"] = peer and _timed(peer.backward, peer.sync, args.repeat, errors,
+                                                   f"{shape.name} torch backward")
+                progress.step()
+            rows.append(row)
+    finally:
+        progress.close()
+
+    _print_header(out, backend, args, activation, peer_device)
+    _print_table(out, rows, peer_device)
+    for e in errors:
+        print(f"error: {e}", file=out)
+    return 1 if errors else 0
+
+
+def _timed(fn, sync, repeat, errors, label):
+    try:
+        return bd.median(bd.measure(fn, sync, repeat=repeat, warmup=2))
+    except Exception as exc:
+        errors.append(f"{label}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _print_header(out, backend, args, activation, peer_device):
+    import numpy
+
+    import gpuconv
+
+    print(f"gpuconv {gpuconv.__version__} bench: backend {backend}, {args.dtype}, activation {activation}; "
+          f"median of {args.repeat} timed runs after warm-up", file=out)
+    libs = f"numpy {numpy.__version__}"
+    blas = _blas_line()
+    if blas:
+        libs += f" [{blas}]"
+    if peer_device:
+        import torch
+
+        libs += f"; torch {torch.__version__} on {peer_device}"
+        if peer_device == "cpu":
+            libs += f", {torch.get_num_threads()} threads"
+    print(libs, file=out)
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(var):
+            print(f"note: {var}={os.environ[var]} is set (it changes numpy's speed)", file=out)
+
+
+def _print_table(out, rows, peer_device):
+    header = ["shape", "N,H,W,C -> M, kernel", "fwd ms", "fwd GF/s", "bwd ms", "bwd GF/s"]
+    if peer_device:
+        header += ["torch fwd ms", "torch bwd ms", "fwd ratio", "bwd ratio"]
+    lines = [header]
+    for r in rows:
+        s = r["shape"]
+        line = [s.name, s.describe(), _fmt_ms(r["fwd"]), _fmt_gflops(s.forward_flops, r["fwd"]),
+                _fmt_ms(r["bwd"]), _fmt_gflops(s.backward_flops, r["bwd"])]
+        if peer_device:
+            line += [_fmt_ms(r["torch_fwd"]), _fmt_ms(r["torch_bwd"]),
+                     _fmt_ratio(r["fwd"], r["torch_fwd"]), _fmt_ratio(r["bwd"], r["torch_bwd"])]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        print("  ".join(cells).rstrip(), file=out)
+    notes = "backward = dX + dW + db; GF/s counts 2 FLOPs per multiplication (conv2d_info), backward 2x forward"
+    if peer_device:
+        notes += "; ratio = gpuconv time / torch time (above 1: gpuconv is slower)"
+    print(notes, file=out)
