@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# CI part of the benchmarks: `asv check`, then one quick real run of a small CPU subset in the current Python
+# environment. Fails when a benchmark errors (asv can finish with exit status 0 with a failed benchmark, so
+# its output is checked as well). Run from anywhere; called by .ci/run. Takes about a minute here.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root/asv_bench"
+log=$(mktemp "${TMPDIR:-/tmp}/gpuconv-asv.XXXXXX")
+trap 'rm -f "$log"' EXIT
+
+# The subset: every benchmark class on numpy / PyTorch-CPU in float32 on the two smallest shapes, and the
+# CPU emulator (slow) on the smallest shape only. Other params are selected out, not run.
+subset=(--bench "\\('(numpy|cpu)', 'float32', '(tiny|mnist)'" --bench "\\('emulator', 'float32', 'tiny'")
+
+# asv removes PYTHONPATH from benchmark processes; ASV_PYTHONPATH is what it passes on. Point it at this
+# checkout only when gpuconv is not installed (an installed gpuconv is used as installed).
+if ! (cd / && python -c "import gpuconv") 2>/dev/null; then
+    export ASV_PYTHONPATH="$root${ASV_PYTHONPATH:+:$ASV_PYTHONPATH}"
+fi
+
+set -x
+asv machine --yes >/dev/null
+asv check --python=same
+status=0
+asv run --python=same --quick --show-stderr "${subset[@]}" 2>&1 | tee "$log" || status=$?
+{ set +x; } 2>/dev/null
+
+if [ "$status" -ne 0 ]; then
+    echo "ci_asv: asv run exited with status $status" >&2
+    exit 1
+fi
+if ! grep -Eq 'Running [1-9][0-9]* total benchmarks' "$log"; then
+    echo "ci_asv: the benchmark selection ran nothing" >&2
+    exit 1
+fi
+# A failed benchmark shows as "failed" in its status line or in a parameter table's cell.
+if grep -Eq '(^|[[:space:]])failed([[:space:]]|$)' "$log"; then
+    echo "ci_asv: some benchmarks failed:" >&2
+    grep -E '··· .*failed|For parameters:' "$log" >&2 || true
+    exit 1
+fi
+echo "ci_asv: asv check and the quick run passed"
