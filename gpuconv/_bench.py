@@ -70,7 +70,10 @@ def _fmt_ms(seconds) -> str:
 
 
 def _fmt_gflops(flops, seconds) -> str:
-    return "n/a" if seconds is None else f"{flops / seconds / 1e9:.1f}"
+    if seconds is None:
+        return "n/a"
+    v = flops / seconds / 1e9
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def _fmt_ratio(a, b) -> str:
