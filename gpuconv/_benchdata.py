@@ -5,6 +5,10 @@ This is the one definition of what gets benchmarked. Both ``gpuconv bench`` (``g
 Nothing here computes a convolution: operations go through the public API, FLOP counts come from
 ``gpuconv.conv2d_info`` (2 FLOPs per multiplication forward; backward dX + dW = 2x forward).
 Importing this module never imports CuPy.
+
+It imports gpuconv only absolutely (``from gpuconv import ...``): the asv suite loads this file from its own
+checkout, beside the benchmark code, and runs it against whichever commit of gpuconv asv installed, so that
+every commit in a history is measured on the same shapes and inputs (and commits older than this file too).
 """
 from __future__ import annotations
 
@@ -17,8 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _dispatch
-from ._config import conv2d_info
+from gpuconv import _dispatch, conv2d_info
 
 BACKENDS = _dispatch.BACKENDS  # ("numpy", "cupy", "emulator")
 DTYPES = ("float32", "float16", "float64")
