@@ -114,6 +114,11 @@ def run(args) -> int:
         print(f"gpuconv bench: cannot run backend {backend!r} here: {reason}", file=sys.stderr)
         return 1
     activation = "identity" if args.activation == "none" else args.activation
+    if backend == "emulator":
+        big = [s.name for s in shapes if bd.backend_reason(backend, s) is not None]
+        if big:
+            print(f"gpuconv bench: note: the CPU emulator runs CUDA threads one at a time; {', '.join(big)} "
+                  "may take minutes", file=sys.stderr)
 
     peer_device = None
     if args.compare == "torch":
