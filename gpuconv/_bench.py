@@ -84,18 +84,17 @@ def _blas_line():
     """Which BLAS kernel numpy runs (through threadpoolctl, when installed), for quoting CPU numbers."""
     try:
         from threadpoolctl import threadpool_info
-    except Exception:
+    except ImportError:
         return None
     infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     if not infos:
         return None
     i = infos[0]
-    return f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}), {i.get('num_threads')} threads"
+    return (f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}), "
+            f"{i.get('num_threads')} threads")
 
 
 def run(args) -> int:
-    import gpuconv
-
     out = sys.stdout
     try:
         shapes = [bd.parse_shape(s) for s in (args.shapes or bd.SHAPE_NAMES)]
@@ -136,47 +135,13 @@ def run(args) -> int:
     rows, errors = [], []
     try:
         for shape in shapes:
-            row = {"shape": shape}
             host = bd.make_inputs(shape, args.dtype)
-            a = bd.to_backend(host, backend)
-            opts = dict(shape.options, backend=backend)
-            y = None
-
-            def forward():
-                return gpuconv.conv2d(a["x"], a["w"], a["b"], activation=activation, **opts)
-
-            def backward():
-                return gpuconv.conv2d_backward(a["dy"], a["x"], a["w"], y, activation=activation, **opts)
-
-            progress.show(f"{shape.name} forward")
-            row["fwd"] = _timed(forward, sync, args.repeat, errors, f"{shape.name} forward")
-            progress.step()
-            progress.show(f"{shape.name} backward")
-            try:
-                y = forward()
-            except Exception:
-                pass  # already reported by the forward measurement
-            row["bwd"] = _timed(backward, sync, args.repeat, errors, f"{shape.name} backward")
-            progress.step()
+            row = {"shape": shape}
+            row["fwd"], row["bwd"] = _time_gpuconv(shape, host, backend, activation, sync, args.repeat,
+                                                   errors, progress)
             if peer_device:
-                progress.show(f"{shape.name} torch forward")
-                try:
-                    peer = bd.TorchLayer(shape, host, activation, peer_device)
-                except Exception as exc:
-                    errors.append(f"{shape.name} torch: {type(exc).__name__}: {exc}")
-                    peer = None
-                row["torch_fwd"] = peer and _timed(peer.forward, peer.sync, args.repeat, errors,
-                                                   f"{shape.name} torch forward")
-                progress.step()
-                progress.show(f"{shape.name} torch backward")
-                if peer:
-                    try:
-                        peer.record()
-                    except Exception:
-                        pass
-                row["torch_bwd"] = peer and _timed(peer.backward, peer.sync, args.repeat, errors,
-                                                   f"{shape.name} torch backward")
-                progress.step()
+                row["torch_fwd"], row["torch_bwd"] = _time_torch(shape, host, activation, peer_device,
+                                                                 args.repeat, errors, progress)
             rows.append(row)
     finally:
         progress.close()
@@ -188,10 +153,55 @@ def run(args) -> int:
     return 1 if errors else 0
 
 
+def _time_gpuconv(shape, host, backend, activation, sync, repeat, errors, progress):
+    """gpuconv's forward (conv2d) and backward (conv2d_backward) times: (seconds or None, seconds or None)."""
+    import gpuconv
+
+    a = bd.to_backend(host, backend)
+    opts = dict(shape.options, backend=backend)
+    saved = {}
+
+    def forward():
+        return gpuconv.conv2d(a["x"], a["w"], a["b"], activation=activation, **opts)
+
+    def backward():
+        return gpuconv.conv2d_backward(a["dy"], a["x"], a["w"], saved["y"], activation=activation, **opts)
+
+    progress.show(f"{shape.name} forward")
+    fwd = _timed(forward, sync, repeat, errors, f"{shape.name} forward")
+    progress.step()
+    progress.show(f"{shape.name} backward")
+    bwd = None
+    if fwd is not None:  # backward needs the forward output
+        saved["y"] = forward()
+        bwd = _timed(backward, sync, repeat, errors, f"{shape.name} backward")
+    progress.step()
+    return fwd, bwd
+
+
+def _time_torch(shape, host, activation, device, repeat, errors, progress):
+    """PyTorch's forward and backward times on the same inputs: (seconds or None, seconds or None)."""
+    label = f"{shape.name} torch"
+    progress.show(f"{label} forward")
+    try:
+        peer = bd.TorchLayer(shape, host, activation, device)
+    except Exception as exc:  # noqa: BLE001 - e.g. a dtype PyTorch does not support here
+        errors.append(f"{label}: {type(exc).__name__}: {exc}")
+        progress.step()
+        progress.step()
+        return None, None
+    fwd = _timed(peer.forward, peer.sync, repeat, errors, f"{label} forward")
+    progress.step()
+    progress.show(f"{label} backward")
+    bwd = _timed(peer.backward, peer.sync, repeat, errors, f"{label} backward")  # records a forward first
+    progress.step()
+    return fwd, bwd
+
+
 def _timed(fn, sync, repeat, errors, label):
     try:
         return bd.median(bd.measure(fn, sync, repeat=repeat, warmup=2))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error is reported in the table's notes, the run goes on
         errors.append(f"{label}: {type(exc).__name__}: {exc}")
         return None
 
@@ -236,7 +246,7 @@ def _print_table(out, rows, peer_device):
     for line in lines:
         cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
         print("  ".join(cells).rstrip(), file=out)
-    notes = "backward = dX + dW + db; GF/s counts 2 FLOPs per multiplication (conv2d_info), backward 2x forward"
+    notes = "backward = dX + dW + db; GF/s: 2 FLOPs per multiplication (conv2d_info), backward 2x forward"
     if peer_device:
         notes += "; ratio = gpuconv time / torch time (above 1: gpuconv is slower)"
     print(notes, file=out)

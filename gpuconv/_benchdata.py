@@ -28,13 +28,13 @@ DTYPES = ("float32", "float16", "float64")
 ACTIVATIONS = ("identity", "relu", "sigmoid")
 SEED = 20261126
 
-# The CPU emulator runs CUDA kernels one thread at a time on the CPU: only small layers are worth timing there.
+# The CPU emulator runs CUDA threads one at a time on the CPU: only small layers are worth timing there.
 EMULATOR_MAX_MULTIPLICATIONS = 20_000_000
 
 
 @dataclass(frozen=True)
 class BenchShape:
-    """One benchmark layer: x (n, h, w, c) NHWC, w (kh, kw, c, m) HWIO, bias (m,), stride and symmetric padding."""
+    """One benchmark layer: x (n, h, w, c) NHWC, w (kh, kw, c, m) HWIO, bias (m,), stride, symmetric padding."""
 
     name: str
     n: int
@@ -105,7 +105,7 @@ SHAPES = {
         BenchShape("tiny", 1, 48, 64, 10, 20, 3, 3),  # one small image, a few channels
         BenchShape("small", 32, 32, 32, 16, 32, 3, 3),  # CIFAR-sized batch
         BenchShape("resnet", 16, 56, 56, 64, 64, 3, 3),  # a ResNet stage-1 3x3 layer
-        BenchShape("stem", 8, 112, 112, 3, 64, 7, 7, stride=2, padding=3),  # a ResNet stem: 3 channels, 7x7 s2
+        BenchShape("stem", 8, 112, 112, 3, 64, 7, 7, stride=2, padding=3),  # a ResNet stem
         BenchShape("mnist", 64, 28, 28, 1, 8, 5, 5),  # single-channel images
     )
 }
@@ -132,7 +132,7 @@ def parse_shape(text: str) -> BenchShape:
     shape = BenchShape(text, n, h, w, c, m, kh, kw, stride=extra["s"], padding=extra["p"])
     if min(n, h, w, c, m, kh, kw, shape.stride) < 1:
         raise ValueError(f"shape {text!r}: every size and the stride must be positive")
-    shape.info  # raises ValueError when the output would be empty
+    conv2d_info(shape.x_shape, shape.w_shape, **shape.options)  # ValueError when the output would be empty
     return shape
 
 
@@ -159,7 +159,7 @@ def backend_reason(backend: str, shape: BenchShape | None = None):
         mults = shape.info.multiplications
         if mults > EMULATOR_MAX_MULTIPLICATIONS:
             reason = (
-                f"the CPU emulator is only benchmarked up to {EMULATOR_MAX_MULTIPLICATIONS:,} multiplications; "
+                f"the CPU emulator is benchmarked up to {EMULATOR_MAX_MULTIPLICATIONS:,} multiplications; "
                 f"shape {shape.name!r} has {mults:,}"
             )
     return reason
@@ -185,7 +185,7 @@ def to_backend(arrays: dict, backend: str) -> dict:
 
 
 def synchronizer(backend: str):
-    """A function that waits until the backend's queued work is done (the GPU's stream; a no-op on the CPU)."""
+    """A function that waits for the backend's queued work (the GPU's current stream; a no-op on the CPU)."""
     xp = array_module(backend)
     if xp is np:
         return _no_sync
@@ -241,7 +241,7 @@ def torch_reason(device: str = "cpu"):
     """None if PyTorch can run conv2d on ``device`` ('cpu' or 'cuda') here, else why not."""
     try:
         import torch
-    except Exception as exc:  # ImportError, or a broken install
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising anything
         return f"PyTorch is not installed ({type(exc).__name__}: {exc})"
     if device == "cuda" and not torch.cuda.is_available():
         return "PyTorch sees no CUDA device"
@@ -266,7 +266,8 @@ class TorchLayer:
         dev = torch.device(device)
         x = torch.from_numpy(np.ascontiguousarray(arrays["x"].transpose(0, 3, 1, 2)))
         self.x = x.to(dev).contiguous(memory_format=torch.channels_last).requires_grad_()
-        self.w = torch.from_numpy(np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1))).to(dev).requires_grad_()
+        w = torch.from_numpy(np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1)))  # HWIO -> (M, C, KH, KW)
+        self.w = w.to(dev).requires_grad_()
         self.b = torch.from_numpy(arrays["b"]).to(dev).requires_grad_()
         dy = torch.from_numpy(np.ascontiguousarray(arrays["dy"].transpose(0, 3, 1, 2)))
         self.dy = dy.to(dev).contiguous(memory_format=torch.channels_last)

@@ -84,5 +84,15 @@ class TorchCase:
         return flops / bd.median(bd.measure(fn, self.sync, repeat=5, warmup=1, max_time=10.0)) / 1e9
 
 
-__all__ = ["gpuconv", "bd", "BACKENDS", "DTYPES", "SHAPES", "ACTIVATIONS", "TORCH_DEVICES", "GFLOPS", "Case",
-           "TorchCase"]
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "DTYPES",
+    "GFLOPS",
+    "SHAPES",
+    "TORCH_DEVICES",
+    "Case",
+    "TorchCase",
+    "bd",
+    "gpuconv",
+]
