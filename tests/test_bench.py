@@ -288,3 +288,76 @@ def test_asv_peer_bodies_run_on_cpu(asv_benchmarks):
         bench.setup(*args)
         for m in _benchmark_methods(cls):
             getattr(bench, m)(*args)
+
+
+# --- GPU timing, checked without a GPU: a stand-in "cupy" backend that counts synchronizations ------------
+
+class _FakeStream:
+    def __init__(self):
+        self.syncs = 0
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+class _FakeCupy:
+    """Just what the harness touches of cupy: asarray and cuda.get_current_stream().synchronize()."""
+
+    def __init__(self):
+        self.stream = _FakeStream()
+        self.cuda = type("cuda", (), {"get_current_stream": staticmethod(lambda: self.stream)})
+        self.uploads = 0
+
+    def asarray(self, a):
+        self.uploads += 1
+        return np.asarray(a)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """backend 'cupy' = the NumPy backend's arithmetic behind a fake cupy module."""
+    from gpuconv import _dispatch
+    from gpuconv.backends import numpy as numpy_backend
+
+    fake = _FakeCupy()
+    backend = numpy_backend.load()
+    backend.name, backend.xp = "cupy", fake
+    real_load, real_status = _dispatch.load_backend, _dispatch.backend_status
+    monkeypatch.setattr(_dispatch, "load_backend", lambda name: backend if name == "cupy" else real_load(name))
+    monkeypatch.setattr(_dispatch, "backend_status", lambda name: None if name == "cupy" else real_status(name))
+    return fake
+
+
+def test_gpu_timing_synchronizes_every_run(fake_gpu):
+    calls = []
+    samples = bd.measure(lambda: calls.append(fake_gpu.stream.syncs), bd.synchronizer("cupy"), repeat=3,
+                         warmup=2, min_sample=0)
+    assert len(samples) == 3
+    # one synchronization before timing starts, then one after each of the 2 + 3 calls
+    assert calls == [1, 2, 3, 4, 5] and fake_gpu.stream.syncs == 6
+
+
+def test_bench_cli_on_a_gpu_backend_synchronizes(fake_gpu, capsys, monkeypatch):
+    monkeypatch.delenv("GPUCONV_BACKEND", raising=False)
+    assert bd.default_backend() == "cupy"
+    rc, out, err = _bench(["--shape", TINY, "--repeat", "2", "--no-progress"], capsys)  # --backend auto
+    assert rc == 0, out + err
+    assert "backend cupy" in out.splitlines()[0]
+    assert fake_gpu.uploads >= 4  # x, w, b, dy moved to the device once, before timing
+    assert fake_gpu.stream.syncs >= 2 * (2 + 2)  # forward and backward: every warm-up and timed call
+
+
+def test_asv_gpu_bodies_synchronize(asv_benchmarks, fake_gpu):
+    for cls in _gpuconv_classes(asv_benchmarks):
+        args = _args(cls, "cupy")
+        bench = cls()
+        try:
+            bench.setup(*args)
+        except TypeError:
+            assert cls.__name__ == "Conv2DLayer" and _relu_backward_broken()
+            continue
+        before = fake_gpu.stream.syncs
+        for m in _benchmark_methods(cls):
+            if m.startswith("time_"):
+                getattr(bench, m)(*args)
+        assert fake_gpu.stream.syncs > before, cls.__name__
