@@ -1,5 +1,6 @@
-"""The gradients of conv2d, one class per operation: conv2d_backward_input (dx), conv2d_backward_weight (dw),
-conv2d_backward_bias (db). The upstream gradient dz is the seeded dy of the shared inputs."""
+"""The gradients of conv2d, one class per operation: activation_backward (dz from dy), conv2d_backward_input
+(dx), conv2d_backward_weight (dw), conv2d_backward_bias (db). The upstream gradient is the seeded dy of the
+shared inputs."""
 from .common import BACKENDS, DTYPES, GFLOPS, SHAPES, Case, gpuconv
 
 
@@ -53,3 +54,22 @@ class Conv2dBackwardBias(_Gradient):
     def operation(c):
         a, backend = c.a, c.options["backend"]
         return lambda: gpuconv.conv2d_backward_bias(a["dy"], backend=backend)
+
+
+class ActivationBackward:
+    """dz = dy * act'(z) from the saved forward output y."""
+
+    params = [BACKENDS, DTYPES, SHAPES, ["relu", "sigmoid"]]
+    param_names = ["backend", "dtype", "shape", "activation"]
+    timeout = 120
+
+    def setup(self, backend, dtype, shape, activation):
+        self.case = c = Case(backend, dtype, shape)
+        a = c.a
+        y = gpuconv.conv2d(a["x"], a["w"], a["b"], activation=activation, **c.options)
+        self.run = lambda: gpuconv.activation_backward(a["dy"], y, activation, backend=backend)
+        c.warm_up(self.run)
+
+    def time_activation_backward(self, backend, dtype, shape, activation):
+        self.run()
+        self.case.sync()
