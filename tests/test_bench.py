@@ -57,6 +57,12 @@ def test_benchmark_set_is_the_documented_one():
     ]
 
 
+def test_every_backend_is_benchmarked():
+    from gpuconv import _dispatch
+
+    assert set(bd.BACKENDS) == set(_dispatch.BACKENDS)
+
+
 def test_flops_come_from_conv2d_info():
     for s in bd.SHAPES.values():
         info = gpuconv.conv2d_info(s.x_shape, s.w_shape, stride=s.stride, padding=s.padding)
