@@ -1,0 +1,98 @@
+"""What every benchmark module shares: the shape set and seeded inputs of gpuconv._benchdata (the same ones
+``gpuconv bench`` uses), and the setup that skips what cannot run here.
+
+Conventions of this suite:
+- params are backend x dtype x shape (names from gpuconv._benchdata.SHAPES); forward adds the activation.
+- ``setup`` raises NotImplementedError (asv's skip, shown as n/a) when a backend or a peer cannot run here,
+  with the reason; it also compiles, uploads and runs the operation once, so timed bodies hold no warm-up.
+- GPU bodies end with a stream synchronization, so a time is that of the finished work.
+- Nothing here imports CuPy or PyTorch at import time: discovery imports every module on every machine.
+"""
+import importlib.util
+import os
+import sys
+
+import gpuconv
+
+
+def _load_benchdata():
+    """gpuconv/_benchdata.py of this checkout, the file beside these benchmarks.
+
+    asv runs the benchmark code of the checkout against the gpuconv of each commit it measures: taking the
+    shape set and input generator from the checkout too keeps them the same for every commit of a history,
+    including commits from before the file existed. Outside a checkout, the installed gpuconv's copy is used.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "gpuconv", "_benchdata.py")
+    if not os.path.exists(path):
+        from gpuconv import _benchdata
+
+        return _benchdata
+    spec = importlib.util.spec_from_file_location("gpuconv_asv_benchdata", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bd = _load_benchdata()
+
+BACKENDS = list(bd.BACKENDS)
+DTYPES = list(bd.DTYPES)
+SHAPES = list(bd.SHAPE_NAMES)
+ACTIVATIONS = list(bd.ACTIVATIONS)
+TORCH_DEVICES = ["cpu", "cuda"]
+
+GFLOPS = "GFLOP/s"
+
+
+class Case:
+    """One benchmark's inputs on one backend: ``a`` (x, w, b, dy in the backend's array module), ``shape``,
+    ``options`` for the gpuconv calls, ``sync`` to wait for the device."""
+
+    def __init__(self, backend, dtype, shape):
+        self.shape = bd.SHAPES[shape]
+        reason = bd.backend_reason(backend, self.shape)
+        if reason is not None:
+            raise NotImplementedError(reason)
+        self.host = bd.make_inputs(self.shape, dtype)
+        self.a = bd.to_backend(self.host, backend)
+        self.sync = bd.synchronizer(backend)
+        self.options = dict(self.shape.options, backend=backend)
+
+    def warm_up(self, fn):
+        """Compile, launch once and wait: the first call's cost stays out of every timed body."""
+        fn()
+        self.sync()
+
+    def gflops(self, fn, flops):
+        """GFLOP/s of ``fn`` from the median of a few synchronized runs (for track_ benchmarks)."""
+        return flops / bd.median(bd.measure(fn, self.sync, repeat=5, warmup=1, max_time=10.0)) / 1e9
+
+
+class TorchCase:
+    """The same layer in PyTorch (the peer); NotImplementedError when PyTorch or the device is missing."""
+
+    def __init__(self, device, dtype, shape, activation):
+        self.shape = bd.SHAPES[shape]
+        reason = bd.torch_reason(device)
+        if reason is not None:
+            raise NotImplementedError(reason)
+        self.layer = bd.TorchLayer(self.shape, bd.make_inputs(self.shape, dtype), activation, device)
+        self.sync = self.layer.sync
+
+    def gflops(self, fn, flops):
+        return flops / bd.median(bd.measure(fn, self.sync, repeat=5, warmup=1, max_time=10.0)) / 1e9
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "DTYPES",
+    "GFLOPS",
+    "SHAPES",
+    "TORCH_DEVICES",
+    "Case",
+    "TorchCase",
+    "bd",
+    "gpuconv",
+]

@@ -1,0 +1,35 @@
+"""gpuconv.Conv2D: a whole layer step, forward (relu) then backward (dx, dw, db), as in training."""
+from .common import BACKENDS, DTYPES, GFLOPS, SHAPES, Case, gpuconv
+
+ACTIVATION = "relu"
+
+
+class Conv2DLayer:
+    params = [BACKENDS, DTYPES, SHAPES]
+    param_names = ["backend", "dtype", "shape"]
+    timeout = 180
+
+    def setup(self, backend, dtype, shape):
+        self.case = c = Case(backend, dtype, shape)
+        a = c.a
+        layer = gpuconv.Conv2D(a["w"], a["b"], activation=ACTIVATION, **c.options)
+
+        def run():
+            layer(a["x"])
+            return layer.backward(a["dy"])
+
+        self.run = run
+        c.warm_up(run)
+
+    def time_forward_backward(self, backend, dtype, shape):
+        self.run()
+        self.case.sync()
+
+    def peakmem_forward_backward(self, backend, dtype, shape):
+        self.run()
+
+    def track_gflops(self, backend, dtype, shape):
+        s = self.case.shape
+        return self.case.gflops(self.run, s.forward_flops + s.backward_flops)
+
+    track_gflops.unit = GFLOPS
