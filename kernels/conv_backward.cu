@@ -1,0 +1,380 @@
+// Backward pass. Every gradient kernel reads dy (and, for relu/sigmoid, the saved output y) and applies the
+// activation gradient as it loads: dz = dy * act'(z) is never written to memory. With act = identity, dy is dz.
+//
+//   gpuconv_act_bwd               dz = dy * act'(z) alone, elementwise (the backend's activation_backward)
+//   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per group: rows =
+//                                 N*H*W input pixels, columns = Cg, reduction = KH*KW*Mg (k1, k2, m); a tap
+//                                 whose output position is off the stride grid or outside (OH, OW) reads 0, so
+//                                 pixels no output read get exactly 0
+//   gpuconv_conv_bwd_input_direct dx, one thread per element, for few input channels per group (depthwise)
+//   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
+//                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
+//   gpuconv_conv_bwd_weight_small dw partial sums, one block per (weight element, split) with a fixed-order
+//                                 tree reduction, for few output channels per group (depthwise)
+//   gpuconv_bias_grad             db partial sums per split
+//   gpuconv_sum_partials          out[e] = sum over splits s = 0, 1, ... of ws[s][e], in that order
+//
+// Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
+// shape (the split count is a function of the shape), so repeated runs and any thread schedule give
+// bitwise-equal results.
+// Name expressions: each kernel <T> for T in __half, float, double.
+#include "gpuconv_common.cuh"
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
+    const T* __restrict__ dy,  // gradient of the output, any shape, contiguous
+    const T* __restrict__ y,   // saved output act(z), same shape
+    T* __restrict__ dz,        // written: dy * act'(z)
+    gpuconv_i64 size,          // number of elements
+    int act)                   // GPUCONV_ACT_*
+{
+    const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;
+    for (gpuconv_i64 i = (gpuconv_i64)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride)
+        gpuconv_store(dz + i, gpuconv_load_dz(dy, y, i, act));
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
+    T* __restrict__ dx,        // written: input gradient (N, H, W, C)
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations
+    int pt, int pl,              // top and left padding
+    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ Acc As[GPUCONV_BK][GPUCONV_BM + 1];  // gathered dz tile: As[k][pixel]
+    __shared__ Acc Bs[GPUCONV_BK][GPUCONV_BN + 1];  // weight tile: Bs[k][input channel]
+
+    const int Cg = C / G, Mg = M / G;
+    const int g = blockIdx.z;
+    const int P = N * H * W;          // GEMM rows: input pixels
+    const int K = KH * KW * Mg;       // reduction: taps x output channels of the group
+    const int row0 = blockIdx.x * GPUCONV_BM;
+    const int col0 = blockIdx.y * GPUCONV_BN;
+    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+
+    // Both loaders use reduction index k0 + t % BK (decoded once per step) and rows/columns t / BK + 16 i.
+    const int ak = t % GPUCONV_BK;
+    int a_b[4], a_h[4], a_w[4];  // batch (-1: past the end), padded input row and column of the pixel
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + t / GPUCONV_BK + 16 * i;
+        a_b[i] = -1;
+        a_h[i] = a_w[i] = 0;
+        if (row < P) {
+            const int b = row / (H * W), rem = row - b * (H * W);
+            const int ih = rem / W;
+            a_b[i] = b;
+            a_h[i] = ih + pt;
+            a_w[i] = rem - ih * W + pl;
+        }
+    }
+
+    Acc acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+
+    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+        const int r = k0 + ak;
+        const bool r_ok = r < K;
+        int k1 = 0, k2 = 0, mm = 0;
+        if (r_ok) {
+            const int kk = r / Mg;
+            mm = r - kk * Mg;
+            k1 = kk / KW;
+            k2 = kk - k1 * KW;
+        }
+        const int mg = g * Mg + mm;  // output channel of this reduction index
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            Acc v = Acc(0);
+            const int th = a_h[i] - k1 * d1, tw = a_w[i] - k2 * d2;  // = oi * s1, oj * s2 when a tap reads it
+            if (r_ok && a_b[i] >= 0 && th >= 0 && tw >= 0) {
+                const int oi = th / s1, oj = tw / s2;
+                if (oi * s1 == th && oj * s2 == tw && oi < OH && oj < OW)
+                    v = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
+            }
+            As[ak][t / GPUCONV_BK + 16 * i] = v;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = t / GPUCONV_BK + 16 * j;
+            Acc v = Acc(0);
+            if (r_ok && col0 + col < Cg) v = gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col0 + col) * M + mg]);
+            Bs[ak][col] = v;
+        }
+        __syncthreads();
+        gpuconv_tile_mma<Acc>(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + ty + 16 * i;
+        if (row >= P) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = col0 + tx + 16 * j;
+            if (col < Cg) gpuconv_store(dx + (gpuconv_i64)row * C + g * Cg + col, acc[i][j]);
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input_direct(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
+    T* __restrict__ dx,        // written: input gradient (N, H, W, C)
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations
+    int pt, int pl,              // top and left padding
+    int act)                     // GPUCONV_ACT_* of the forward pass
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    // Block (bx, by), bx * by = GPUCONV_THREADS: threadIdx.x walks input channels, threadIdx.y pixels.
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;  // input channel
+    const int q = blockIdx.x * blockDim.y + threadIdx.y;  // input pixel
+    if (c >= C || q >= N * H * W) return;
+    const int Cg = C / G, Mg = M / G;
+    const gpuconv_i64 e = (gpuconv_i64)q * C + c;
+    const int g = (unsigned)c / Cg, n = c - g * Cg;
+    const int b = (unsigned)q / (H * W), rem = q - b * (H * W);
+    const int ih = (unsigned)rem / W, iw = rem - ih * W;
+    // Output row read by tap k1: th = ih + pt - k1 * d1 = oi * s1 + ri (0 <= ri < s1), stepped without
+    // divisions (a division in the loops makes ptxas spill); the tap reads dz only when ri == 0.
+    const int q1 = (unsigned)d1 / s1, r1 = d1 - q1 * s1, q2 = (unsigned)d2 / s2, r2 = d2 - q2 * s2;
+    const int th0 = ih + pt, tw0 = iw + pl;
+    const int oi0 = (unsigned)th0 / s1, ri0 = th0 - oi0 * s1, oj0 = (unsigned)tw0 / s2, rj0 = tw0 - oj0 * s2;
+    Acc v = Acc(0);
+    int oi = oi0, ri = ri0;
+    for (int k1 = 0; k1 < KH && oi >= 0; ++k1) {
+        if (ri == 0 && oi < OH) {
+            int oj = oj0, rj = rj0;
+            for (int k2 = 0; k2 < KW && oj >= 0; ++k2) {
+                if (rj == 0 && oj < OW) {
+                    const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
+                    const T* wp = w + ((k1 * KW + k2) * Cg + n) * M + g * Mg;
+#pragma unroll 1
+                    for (int mm = 0; mm < Mg; ++mm) v += gpuconv_load_dz(dy, y, o + mm, act) * gpuconv_to_acc(wp[mm]);
+                }
+                oj -= q2;
+                rj -= r2;
+                if (rj < 0) { rj += s2; --oj; }
+            }
+        }
+        oi -= q1;
+        ri -= r1;
+        if (ri < 0) { ri += s1; --oi; }
+    }
+    gpuconv_store(dx + e, v);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ x,   // input (N, H, W, C)
+    typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, KH*KW*Cg, M)
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations
+    int pt, int pl,              // top and left padding
+    int chunk,                   // output pixels per split (a multiple of GPUCONV_BK); split = blockIdx.z
+    int act)                     // GPUCONV_ACT_* of the forward pass
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ Acc As[GPUCONV_BK][GPUCONV_BM + 1];  // im2col tile, transposed: As[pixel][tap row]
+    __shared__ Acc Bs[GPUCONV_BK][GPUCONV_BN + 1];  // dz tile: Bs[pixel][output channel]
+
+    const int Cg = C / G, Mg = M / G;
+    const int K = KH * KW * Cg;                 // rows of dw
+    const int tiles_n = (Mg + GPUCONV_BN - 1) / GPUCONV_BN;
+    const int g = blockIdx.y / tiles_n;
+    const int row0 = blockIdx.x * GPUCONV_BM;
+    const int col0 = (blockIdx.y - g * tiles_n) * GPUCONV_BN;
+    const int P = N * OH * OW;
+    const int p_begin = blockIdx.z * chunk;
+    const int p_end = min(P, p_begin + chunk);
+    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+
+    // Loader roles: tap row / output channel t % 64, pixels p0 + t / 64 + 4 i.
+    const int lr = t % GPUCONV_BM;
+    const int r = row0 + lr;
+    const bool r_ok = r < K;
+    int k1d1 = 0, k2d2 = 0, cn = 0;
+    if (r_ok) {
+        const int kk = r / Cg;
+        cn = r - kk * Cg;
+        const int k1 = kk / KW;
+        k1d1 = k1 * d1 - pt;
+        k2d2 = (kk - k1 * KW) * d2 - pl;
+    }
+    const bool c_ok = col0 + lr < Mg;
+    const int mcol = g * Mg + col0 + lr;
+    const T* xg = x + g * Cg + cn;
+
+    Acc acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+
+    for (int p0 = p_begin; p0 < p_end; p0 += GPUCONV_BK) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int pk = t / GPUCONV_BM + 4 * i;
+            const int p = p0 + pk;
+            Acc a = Acc(0), d = Acc(0);
+            if (p < p_end) {
+                const int b = p / (OH * OW), rem = p - b * (OH * OW);
+                const int oi = rem / OW, oj = rem - oi * OW;
+                const int ih = oi * s1 + k1d1, iw = oj * s2 + k2d2;
+                if (r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    a = gpuconv_to_acc(xg[(gpuconv_i64)((b * H + ih) * W + iw) * C]);
+                if (c_ok) d = gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + mcol, act);
+            }
+            As[pk][lr] = a;
+            Bs[pk][lr] = d;
+        }
+        __syncthreads();
+        gpuconv_tile_mma<Acc>(As, Bs, acc, tx, ty);
+        __syncthreads();
+    }
+
+    Acc* out = ws + (gpuconv_i64)blockIdx.z * K * M;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + ty + 16 * i;
+        if (row >= K) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = col0 + tx + 16 * j;
+            if (col < Mg) out[(gpuconv_i64)row * M + g * Mg + col] = acc[i][j];
+        }
+    }
+}
+
+// Sum of the GPUCONV_RED_THREADS values of red[] into red[0], in a fixed tree order.
+template <typename Acc>
+__device__ __forceinline__ void gpuconv_block_tree_sum(Acc* red, int t) {
+#pragma unroll
+    for (int half = GPUCONV_RED_THREADS / 2; half > 0; half /= 2) {
+        __syncthreads();
+        if (t < half) red[t] += red[t + half];
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_RED_THREADS) gpuconv_conv_bwd_weight_small(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ x,   // input (N, H, W, C)
+    typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, KH*KW*Cg*M)
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations
+    int pt, int pl,              // top and left padding
+    int chunk,                   // output pixels per split; split = blockIdx.y
+    int act)                     // GPUCONV_ACT_* of the forward pass
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ Acc red[GPUCONV_RED_THREADS];
+    const int Cg = C / G, Mg = M / G;
+    const int E = KH * KW * Cg * M;
+    const int e = blockIdx.x;                    // weight element (k1, k2, n, m), HWIO order
+    const int r = e / M, m = e - r * M;
+    const int kk = r / Cg, n = r - kk * Cg;
+    const int k1 = kk / KW, k2 = kk - k1 * KW;
+    const int g = m / Mg;
+    const int P = N * OH * OW;
+    const int p_begin = blockIdx.y * chunk;
+    const int p_end = min(P, p_begin + chunk);
+    const int t = threadIdx.x;
+    const T* xg = x + g * Cg + n;
+
+    // Pixel p = p_begin + t + RED_THREADS * k, decoded once and then advanced without divisions.
+    int p = p_begin + t;
+    int b = p / (OH * OW), rem = p - b * (OH * OW);
+    int oi = rem / OW, oj = rem - oi * OW;
+    const int sb = GPUCONV_RED_THREADS / (OH * OW), srem = GPUCONV_RED_THREADS - sb * (OH * OW);
+    const int si = srem / OW, sj = srem - si * OW;
+    Acc v = Acc(0);
+    for (; p < p_end; p += GPUCONV_RED_THREADS) {
+        const int ih = oi * s1 + k1 * d1 - pt, iw = oj * s2 + k2 * d2 - pl;
+        if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+            v += gpuconv_to_acc(xg[(gpuconv_i64)((b * H + ih) * W + iw) * C]) *
+                 gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+        oj += sj;
+        if (oj >= OW) { oj -= OW; ++oi; }
+        oi += si;
+        if (oi >= OH) { oi -= OH; ++b; }
+        b += sb;
+    }
+    red[t] = v;
+    gpuconv_block_tree_sum(red, t);
+    if (t == 0) ws[(gpuconv_i64)blockIdx.y * E + e] = red[0];
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
+    const T* __restrict__ dy,  // output gradient, viewed as (P, M), contiguous
+    const T* __restrict__ y,   // saved output, same shape; read only when act != identity
+    typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, M)
+    int P,                     // rows (N * OH * OW)
+    int M,                     // channels
+    int chunk,                 // rows per split; split = blockIdx.y
+    int act)                   // GPUCONV_ACT_* of the forward pass
+{
+    // Block (32, 8): threadIdx.x = channel within the block's 32, threadIdx.y = row phase.
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ Acc red[8][33];
+    const int m = blockIdx.x * 32 + threadIdx.x;
+    const int p_begin = blockIdx.y * chunk;
+    const int p_end = min(P, p_begin + chunk);
+    Acc v = Acc(0);
+    if (m < M)
+        for (int p = p_begin + threadIdx.y; p < p_end; p += 8) v += gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+    red[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && m < M) {
+        Acc s = red[0][threadIdx.x];
+#pragma unroll
+        for (int k = 1; k < 8; ++k) s += red[k][threadIdx.x];
+        ws[(gpuconv_i64)blockIdx.y * M + m] = s;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_sum_partials(
+    const typename gpuconv_acc<T>::type* __restrict__ ws,  // partial sums (splits, E)
+    T* __restrict__ out,       // written: out[e] = sum_s ws[s, e], summed for s = 0, 1, ... in order
+    int E,                     // elements per split
+    int splits)                // number of splits
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    Acc s = ws[e];
+    for (int k = 1; k < splits; ++k) s += ws[(gpuconv_i64)k * E + e];
+    gpuconv_store(out + e, s);
+}

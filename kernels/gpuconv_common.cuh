@@ -1,0 +1,99 @@
+// Shared device helpers of the gpuconv kernels: storage <-> accumulator conversion, activations, the tile
+// sizes and the inner product of one shared-memory tile of the implicit GEMMs.
+//
+// Notation (the same names as gpuconv/_config.py):
+//   x  (N, H, W, C)      input, NHWC              y, dy  (N, OH, OW, M)   output and its gradient
+//   w  (KH, KW, Cg, M)   weights, HWIO            G groups, Cg = C / G, Mg = M / G, g = m / Mg
+//   s1, s2 strides; d1, d2 dilations; pt, pl top and left paddings (bottom/right follow from OH, OW)
+//
+// Index widths: pixel counts (N*H*W, N*OH*OW) and weight counts (KH*KW*Cg*M) fit in int32 (the Python
+// launch wrappers refuse larger problems); element offsets into x, y, dy, dx (pixel * channels) are 64-bit.
+//
+// The same text compiles under NVRTC (GPU) and under gpuconv's CPU emulator (g++, GPUCONV_EMULATOR defined,
+// __half provided by the emulator's header).
+#pragma once
+
+#ifndef GPUCONV_EMULATOR
+#include <cuda_fp16.h>
+#endif
+
+typedef long long gpuconv_i64;
+
+// Activation codes, the same numbers as gpuconv/backends/cuda.py ACTIVATION_CODES.
+#define GPUCONV_ACT_IDENTITY 0
+#define GPUCONV_ACT_RELU 1
+#define GPUCONV_ACT_SIGMOID 2
+
+// Implicit-GEMM tiles: a block of GPUCONV_THREADS threads computes a GPUCONV_BM x GPUCONV_BN tile of the
+// output, stepping through the reduction GPUCONV_BK at a time; each thread holds a 4 x 4 micro-tile whose rows
+// are ty + 16*i and columns tx + 16*j (tx = thread % 16, ty = thread / 16).
+#define GPUCONV_BM 64
+#define GPUCONV_BN 64
+#define GPUCONV_BK 16
+#define GPUCONV_THREADS 256
+// Threads per block of the reduction kernels (weight gradient, small-channel path).
+#define GPUCONV_RED_THREADS 128
+
+// Accumulator type: float for float16 and float32 storage, double for float64.
+template <typename T> struct gpuconv_acc { typedef float type; };
+template <> struct gpuconv_acc<double> { typedef double type; };
+
+// Storage -> accumulator.
+__device__ __forceinline__ float gpuconv_to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float gpuconv_to_acc(float v) { return v; }
+__device__ __forceinline__ double gpuconv_to_acc(double v) { return v; }
+
+// Accumulator -> storage (float16: round to nearest even, once).
+__device__ __forceinline__ void gpuconv_store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void gpuconv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void gpuconv_store(double* p, double v) { *p = v; }
+
+__device__ __forceinline__ float gpuconv_exp(float v) { return expf(v); }
+__device__ __forceinline__ double gpuconv_exp(double v) { return exp(v); }
+
+// y = act(z). relu keeps NaN (as np.maximum); sigmoid's exp overflow gives 1 / inf = 0.
+template <typename Acc>
+__device__ __forceinline__ Acc gpuconv_act_forward(Acc z, int act) {
+    if (act == GPUCONV_ACT_RELU) return z < Acc(0) ? Acc(0) : z;
+    if (act == GPUCONV_ACT_SIGMOID) return Acc(1) / (Acc(1) + gpuconv_exp(-z));
+    return z;
+}
+
+// dz = dy * act'(z) from the saved output u = act(z): relu -> a select (dy = inf with u <= 0 gives 0, as
+// np.where), sigmoid -> dy * u * (1 - u), never through exp.
+template <typename Acc>
+__device__ __forceinline__ Acc gpuconv_act_backward(Acc dy, Acc u, int act) {
+    if (act == GPUCONV_ACT_RELU) return u > Acc(0) ? dy : Acc(0);
+    if (act == GPUCONV_ACT_SIGMOID) return dy * u * (Acc(1) - u);
+    return dy;
+}
+
+// dz[i] read from dy (and the saved output y when act != identity): the activation gradient fused into the
+// loads of the gradient kernels, so dz never goes to memory.
+template <typename T>
+__device__ __forceinline__ typename gpuconv_acc<T>::type gpuconv_load_dz(
+    const T* __restrict__ dy, const T* __restrict__ y, gpuconv_i64 i, int act) {
+    typedef typename gpuconv_acc<T>::type Acc;
+    const Acc d = gpuconv_to_acc(dy[i]);
+    if (act == GPUCONV_ACT_IDENTITY) return d;
+    return gpuconv_act_backward(d, gpuconv_to_acc(y[i]), act);
+}
+
+// acc[i][j] += sum_k As[k][ty + 16 i] * Bs[k][tx + 16 j]: one GPUCONV_BK step of a block's tile product.
+// The +1 column of padding keeps the transposing stores of the loaders free of bank conflicts.
+template <typename Acc>
+__device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[GPUCONV_BM + 1], const Acc (*Bs)[GPUCONV_BN + 1],
+                                                 Acc (&acc)[4][4], int tx, int ty) {
+#pragma unroll
+    for (int k = 0; k < GPUCONV_BK; ++k) {
+        Acc a[4], b[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a[i] = As[k][ty + 16 * i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b[j] = Bs[k][tx + 16 * j];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
