@@ -1,0 +1,328 @@
+"""The CPU emulator: CUDA kernel source, unchanged, compiled with g++ and run on the CPU.
+
+``load_module(source, ...)`` gives an object with ``get_function(name)``, like ``cupy.RawModule``; a kernel is
+called like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=0)`` with numpy arrays and numpy scalars.
+Each argument is checked against the kernel's parameter types (read from the compiled code): an array's dtype
+must match the pointee type, a scalar's dtype the parameter type, and Python ints and floats are refused
+(CuPy would pass them as long long / double).
+
+Every CUDA thread of a block is a fiber; blocks run on a few worker threads. Knobs (environment, read at each
+launch unless said otherwise):
+
+  GPUCONV_EMULATOR_SCHEDULE   forward (default) | reverse | shuffle: the order the threads of a block run in
+                              between barriers (also ``with schedule("reverse"): ...``)
+  GPUCONV_EMULATOR_SEED       seed of the shuffle schedule (default 0)
+  GPUCONV_EMULATOR_WORKERS    worker threads per launch (default: CPU count, at most 8)
+  GPUCONV_EMULATOR_SANITIZE   "address": build and run with AddressSanitizer (python must run with libasan
+                              preloaded; see tools/asan_emulator.sh); read when a module is compiled
+  GPUCONV_EMULATOR_STACK_KB   fiber stack size (default 256 KiB, 512 under ASan); read by each worker once
+  GPUCONV_CACHE_DIR           where compiled libraries are kept (default ~/.cache/gpuconv)
+  GPUCONV_CXX                 the C++ compiler (default g++; needs C++20 and x86-64 Linux)
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import threading
+
+import numpy
+
+from . import _compile
+from ._compile import CompileError, sanitize_mode, unavailable_reason
+
+__all__ = [
+    "CompileError",
+    "EmulatorError",
+    "SCHEDULES",
+    "load_module",
+    "schedule",
+    "unavailable_reason",
+]
+
+SCHEDULES = ("forward", "reverse", "shuffle")
+ENV_SCHEDULE = "GPUCONV_EMULATOR_SCHEDULE"
+ENV_SEED = "GPUCONV_EMULATOR_SEED"
+ENV_WORKERS = "GPUCONV_EMULATOR_WORKERS"
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2**31 - 1, 65535, 65535)
+DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024
+_ERRLEN = 4096
+
+_override = threading.local()
+
+
+class EmulatorError(RuntimeError):
+    """A launch failed: deadlock, divergent barrier, __trap(), or a bad launch configuration."""
+
+
+@contextlib.contextmanager
+def schedule(name: str):
+    """Run the launches inside the block (in this thread) with schedule ``name`` (forward, reverse, shuffle)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+    old = getattr(_override, "name", None)
+    _override.name = name
+    try:
+        yield
+    finally:
+        _override.name = old
+
+
+def current_schedule() -> str:
+    name = getattr(_override, "name", None) or os.environ.get(ENV_SCHEDULE, "").strip().lower() or "forward"
+    if name not in SCHEDULES:
+        raise ValueError(f"{ENV_SCHEDULE}={name!r}: must be one of {SCHEDULES}")
+    return name
+
+
+def _workers() -> int:
+    value = os.environ.get(ENV_WORKERS, "").strip()
+    if value:
+        n = int(value)
+        if n < 1:
+            raise ValueError(f"{ENV_WORKERS} must be a positive integer, got {value!r}")
+        return n
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class _ArgInfo(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_char), ("elem_kind", ctypes.c_char), ("size", ctypes.c_ushort),
+                ("elem_size", ctypes.c_ushort)]
+
+
+class _Entry(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("call", ctypes.c_void_p), ("nargs", ctypes.c_int),
+                ("args", ctypes.POINTER(_ArgInfo))]
+
+
+_C_TYPES = {
+    ("i", 1): "signed char", ("i", 2): "short", ("i", 4): "int", ("i", 8): "long long",
+    ("u", 1): "unsigned char", ("u", 2): "unsigned short", ("u", 4): "unsigned int", ("u", 8): "unsigned long long",
+    ("f", 2): "__half", ("f", 4): "float", ("f", 8): "double", ("b", 1): "bool", ("v", 0): "void",
+}
+
+
+def _ctype(kind: str, size: int) -> str:
+    return _C_TYPES.get((kind, size), f"a {size}-byte struct")
+
+
+def _describe_param(kind, size, elem_kind, elem_size) -> str:
+    if kind == "p":
+        return _ctype(elem_kind, elem_size) + "*"
+    return _ctype(kind, size)
+
+
+def _same_kind(param_kind: str, dtype_kind: str) -> bool:
+    if param_kind in "iu":
+        return dtype_kind in "iu"
+    if param_kind == "o":
+        return True
+    return param_kind == dtype_kind
+
+
+_libc = None
+
+
+def _malloc(nbytes: int) -> int:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None)
+        _libc.malloc.restype = ctypes.c_void_p
+        _libc.malloc.argtypes = [ctypes.c_size_t]
+        _libc.free.argtypes = [ctypes.c_void_p]
+    return _libc.malloc(nbytes)
+
+
+def _byte_span(a: numpy.ndarray):
+    """(offset of the lowest byte from a's data pointer, bytes spanned) for any strides."""
+    if a.size == 0:
+        return 0, 0
+    lo = sum((n - 1) * s for n, s in zip(a.shape, a.strides) if s < 0)
+    hi = sum((n - 1) * s for n, s in zip(a.shape, a.strides) if s > 0)
+    return lo, hi - lo + a.itemsize
+
+
+class EmulatorKernel:
+    """One kernel of an emulator module; called like cupy.RawKernel."""
+
+    def __init__(self, module, entry, name: str):
+        self.module = module
+        self.name = name
+        self._entry = entry
+        self._params = [
+            (entry.args[i].kind.decode(), entry.args[i].size, entry.args[i].elem_kind.decode(),
+             entry.args[i].elem_size)
+            for i in range(entry.nargs)
+        ]
+        self.max_dynamic_shared_size_bytes = DEFAULT_MAX_DYNAMIC_SHARED
+
+    @property
+    def param_types(self) -> tuple:
+        """The C types of the kernel's parameters, as the launcher checks them."""
+        return tuple(_describe_param(*p) for p in self._params)
+
+    def __repr__(self):
+        return f"<EmulatorKernel {self.name}({', '.join(self.param_types)})>"
+
+    def _dims(self, value, what, limits):
+        if isinstance(value, (int, numpy.integer)) and not isinstance(value, bool):
+            value = (int(value),)
+        if not isinstance(value, tuple) or not 1 <= len(value) <= 3:
+            raise TypeError(f"{self.name}: {what} must be an int or a tuple of 1 to 3 ints, got {value!r}")
+        dims = []
+        for v, lim in zip(value, limits):
+            if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool) or not 1 <= v <= lim:
+                raise ValueError(f"{self.name}: {what} {value!r}: each size must be an int in 1..{lim}")
+            dims.append(int(v))
+        return tuple(dims) + (1,) * (3 - len(dims))
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        g = self._dims(grid, "grid", MAX_GRID)
+        b = self._dims(block, "block", MAX_BLOCK)
+        if b[0] * b[1] * b[2] > MAX_THREADS_PER_BLOCK:
+            raise ValueError(f"{self.name}: block {block!r} has more than {MAX_THREADS_PER_BLOCK} threads")
+        if not isinstance(shared_mem, (int, numpy.integer)) or shared_mem < 0:
+            raise ValueError(f"{self.name}: shared_mem must be a non-negative int, got {shared_mem!r}")
+        if shared_mem > self.max_dynamic_shared_size_bytes:
+            raise ValueError(
+                f"{self.name}: shared_mem={shared_mem} bytes is over the kernel's limit of "
+                f"{self.max_dynamic_shared_size_bytes} (set kernel.max_dynamic_shared_size_bytes, as on a GPU)"
+            )
+        if not isinstance(args, (tuple, list)):
+            raise TypeError(f"{self.name}: args must be a tuple, got {type(args).__name__}")
+        if len(args) != len(self._params):
+            raise TypeError(
+                f"{self.name} takes {len(self._params)} arguments ({', '.join(self.param_types)}), "
+                f"got {len(args)}"
+            )
+        n = len(args)
+        slots = (ctypes.c_uint64 * max(n, 1))()
+        argv = (ctypes.c_void_p * max(n, 1))()
+        base = ctypes.addressof(slots)
+        keep = []
+        copies = []  # sanitize mode: (array, malloc'd pointer, offset, nbytes)
+        sanitize = self.module.sanitize
+        for i, (a, (kind, size, ekind, esize)) in enumerate(zip(args, self._params)):
+            if kind == "p":
+                if not isinstance(a, numpy.ndarray):
+                    raise TypeError(self._arg_error(i, a, "a numpy array"))
+                if ekind != "v" and (a.dtype.itemsize != esize or not _same_kind(ekind, a.dtype.kind)):
+                    raise TypeError(self._arg_error(i, a, f"an array of {_ctype(ekind, esize)}"))
+                ptr = a.__array_interface__["data"][0]
+                if sanitize:
+                    lo, span = _byte_span(a)
+                    buf = _malloc(span)
+                    ctypes.memmove(buf, ptr + lo, span)
+                    copies.append((a, buf, lo, span))
+                    ptr = buf - lo
+                slots[i] = ptr
+                argv[i] = base + 8 * i
+            else:
+                if not isinstance(a, numpy.generic):
+                    raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
+                if a.dtype.itemsize != size or not _same_kind(kind, a.dtype.kind):
+                    raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
+                raw = a.tobytes()
+                if size <= 8:
+                    slots[i] = int.from_bytes(raw.ljust(8, b"\0"), "little")
+                    argv[i] = base + 8 * i
+                else:
+                    holder = ctypes.create_string_buffer(raw, size)
+                    keep.append(holder)
+                    argv[i] = ctypes.addressof(holder)
+        grid3 = (ctypes.c_uint * 3)(*g)
+        block3 = (ctypes.c_uint * 3)(*b)
+        err = ctypes.create_string_buffer(_ERRLEN)
+        sched = SCHEDULES.index(current_schedule())
+        seed = int(os.environ.get(ENV_SEED, "0") or 0) & 0xFFFFFFFF
+        try:
+            rc = self.module._launch(ctypes.addressof(self._entry), grid3, block3, int(shared_mem), argv, sched,
+                                     seed, _workers(), err, _ERRLEN)
+        finally:
+            for a, buf, lo, span in copies:
+                if a.flags.writeable and a.size:
+                    ctypes.memmove(a.__array_interface__["data"][0] + lo, buf, span)
+                _libc.free(buf)
+        if rc != 0:
+            raise EmulatorError(err.value.decode(errors="replace"))
+
+    def _arg_error(self, i, a, wanted) -> str:
+        if isinstance(a, numpy.ndarray):
+            got = f"a numpy array of {a.dtype}"
+        elif isinstance(a, numpy.generic):
+            got = f"a numpy {a.dtype} scalar"
+        elif isinstance(a, (bool, int, float)):
+            got = (f"a Python {type(a).__name__} (CuPy would pass it as "
+                   f"{'long long' if isinstance(a, int) else 'double'}: give it an explicit numpy dtype)")
+        else:
+            got = f"{type(a).__module__}.{type(a).__name__}"
+        param = _describe_param(*self._params[i])
+        return f"{self.name}: argument {i} is {param}, so it takes {wanted}; got {got}"
+
+
+class EmulatorModule:
+    """A compiled kernel file: ``get_function(name)`` as with cupy.RawModule."""
+
+    def __init__(self, path, names, display_name: str):
+        self.path = str(path)
+        self.display_name = display_name
+        self.sanitize = sanitize_mode()
+        self._lib = ctypes.CDLL(self.path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
+        self._launch = self._lib.gpuconv_emu_launch
+        self._launch.restype = ctypes.c_int
+        self._launch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
+                                 ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint,
+                                 ctypes.c_int, ctypes.c_char_p, ctypes.c_ulonglong]
+        count = ctypes.c_int.in_dll(self._lib, "gpuconv_emu_num_entries").value
+        entries = (_Entry * max(count, 1)).in_dll(self._lib, "gpuconv_emu_entries")
+        self._kernels = {}
+        for i in range(count):
+            name = entries[i].name.decode()
+            self._kernels[name] = EmulatorKernel(self, entries[i], name)
+
+    @property
+    def kernel_names(self) -> tuple:
+        return tuple(self._kernels)
+
+    @property
+    def static_shared_bytes(self) -> int:
+        """Bytes of static __shared__ memory of all kernels of the file together."""
+        fn = self._lib.gpuconv_emu_static_smem
+        fn.restype = ctypes.c_ulonglong
+        return int(fn())
+
+    def get_function(self, name: str) -> EmulatorKernel:
+        try:
+            return self._kernels[name]
+        except KeyError:
+            raise EmulatorError(
+                f"{self.display_name} has no kernel {name!r} under the emulator; it has: "
+                f"{', '.join(self._kernels) or 'none'} (extern \"C\" __global__ functions and the name "
+                "expressions given, spelled exactly as given)"
+            ) from None
+
+    def __repr__(self):
+        return f"<EmulatorModule {self.display_name}: {', '.join(self._kernels)}>"
+
+
+_modules: dict = {}
+_modules_lock = threading.Lock()
+
+
+def load_module(source: str, *, filename: str = "<kernel>.cu", name_expressions=(), options=(),
+                include_dirs=()) -> EmulatorModule:
+    """Compile (or find in the cache) and load kernel source for the emulator."""
+    reason = unavailable_reason()
+    if reason is not None:
+        from ..._dispatch import BackendUnavailable
+
+        raise BackendUnavailable(f"the CUDA emulator is unavailable: {reason}")
+    path, names = _compile.build_library(source, filename, tuple(name_expressions), tuple(options),
+                                         tuple(include_dirs))
+    with _modules_lock:
+        module = _modules.get(str(path))
+        if module is None:
+            module = _modules[str(path)] = EmulatorModule(path, names, filename)
+    return module

@@ -1,0 +1,279 @@
+"""Turning kernel source into a cached shared library for the emulator.
+
+The source is compiled as it is, with three changes made before g++ sees it (line numbers kept):
+``#line 1 "<file>"`` in front, ``extern __shared__ T name[];`` rewritten to a pointer into the block's dynamic
+shared memory, and an epilogue appended that lists one entry per kernel (extern "C" kernels found in the text,
+plus every name expression). The prelude ``gpuconv_emu.h`` is force-included and the runtime object
+(``runtime.cpp``, compiled once per flag set) linked in. Libraries are cached under
+``$GPUCONV_CACHE_DIR/emulator`` (default ``~/.cache/gpuconv/emulator``), keyed by a hash of everything that
+goes into them.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HEADER = HERE / "gpuconv_emu.h"
+RUNTIME = HERE / "runtime.cpp"
+STUB_INCLUDE = HERE / "include"
+
+ENV_CXX = "GPUCONV_CXX"
+ENV_CACHE = "GPUCONV_CACHE_DIR"
+ENV_SANITIZE = "GPUCONV_EMULATOR_SANITIZE"
+
+BASE_FLAGS = ("-std=c++20", "-O2", "-fPIC", "-pthread", "-fno-strict-aliasing", "-fvisibility=hidden", "-w")
+SANITIZE_FLAGS = {
+    "address": ("-std=c++20", "-O1", "-g", "-fPIC", "-pthread", "-fno-strict-aliasing", "-fvisibility=hidden",
+                "-w", "-fsanitize=address", "-fno-omit-frame-pointer"),
+}
+# NVRTC options that mean nothing to g++ (their prefixes); -D, -U and -I are passed on.
+IGNORED_OPTIONS = ("-std", "--std", "-arch", "--gpu-architecture", "--use_fast_math", "-use_fast_math",
+                   "--fmad", "-fmad", "-lineinfo", "--generate-line-info", "-G", "--device-debug",
+                   "-default-device", "--extra-device-vectorization", "-restrict", "--restrict",
+                   "--ptxas-options", "-Xptxas", "-maxrregcount", "--maxrregcount", "-dopt", "--dopt",
+                   "-dlto", "--device-as-default-execution-space", "-ewp", "--extensible-whole-program")
+
+
+class CompileError(RuntimeError):
+    """g++ rejected a kernel file (the message holds its output)."""
+
+
+def sanitize_mode() -> str:
+    mode = os.environ.get(ENV_SANITIZE, "").strip().lower()
+    if mode in ("", "0", "none", "off"):
+        return ""
+    if mode not in SANITIZE_FLAGS:
+        raise ValueError(f"{ENV_SANITIZE}={mode!r}: the supported values are {sorted(SANITIZE_FLAGS)} or empty")
+    return mode
+
+
+def flags() -> tuple:
+    mode = sanitize_mode()
+    return SANITIZE_FLAGS[mode] if mode else BASE_FLAGS
+
+
+@lru_cache(maxsize=None)
+def _compiler_info(cxx: str):
+    """(path, version string) of the C++ compiler, or (None, reason)."""
+    path = shutil.which(cxx)
+    if path is None:
+        return None, f"no C++ compiler found (looked for {cxx!r} on PATH; set {ENV_CXX} to choose one)"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"the C++ compiler {path} cannot be run: {exc}"
+    first = (out.stdout or out.stderr).splitlines()[:1]
+    version = first[0] if first else "unknown"
+    m = re.search(r"\b(\d+)\.\d+", version)
+    if "clang" not in version and m and int(m.group(1)) < 11:
+        return None, f"the C++ compiler {path} is too old for the emulator (need g++ 11 or later): {version}"
+    return path, version
+
+
+def compiler():
+    """(path, version) of the C++ compiler; path is None and version the reason when there is none."""
+    return _compiler_info(os.environ.get(ENV_CXX) or "g++")
+
+
+def unavailable_reason():
+    """None, or why the emulator cannot run here."""
+    import platform
+    import sys
+
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return (f"the emulator's fiber switch is written for x86-64 Linux; this is {sys.platform} "
+                f"{platform.machine()}")
+    path, why = compiler()
+    if path is None:
+        return why
+    return None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(ENV_CACHE)
+    base = Path(root) if root else Path.home() / ".cache" / "gpuconv"
+    d = base / "emulator"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+# ---- source rewriting -----------------------------------------------------------------------------------
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_STRING = re.compile(r'"(?:\\.|[^"\\\n])*"')
+_EXTERN_C_KERNEL = re.compile(
+    r'extern\s+"C"\s+((?:(?:__\w+__|static|inline)(?:\s*\([^()]*\))?\s+)*)void\s+'
+    r"(?:__launch_bounds__\s*\([^()]*\)\s*)?([A-Za-z_]\w*)\s*\("
+)
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([^;\[\]{}()]*?(?:\([^()]*\)[^;\[\]{}()]*?)*)\s*\[\s*\]\s*;")
+_ALIGN = re.compile(r"__align__\s*\(\s*\d+\s*\)|alignas\s*\(\s*\d+\s*\)")
+
+
+def strip_comments(source: str) -> str:
+    """The source with comments blanked out (newlines kept), strings left alone."""
+    def repl(m):
+        text = m.group(0)
+        if text.startswith('"'):
+            return text
+        return re.sub(r"[^\n]", " ", text)
+
+    return re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', repl, source, flags=re.S)
+
+
+def extern_c_kernels(source: str) -> list:
+    """Names of the extern "C" __global__ functions defined or declared in the source."""
+    names = []
+    for m in _EXTERN_C_KERNEL.finditer(strip_comments(source)):
+        if "__global__" in m.group(1) and m.group(2) not in names:
+            names.append(m.group(2))
+    return names
+
+
+def _rewrite_extern_shared(m) -> str:
+    decl = _ALIGN.sub(" ", m.group(1)).strip()
+    parts = decl.rsplit(None, 1)
+    if len(parts) != 2 or not re.fullmatch(r"[A-Za-z_]\w*", parts[1]):
+        return m.group(0)
+    ctype, name = parts
+    newlines = "\n" * m.group(0).count("\n")
+    return f"{ctype}* const {name} = reinterpret_cast<{ctype}*>(::gpuconv_emu::tl.dyn_smem);{newlines}"
+
+
+def rewrite_source(source: str) -> str:
+    """Rewrites `extern __shared__ T name[];` to a pointer into the block's dynamic shared memory."""
+    return _EXTERN_SHARED.sub(_rewrite_extern_shared, source)
+
+
+def generate(source: str, display_name: str, name_expressions) -> tuple:
+    """(translation unit text, entry names in order)."""
+    names = extern_c_kernels(source)
+    for expr in name_expressions:
+        if expr not in names:
+            names.append(expr)
+    lines = [f'#line 1 "{display_name}"', rewrite_source(source), "", "#line 1 \"<gpuconv emulator entries>\""]
+    lines.append('extern "C" __attribute__((visibility("default"))) const ::gpuconv_emu::KernelEntry '
+                 "gpuconv_emu_entries[] = {")
+    for name in names:
+        lines.append(f"    ::gpuconv_emu::make_entry<&{name} >({_c_string(name)}),")
+    if not names:
+        lines.append("    {nullptr, nullptr, 0, nullptr},")
+    lines.append("};")
+    lines.append(f'extern "C" __attribute__((visibility("default"))) const int gpuconv_emu_num_entries = '
+                 f"{len(names)};")
+    return "\n".join(lines) + "\n", names
+
+
+def _c_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_options(options) -> tuple:
+    """g++ arguments for the NVRTC-style options (-D, -U, -I are kept; NVRTC-only ones dropped)."""
+    out, include_dirs = [], []
+    it = iter(options)
+    for opt in it:
+        if not isinstance(opt, str):
+            raise TypeError(f"compile options must be strings, got {opt!r}")
+        if opt in ("-D", "-U", "-I", "--define-macro", "--undefine-macro", "--include-path"):
+            value = next(it, None)
+            if value is None:
+                raise ValueError(f"compile option {opt} needs a value")
+            opt = {"--define-macro": "-D", "--undefine-macro": "-U", "--include-path": "-I"}.get(opt, opt) + value
+        for long, short in (("--define-macro=", "-D"), ("--undefine-macro=", "-U"), ("--include-path=", "-I")):
+            if opt.startswith(long):
+                opt = short + opt[len(long):]
+        if opt.startswith("-I"):
+            include_dirs.append(opt[2:])
+            out.append(opt)
+        elif opt.startswith(("-D", "-U")):
+            out.append(opt)
+        elif opt.split("=", 1)[0] in IGNORED_OPTIONS or opt.startswith(("-arch=", "--gpu-architecture=")):
+            continue
+        else:
+            raise ValueError(
+                f"compile option {opt!r} has no meaning under the emulator (it takes -D, -U and -I, and ignores "
+                f"NVRTC code-generation options such as {', '.join(IGNORED_OPTIONS[:4])} ...)"
+            )
+    return out, include_dirs
+
+
+def _hash_include_dirs(h, dirs):
+    for d in dirs:
+        p = Path(d)
+        if not p.is_dir():
+            continue
+        for f in sorted(p.iterdir()):
+            if f.is_file() and f.suffix in (".cuh", ".h", ".hpp", ".inc", ".cu"):
+                h.update(f.name.encode())
+                h.update(f.read_bytes())
+
+
+def _run(cmd, what):
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CompileError(f"{what} failed (exit {proc.returncode}):\n{' '.join(cmd)}\n{proc.stderr}{proc.stdout}")
+
+
+def _atomic_build(target: Path, build):
+    """Runs build(tmp_path) and moves the result to target (safe when processes race for the same key)."""
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        build(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def runtime_object() -> Path:
+    """The compiled runtime for the current flags (cached)."""
+    cxx, version = compiler()
+    if cxx is None:
+        raise CompileError(version)
+    fl = flags()
+    h = hashlib.sha256()
+    for part in (version, " ".join(fl), HEADER.read_text(), RUNTIME.read_text()):
+        h.update(part.encode())
+        h.update(b"\0")
+    target = cache_dir() / f"runtime-{h.hexdigest()[:20]}.o"
+    if not target.exists():
+        _atomic_build(target, lambda tmp: _run(
+            [cxx, *fl, "-c", "-I", str(HERE), str(RUNTIME), "-o", tmp], "compiling the emulator runtime"))
+    return target
+
+
+def build_library(source: str, display_name: str, name_expressions=(), options=(), include_dirs=()):
+    """Compiles the kernel source into a cached shared library; returns (path, entry names)."""
+    cxx, version = compiler()
+    if cxx is None:
+        raise CompileError(version)
+    fl = flags()
+    extra, option_dirs = split_options(options)
+    dirs = [str(d) for d in include_dirs] + option_dirs
+    text, names = generate(source, display_name, tuple(name_expressions))
+    h = hashlib.sha256()
+    for part in (version, " ".join(fl), " ".join(extra), " ".join(dirs), HEADER.read_text(), RUNTIME.read_text(),
+                 text):
+        h.update(part.encode())
+        h.update(b"\0")
+    _hash_include_dirs(h, dirs)
+    key = h.hexdigest()[:24]
+    target = cache_dir() / f"{Path(display_name).stem}-{key}.so"
+    if not target.exists():
+        rt = runtime_object()
+        src = cache_dir() / f"{Path(display_name).stem}-{key}.cpp"
+        src.write_text(text)
+        cmd = [cxx, *fl, "-shared", "-include", str(HEADER), "-I", str(STUB_INCLUDE)]
+        for d in include_dirs:
+            cmd += ["-I", str(d)]
+        cmd += extra
+        _atomic_build(target, lambda tmp: _run(
+            [*cmd, str(src), str(rt), "-o", tmp], f"compiling {display_name} for the emulator"))
+    return target, names

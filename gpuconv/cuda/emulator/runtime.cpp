@@ -1,0 +1,658 @@
+// gpuconv CPU emulator runtime: fibers, barriers and the launch entry point.
+//
+// Linked into every kernel library (one copy per library, so every library has its own worker pool and
+// its own TLS block). A launch hands blocks to workers (the calling thread plus pool threads); a worker runs
+// the CUDA threads of one block as fibers, switched by the small x86-64 routine below, with a scheduler
+// loop that resumes runnable fibers in the chosen order (forward, reverse, or shuffled every pass).
+//
+// Barriers: a block barrier completes when every thread that has not exited waits at it (exited threads
+// drop out, as on Volta and later); reaching it from two different source lines in one block is reported.
+// Warp barriers (shuffles, votes, __syncwarp) complete when every running lane named in the mask waits at
+// one. A scheduling pass that resumes nobody is a deadlock: the launch fails with a description.
+#include "gpuconv_emu.h"
+
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define GPUCONV_ASAN 1
+#else
+#define GPUCONV_ASAN 0
+#endif
+
+extern "C" {
+void gpuconv_emu_switch(void** save_sp, void* new_sp) GPUCONV_EMU_HIDDEN;
+void gpuconv_emu_fiber_start() GPUCONV_EMU_HIDDEN;
+void gpuconv_emu_fiber_main() GPUCONV_EMU_HIDDEN;
+}
+
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
+// pointer to *save_sp, loads new_sp and restores the same from there. A new fiber's stack is laid out so
+// that the final `ret` enters gpuconv_emu_fiber_start with a 16-byte aligned stack.
+asm(R"(
+    .text
+    .globl gpuconv_emu_switch
+    .hidden gpuconv_emu_switch
+    .type gpuconv_emu_switch, @function
+gpuconv_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size gpuconv_emu_switch, .-gpuconv_emu_switch
+
+    .globl gpuconv_emu_fiber_start
+    .hidden gpuconv_emu_fiber_start
+    .type gpuconv_emu_fiber_start, @function
+gpuconv_emu_fiber_start:
+    call gpuconv_emu_fiber_main
+    ud2
+    .size gpuconv_emu_fiber_start, .-gpuconv_emu_fiber_start
+)");
+
+namespace gpuconv_emu {
+
+thread_local State tl;
+
+
+enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
+enum Schedule { FORWARD = 0, REVERSE = 1, SHUFFLE = 2 };
+const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote"};
+
+struct Fiber {
+    void* sp = nullptr;
+    char* stack_lo = nullptr;  // usable stack [stack_lo, stack_lo + stack_size); guard page just below
+    size_t stack_size = 0;
+    void* asan_fake = nullptr;
+    uint3 tid{};
+    FiberState state = DONE;
+    unsigned gen = 0;                             // block barrier generation waited on
+    unsigned wmask = 0, wline = 0, bline = 0;     // warp barrier mask/line, block barrier line
+    int wkind = 0;
+};
+
+struct Warp {
+    unsigned live = 0, waiting = 0;
+    alignas(16) unsigned char slots[32][16];
+};
+
+struct Launch {
+    const KernelEntry* kernel;
+    dim3 grid, block;
+    unsigned long long shmem;
+    void** args;
+    int schedule;
+    unsigned seed;
+    long nblocks;
+    std::atomic<long> next{0};
+    std::atomic<bool> failed{false};
+    std::mutex err_mu;
+    std::string error;
+    std::atomic<int> helpers_left{0};
+};
+
+struct Worker {
+    std::vector<Fiber> fibers;
+    std::vector<int> order;
+    std::vector<Warp> warps;
+    void* sched_sp = nullptr;
+    const void* sched_bottom = nullptr;
+    size_t sched_size = 0;
+    char* tls_lo = nullptr;
+    size_t tls_size = 0;
+    size_t stack_size = 0;
+    Launch* launch = nullptr;
+    uint3 block{};
+    int nthreads = 0, live = 0;
+    unsigned bar_gen = 0, bar_arrived = 0, bar_line = 0;
+    int bar_first = -1;
+    int bar_count[2] = {0, 0};
+    bool failed = false;
+    std::string error;
+    unsigned rng = 1;
+};
+
+size_t page_size() { return size_t(sysconf(_SC_PAGESIZE)); }
+
+size_t env_stack_size() {
+    const char* s = getenv("GPUCONV_EMULATOR_STACK_KB");
+    long kb = s ? atol(s) : 0;
+    if (kb <= 0) kb = GPUCONV_ASAN ? 512 : 256;
+    size_t ps = page_size();
+    return (size_t(kb) * 1024 + ps - 1) / ps * ps;
+}
+
+struct TlsSearch { const void* probe; char* lo; size_t size; };
+
+int find_tls(struct dl_phdr_info* info, size_t, void* data) {
+    auto* s = static_cast<TlsSearch*>(data);
+    if (!info->dlpi_tls_data) return 0;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const auto& ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_TLS) continue;
+        char* lo = static_cast<char*>(info->dlpi_tls_data);
+        if (static_cast<const char*>(s->probe) >= lo && static_cast<const char*>(s->probe) < lo + ph.p_memsz) {
+            s->lo = lo;
+            s->size = ph.p_memsz;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void install_alt_stack() {
+    stack_t cur;
+    if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;
+    stack_t ss{};
+    ss.ss_size = 64 * 1024;
+    ss.ss_sp = malloc(ss.ss_size);  // kept for the thread's life
+    ss.ss_flags = 0;
+    if (ss.ss_sp) sigaltstack(&ss, nullptr);
+}
+
+Worker& this_worker() {
+    if (tl.worker) return *tl.worker;
+    auto* w = new Worker();  // one per OS thread that runs blocks, kept for the thread's life
+    tl.worker = w;
+    tl.fiber = -1;
+    TlsSearch s{&tl, nullptr, 0};
+    dl_iterate_phdr(find_tls, &s);
+    w->tls_lo = s.lo;
+    w->tls_size = s.size;
+    w->stack_size = env_stack_size();
+    install_alt_stack();
+    return *w;
+}
+
+void ensure_fibers(Worker& w, int n) {
+    if (int(w.fibers.size()) >= n) return;
+    size_t ps = page_size();
+    int old = int(w.fibers.size());
+    w.fibers.resize(n);
+    for (int i = old; i < n; ++i) {
+        void* mem = mmap(nullptr, w.stack_size + ps, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (mem == MAP_FAILED) {
+            fprintf(stderr, "gpuconv emulator: cannot map a fiber stack\n");
+            abort();
+        }
+        mprotect(mem, ps, PROT_NONE);  // guard page: a stack overflow faults here
+        w.fibers[i].stack_lo = static_cast<char*>(mem) + ps;
+        w.fibers[i].stack_size = w.stack_size;
+    }
+}
+
+// ---- fiber switches, with AddressSanitizer's annotations in sanitize builds ----
+void resume(Worker& w, Fiber& f) {
+#if GPUCONV_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, f.stack_lo, f.stack_size);
+    gpuconv_emu_switch(&w.sched_sp, f.sp);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+    gpuconv_emu_switch(&w.sched_sp, f.sp);
+#endif
+}
+
+void yield(Worker& w, Fiber& f) {
+#if GPUCONV_ASAN
+    __sanitizer_start_switch_fiber(&f.asan_fake, w.sched_bottom, w.sched_size);
+    gpuconv_emu_switch(&f.sp, w.sched_sp);
+    __sanitizer_finish_switch_fiber(f.asan_fake, &w.sched_bottom, &w.sched_size);
+#else
+    gpuconv_emu_switch(&f.sp, w.sched_sp);
+#endif
+}
+
+[[noreturn]] void leave(Worker& w, Fiber& f) {
+#if GPUCONV_ASAN
+    __sanitizer_start_switch_fiber(nullptr, w.sched_bottom, w.sched_size);
+#endif
+    void* dead;
+    (void)f;
+    gpuconv_emu_switch(&dead, w.sched_sp);
+    __builtin_unreachable();
+}
+
+std::string fmt3(const char* what, uint3 v) {
+    char buf[96];
+    snprintf(buf, sizeof buf, "%s (%u,%u,%u)", what, v.x, v.y, v.z);
+    return buf;
+}
+std::string fmt3(const char* what, dim3 v) { return fmt3(what, uint3{v.x, v.y, v.z}); }
+
+std::string where(Worker& w) {
+    std::string s = "kernel '";
+    s += w.launch->kernel->name;
+    s += "' (";
+    s += fmt3("grid", w.launch->grid) + ", " + fmt3("block", w.launch->block);
+    s += ", shared_mem " + std::to_string(w.launch->shmem) + "): " + fmt3("block", w.block);
+    return s;
+}
+
+[[noreturn]] void fail_here(Worker& w, const std::string& msg) {
+    Fiber& f = w.fibers[tl.fiber];
+    if (!w.failed) {
+        w.failed = true;
+        w.error = where(w) + ", " + fmt3("thread", f.tid) + ": " + msg;
+    }
+    f.state = DONE;
+    leave(w, f);
+}
+
+void release_block(Worker& w) {
+    w.bar_gen++;
+    w.bar_arrived = 0;
+    w.bar_first = -1;
+    w.bar_count[w.bar_gen & 1u] = 0;
+}
+
+// Release every group of lanes of this warp whose running lanes all wait at a warp barrier.
+void try_release_warp(Worker& w, int warp) {
+    Warp& W = w.warps[warp];
+    unsigned pending = W.waiting;
+    while (pending) {
+        int l = __builtin_ctz(pending);
+        Fiber& f = w.fibers[warp * 32 + l];
+        unsigned group = f.wmask & W.live;
+        group |= 1u << l;
+        if ((group & ~W.waiting) == 0) {
+            for (unsigned g = group; g; g &= g - 1) {
+                Fiber& o = w.fibers[warp * 32 + __builtin_ctz(g)];
+                if (o.wkind != f.wkind || (f.wkind != 0 && o.wline != f.wline)) {
+                    if (!w.failed) {
+                        char buf[256];
+                        snprintf(buf, sizeof buf,
+                                 "lanes of warp %d wait at different warp barriers: lane %d at %s on line %u, "
+                                 "lane %d at %s on line %u",
+                                 warp, l, kBarrierKinds[f.wkind], f.wline, __builtin_ctz(g),
+                                 kBarrierKinds[o.wkind], o.wline);
+                        w.failed = true;
+                        w.error = where(w) + ": " + buf;
+                    }
+                    return;
+                }
+                o.state = RUNNABLE;
+            }
+            W.waiting &= ~group;
+        }
+        pending &= ~group;
+    }
+}
+
+void describe_deadlock(Worker& w) {
+    std::string s = "deadlock: no thread can go on (";
+    int nb = 0, nw = 0;
+    unsigned bline = 0, wline = 0;
+    int bfirst = -1, wfirst = -1;
+    for (int i = 0; i < w.nthreads; ++i) {
+        const Fiber& f = w.fibers[i];
+        if (f.state == WAIT_BLOCK) { if (!nb++) { bline = f.bline; bfirst = i; } }
+        if (f.state == WAIT_WARP) { if (!nw++) { wline = f.wline; wfirst = i; } }
+    }
+    s += std::to_string(nb) + " threads wait at __syncthreads";
+    if (nb) s += " (line " + std::to_string(bline) + ", first " + fmt3("thread", w.fibers[bfirst].tid) + ")";
+    s += ", " + std::to_string(nw) + " at a warp barrier";
+    if (nw)
+        s += std::string(" (") + kBarrierKinds[w.fibers[wfirst].wkind] + " on line " + std::to_string(wline) +
+             ", first " + fmt3("thread", w.fibers[wfirst].tid) + ")";
+    s += ", " + std::to_string(w.live) + " still running); a barrier that only some threads reach, or a warp "
+         "operation in a branch that part of the warp skips while the rest waits at __syncthreads";
+    w.failed = true;
+    w.error = where(w) + ": " + s;
+}
+
+void init_fiber_stack(Fiber& f) {
+    // Layout (low to high): mxcsr|fpu cw, r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
+    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size) & ~uintptr_t(15);
+    uintptr_t after_ret = top - 16;
+    auto* sp = reinterpret_cast<uint64_t*>(after_ret - 64);
+    unsigned mxcsr;
+    unsigned short fpucw;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fpucw));
+    sp[0] = uint64_t(mxcsr) | (uint64_t(fpucw) << 32);
+    for (int i = 1; i < 7; ++i) sp[i] = 0;
+    sp[7] = reinterpret_cast<uint64_t>(&gpuconv_emu_fiber_start);
+    f.sp = sp;
+}
+
+void shuffle_order(Worker& w) {
+    for (int i = int(w.order.size()) - 1; i > 0; --i) {
+        w.rng ^= w.rng << 13; w.rng ^= w.rng >> 17; w.rng ^= w.rng << 5;
+        int j = int(w.rng % unsigned(i + 1));
+        std::swap(w.order[i], w.order[j]);
+    }
+}
+
+// Runs one block to completion; false (with w.error) when it failed.
+bool run_block(Worker& w, Launch& L, long b, void* dyn) {
+    unsigned bx = unsigned(b % L.grid.x);
+    unsigned by = unsigned((b / L.grid.x) % L.grid.y);
+    unsigned bz = unsigned(b / (long(L.grid.x) * L.grid.y));
+    w.block = uint3{bx, by, bz};
+    int n = int(L.block.x * L.block.y * L.block.z);
+    // Poison shared memory: the static __shared__ variables are this library's TLS block (all of it but tl).
+    if (w.tls_lo) {
+        State saved = tl;
+        memset(w.tls_lo, 0xFF, w.tls_size);
+        tl = saved;
+    }
+    if (L.shmem) memset(dyn, 0xFF, L.shmem);
+    tl.block_idx = w.block;
+    tl.block_dim = L.block;
+    tl.grid_dim = L.grid;
+    tl.dyn_smem = dyn;
+    w.nthreads = n;
+    w.live = n;
+    w.bar_gen = 0;
+    w.bar_arrived = 0;
+    w.bar_first = -1;
+    w.bar_count[0] = w.bar_count[1] = 0;
+    int nwarps = (n + 31) / 32;
+    if (int(w.warps.size()) < nwarps) w.warps.resize(nwarps);
+    for (int i = 0; i < nwarps; ++i) {
+        int lanes = n - 32 * i < 32 ? n - 32 * i : 32;
+        w.warps[i].live = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+        w.warps[i].waiting = 0;
+    }
+    ensure_fibers(w, n);
+    for (int i = 0; i < n; ++i) {
+        Fiber& f = w.fibers[i];
+        f.tid = uint3{unsigned(i) % L.block.x, (unsigned(i) / L.block.x) % L.block.y,
+                      unsigned(i) / (L.block.x * L.block.y)};
+        f.state = RUNNABLE;
+        f.gen = 0;
+        f.asan_fake = nullptr;
+        init_fiber_stack(f);
+    }
+    w.order.resize(n);
+    for (int i = 0; i < n; ++i) w.order[i] = L.schedule == REVERSE ? n - 1 - i : i;
+    w.rng = (L.seed * 2654435761u) ^ unsigned(b * 40503 + 1);
+    if (!w.rng) w.rng = 1;
+    while (w.live > 0) {
+        if (L.schedule == SHUFFLE) shuffle_order(w);
+        bool progress = false;
+        for (int idx : w.order) {
+            Fiber& f = w.fibers[idx];
+            if (f.state == WAIT_BLOCK && f.gen != w.bar_gen) f.state = RUNNABLE;
+            if (f.state != RUNNABLE) continue;
+            progress = true;
+            tl.thread_idx = f.tid;
+            tl.fiber = idx;
+            resume(w, f);
+            tl.fiber = -1;
+            if (w.failed) break;
+        }
+        if (w.failed) break;
+        if (!progress) {
+            describe_deadlock(w);
+            break;
+        }
+    }
+    if (w.failed) {
+#if GPUCONV_ASAN
+        // Abandoned fibers leave poisoned frames on their stacks; the stacks are reused.
+        for (int i = 0; i < n; ++i) ASAN_UNPOISON_MEMORY_REGION(w.fibers[i].stack_lo, w.fibers[i].stack_size);
+#endif
+        return false;
+    }
+    return true;
+}
+
+void work(Launch& L) {
+    Worker& w = this_worker();
+    w.launch = &L;
+    w.failed = false;
+    w.error.clear();
+    void* dyn = L.shmem ? malloc(L.shmem) : nullptr;  // exactly the requested size (ASan sees overflows)
+    while (!L.failed.load(std::memory_order_relaxed)) {
+        long i = L.next.fetch_add(1);
+        if (i >= L.nblocks) break;
+        long b = L.schedule == REVERSE ? L.nblocks - 1 - i : i;
+        if (!run_block(w, L, b, dyn)) {
+            std::lock_guard<std::mutex> g(L.err_mu);
+            if (!L.failed.exchange(true)) L.error = w.error;
+            break;
+        }
+    }
+    free(dyn);
+    w.launch = nullptr;
+}
+
+// ---- worker pool: the calling thread plus pool threads, all taking blocks from one counter ----
+struct Pool {
+    std::mutex mu;
+    std::condition_variable wake, done;
+    Launch* job = nullptr;
+    unsigned long gen = 0;
+    int busy = 0;
+    int size = 0;
+};
+Pool* pool = new Pool();  // never destroyed: its threads live until the process ends
+
+void pool_main() {
+    unsigned long seen = 0;
+    std::unique_lock<std::mutex> lk(pool->mu);
+    for (;;) {
+        pool->wake.wait(lk, [&] { return pool->gen != seen; });
+        seen = pool->gen;
+        Launch* job = pool->job;
+        if (!job || job->helpers_left.fetch_sub(1) <= 0) continue;
+        pool->busy++;
+        lk.unlock();
+        work(*job);
+        lk.lock();
+        if (--pool->busy == 0) pool->done.notify_all();
+    }
+}
+
+// ---- crash reports: say which kernel and launch died before the process does ----
+struct sigaction old_actions[NSIG];
+std::once_flag handlers_once;
+
+void crash_handler(int sig, siginfo_t* info, void* ctx) {
+    Worker* w = tl.worker;
+    if (w && w->launch) {
+        char buf[1024];
+        const char* name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
+                                                                                             : "SIGILL";
+        Launch& L = *w->launch;
+        int len = snprintf(buf, sizeof buf,
+                           "\ngpuconv emulator: kernel '%s' crashed with %s (address %p) in launch grid=(%u,%u,%u) "
+                           "block=(%u,%u,%u) shared_mem=%llu, in block (%u,%u,%u)",
+                           L.kernel->name, name, info->si_addr, L.grid.x, L.grid.y, L.grid.z, L.block.x,
+                           L.block.y, L.block.z, L.shmem, w->block.x, w->block.y, w->block.z);
+        if (tl.fiber >= 0 && size_t(len) < sizeof buf) {
+            const Fiber& f = w->fibers[tl.fiber];
+            len += snprintf(buf + len, sizeof buf - len, ", thread (%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
+        }
+        const char* a = static_cast<const char*>(info->si_addr);
+        for (const Fiber& f : w->fibers) {
+            if (a >= f.stack_lo - page_size() && a < f.stack_lo && size_t(len) < sizeof buf) {
+                len += snprintf(buf + len, sizeof buf - len,
+                                "; the fault is in a fiber stack's guard page: stack overflow (locals over %zu "
+                                "KiB; raise GPUCONV_EMULATOR_STACK_KB)",
+                                f.stack_size / 1024);
+                break;
+            }
+        }
+        if (size_t(len) < sizeof buf) len += snprintf(buf + len, sizeof buf - len, "\n");
+        if (len > int(sizeof buf)) len = sizeof buf;
+        ssize_t r = write(2, buf, size_t(len));
+        (void)r;
+    }
+    // Hand the signal on: restore the handler we replaced and return, so the fault happens again there.
+    (void)ctx;
+    sigaction(sig, &old_actions[sig], nullptr);
+}
+
+void install_crash_handlers() {
+    std::call_once(handlers_once, [] {
+        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) {
+            struct sigaction sa {};
+            sa.sa_sigaction = crash_handler;
+            sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+            sigemptyset(&sa.sa_mask);
+            sigaction(sig, &sa, &old_actions[sig]);
+        }
+    });
+}
+
+std::mutex launch_mu;
+
+void block_barrier(unsigned line) {
+    Worker& w = *tl.worker;
+    Fiber& f = w.fibers[tl.fiber];
+    if (w.bar_arrived == 0) {
+        w.bar_line = line;
+        w.bar_first = tl.fiber;
+    } else if (line != w.bar_line) {
+        char buf[200];
+        const Fiber& o = w.fibers[w.bar_first];
+        snprintf(buf, sizeof buf,
+                 "__syncthreads() reached from different lines in one block: line %u here, line %u by "
+                 "thread (%u,%u,%u)",
+                 line, w.bar_line, o.tid.x, o.tid.y, o.tid.z);
+        fail_here(w, buf);
+    }
+    f.bline = line;
+    w.bar_arrived++;
+    f.state = WAIT_BLOCK;
+    f.gen = w.bar_gen;
+    if (int(w.bar_arrived) == w.live) release_block(w);
+    yield(w, f);
+}
+
+int block_barrier_count(int pred, unsigned line) {
+    Worker& w = *tl.worker;
+    unsigned gen = w.bar_gen;
+    w.bar_count[gen & 1u] += pred != 0;
+    block_barrier(line);
+    return w.bar_count[gen & 1u];
+}
+
+void warp_barrier(unsigned mask, unsigned line, int kind) {
+    Worker& w = *tl.worker;
+    int t = tl.fiber;
+    Fiber& f = w.fibers[t];
+    f.state = WAIT_WARP;
+    f.wmask = mask;
+    f.wline = line;
+    f.wkind = kind;
+    w.warps[t >> 5].waiting |= 1u << (t & 31);
+    try_release_warp(w, t >> 5);
+    if (w.failed) fail_here(w, "");
+    yield(w, f);
+}
+
+unsigned char* warp_slot(unsigned lane) { return tl.worker->warps[tl.fiber >> 5].slots[lane]; }
+
+unsigned warp_group(unsigned mask) {
+    Worker& w = *tl.worker;
+    return mask & w.warps[tl.fiber >> 5].live;
+}
+
+void fail(const char* what, unsigned line) {
+    Worker& w = *tl.worker;
+    fail_here(w, std::string(what) + " on line " + std::to_string(line));
+}
+
+}  // namespace gpuconv_emu
+
+using namespace gpuconv_emu;
+
+extern "C" void gpuconv_emu_fiber_main() {
+    Worker& w = *tl.worker;
+    int me = tl.fiber;
+#if GPUCONV_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &w.sched_bottom, &w.sched_size);
+#endif
+    w.launch->kernel->call(w.launch->args);
+    Fiber& f = w.fibers[me];
+    f.state = DONE;
+    w.live--;
+    Warp& W = w.warps[me >> 5];
+    W.live &= ~(1u << (me & 31));
+    if (w.bar_arrived > 0 && int(w.bar_arrived) == w.live) release_block(w);
+    if (W.waiting) try_release_warp(w, me >> 5);
+    leave(w, f);
+}
+
+// Runs kernel `entry` over the grid. Returns 0, or 1 with a message in err.
+extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
+    const KernelEntry* entry, const unsigned* grid, const unsigned* block, unsigned long long shmem, void** args,
+    int schedule, unsigned seed, int nworkers, char* err, unsigned long long errlen) {
+    std::lock_guard<std::mutex> serial(launch_mu);
+    install_crash_handlers();
+    Launch L;
+    L.kernel = entry;
+    L.grid = dim3(grid[0], grid[1], grid[2]);
+    L.block = dim3(block[0], block[1], block[2]);
+    L.shmem = shmem;
+    L.args = args;
+    L.schedule = schedule;
+    L.seed = seed;
+    L.nblocks = long(grid[0]) * grid[1] * grid[2];
+    int helpers = nworkers - 1;
+    if (helpers > L.nblocks - 1) helpers = int(L.nblocks - 1);
+    if (helpers > 0) {
+        std::unique_lock<std::mutex> lk(pool->mu);
+        while (pool->size < helpers) {
+            std::thread(pool_main).detach();
+            pool->size++;
+        }
+        L.helpers_left = helpers;
+        pool->job = &L;
+        pool->gen++;
+        pool->wake.notify_all();
+    }
+    work(L);
+    if (helpers > 0) {
+        std::unique_lock<std::mutex> lk(pool->mu);
+        pool->job = nullptr;
+        pool->done.wait(lk, [] { return pool->busy == 0; });
+    }
+    if (L.failed) {
+        snprintf(err, errlen, "%s", L.error.c_str());
+        return 1;
+    }
+    return 0;
+}
+
+// Bytes of static __shared__ memory (the TLS block less the runtime's own state), for the launcher's checks.
+extern "C" __attribute__((visibility("default"))) unsigned long long gpuconv_emu_static_smem() {
+    Worker& w = this_worker();
+    return w.tls_size > sizeof(State) ? w.tls_size - sizeof(State) : 0;
+}

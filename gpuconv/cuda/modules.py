@@ -1,0 +1,150 @@
+"""Kernel modules behind one interface: ``cupy.RawModule`` on a GPU, the CPU emulator elsewhere.
+
+    module = get_module("emulator", "conv_forward.cu")            # or "cupy"
+    kernel = module.get_function("gpuconv_conv_fwd<float>")
+    kernel(grid, block, (x, w, y, numpy.int32(n)), shared_mem=0)
+
+Nothing is compiled until ``get_module`` is first called for a (kind, device, file, source, name expressions,
+options) combination; the module is then kept for the life of the process (CuPy also keeps binaries on disk in
+CUPY_CACHE_DIR, the emulator in GPUCONV_CACHE_DIR).
+
+Name expressions: a kernel file registers the template instantiations it needs in comment lines
+
+    // gpuconv-name-expressions: gpuconv_conv_fwd<float>, gpuconv_conv_fwd<double>, gpuconv_conv_fwd<__half>
+
+(several such lines add up; commas inside <> or () do not split). ``get_module`` adds them to the ones it is
+given, so callers need not repeat them; the NVRTC checks and the emulator tests read the same lines.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from pathlib import Path
+
+KINDS = ("cupy", "emulator")
+NAME_EXPRESSIONS_TAG = "gpuconv-name-expressions:"
+
+_cache: dict = {}
+_lock = threading.Lock()
+
+
+def kernel_dirs() -> list:
+    """Folders searched for kernel files: the installed package's, then a source checkout's."""
+    import gpuconv
+
+    pkg = Path(gpuconv.__file__).resolve().parent
+    return [pkg / "kernels", pkg.parent / "kernels"]
+
+
+def kernel_path(filename) -> Path:
+    """The path of kernel file ``filename`` (a bare name in kernels/, or an absolute path)."""
+    p = Path(filename)
+    if p.is_absolute():
+        if not p.is_file():
+            raise FileNotFoundError(f"kernel file {p} does not exist")
+        return p
+    if len(p.parts) != 1 or p.name in ("", ".", ".."):
+        raise ValueError(f"kernel file name must be a bare name such as 'conv_forward.cu', got {filename!r}")
+    dirs = kernel_dirs()
+    for d in dirs:
+        if (d / p).is_file():
+            return d / p
+    raise FileNotFoundError(f"kernel file {filename!r} not found in {' or '.join(str(d) for d in dirs)}")
+
+
+def kernel_source(filename) -> str:
+    """The text of kernels/<filename> (installed package first, then the source checkout)."""
+    return kernel_path(filename).read_text()
+
+
+def kernel_files() -> list:
+    """Paths of every .cu file in the first kernel folder that has any."""
+    for d in kernel_dirs():
+        files = sorted(d.glob("*.cu"))
+        if files:
+            return files
+    return []
+
+
+def _split_top_level(text: str) -> list:
+    out, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "<([":
+            depth += 1
+        elif ch in ">)]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return [" ".join(s.split()) for s in out if s.strip()]
+
+
+def registered_name_expressions(source: str) -> tuple:
+    """The name expressions a kernel file registers with `// gpuconv-name-expressions: a<float>, ...` lines."""
+    found = []
+    for m in re.finditer(r"//\s*" + re.escape(NAME_EXPRESSIONS_TAG) + r"(.*)", source):
+        for expr in _split_top_level(m.group(1)):
+            if expr not in found:
+                found.append(expr)
+    return tuple(found)
+
+
+def emulator_unavailable_reason():
+    """None if the CPU emulator can compile and run kernels here, else why not."""
+    from .emulator import unavailable_reason
+
+    return unavailable_reason()
+
+
+def _device_id(kind):
+    if kind == "cupy":
+        from .._dispatch import import_cupy
+
+        return import_cupy().cuda.Device().id
+    return 0
+
+
+def get_module(kind: str, filename: str, *, name_expressions=(), options=()):
+    """The compiled module of kernels/<filename> for ``kind`` ("cupy" or "emulator"), built on first use."""
+    if kind not in KINDS:
+        raise ValueError(f"module kind must be one of {KINDS}, got {kind!r}")
+    if isinstance(name_expressions, str) or isinstance(options, str):
+        raise TypeError("name_expressions and options must be sequences of strings, not a string")
+    path = kernel_path(filename)
+    source = path.read_text()
+    exprs = tuple(dict.fromkeys((*name_expressions, *registered_name_expressions(source))))
+    options = tuple(options)
+    key = (kind, _device_id(kind), str(path), hashlib.sha256(source.encode()).hexdigest(), exprs, options)
+    with _lock:
+        module = _cache.get(key)
+    if module is not None:
+        return module
+    if kind == "emulator":
+        from . import emulator
+
+        module = emulator.load_module(source, filename=str(path), name_expressions=exprs, options=options,
+                                      include_dirs=(str(path.parent),))
+    else:
+        module = _cupy_module(source, path, exprs, options)
+    with _lock:
+        module = _cache.setdefault(key, module)
+    return module
+
+
+def _cupy_module(source, path, exprs, options):
+    from .._dispatch import import_cupy
+    from .nvrtc import cuda_include_dirs
+
+    cupy = import_cupy()
+    opts = list(options)
+    opts.append(f"-I{path.parent}")
+    for d in cuda_include_dirs():
+        if f"-I{d}" not in opts:
+            opts.append(f"-I{d}")
+    if not any(o.startswith(("-std", "--std")) for o in opts):
+        opts.append("-std=c++17")
+    return cupy.RawModule(code=source, options=tuple(opts), name_expressions=exprs or None)
