@@ -17,7 +17,13 @@
 // Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
-// Name expressions: each kernel <T> for T in __half, float, double.
+// gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half>, gpuconv_conv_bwd_input<float>, gpuconv_conv_bwd_input<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half>, gpuconv_conv_bwd_input_direct<float>, gpuconv_conv_bwd_input_direct<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
+// gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>
+// gpuconv-name-expressions: gpuconv_sum_partials<__half>, gpuconv_sum_partials<float>, gpuconv_sum_partials<double>
 #include "gpuconv_common.cuh"
 
 template <typename T>

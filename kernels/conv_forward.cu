@@ -7,7 +7,8 @@
 //                            channels, reduction = KH*KW*Cg taps (ordered k1, k2, n like the HWIO weights).
 //   gpuconv_conv_fwd_direct  one thread per output element, for few output channels per group (depthwise):
 //                            a 64-wide column tile would mostly compute padding there.
-// Name expressions: gpuconv_conv_fwd<T>, gpuconv_conv_fwd_direct<T> for T in __half, float, double.
+// gpuconv-name-expressions: gpuconv_conv_fwd<__half>, gpuconv_conv_fwd<float>, gpuconv_conv_fwd<double>
+// gpuconv-name-expressions: gpuconv_conv_fwd_direct<__half>, gpuconv_conv_fwd_direct<float>, gpuconv_conv_fwd_direct<double>
 #include "gpuconv_common.cuh"
 
 template <typename T>

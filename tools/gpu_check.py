@@ -32,13 +32,14 @@ def nvrtc_resources(arches=ARCHES):
     """[(file, kernel, arch, registers, shared bytes, spill stores, spill loads)] from ptxas -v through NVRTC."""
     from cuda.bindings import nvrtc
 
-    from gpuconv.backends.cuda import KERNELS
+    from gpuconv.cuda.modules import registered_name_expressions
 
     kdir = os.path.join(ROOT, "kernels")
     rows = []
-    for fname, names in KERNELS.items():
-        src = open(os.path.join(kdir, fname), "rb").read()
-        exprs = [n for n in names]
+    for fname in sorted(f for f in os.listdir(kdir) if f.endswith(".cu")):
+        text = open(os.path.join(kdir, fname)).read()
+        src = text.encode()
+        exprs = list(registered_name_expressions(text))
         for arch in arches:
             err, prog = nvrtc.nvrtcCreateProgram(src, fname.encode(), 0, [], [])
             for e in exprs:

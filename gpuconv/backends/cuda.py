@@ -38,20 +38,8 @@ MAX_GRID_YZ = 65535
 FORWARD_FILE = "conv_forward.cu"
 BACKWARD_FILE = "conv_backward.cu"
 _CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-_FILE_KERNELS = {
-    FORWARD_FILE: ("gpuconv_conv_fwd", "gpuconv_conv_fwd_direct"),
-    BACKWARD_FILE: (
-        "gpuconv_act_bwd",
-        "gpuconv_conv_bwd_input",
-        "gpuconv_conv_bwd_input_direct",
-        "gpuconv_conv_bwd_weight",
-        "gpuconv_conv_bwd_weight_small",
-        "gpuconv_bias_grad",
-        "gpuconv_sum_partials",
-    ),
-}
-# Every name expression of every file: all dtypes of a file compile in one module.
-KERNELS = {f: tuple(f"{k}<{t}>" for k in ks for t in _CTYPES.values()) for f, ks in _FILE_KERNELS.items()}
+# Kernel names are registered in each .cu file by `// gpuconv-name-expressions:` lines (every dtype of a file
+# compiles in one module); a name here is looked up as f"{name}<{ctype}>".
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -139,7 +127,7 @@ class CudaBackend:
             get_module = self._get_module
             if get_module is None:
                 from ..cuda.modules import get_module
-            module = get_module(self.kind, fname, name_expressions=KERNELS[fname])
+            module = get_module(self.kind, fname)
             self._kernels[key] = module.get_function(f"{kernel}<{_CTYPES[np.dtype(dtype)]}>")
         return self._kernels[key]
 
