@@ -9,8 +9,8 @@
 //   gpuconv_conv_bwd_input_direct dx, one thread per element, for few input channels per group (depthwise)
 //   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
 //                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
-//   gpuconv_conv_bwd_weight_small dw partial sums, one block per (weight element, split) with a fixed-order
-//                                 tree reduction, for few output channels per group (depthwise)
+//   gpuconv_conv_bwd_weight_small dw partial sums, a thread per (weight element, pixel phase, split), the 8
+//                                 phases added in order, for few output channels per group (depthwise)
 //   gpuconv_bias_grad             db partial sums per split
 //   gpuconv_sum_partials          out[e] = sum over splits s = 0, 1, ... of ws[s][e], in that order
 //
@@ -277,18 +277,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
     }
 }
 
-// Sum of the GPUCONV_RED_THREADS values of red[] into red[0], in a fixed tree order.
-template <typename Acc>
-__device__ __forceinline__ void gpuconv_block_tree_sum(Acc* red, int t) {
-#pragma unroll
-    for (int half = GPUCONV_RED_THREADS / 2; half > 0; half /= 2) {
-        __syncthreads();
-        if (t < half) red[t] += red[t + half];
-    }
-}
-
 template <typename T>
-__global__ void __launch_bounds__(GPUCONV_RED_THREADS) gpuconv_conv_bwd_weight_small(
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ x,   // input (N, H, W, C)
@@ -303,42 +293,50 @@ __global__ void __launch_bounds__(GPUCONV_RED_THREADS) gpuconv_conv_bwd_weight_s
     int chunk,                   // output pixels per split; split = blockIdx.y
     int act)                     // GPUCONV_ACT_* of the forward pass
 {
+    // Block (32, 8): threadIdx.x = weight element (HWIO order, so m fastest and dz loads coalesce),
+    // threadIdx.y = pixel phase; the 8 phases are added in order at the end.
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc red[GPUCONV_RED_THREADS];
+    __shared__ Acc red[8][33];
     const int Cg = C / G, Mg = M / G;
     const int E = KH * KW * Cg * M;
-    const int e = blockIdx.x;                    // weight element (k1, k2, n, m), HWIO order
-    const int r = e / M, m = e - r * M;
-    const int kk = r / Cg, n = r - kk * Cg;
-    const int k1 = kk / KW, k2 = kk - k1 * KW;
-    const int g = m / Mg;
+    const int e = blockIdx.x * 32 + threadIdx.x;  // weight element (k1, k2, n, m)
     const int P = N * OH * OW;
     const int p_begin = blockIdx.y * chunk;
     const int p_end = min(P, p_begin + chunk);
-    const int t = threadIdx.x;
-    const T* xg = x + g * Cg + n;
-
-    // Pixel p = p_begin + t + RED_THREADS * k, decoded once and then advanced without divisions.
-    int p = p_begin + t;
-    int b = p / (OH * OW), rem = p - b * (OH * OW);
-    int oi = rem / OW, oj = rem - oi * OW;
-    const int sb = GPUCONV_RED_THREADS / (OH * OW), srem = GPUCONV_RED_THREADS - sb * (OH * OW);
-    const int si = srem / OW, sj = srem - si * OW;
     Acc v = Acc(0);
-    for (; p < p_end; p += GPUCONV_RED_THREADS) {
-        const int ih = oi * s1 + k1 * d1 - pt, iw = oj * s2 + k2 * d2 - pl;
-        if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-            v += gpuconv_to_acc(xg[(gpuconv_i64)((b * H + ih) * W + iw) * C]) *
-                 gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
-        oj += sj;
-        if (oj >= OW) { oj -= OW; ++oi; }
-        oi += si;
-        if (oi >= OH) { oi -= OH; ++b; }
-        b += sb;
+    if (e < E) {
+        const int r = e / M, m = e - r * M;
+        const int kk = r / Cg, n = r - kk * Cg;
+        const int k1 = kk / KW, k2 = kk - k1 * KW;
+        const int g = m / Mg;
+        const T* xg = x + g * Cg + n;
+        const int dh = k1 * d1 - pt, dw = k2 * d2 - pl;
+        // Pixel p = p_begin + threadIdx.y + 8 k, decoded once and then advanced without divisions.
+        int p = p_begin + threadIdx.y;
+        int b = p / (OH * OW), rem = p - b * (OH * OW);
+        int oi = rem / OW, oj = rem - oi * OW;
+        const int sb = 8 / (OH * OW), srem = 8 - sb * (OH * OW);
+        const int si = srem / OW, sj = srem - si * OW;
+        for (; p < p_end; p += 8) {
+            const int ih = oi * s1 + dh, iw = oj * s2 + dw;
+            if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                v += gpuconv_to_acc(xg[(gpuconv_i64)((b * H + ih) * W + iw) * C]) *
+                     gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+            oj += sj;
+            if (oj >= OW) { oj -= OW; ++oi; }
+            oi += si;
+            if (oi >= OH) { oi -= OH; ++b; }
+            b += sb;
+        }
     }
-    red[t] = v;
-    gpuconv_block_tree_sum(red, t);
-    if (t == 0) ws[(gpuconv_i64)blockIdx.y * E + e] = red[0];
+    red[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && e < E) {
+        Acc s = red[0][threadIdx.x];
+#pragma unroll
+        for (int k = 1; k < 8; ++k) s += red[k][threadIdx.x];
+        ws[(gpuconv_i64)blockIdx.y * E + e] = s;
+    }
 }
 
 template <typename T>

@@ -31,8 +31,6 @@ typedef long long gpuconv_i64;
 #define GPUCONV_BN 64
 #define GPUCONV_BK 16
 #define GPUCONV_THREADS 256
-// Threads per block of the reduction kernels (weight gradient, small-channel path).
-#define GPUCONV_RED_THREADS 128
 
 // Accumulator type: float for float16 and float32 storage, double for float64.
 template <typename T> struct gpuconv_acc { typedef float type; };

@@ -142,8 +142,8 @@ def test_reductions_use_several_splits():
         small = cfg.mg < cuda_backend.SMALL_CHANNELS
         e = cfg.kh * cfg.kw * cfg.cg * cfg.m
         tiles = -(-cfg.kh * cfg.kw * cfg.cg // cuda_backend.BM) * -(-cfg.mg // cuda_backend.BN) * cfg.groups
-        splits, _ = cuda_backend._splits(p, cuda_backend.RED_THREADS * 8 if small else 4 * cuda_backend.BK,
-                                         e if small else tiles, 1 << 20)
+        splits, _ = cuda_backend._splits(p, 8 * 32 if small else 4 * cuda_backend.BK,
+                                         -(-e // 32) if small else tiles, 1 << 20)
         assert splits > 1, name
         db_splits, _ = cuda_backend._splits(p, 8 * 32, -(-cfg.m // 32), 1 << 20)
         assert db_splits > 1, name

@@ -24,7 +24,7 @@ import numpy as np
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2}  # GPUCONV_ACT_* in kernels/gpuconv_common.cuh
 
 # Tile sizes, the same as the GPUCONV_* macros of kernels/gpuconv_common.cuh.
-BM, BN, BK, THREADS, RED_THREADS = 64, 64, 16, 256, 128
+BM, BN, BK, THREADS = 64, 64, 16, 256
 # Fewer output channels per group than this: the forward and dw kernels take their direct / small-channel path
 # (a 64-wide column tile would mostly compute padding). Same rule for input channels per group and dx.
 SMALL_CHANNELS = 16
@@ -210,9 +210,9 @@ class CudaBackend:
         k = cfg.kh * cfg.kw * cfg.cg
         e = k * cfg.m
         if cfg.mg < SMALL_CHANNELS:
-            splits, chunk = _splits(p, RED_THREADS * 8, e, MAX_GRID_YZ)
+            splits, chunk = _splits(p, 8 * 32, _cdiv(e, 32), MAX_GRID_YZ)
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_weight_small", dy.dtype)
-            grid, block = (e, splits, 1), (RED_THREADS, 1, 1)
+            grid, block = (_cdiv(e, 32), splits, 1), (32, 8, 1)
         else:
             tiles = _cdiv(k, BM) * _cdiv(cfg.mg, BN) * cfg.groups
             cap = max(1, WORKSPACE_BYTES // (e * acc.itemsize))
