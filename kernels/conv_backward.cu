@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
             Acc v = Acc(0);
             const int th = a_h[i] - k1 * d1, tw = a_w[i] - k2 * d2;  // = oi * s1, oj * s2 when a tap reads it
             if (r_ok && a_b[i] >= 0 && th >= 0 && tw >= 0) {
-                const int oi = th / s1, oj = tw / s2;
+                const int oi = s1 == 1 ? th : th / s1, oj = s2 == 1 ? tw : tw / s2;  // uniform branch
                 if (oi * s1 == th && oj * s2 == tw && oi < OH && oj < OW)
                     v = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
             }
@@ -242,6 +242,11 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
 
+    // This thread's 4 pixels p0 + t / 64 + 4 i, advanced by BK each step without divisions.
+    gpuconv_pixel px[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) px[i].init(p_begin + t / GPUCONV_BM + 4 * i, GPUCONV_BK, OH, OW);
+
     for (int p0 = p_begin; p0 < p_end; p0 += GPUCONV_BK) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -249,13 +254,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
             const int p = p0 + pk;
             Acc a = Acc(0), d = Acc(0);
             if (p < p_end) {
-                const int b = p / (OH * OW), rem = p - b * (OH * OW);
-                const int oi = rem / OW, oj = rem - oi * OW;
-                const int ih = oi * s1 + k1d1, iw = oj * s2 + k2d2;
+                const int ih = px[i].oi * s1 + k1d1, iw = px[i].oj * s2 + k2d2;
                 if (r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    a = gpuconv_to_acc(xg[(gpuconv_i64)((b * H + ih) * W + iw) * C]);
+                    a = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].b * H + ih) * W + iw) * C]);
                 if (c_ok) d = gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + mcol, act);
             }
+            px[i].advance();
             As[pk][lr] = a;
             Bs[pk][lr] = d;
         }
@@ -312,21 +316,14 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
         const T* xg = x + g * Cg + n;
         const int dh = k1 * d1 - pt, dw = k2 * d2 - pl;
         // Pixel p = p_begin + threadIdx.y + 8 k, decoded once and then advanced without divisions.
-        int p = p_begin + threadIdx.y;
-        int b = p / (OH * OW), rem = p - b * (OH * OW);
-        int oi = rem / OW, oj = rem - oi * OW;
-        const int sb = 8 / (OH * OW), srem = 8 - sb * (OH * OW);
-        const int si = srem / OW, sj = srem - si * OW;
-        for (; p < p_end; p += 8) {
-            const int ih = oi * s1 + dh, iw = oj * s2 + dw;
+        gpuconv_pixel px;
+        px.init(p_begin + threadIdx.y, 8, OH, OW);
+        for (int p = p_begin + threadIdx.y; p < p_end; p += 8) {
+            const int ih = px.oi * s1 + dh, iw = px.oj * s2 + dw;
             if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                v += gpuconv_to_acc(xg[(gpuconv_i64)((b * H + ih) * W + iw) * C]) *
+                v += gpuconv_to_acc(xg[(gpuconv_i64)((px.b * H + ih) * W + iw) * C]) *
                      gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
-            oj += sj;
-            if (oj >= OW) { oj -= OW; ++oi; }
-            oi += si;
-            if (oi >= OH) { oi -= OH; ++b; }
-            b += sb;
+            px.advance();
         }
     }
     red[threadIdx.y][threadIdx.x] = v;

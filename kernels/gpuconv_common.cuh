@@ -77,6 +77,35 @@ __device__ __forceinline__ typename gpuconv_acc<T>::type gpuconv_load_dz(
     return gpuconv_act_backward(d, gpuconv_to_acc(y[i]), act);
 }
 
+// An output pixel index p = (b * OH + oi) * OW + oj kept decoded while it advances by a fixed step, so that the
+// reduction loops over pixels do no integer division (two per pixel otherwise, and a division in a loop can
+// make ptxas spill).
+struct gpuconv_pixel {
+    int b, oi, oj;  // batch, output row, output column of the current pixel
+    int sb, si, sj;  // the step, decoded the same way (si < OH, sj < OW)
+    int OH, OW;
+
+    __device__ __forceinline__ void init(int p, int step, int OH_, int OW_) {
+        OH = OH_;
+        OW = OW_;
+        b = p / (OH * OW);
+        const int rem = p - b * (OH * OW);
+        oi = rem / OW;
+        oj = rem - oi * OW;
+        sb = step / (OH * OW);
+        const int srem = step - sb * (OH * OW);
+        si = srem / OW;
+        sj = srem - si * OW;
+    }
+    __device__ __forceinline__ void advance() {
+        oj += sj;
+        if (oj >= OW) { oj -= OW; ++oi; }
+        oi += si;
+        if (oi >= OH) { oi -= OH; ++b; }
+        b += sb;
+    }
+};
+
 // acc[i][j] += sum_k As[k][ty + 16 i] * Bs[k][tx + 16 j]: one GPUCONV_BK step of a block's tile product.
 // The +1 column of padding keeps the transposing stores of the loaders free of bank conflicts.
 template <typename Acc>
