@@ -67,15 +67,27 @@ def nvrtc_resources(arches=ARCHES):
     return rows
 
 
-def print_resources():
+def print_resources(markdown: bool = False):
+    """Print the NVRTC resource table; exit status 1 if any kernel spills."""
     rows = nvrtc_resources()
-    print(f"{'kernel':44s} {'arch':6s} {'regs':>5s} {'smem':>6s} {'spill st/ld':>12s}")
-    for f, k, arch, regs, smem, ss, sl in rows:
-        print(f"{k:44s} {arch:6s} {regs:5d} {smem:6d} {ss:5d}/{sl:<6d}")
     spills = [r for r in rows if r[5] or r[6]]
+    if markdown or "--markdown" in sys.argv:
+        table = {}
+        for f, k, arch, regs, smem, ss, sl in rows:
+            table.setdefault((f, k), {})[arch] = (regs, smem, ss + sl)
+        print("| kernel | " + " | ".join(f"{a} regs" for a in ARCHES) + " | static smem (B) | spill bytes |")
+        print("|---|" + "---:|" * (len(ARCHES) + 2))
+        for (f, k), by_arch in table.items():
+            regs = " | ".join(str(by_arch[a][0]) for a in ARCHES)
+            smem = max(v[1] for v in by_arch.values())
+            spill = sum(v[2] for v in by_arch.values())
+            print(f"| `{k}` | {regs} | {smem} | {spill} |")
+    else:
+        print(f"{'kernel':44s} {'arch':6s} {'regs':>5s} {'smem':>6s} {'spill st/ld':>12s}")
+        for f, k, arch, regs, smem, ss, sl in rows:
+            print(f"{k:44s} {arch:6s} {regs:5d} {smem:6d} {ss:5d}/{sl:<6d}")
     print("spills:", "none" if not spills else spills)
     return 1 if spills else 0
-
 
 
 # ------------------------------------------------------------------------------------------------ GPU parts
@@ -224,6 +236,8 @@ def sanitize():
 
     be = _cupy_backend()
     cp = be.xp_tools
+    if hasattr(cp, "cuda") and hasattr(cp.cuda, "set_allocator"):
+        cp.cuda.set_allocator(None)  # one cudaMalloc per array, so memcheck sees each array's true bounds
     for xs, ws, opts, act in ACCURACY_CASES[:5]:
         cfg = make_config("gpu_check", xs, ws, **opts)
         for dtype in ("float32", "float16", "float64"):
