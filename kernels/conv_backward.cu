@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc As[GPUCONV_BK][GPUCONV_BM + 1];  // gathered dz tile: As[k][pixel]
-    __shared__ Acc Bs[GPUCONV_BK][GPUCONV_BN + 1];  // weight tile: Bs[k][input channel]
+    __shared__ Acc As[2][GPUCONV_BK][GPUCONV_BM + 1];  // gathered dz tiles: As[buffer][k][pixel]
+    __shared__ Acc Bs[2][GPUCONV_BK][GPUCONV_BN + 1];  // weight tiles: Bs[buffer][k][input channel]
 
     const int Cg = C / G, Mg = M / G;
     const int g = blockIdx.z;
@@ -89,7 +89,9 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
 
-    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+    // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
+    Acc ra[4], rb[4];
+    auto load = [&](int k0) {
         const int r = k0 + ak;
         const bool r_ok = r < K;
         int k1 = 0, k2 = 0, mm = 0;
@@ -102,25 +104,38 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
         const int mg = g * Mg + mm;  // output channel of this reduction index
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            Acc v = Acc(0);
+            ra[i] = Acc(0);
             const int th = a_h[i] - k1 * d1, tw = a_w[i] - k2 * d2;  // = oi * s1, oj * s2 when a tap reads it
             if (r_ok && a_b[i] >= 0 && th >= 0 && tw >= 0) {
                 const int oi = s1 == 1 ? th : th / s1, oj = s2 == 1 ? tw : tw / s2;  // uniform branch
                 if (oi * s1 == th && oj * s2 == tw && oi < OH && oj < OW)
-                    v = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
+                    ra[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
             }
-            As[ak][t / GPUCONV_BK + 16 * i] = v;
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int col = t / GPUCONV_BK + 16 * j;
-            Acc v = Acc(0);
-            if (r_ok && col0 + col < Cg) v = gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col0 + col) * M + mg]);
-            Bs[ak][col] = v;
+            const int col = col0 + t / GPUCONV_BK + 16 * j;
+            rb[j] = (r_ok && col < Cg) ? gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col) * M + mg]) : Acc(0);
         }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
+    };
+
+    load(0);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+        const bool more = k0 + GPUCONV_BK < K;
+        if (more) load(k0 + GPUCONV_BK);
+        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+        if (more) stage(buf ^ 1);
         __syncthreads();
-        gpuconv_tile_mma<Acc>(As, Bs, acc, tx, ty);
-        __syncthreads();
+        buf ^= 1;
     }
 
 #pragma unroll
@@ -206,8 +221,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
     int act)                     // GPUCONV_ACT_* of the forward pass
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc As[GPUCONV_BK][GPUCONV_BM + 1];  // im2col tile, transposed: As[pixel][tap row]
-    __shared__ Acc Bs[GPUCONV_BK][GPUCONV_BN + 1];  // dz tile: Bs[pixel][output channel]
+    __shared__ Acc As[2][GPUCONV_BK][GPUCONV_BM + 1];  // im2col tiles, transposed: As[buffer][pixel][tap row]
+    __shared__ Acc Bs[2][GPUCONV_BK][GPUCONV_BN + 1];  // dz tiles: Bs[buffer][pixel][output channel]
 
     const int Cg = C / G, Mg = M / G;
     const int K = KH * KW * Cg;                 // rows of dw
@@ -247,25 +262,41 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
 #pragma unroll
     for (int i = 0; i < 4; ++i) px[i].init(p_begin + t / GPUCONV_BM + 4 * i, GPUCONV_BK, OH, OW);
 
-    for (int p0 = p_begin; p0 < p_end; p0 += GPUCONV_BK) {
+    // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
+    Acc ra[4], rb[4];
+    auto load = [&](int p0) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int pk = t / GPUCONV_BM + 4 * i;
-            const int p = p0 + pk;
-            Acc a = Acc(0), d = Acc(0);
+            const int p = p0 + t / GPUCONV_BM + 4 * i;
+            ra[i] = rb[i] = Acc(0);
             if (p < p_end) {
                 const int ih = px[i].oi * s1 + k1d1, iw = px[i].oj * s2 + k2d2;
                 if (r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    a = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].b * H + ih) * W + iw) * C]);
-                if (c_ok) d = gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + mcol, act);
+                    ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].b * H + ih) * W + iw) * C]);
+                if (c_ok) rb[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + mcol, act);
             }
             px[i].advance();
-            As[pk][lr] = a;
-            Bs[pk][lr] = d;
         }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][t / GPUCONV_BM + 4 * i][lr] = ra[i];
+            Bs[buf][t / GPUCONV_BM + 4 * i][lr] = rb[i];
+        }
+    };
+
+    load(p_begin);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int p0 = p_begin; p0 < p_end; p0 += GPUCONV_BK) {
+        const bool more = p0 + GPUCONV_BK < p_end;
+        if (more) load(p0 + GPUCONV_BK);
+        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+        if (more) stage(buf ^ 1);
         __syncthreads();
-        gpuconv_tile_mma<Acc>(As, Bs, acc, tx, ty);
-        __syncthreads();
+        buf ^= 1;
     }
 
     Acc* out = ws + (gpuconv_i64)blockIdx.z * K * M;

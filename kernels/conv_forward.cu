@@ -28,8 +28,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     int act)                     // GPUCONV_ACT_* applied to z before the store
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc As[GPUCONV_BK][GPUCONV_BM + 1];  // im2col tile of x: As[k][row]
-    __shared__ Acc Bs[GPUCONV_BK][GPUCONV_BN + 1];  // weight tile: Bs[k][column]
+    __shared__ Acc As[2][GPUCONV_BK][GPUCONV_BM + 1];  // im2col tiles of x: As[buffer][k][row]
+    __shared__ Acc Bs[2][GPUCONV_BK][GPUCONV_BN + 1];  // weight tiles: Bs[buffer][k][column]
 
     const int Cg = C / G, Mg = M / G;
     const int g = blockIdx.z;                 // this block's group
@@ -67,7 +67,10 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
 
-    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+    // The next tile is loaded into registers (ra, rb) while the current one is multiplied, then stored to the
+    // other shared buffer: one barrier per step.
+    Acc ra[4], rb[4];
+    auto load = [&](int k0) {
         const int r = k0 + ak;
         const bool r_ok = r < K;
         int k1 = 0, k2 = 0, cn = 0;
@@ -79,22 +82,35 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            Acc v = Acc(0);
             const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;
+            ra[i] = Acc(0);
             if (r_ok && a_b[i] >= 0 && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                v = gpuconv_to_acc(xg[(gpuconv_i64)((a_b[i] * H + ih) * W + iw) * C + cn]);
-            As[ak][t / GPUCONV_BK + 16 * i] = v;
+                ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((a_b[i] * H + ih) * W + iw) * C + cn]);
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int kr = t / GPUCONV_BN + 4 * j;
-            Acc v = Acc(0);
-            if (bcol_ok && k0 + kr < K) v = gpuconv_to_acc(wcol[(gpuconv_i64)(k0 + kr) * M]);
-            Bs[kr][bcol] = v;
+            const int kr = k0 + t / GPUCONV_BN + 4 * j;
+            rb[j] = (bcol_ok && kr < K) ? gpuconv_to_acc(wcol[(gpuconv_i64)kr * M]) : Acc(0);
         }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) Bs[buf][t / GPUCONV_BN + 4 * j][bcol] = rb[j];
+    };
+
+    load(0);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+        const bool more = k0 + GPUCONV_BK < K;
+        if (more) load(k0 + GPUCONV_BK);
+        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+        if (more) stage(buf ^ 1);
         __syncthreads();
-        gpuconv_tile_mma<Acc>(As, Bs, acc, tx, ty);
-        __syncthreads();
+        buf ^= 1;
     }
 
     // Epilogue: bias and activation in registers, coalesced stores along M.
