@@ -55,8 +55,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc As[2][GPUCONV_BK][GPUCONV_BM + 1];  // gathered dz tiles: As[buffer][k][pixel]
-    __shared__ Acc Bs[2][GPUCONV_BK][GPUCONV_BN + 1];  // weight tiles: Bs[buffer][k][input channel]
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // gathered dz tiles: As[buffer][k][pixel]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // weight tiles: Bs[buffer][k][input channel]
 
     const int Cg = C / G, Mg = M / G;
     const int g = blockIdx.z;
@@ -140,11 +140,11 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int row = row0 + ty + 16 * i;
+        const int row = row0 + 4 * ty + i;
         if (row >= P) continue;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int col = col0 + tx + 16 * j;
+            const int col = col0 + 4 * tx + j;
             if (col < Cg) gpuconv_store(dx + (gpuconv_i64)row * C + g * Cg + col, acc[i][j]);
         }
     }
@@ -221,8 +221,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
     int act)                     // GPUCONV_ACT_* of the forward pass
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc As[2][GPUCONV_BK][GPUCONV_BM + 1];  // im2col tiles, transposed: As[buffer][pixel][tap row]
-    __shared__ Acc Bs[2][GPUCONV_BK][GPUCONV_BN + 1];  // dz tiles: Bs[buffer][pixel][output channel]
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // im2col tiles, transposed: As[buffer][pixel][tap row]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // dz tiles: Bs[buffer][pixel][output channel]
 
     const int Cg = C / G, Mg = M / G;
     const int K = KH * KW * Cg;                 // rows of dw
@@ -302,11 +302,11 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
     Acc* out = ws + (gpuconv_i64)blockIdx.z * K * M;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int row = row0 + ty + 16 * i;
+        const int row = row0 + 4 * ty + i;
         if (row >= K) continue;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int col = col0 + tx + 16 * j;
+            const int col = col0 + 4 * tx + j;
             if (col < Mg) out[(gpuconv_i64)row * M + g * Mg + col] = acc[i][j];
         }
     }

@@ -28,8 +28,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     int act)                     // GPUCONV_ACT_* applied to z before the store
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc As[2][GPUCONV_BK][GPUCONV_BM + 1];  // im2col tiles of x: As[buffer][k][row]
-    __shared__ Acc Bs[2][GPUCONV_BK][GPUCONV_BN + 1];  // weight tiles: Bs[buffer][k][column]
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // im2col tiles of x: As[buffer][k][row]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // weight tiles: Bs[buffer][k][column]
 
     const int Cg = C / G, Mg = M / G;
     const int g = blockIdx.z;                 // this block's group
@@ -116,11 +116,11 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     // Epilogue: bias and activation in registers, coalesced stores along M.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        const int row = row0 + ty + 16 * i;
+        const int row = row0 + 4 * ty + i;
         if (row >= P) continue;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            const int col = col0 + tx + 16 * j;
+            const int col = col0 + 4 * tx + j;
             if (col >= Mg) continue;
             const int m = g * Mg + col;
             Acc z = acc[i][j];

@@ -26,11 +26,12 @@ typedef long long gpuconv_i64;
 
 // Implicit-GEMM tiles: a block of GPUCONV_THREADS threads computes a GPUCONV_BM x GPUCONV_BN tile of the
 // output, stepping through the reduction GPUCONV_BK at a time; each thread holds a 4 x 4 micro-tile whose rows
-// are ty + 16*i and columns tx + 16*j (tx = thread % 16, ty = thread / 16).
+// are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16).
 #define GPUCONV_BM 64
 #define GPUCONV_BN 64
 #define GPUCONV_BK 16
 #define GPUCONV_THREADS 256
+#define GPUCONV_PAD 4  // shared tile row padding (elements)
 
 // Accumulator type: float for float16 and float32 storage, double for float64.
 template <typename T> struct gpuconv_acc { typedef float type; };
@@ -106,18 +107,28 @@ struct gpuconv_pixel {
     }
 };
 
-// acc[i][j] += sum_k As[k][ty + 16 i] * Bs[k][tx + 16 j]: one GPUCONV_BK step of a block's tile product.
-// The +1 column of padding keeps the transposing stores of the loaders free of bank conflicts.
+// Four consecutive accumulators from shared memory in 128-bit loads (float4, or two double2).
+__device__ __forceinline__ void gpuconv_load4(const float* p, float (&v)[4]) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}
+__device__ __forceinline__ void gpuconv_load4(const double* p, double (&v)[4]) {
+    const double2 q0 = reinterpret_cast<const double2*>(p)[0], q1 = reinterpret_cast<const double2*>(p)[1];
+    v[0] = q0.x; v[1] = q0.y; v[2] = q1.x; v[3] = q1.y;
+}
+
+// acc[i][j] += sum_k As[k][4 ty + i] * Bs[k][4 tx + j]: one GPUCONV_BK step of a block's tile product, two
+// 128-bit shared loads per 16 multiply-adds. Rows are padded by GPUCONV_PAD (keeps 16-byte alignment and
+// limits the transposing stores of the loaders to 2-way bank conflicts); tiles are declared __align__(16).
 template <typename Acc>
-__device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[GPUCONV_BM + 1], const Acc (*Bs)[GPUCONV_BN + 1],
+__device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[GPUCONV_BM + GPUCONV_PAD],
+                                                 const Acc (*Bs)[GPUCONV_BN + GPUCONV_PAD],
                                                  Acc (&acc)[4][4], int tx, int ty) {
 #pragma unroll
     for (int k = 0; k < GPUCONV_BK; ++k) {
         Acc a[4], b[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) a[i] = As[k][ty + 16 * i];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) b[j] = Bs[k][tx + 16 * j];
+        gpuconv_load4(&As[k][4 * ty], a);
+        gpuconv_load4(&Bs[k][4 * tx], b);
 #pragma unroll
         for (int i = 0; i < 4; ++i)
 #pragma unroll
