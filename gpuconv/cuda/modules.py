@@ -101,11 +101,14 @@ def emulator_unavailable_reason():
 
 
 def _device_id(kind):
+    """The CUDA device for "cupy"; for the emulator, its compile mode (GPUCONV_EMULATOR_SANITIZE)."""
     if kind == "cupy":
         from .._dispatch import import_cupy
 
         return import_cupy().cuda.Device().id
-    return 0
+    from .emulator import sanitize_mode
+
+    return f"cpu{'-' + sanitize_mode() if sanitize_mode() else ''}"
 
 
 def get_module(kind: str, filename: str, *, name_expressions=(), options=()):

@@ -51,6 +51,7 @@ DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024
 _ERRLEN = 4096
 
 _override = threading.local()
+_DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 
 
 class EmulatorError(RuntimeError):
@@ -84,7 +85,7 @@ def _workers() -> int:
         if n < 1:
             raise ValueError(f"{ENV_WORKERS} must be a positive integer, got {value!r}")
         return n
-    return max(1, min(os.cpu_count() or 1, 8))
+    return _DEFAULT_WORKERS
 
 
 class _ArgInfo(ctypes.Structure):

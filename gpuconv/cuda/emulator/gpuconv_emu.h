@@ -9,6 +9,7 @@
 
 #include <math.h>      // libstdc++'s math.h: the C functions plus the float/double overloads in ::
 #include <stdint.h>
+#include <stdio.h>     // printf in kernels
 #include <string.h>
 #include <atomic>
 #include <cstddef>
@@ -76,13 +77,13 @@ struct Worker;
 struct State {
     uint3 thread_idx;
     uint3 block_idx;
-    dim3 block_dim;
-    dim3 grid_dim;
+    uint3 block_dim;  // uint3, not dim3: State must stay trivial (no TLS init wrapper on every access)
+    uint3 grid_dim;
     void* dyn_smem;
     Worker* worker;
     int fiber;  // index of the running fiber (linear thread id), -1 in the scheduler
 };
-extern thread_local State tl GPUCONV_EMU_HIDDEN;
+extern __thread State tl GPUCONV_EMU_HIDDEN;  // __thread: no TLS init wrapper calls
 
 GPUCONV_EMU_HIDDEN void block_barrier(unsigned line);
 GPUCONV_EMU_HIDDEN int block_barrier_count(int pred, unsigned line);  // returns how many had pred != 0
@@ -113,7 +114,8 @@ inline T exchange(unsigned mask, T var, int src, unsigned line) {
     warp_barrier(mask, line, 1);
     return out;
 }
-inline unsigned vote(unsigned mask, int pred, unsigned line) {
+// mode 0: the ballot; 1: any; 2: all (taken between the barriers: a lane may exit right after the second).
+inline unsigned vote(unsigned mask, int pred, unsigned line, int mode) {
     unsigned me = lane();
     unsigned char p = pred != 0;
     memcpy(warp_slot(me), &p, 1);
@@ -122,7 +124,7 @@ inline unsigned vote(unsigned mask, int pred, unsigned line) {
     for (unsigned l = 0; l < 32; ++l)
         if (((group >> l) & 1u) && warp_slot(l)[0]) bits |= 1u << l;
     warp_barrier(mask, line, 2);
-    return bits;
+    return mode == 0 ? bits : mode == 1 ? unsigned(bits != 0) : unsigned(bits == group);
 }
 }  // namespace gpuconv_emu
 
@@ -181,13 +183,13 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32,
     return ::gpuconv_emu::exchange(mask, var, src, line);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred, unsigned line = __builtin_LINE()) {
-    return ::gpuconv_emu::vote(mask, pred, line);
+    return ::gpuconv_emu::vote(mask, pred, line, 0);
 }
 inline int __any_sync(unsigned mask, int pred, unsigned line = __builtin_LINE()) {
-    return ::gpuconv_emu::vote(mask, pred, line) != 0;
+    return int(::gpuconv_emu::vote(mask, pred, line, 1));
 }
 inline int __all_sync(unsigned mask, int pred, unsigned line = __builtin_LINE()) {
-    return ::gpuconv_emu::vote(mask, pred, line) == ::gpuconv_emu::warp_group(mask);
+    return int(::gpuconv_emu::vote(mask, pred, line, 2));
 }
 inline unsigned __activemask() { return ::gpuconv_emu::warp_group(0xffffffffu); }
 

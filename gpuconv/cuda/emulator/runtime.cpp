@@ -33,6 +33,9 @@
 #else
 #define GPUCONV_ASAN 0
 #endif
+// The code that switches stacks is not instrumented: ASan's bookkeeping of the current stack is only right
+// again after __sanitizer_finish_switch_fiber, and a no-return call there would make it unpoison the wrong one.
+#define GPUCONV_NO_ASAN __attribute__((no_sanitize_address))
 
 extern "C" {
 void gpuconv_emu_switch(void** save_sp, void* new_sp) GPUCONV_EMU_HIDDEN;
@@ -40,9 +43,10 @@ void gpuconv_emu_fiber_start() GPUCONV_EMU_HIDDEN;
 void gpuconv_emu_fiber_main() GPUCONV_EMU_HIDDEN;
 }
 
-// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the stack
-// pointer to *save_sp, loads new_sp and restores the same from there. A new fiber's stack is laid out so
-// that the final `ret` enters gpuconv_emu_fiber_start with a 16-byte aligned stack.
+// Saves the callee-saved registers on the current stack, stores the stack pointer to *save_sp, loads new_sp
+// and restores the same from there. A new fiber's stack is laid out so that the final `ret` enters
+// gpuconv_emu_fiber_start with a 16-byte aligned stack. MXCSR and the x87 control word are not switched
+// (fnstcw/fldcw cost more than the rest of the switch): kernels must not change rounding modes.
 asm(R"(
     .text
     .globl gpuconv_emu_switch
@@ -55,14 +59,8 @@ gpuconv_emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -83,7 +81,7 @@ gpuconv_emu_fiber_start:
 
 namespace gpuconv_emu {
 
-thread_local State tl;
+__thread State tl;
 
 
 enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
@@ -94,6 +92,7 @@ struct Fiber {
     void* sp = nullptr;
     char* stack_lo = nullptr;  // usable stack [stack_lo, stack_lo + stack_size); guard page just below
     size_t stack_size = 0;
+    size_t color = 0;  // bytes left unused at the top of the stack
     void* asan_fake = nullptr;
     uint3 tid{};
     FiberState state = DONE;
@@ -210,11 +209,12 @@ void ensure_fibers(Worker& w, int n) {
         mprotect(mem, ps, PROT_NONE);  // guard page: a stack overflow faults here
         w.fibers[i].stack_lo = static_cast<char*>(mem) + ps;
         w.fibers[i].stack_size = w.stack_size;
+        w.fibers[i].color = size_t(i % 64) * 64 + size_t(i / 64 % 4) * 1024;
     }
 }
 
 // ---- fiber switches, with AddressSanitizer's annotations in sanitize builds ----
-void resume(Worker& w, Fiber& f) {
+GPUCONV_NO_ASAN void resume(Worker& w, Fiber& f) {
 #if GPUCONV_ASAN
     void* fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f.stack_lo, f.stack_size);
@@ -225,7 +225,7 @@ void resume(Worker& w, Fiber& f) {
 #endif
 }
 
-void yield(Worker& w, Fiber& f) {
+GPUCONV_NO_ASAN void yield(Worker& w, Fiber& f) {
 #if GPUCONV_ASAN
     __sanitizer_start_switch_fiber(&f.asan_fake, w.sched_bottom, w.sched_size);
     gpuconv_emu_switch(&f.sp, w.sched_sp);
@@ -235,7 +235,7 @@ void yield(Worker& w, Fiber& f) {
 #endif
 }
 
-[[noreturn]] void leave(Worker& w, Fiber& f) {
+[[noreturn]] GPUCONV_NO_ASAN void leave(Worker& w, Fiber& f) {
 #if GPUCONV_ASAN
     __sanitizer_start_switch_fiber(nullptr, w.sched_bottom, w.sched_size);
 #endif
@@ -334,17 +334,14 @@ void describe_deadlock(Worker& w) {
 }
 
 void init_fiber_stack(Fiber& f) {
-    // Layout (low to high): mxcsr|fpu cw, r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
-    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size) & ~uintptr_t(15);
+    // Layout (low to high): r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
+    // Tops staggered by fiber index (f.color) so that the hot frames of neighbouring fibers do not all
+    // fall into the same cache sets (every stack top has the same page offset otherwise).
+    uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size - f.color) & ~uintptr_t(15);
     uintptr_t after_ret = top - 16;
-    auto* sp = reinterpret_cast<uint64_t*>(after_ret - 64);
-    unsigned mxcsr;
-    unsigned short fpucw;
-    asm volatile("stmxcsr %0" : "=m"(mxcsr));
-    asm volatile("fnstcw %0" : "=m"(fpucw));
-    sp[0] = uint64_t(mxcsr) | (uint64_t(fpucw) << 32);
-    for (int i = 1; i < 7; ++i) sp[i] = 0;
-    sp[7] = reinterpret_cast<uint64_t>(&gpuconv_emu_fiber_start);
+    auto* sp = reinterpret_cast<uint64_t*>(after_ret - 56);
+    for (int i = 0; i < 6; ++i) sp[i] = 0;
+    sp[6] = reinterpret_cast<uint64_t>(&gpuconv_emu_fiber_start);
     f.sp = sp;
 }
 
@@ -371,8 +368,8 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
     }
     if (L.shmem) memset(dyn, 0xFF, L.shmem);
     tl.block_idx = w.block;
-    tl.block_dim = L.block;
-    tl.grid_dim = L.grid;
+    tl.block_dim = uint3{L.block.x, L.block.y, L.block.z};
+    tl.grid_dim = uint3{L.grid.x, L.grid.y, L.grid.z};
     tl.dyn_smem = dyn;
     w.nthreads = n;
     w.live = n;
@@ -482,22 +479,29 @@ void pool_main() {
 struct sigaction old_actions[NSIG];
 std::once_flag handlers_once;
 
+// Writes "kernel 'K' (launch ...), in block (..), thread (..)" for the launch running on this thread.
+int describe_launch(char* buf, size_t size) {
+    Worker* w = tl.worker;
+    if (!w || !w->launch) return 0;
+    Launch& L = *w->launch;
+    int len = snprintf(buf, size, "kernel '%s' in launch grid=(%u,%u,%u) block=(%u,%u,%u) shared_mem=%llu, block (%u,%u,%u)",
+                       L.kernel->name, L.grid.x, L.grid.y, L.grid.z, L.block.x, L.block.y, L.block.z, L.shmem,
+                       w->block.x, w->block.y, w->block.z);
+    if (tl.fiber >= 0 && len >= 0 && size_t(len) < size) {
+        const Fiber& f = w->fibers[tl.fiber];
+        len += snprintf(buf + len, size - len, ", thread (%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
+    }
+    return len < 0 ? 0 : (size_t(len) < size ? len : int(size) - 1);
+}
+
 void crash_handler(int sig, siginfo_t* info, void* ctx) {
     Worker* w = tl.worker;
     if (w && w->launch) {
         char buf[1024];
         const char* name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
                                                                                              : "SIGILL";
-        Launch& L = *w->launch;
-        int len = snprintf(buf, sizeof buf,
-                           "\ngpuconv emulator: kernel '%s' crashed with %s (address %p) in launch grid=(%u,%u,%u) "
-                           "block=(%u,%u,%u) shared_mem=%llu, in block (%u,%u,%u)",
-                           L.kernel->name, name, info->si_addr, L.grid.x, L.grid.y, L.grid.z, L.block.x,
-                           L.block.y, L.block.z, L.shmem, w->block.x, w->block.y, w->block.z);
-        if (tl.fiber >= 0 && size_t(len) < sizeof buf) {
-            const Fiber& f = w->fibers[tl.fiber];
-            len += snprintf(buf + len, sizeof buf - len, ", thread (%u,%u,%u)", f.tid.x, f.tid.y, f.tid.z);
-        }
+        int len = snprintf(buf, sizeof buf, "\ngpuconv emulator: crash (%s, address %p) in ", name, info->si_addr);
+        len += describe_launch(buf + len, sizeof buf - len);
         const char* a = static_cast<const char*>(info->si_addr);
         for (const Fiber& f : w->fibers) {
             if (a >= f.stack_lo - page_size() && a < f.stack_lo && size_t(len) < sizeof buf) {
@@ -518,6 +522,15 @@ void crash_handler(int sig, siginfo_t* info, void* ctx) {
     sigaction(sig, &old_actions[sig], nullptr);
 }
 
+#if GPUCONV_ASAN
+// AddressSanitizer calls this before it ends the process: say which kernel launch it caught.
+void asan_death() {
+    char buf[1024];
+    int len = describe_launch(buf, sizeof buf);
+    if (len > 0) fprintf(stderr, "gpuconv emulator: AddressSanitizer stopped %s\n", buf);
+}
+#endif
+
 void install_crash_handlers() {
     std::call_once(handlers_once, [] {
         for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) {
@@ -527,6 +540,9 @@ void install_crash_handlers() {
             sigemptyset(&sa.sa_mask);
             sigaction(sig, &sa, &old_actions[sig]);
         }
+#if GPUCONV_ASAN
+        __sanitizer_set_death_callback(asan_death);
+#endif
     });
 }
 
@@ -593,7 +609,7 @@ void fail(const char* what, unsigned line) {
 
 using namespace gpuconv_emu;
 
-extern "C" void gpuconv_emu_fiber_main() {
+extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
     Worker& w = *tl.worker;
     int me = tl.fiber;
 #if GPUCONV_ASAN
