@@ -26,19 +26,19 @@ RTOL = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 1e-2}
 # (id, x shape NHWC, w shape HWIO, options, activation). Mg >= 16 takes the tiled GEMM forward and dw kernels,
 # Mg < 16 the direct / small ones; Cg >= 16 the tiled dx kernel, Cg < 16 the direct one.
 CASES = [
-    ("gemm-relu-pad1", (2, 7, 9, 16), (3, 3, 16, 20), dict(padding=1), "relu"),
-    ("gemm-stride-asym-dil", (2, 9, 8, 20), (3, 2, 20, 18), dict(stride=(2, 3), padding=((2, 1), (0, 1)),
-                                                                   dilation=(2, 1)), "sigmoid"),
-    ("gemm-groups", (1, 8, 8, 32), (3, 3, 16, 32), dict(groups=2, padding=1), "identity"),
-    ("gemm-multitile", (1, 9, 10, 70), (1, 2, 70, 66), dict(padding=((0, 1), (1, 0))), "relu"),
-    ("gemm-split", (4, 12, 12, 16), (3, 3, 16, 16), dict(padding=1), "identity"),
-    ("direct-stride-asym", (2, 7, 9, 4), (3, 3, 4, 6), dict(stride=2, padding=((1, 0), (2, 1)), dilation=(1, 2)),
+    ("gemm-relu-pad1", (2, 7, 9, 16), (3, 3, 16, 20), {"padding": 1}, "relu"),
+    ("gemm-stride-asym-dil", (2, 9, 8, 20), (3, 2, 20, 18), {"stride": (2, 3), "padding": ((2, 1), (0, 1)),
+                                                                   "dilation": (2, 1)}, "sigmoid"),
+    ("gemm-groups", (1, 8, 8, 32), (3, 3, 16, 32), {"groups": 2, "padding": 1}, "identity"),
+    ("gemm-multitile", (1, 9, 10, 70), (1, 2, 70, 66), {"padding": ((0, 1), (1, 0))}, "relu"),
+    ("gemm-split", (4, 12, 12, 16), (3, 3, 16, 16), {"padding": 1}, "identity"),
+    ("direct-stride-asym", (2, 7, 9, 4), (3, 3, 4, 6), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)},
      "relu"),
-    ("depthwise", (2, 8, 8, 6), (3, 3, 1, 6), dict(groups=6, padding=1, stride=2), "sigmoid"),
-    ("depthwise-mult2-dil", (2, 8, 8, 6), (3, 3, 1, 12), dict(groups=6, padding="same", dilation=2), "relu"),
-    ("one-channel-5x5", (3, 9, 9, 1), (5, 5, 1, 8), dict(padding=2), "relu"),
-    ("stride-skips-pixels", (1, 7, 7, 3), (1, 1, 3, 17), dict(stride=3), "identity"),
-    ("small-split", (2, 32, 32, 2), (3, 3, 1, 2), dict(groups=2, padding=1), "identity"),
+    ("depthwise", (2, 8, 8, 6), (3, 3, 1, 6), {"groups": 6, "padding": 1, "stride": 2}, "sigmoid"),
+    ("depthwise-mult2-dil", (2, 8, 8, 6), (3, 3, 1, 12), {"groups": 6, "padding": "same", "dilation": 2}, "relu"),
+    ("one-channel-5x5", (3, 9, 9, 1), (5, 5, 1, 8), {"padding": 2}, "relu"),
+    ("stride-skips-pixels", (1, 7, 7, 3), (1, 1, 3, 17), {"stride": 3}, "identity"),
+    ("small-split", (2, 32, 32, 2), (3, 3, 1, 2), {"groups": 2, "padding": 1}, "identity"),
 ]
 DTYPE_CASES = ["gemm-relu-pad1", "gemm-groups", "direct-stride-asym", "depthwise"]
 
@@ -55,8 +55,8 @@ def _data(case, dtype, seed=0):
     _, xs, ws, opts, act = case
     cfg = make_config("test", xs, ws, **opts)
     rng = np.random.default_rng(seed)
-    u = lambda shape: rng.uniform(-1.0, 1.0, shape).astype(dtype)  # noqa: E731
-    return cfg, act, dict(x=u(xs), w=u(ws), b=u(ws[3]), dy=u(cfg.y_shape))
+    u = lambda shape: rng.uniform(-1.0, 1.0, shape).astype(dtype)
+    return cfg, act, {"x": u(xs), "w": u(ws), "b": u(ws[3]), "dy": u(cfg.y_shape)}
 
 
 def _ref_act_backward(dy, y, act):
@@ -176,7 +176,7 @@ def test_non_contiguous_inputs(be):
 @pytest.mark.parametrize("name", ["gemm-split", "small-split", "depthwise"])
 def test_dw_db_bitwise_deterministic(be, name):
     case = next(c for c in CASES if c[0] == name)
-    cfg, act, d = _data(case, np.float32, seed=3)
+    cfg, _act, d = _data(case, np.float32, seed=3)
     dz, x = _dev(be, d["dy"]), _dev(be, d["x"])
     first = [to_module(a, np) for a in (be.backward_weight(dz, x, cfg), be.backward_bias(dz))]
     for _ in range(2):
@@ -206,7 +206,7 @@ def test_dw_db_equal_under_both_schedules(be, name):
     if len(schedules) < 2:
         pytest.skip("the emulator exposes no choice of thread schedule")
     case = next(c for c in CASES if c[0] == name)
-    cfg, act, d = _data(case, np.float32, seed=4)
+    cfg, _act, d = _data(case, np.float32, seed=4)
     dy, x, w = (_dev(be, d[k]) for k in ("dy", "x", "w"))
     y = _dev(be, REF.forward(d["x"], d["w"], d["b"], cfg, "sigmoid"))
     results = []

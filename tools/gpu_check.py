@@ -9,66 +9,24 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-ARCHES = ("sm_70", "sm_80", "sm_90")
+def nvrtc_resources():
+    """[(file, kernel, arch, registers, shared bytes, spill stores, spill loads)] from ptxas -v through NVRTC
+    (gpuconv.cuda.nvrtc; no GPU needed)."""
+    from gpuconv.cuda.nvrtc import resource_table
 
-
-def _fp16_include_dirs():
-    """Folders holding cuda_fp16.h for NVRTC (it has no built-in copy)."""
-    dirs = []
-    for base in (os.environ.get("CUDA_PATH", ""), "/usr/local/cuda", "/usr/local/cuda-13.0", "/usr/local/cuda-12"):
-        inc = os.path.join(base, "include")
-        if base and os.path.exists(os.path.join(inc, "cuda_fp16.h")):
-            dirs.append(inc)
-    return dirs[:1]
-
-
-def nvrtc_resources(arches=ARCHES):
-    """[(file, kernel, arch, registers, shared bytes, spill stores, spill loads)] from ptxas -v through NVRTC."""
-    from cuda.bindings import nvrtc
-
-    from gpuconv.cuda.modules import registered_name_expressions
-
-    kdir = os.path.join(ROOT, "kernels")
-    rows = []
-    for fname in sorted(f for f in os.listdir(kdir) if f.endswith(".cu")):
-        text = open(os.path.join(kdir, fname)).read()
-        src = text.encode()
-        exprs = list(registered_name_expressions(text))
-        for arch in arches:
-            err, prog = nvrtc.nvrtcCreateProgram(src, fname.encode(), 0, [], [])
-            for e in exprs:
-                nvrtc.nvrtcAddNameExpression(prog, e.encode())
-            opts = [f"-arch={arch}".encode(), b"-std=c++17", f"-I{kdir}".encode(), b"--ptxas-options=-v"]
-            opts += [f"-I{d}".encode() for d in _fp16_include_dirs()]
-            (res,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-            _, n = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * n
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            log = log.decode(errors="replace")
-            if res != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-                raise RuntimeError(f"NVRTC failed on {fname} for {arch}:\n{log}")
-            lowered = {}
-            for e in exprs:
-                _, low = nvrtc.nvrtcGetLoweredName(prog, e.encode())
-                lowered[low.decode()] = e
-            for block in re.split(r"ptxas info\s*: Compiling entry function ", log)[1:]:
-                mangled = block.split("'")[1]
-                regs = re.search(r"Used (\d+) registers", block)
-                smem = re.search(r"(\d+) bytes smem", block)
-                spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
-                rows.append((fname, lowered.get(mangled, mangled), arch, int(regs.group(1)) if regs else -1,
-                             int(smem.group(1)) if smem else 0, int(spill.group(1)), int(spill.group(2))))
-    return rows
+    return [(f, r.kernel, r.arch, r.registers, r.shared_mem_bytes, r.spill_stores, r.spill_loads)
+            for f, r in resource_table()]
 
 
 def print_resources(markdown: bool = False):
     """Print the NVRTC resource table; exit status 1 if any kernel spills."""
+    from gpuconv.cuda.nvrtc import ARCHES
+
     rows = nvrtc_resources()
     spills = [r for r in rows if r[5] or r[6]]
     if markdown or "--markdown" in sys.argv:
@@ -101,12 +59,12 @@ BENCH_SHAPES = [
 ]
 # Accuracy cases: (x shape, w shape, options, activation); together they take every kernel path.
 ACCURACY_CASES = [
-    ((2, 17, 19, 32), (3, 3, 32, 48), dict(padding=1), "relu"),
-    ((3, 20, 18, 24), (3, 2, 24, 40), dict(stride=(2, 3), padding=((2, 1), (0, 1)), dilation=(2, 1)), "sigmoid"),
-    ((2, 16, 16, 64), (3, 3, 16, 64), dict(groups=4, padding="same"), "identity"),
-    ((4, 15, 15, 8), (3, 3, 1, 8), dict(groups=8, padding=1, stride=2), "relu"),
-    ((8, 28, 28, 1), (5, 5, 1, 8), dict(padding=2), "relu"),
-    ((2, 30, 30, 3), (7, 7, 3, 64), dict(stride=2, padding=3), "relu"),
+    ((2, 17, 19, 32), (3, 3, 32, 48), {"padding": 1}, "relu"),
+    ((3, 20, 18, 24), (3, 2, 24, 40), {"stride": (2, 3), "padding": ((2, 1), (0, 1)), "dilation": (2, 1)}, "sigmoid"),
+    ((2, 16, 16, 64), (3, 3, 16, 64), {"groups": 4, "padding": "same"}, "identity"),
+    ((4, 15, 15, 8), (3, 3, 1, 8), {"groups": 8, "padding": 1, "stride": 2}, "relu"),
+    ((8, 28, 28, 1), (5, 5, 1, 8), {"padding": 2}, "relu"),
+    ((2, 30, 30, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}, "relu"),
 ]
 LIMITS = {"float32": 1e-5, "float16": 1e-2, "float64": 1e-12}
 
@@ -123,10 +81,10 @@ class _HostXp:
     def asnumpy(self, a):
         return self.np.asarray(a)
 
-    class cuda:  # noqa: N801 - mirrors cupy.cuda.runtime.deviceSynchronize
-        class runtime:  # noqa: N801
+    class cuda:
+        class runtime:
             @staticmethod
-            def deviceSynchronize():  # noqa: N802
+            def deviceSynchronize():
                 pass
 
 
@@ -190,10 +148,11 @@ def accuracy():
             rng = np.random.default_rng(i)
             x, w = rng.uniform(-1, 1, xs).astype(dtype), rng.uniform(-1, 1, ws).astype(dtype)
             b, dy = rng.uniform(-1, 1, ws[3]).astype(dtype), rng.uniform(-1, 1, cfg.y_shape).astype(dtype)
-            got = {k: cp.asnumpy(v) for k, v in _all_grads(be, cfg, act, *(cp.asarray(a) for a in (x, w, b, dy))).items()}
+            results = _all_grads(be, cfg, act, *(cp.asarray(a) for a in (x, w, b, dy)))
+            got = {k: cp.asnumpy(v) for k, v in results.items()}
             want = _reference(cfg, act, x, w, b, dy, got["forward"])
-            for k in got:
-                err = _rel_err(got[k], want[k])
+            for k, value in got.items():
+                err = _rel_err(value, want[k])
                 ok = err < LIMITS[dtype]
                 failures += not ok
                 print(f"{str(xs) + '*' + str(ws) + ' ' + act:48s} {dtype:8s} {k:13s} {err:9.2e}  "
@@ -264,62 +223,74 @@ def _time_ms(fn, sync, repeats=20):
     return 1e3 * times[len(times) // 2]
 
 
-def bench():
+def _torch():
+    """torch if it sees a GPU, else None."""
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - any import failure just drops the comparison
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _bench_gpuconv(be, cp, cfg):
+    """Median ms of the fused forward (bias + relu) and of the fused backward (dx, dw, db from dy and y)."""
     import numpy as np
 
+    rng = np.random.default_rng(0)
+    x, w, b, dy = (cp.asarray(rng.uniform(-1, 1, s).astype(np.float32))
+                   for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+    y = be.forward(x, w, b, cfg, "relu")
+    sync = cp.cuda.runtime.deviceSynchronize
+    return (_time_ms(lambda: be.forward(x, w, b, cfg, "relu"), sync),
+            _time_ms(lambda: be.backward(dy, y, x, w, cfg, "relu"), sync))
+
+
+def _bench_cudnn(torch, cfg, tf32: bool):
+    """Median ms of cuDNN's conv + bias + relu forward and its backward (channels-last float32)."""
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    cl = torch.channels_last
+
+    def rand(*shape):
+        return torch.rand(*shape, device="cuda", generator=gen) * 2 - 1
+
+    x = rand(cfg.n, cfg.c, cfg.h, cfg.w).contiguous(memory_format=cl).requires_grad_(True)
+    w = rand(cfg.m, cfg.cg, cfg.kh, cfg.kw).contiguous(memory_format=cl).requires_grad_(True)
+    b = rand(cfg.m).requires_grad_(True)
+    dy = rand(cfg.n, cfg.m, cfg.oh, cfg.ow).contiguous(memory_format=cl)
+    # make_config padding is symmetric for the benchmark shapes
+    opts = {"stride": (cfg.s1, cfg.s2), "padding": (cfg.pt, cfg.pl), "dilation": (cfg.d1, cfg.d2),
+            "groups": cfg.groups}
+
+    def fwd():
+        return torch.relu(torch.nn.functional.conv2d(x, w, b, **opts))
+
+    with torch.no_grad():
+        t_fwd = _time_ms(fwd, torch.cuda.synchronize)
+    out = fwd()
+    t_bwd = _time_ms(lambda: torch.autograd.grad(out, (x, w, b), dy, retain_graph=True), torch.cuda.synchronize)
+    return t_fwd, t_bwd
+
+
+def bench():
     from gpuconv._config import make_config
 
     be = _cupy_backend()
     cp = be.xp_tools
-    sync = cp.cuda.runtime.deviceSynchronize
-    try:
-        import torch
-
-        have_torch = torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - any import failure just drops the comparison
-        have_torch = False
+    torch = _torch()
     print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'cuDNN fp32':>10s} {'cuDNN tf32':>10s} {'ratio':>6s}")
-    for n, h, w_, c, m, kh, kw, s, p in BENCH_SHAPES:
-        cfg = make_config("bench", (n, h, w_, c), (kh, kw, c, m), stride=s, padding=p)
-        rng = np.random.default_rng(0)
-        x = cp.asarray(rng.uniform(-1, 1, cfg.x_shape).astype(np.float32))
-        w = cp.asarray(rng.uniform(-1, 1, cfg.w_shape).astype(np.float32))
-        b = cp.asarray(rng.uniform(-1, 1, (m,)).astype(np.float32))
-        dy = cp.asarray(rng.uniform(-1, 1, cfg.y_shape).astype(np.float32))
-        y = be.forward(x, w, b, cfg, "relu")
-        ours = {
-            "forward": _time_ms(lambda: be.forward(x, w, b, cfg, "relu"), sync),
-            "backward": _time_ms(lambda: be.backward(dy, y, x, w, cfg, "relu"), sync),
-        }
-        theirs = {"forward": [None, None], "backward": [None, None]}
-        if have_torch:
-            tx = torch.as_tensor(cp.asnumpy(x), device="cuda").permute(0, 3, 1, 2).contiguous(
-                memory_format=torch.channels_last).requires_grad_(True)
-            tw = torch.as_tensor(cp.asnumpy(w), device="cuda").permute(3, 2, 0, 1).contiguous(
-                memory_format=torch.channels_last).requires_grad_(True)
-            tb = torch.as_tensor(cp.asnumpy(b), device="cuda").requires_grad_(True)
-            tdy = torch.as_tensor(cp.asnumpy(dy), device="cuda").permute(0, 3, 1, 2).contiguous(
-                memory_format=torch.channels_last)
-            tsync = torch.cuda.synchronize
-            for k, tf32 in enumerate((False, True)):
-                torch.backends.cudnn.allow_tf32 = tf32
-                torch.backends.cuda.matmul.allow_tf32 = tf32
-                torch.backends.cudnn.benchmark = True
-
-                def fwd():
-                    return torch.relu(torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p))
-
-                with torch.no_grad():
-                    theirs["forward"][k] = _time_ms(fwd, tsync)
-                out = fwd()
-                theirs["backward"][k] = _time_ms(
-                    lambda: torch.autograd.grad(out, (tx, tw, tb), tdy, retain_graph=True), tsync)
-        for kind in ("forward", "backward"):
-            t32, ttf = theirs[kind]
-            fmt = lambda v: f"{v:10.3f}" if v is not None else f"{'-':>10s}"  # noqa: E731
-            ratio = f"{ours[kind] / t32:6.2f}" if t32 else f"{'-':>6s}"
-            print(f"{str(cfg.x_shape) + '->' + str(m) + f' {kh}x{kw}/s{s}':36s} {kind:8s} {ours[kind]:10.3f} "
-                  f"{fmt(t32)} {fmt(ttf)} {ratio}")
+    for n, h, w, c, m, kh, kw, s, p in BENCH_SHAPES:
+        cfg = make_config("bench", (n, h, w, c), (kh, kw, c, m), stride=s, padding=p)
+        ours = _bench_gpuconv(be, cp, cfg)
+        fp32 = _bench_cudnn(torch, cfg, False) if torch else (None, None)
+        tf32 = _bench_cudnn(torch, cfg, True) if torch else (None, None)
+        for i, kind in enumerate(("forward", "backward")):
+            cells = [f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in (ours[i], fp32[i], tf32[i])]
+            ratio = f"{ours[i] / fp32[i]:6.2f}" if fp32[i] else f"{'-':>6s}"
+            label = f"{cfg.x_shape}->{m} {kh}x{kw}/s{s}"
+            print(f"{label:36s} {kind:8s} {' '.join(cells)} {ratio}")
     print("ratio = gpuconv / cuDNN fp32 (TF32 off); median of 20 runs after a warm-up, synchronized")
     return 0
 

@@ -17,8 +17,6 @@ the N*OH*OW pixels go to a workspace, and a second kernel adds the splits in ord
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2}  # GPUCONV_ACT_* in kernels/gpuconv_common.cuh
