@@ -91,23 +91,20 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
 
     // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
     Acc ra[4], rb[4];
+    gpuconv_walk3 kr;  // reduction index k0 + ak as digits (k1, k2, mm)
+    kr.init(ak, GPUCONV_BK, KW, Mg);
     auto load = [&](int k0) {
-        const int r = k0 + ak;
-        const bool r_ok = r < K;
-        int k1 = 0, k2 = 0, mm = 0;
-        if (r_ok) {
-            const int kk = r / Mg;
-            mm = r - kk * Mg;
-            k1 = kk / KW;
-            k2 = kk - k1 * KW;
-        }
+        const bool r_ok = k0 + ak < K;
+        const int k1 = kr.i0, k2 = kr.i1, mm = kr.i2;
+        kr.advance();
         const int mg = g * Mg + mm;  // output channel of this reduction index
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             ra[i] = Acc(0);
             const int th = a_h[i] - k1 * d1, tw = a_w[i] - k2 * d2;  // = oi * s1, oj * s2 when a tap reads it
             if (r_ok && a_b[i] >= 0 && th >= 0 && tw >= 0) {
-                const int oi = s1 == 1 ? th : th / s1, oj = s2 == 1 ? tw : tw / s2;  // uniform branch
+                const int oi = s1 == 1 ? th : (int)((unsigned)th / (unsigned)s1);  // uniform branches
+                const int oj = s2 == 1 ? tw : (int)((unsigned)tw / (unsigned)s2);
                 if (oi * s1 == th && oj * s2 == tw && oi < OH && oj < OW)
                     ra[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
             }
@@ -258,7 +255,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
         for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
 
     // This thread's 4 pixels p0 + t / 64 + 4 i, advanced by BK each step without divisions.
-    gpuconv_pixel px[4];
+    gpuconv_walk3 px[4];  // digits (b, oi, oj)
 #pragma unroll
     for (int i = 0; i < 4; ++i) px[i].init(p_begin + t / GPUCONV_BM + 4 * i, GPUCONV_BK, OH, OW);
 
@@ -270,9 +267,9 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
             const int p = p0 + t / GPUCONV_BM + 4 * i;
             ra[i] = rb[i] = Acc(0);
             if (p < p_end) {
-                const int ih = px[i].oi * s1 + k1d1, iw = px[i].oj * s2 + k2d2;
+                const int ih = px[i].i1 * s1 + k1d1, iw = px[i].i2 * s2 + k2d2;
                 if (r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].b * H + ih) * W + iw) * C]);
+                    ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].i0 * H + ih) * W + iw) * C]);
                 if (c_ok) rb[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + mcol, act);
             }
             px[i].advance();
@@ -347,12 +344,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
         const T* xg = x + g * Cg + n;
         const int dh = k1 * d1 - pt, dw = k2 * d2 - pl;
         // Pixel p = p_begin + threadIdx.y + 8 k, decoded once and then advanced without divisions.
-        gpuconv_pixel px;
+        gpuconv_walk3 px;  // digits (b, oi, oj)
         px.init(p_begin + threadIdx.y, 8, OH, OW);
         for (int p = p_begin + threadIdx.y; p < p_end; p += 8) {
-            const int ih = px.oi * s1 + dh, iw = px.oj * s2 + dw;
+            const int ih = px.i1 * s1 + dh, iw = px.i2 * s2 + dw;
             if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                v += gpuconv_to_acc(xg[(gpuconv_i64)((px.b * H + ih) * W + iw) * C]) *
+                v += gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) *
                      gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
             px.advance();
         }

@@ -70,16 +70,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     // The next tile is loaded into registers (ra, rb) while the current one is multiplied, then stored to the
     // other shared buffer: one barrier per step.
     Acc ra[4], rb[4];
+    gpuconv_walk3 kr;  // reduction index k0 + ak as digits (k1, k2, cn), advanced without divisions
+    kr.init(ak, GPUCONV_BK, KW, Cg);
     auto load = [&](int k0) {
-        const int r = k0 + ak;
-        const bool r_ok = r < K;
-        int k1 = 0, k2 = 0, cn = 0;
-        if (r_ok) {
-            const int kk = r / Cg;
-            cn = r - kk * Cg;
-            k1 = kk / KW;
-            k2 = kk - k1 * KW;
-        }
+        const bool r_ok = k0 + ak < K;
+        const int k1 = kr.i0, k2 = kr.i1, cn = kr.i2;
+        kr.advance();
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;

@@ -78,32 +78,32 @@ __device__ __forceinline__ typename gpuconv_acc<T>::type gpuconv_load_dz(
     return gpuconv_act_backward(d, gpuconv_to_acc(y[i]), act);
 }
 
-// An output pixel index p = (b * OH + oi) * OW + oj kept decoded while it advances by a fixed step, so that the
-// reduction loops over pixels do no integer division (two per pixel otherwise, and a division in a loop can
-// make ptxas spill).
-struct gpuconv_pixel {
-    int b, oi, oj;  // batch, output row, output column of the current pixel
-    int sb, si, sj;  // the step, decoded the same way (si < OH, sj < OW)
-    int OH, OW;
+// A flat index v = (i0 * n1 + i1) * n2 + i2 kept as its digits (i0, i1, i2) while it advances by a fixed
+// step, so that loops over pixels (b, oi, oj) or reduction indices (k1, k2, n) do no integer division (two
+// per element otherwise, and a division in a loop can make ptxas spill).
+struct gpuconv_walk3 {
+    int i0, i1, i2;           // digits of the current index (i0 unbounded, i1 < n1, i2 < n2)
+    int n1, n2;               // radices of the two low digits
+    int step0, step1, step2;  // the step, split into digits the same way
 
-    __device__ __forceinline__ void init(int p, int step, int OH_, int OW_) {
-        OH = OH_;
-        OW = OW_;
-        b = p / (OH * OW);
-        const int rem = p - b * (OH * OW);
-        oi = rem / OW;
-        oj = rem - oi * OW;
-        sb = step / (OH * OW);
-        const int srem = step - sb * (OH * OW);
-        si = srem / OW;
-        sj = srem - si * OW;
+    __device__ __forceinline__ void init(int v, int step, int n1_, int n2_) {
+        n1 = n1_;
+        n2 = n2_;
+        i0 = v / (n1 * n2);
+        const int rem = v - i0 * (n1 * n2);
+        i1 = rem / n2;
+        i2 = rem - i1 * n2;
+        step0 = step / (n1 * n2);
+        const int srem = step - step0 * (n1 * n2);
+        step1 = srem / n2;
+        step2 = srem - step1 * n2;
     }
     __device__ __forceinline__ void advance() {
-        oj += sj;
-        if (oj >= OW) { oj -= OW; ++oi; }
-        oi += si;
-        if (oi >= OH) { oi -= OH; ++b; }
-        b += sb;
+        i2 += step2;
+        if (i2 >= n2) { i2 -= n2; ++i1; }
+        i1 += step1;
+        if (i1 >= n1) { i1 -= n1; ++i0; }
+        i0 += step0;
     }
 };
 
