@@ -2,10 +2,10 @@
 // activation gradient as it loads: dz = dy * act'(z) is never written to memory. With act = identity, dy is dz.
 //
 //   gpuconv_act_bwd               dz = dy * act'(z) alone, elementwise (the backend's activation_backward)
-//   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per group: rows =
-//                                 N*H*W input pixels, columns = Cg, reduction = KH*KW*Mg (k1, k2, m); a tap
-//                                 whose output position is off the stride grid or outside (OH, OW) reads 0, so
-//                                 pixels no output read get exactly 0
+//   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per (group, stride
+//                                 phase): rows = the phase's input pixels, columns = Cg, reduction = the
+//                                 phase's taps x Mg; taps reaching outside (OH, OW) read 0, and pixels no
+//                                 output read get exactly 0
 //   gpuconv_conv_bwd_input_direct dx, one thread per element, for few input channels per group (depthwise)
 //   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
 //                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
@@ -39,6 +39,32 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
         gpuconv_store(dz + i, gpuconv_load_dz(dy, y, i, act));
 }
 
+// Taps k in [0, KK) whose offset k * d is congruent to ph modulo the stride s: the taps through which pixels
+// of stride phase ph (pixel + padding = ph mod s) receive gradient. They are first, first + step, ... (count
+// of them), and for them (k * d - ph) / s = base + i * inc exactly.
+struct gpuconv_tap_phase {
+    int first, step, count, base, inc;
+
+    __device__ __forceinline__ void init(int KK, int d, int s, int ph) {
+        int a = d, b = s;  // gcd(d, s)
+        while (b != 0) {
+            const int r = a % b;
+            a = b;
+            b = r;
+        }
+        step = s / a;
+        first = -1;
+        for (int k = 0; k < step && k < KK; ++k)
+            if ((k * d) % s == ph) {
+                first = k;
+                break;
+            }
+        count = first < 0 ? 0 : (KK - 1 - first) / step + 1;
+        base = first < 0 ? 0 : (first * d - ph) / s;
+        inc = step * d / s;
+    }
+};
+
 template <typename T>
 __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
@@ -54,32 +80,44 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     int pt, int pl,              // top and left padding
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
+    // Stride-phase decomposition: blockIdx.z = g * s1 * s2 + phase. A block handles input pixels whose padded
+    // row and column (h + pt, w + pl) are (ph, pw) modulo the strides, and reduces only over the taps that
+    // reach them, so no work goes to taps off the stride grid. Phases that no tap reaches get dx = 0.
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // gathered dz tiles: As[buffer][k][pixel]
-    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // weight tiles: Bs[buffer][k][input channel]
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // dz tiles: [buffer][k][pixel]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // w tiles: [buffer][k][channel]
 
     const int Cg = C / G, Mg = M / G;
-    const int g = blockIdx.z;
-    const int P = N * H * W;          // GEMM rows: input pixels
-    const int K = KH * KW * Mg;       // reduction: taps x output channels of the group
+    const int S = s1 * s2;
+    const int g = blockIdx.z / S, phase = blockIdx.z - g * S;
+    const int ph = phase / s2, pw = phase - ph * s2;
+    const int h0 = ((ph - pt) % s1 + s1) % s1, w0 = ((pw - pl) % s2 + s2) % s2;  // first row / column of the phase
+    const int Hp = h0 < H ? (H - h0 + s1 - 1) / s1 : 0, Wp = w0 < W ? (W - w0 + s2 - 1) / s2 : 0;
+    const int P = N * Hp * Wp;  // GEMM rows: the phase's input pixels
     const int row0 = blockIdx.x * GPUCONV_BM;
+    if (row0 >= P) return;  // the whole block, before any barrier
+    const int qh0 = (h0 + pt - ph) / s1, qw0 = (w0 + pl - pw) / s2;  // (h + pt - ph) / s1 of the phase's first row
+    gpuconv_tap_phase t1, t2;
+    t1.init(KH, d1, s1, ph);
+    t2.init(KW, d2, s2, pw);
+    const int K = t1.count * t2.count * Mg;  // reduction: the phase's taps x output channels of the group
     const int col0 = blockIdx.y * GPUCONV_BN;
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
 
-    // Both loaders use reduction index k0 + t % BK (decoded once per step) and rows/columns t / BK + 16 i.
+    // Both loaders use reduction index k0 + t % BK and rows / columns t / BK + 16 i.
     const int ak = t % GPUCONV_BK;
-    int a_b[4], a_h[4], a_w[4];  // batch (-1: past the end), padded input row and column of the pixel
+    int a_b[4], a_qh[4], a_qw[4];  // batch (-1: past the end), (h + pt - ph) / s1, (w + pl - pw) / s2
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int row = row0 + t / GPUCONV_BK + 16 * i;
         a_b[i] = -1;
-        a_h[i] = a_w[i] = 0;
+        a_qh[i] = a_qw[i] = 0;
         if (row < P) {
-            const int b = row / (H * W), rem = row - b * (H * W);
-            const int ih = rem / W;
+            const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
+            const int hp = rem / Wp;
             a_b[i] = b;
-            a_h[i] = ih + pt;
-            a_w[i] = rem - ih * W + pl;
+            a_qh[i] = qh0 + hp;
+            a_qw[i] = qw0 + rem - hp * Wp;
         }
     }
 
@@ -89,60 +127,63 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
 
-    // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
-    Acc ra[4], rb[4];
-    gpuconv_walk3 kr;  // reduction index k0 + ak as digits (k1, k2, mm)
-    kr.init(ak, GPUCONV_BK, KW, Mg);
-    auto load = [&](int k0) {
-        const bool r_ok = k0 + ak < K;
-        const int k1 = kr.i0, k2 = kr.i1, mm = kr.i2;
-        kr.advance();
-        const int mg = g * Mg + mm;  // output channel of this reduction index
+    if (K > 0) {  // uniform over the block
+        // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
+        Acc ra[4], rb[4];
+        gpuconv_walk3 kr;  // reduction index k0 + ak as digits (tap row i1, tap column i2, mm)
+        kr.init(ak, GPUCONV_BK, t2.count, Mg);
+        auto load = [&](int k0) {
+            const bool r_ok = k0 + ak < K;
+            const int i1 = kr.i0, i2 = kr.i1, mm = kr.i2;
+            kr.advance();
+            const int k1 = t1.first + i1 * t1.step, k2 = t2.first + i2 * t2.step;
+            const int di = t1.base + i1 * t1.inc, dj = t2.base + i2 * t2.inc;  // oi = qh - di, oj = qw - dj
+            const int mg = g * Mg + mm;  // output channel of this reduction index
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            ra[i] = Acc(0);
-            const int th = a_h[i] - k1 * d1, tw = a_w[i] - k2 * d2;  // = oi * s1, oj * s2 when a tap reads it
-            if (r_ok && a_b[i] >= 0 && th >= 0 && tw >= 0) {
-                const int oi = s1 == 1 ? th : (int)((unsigned)th / (unsigned)s1);  // uniform branches
-                const int oj = s2 == 1 ? tw : (int)((unsigned)tw / (unsigned)s2);
-                if (oi * s1 == th && oj * s2 == tw && oi < OH && oj < OW)
+            for (int i = 0; i < 4; ++i) {
+                ra[i] = Acc(0);
+                const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
+                if (r_ok && a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
                     ra[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
             }
-        }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int col = col0 + t / GPUCONV_BK + 16 * j;
-            rb[j] = (r_ok && col < Cg) ? gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col) * M + mg]) : Acc(0);
-        }
-    };
-    auto stage = [&](int buf) {
+            for (int j = 0; j < 4; ++j) {
+                const int col = col0 + t / GPUCONV_BK + 16 * j;
+                rb[j] = (r_ok && col < Cg) ? gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col) * M + mg]) : Acc(0);
+            }
+        };
+        auto stage = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
+            for (int i = 0; i < 4; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
-    };
+            for (int j = 0; j < 4; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
+        };
 
-    load(0);
-    stage(0);
-    __syncthreads();
-    int buf = 0;
-    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
-        const bool more = k0 + GPUCONV_BK < K;
-        if (more) load(k0 + GPUCONV_BK);
-        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
-        if (more) stage(buf ^ 1);
+        load(0);
+        stage(0);
         __syncthreads();
-        buf ^= 1;
+        int buf = 0;
+        for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+            const bool more = k0 + GPUCONV_BK < K;
+            if (more) load(k0 + GPUCONV_BK);
+            gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+            if (more) stage(buf ^ 1);
+            __syncthreads();
+            buf ^= 1;
+        }
     }
 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         const int row = row0 + 4 * ty + i;
         if (row >= P) continue;
+        const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
+        const int hp = rem / Wp;
+        const int q = (b * H + h0 + hp * s1) * W + w0 + (rem - hp * Wp) * s2;  // input pixel
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int col = col0 + 4 * tx + j;
-            if (col < Cg) gpuconv_store(dx + (gpuconv_i64)row * C + g * Cg + col, acc[i][j]);
+            if (col < Cg) gpuconv_store(dx + (gpuconv_i64)q * C + g * Cg + col, acc[i][j]);
         }
     }
 }

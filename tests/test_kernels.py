@@ -32,6 +32,11 @@ CASES = [
     ("gemm-groups", (1, 8, 8, 32), (3, 3, 16, 32), {"groups": 2, "padding": 1}, "identity"),
     ("gemm-multitile", (1, 9, 10, 70), (1, 2, 70, 66), {"padding": ((0, 1), (1, 0))}, "relu"),
     ("gemm-split", (4, 12, 12, 16), (3, 3, 16, 16), {"padding": 1}, "identity"),
+    # stride 2 with dilation 2: the odd stride phases of dx get no tap at all (exactly 0 there)
+    ("gemm-dx-empty-phases", (1, 9, 10, 16), (3, 3, 16, 16),
+     {"stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))}, "relu"),
+    ("gemm-dx-stride3", (2, 11, 8, 32), (4, 2, 16, 32),
+     {"groups": 2, "stride": (3, 2), "padding": ((0, 2), (1, 1))}, "sigmoid"),
     ("direct-stride-asym", (2, 7, 9, 4), (3, 3, 4, 6), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)},
      "relu"),
     ("depthwise", (2, 8, 8, 6), (3, 3, 1, 6), {"groups": 6, "padding": 1, "stride": 2}, "sigmoid"),

@@ -64,7 +64,7 @@ def check_limits(backend: str, cfg) -> None:
                 "int32; split the batch (or the image) into smaller calls, or use backend='numpy'"
             )
     grids = {
-        "groups": cfg.groups,
+        "groups * s1 * s2": cfg.groups * cfg.s1 * cfg.s2,
         "groups * ceil(M/G / 64)": cfg.groups * _cdiv(cfg.mg, BN),
         "ceil(M / 32)": _cdiv(cfg.m, 32),
         "ceil(C / 32)": _cdiv(cfg.c, 32),
@@ -194,7 +194,9 @@ class CudaBackend:
             grid, block = (_cdiv(q, by), _cdiv(cfg.c, bx), 1), (bx, by, 1)
         else:
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input", dy.dtype)
-            grid, block = (_cdiv(q, BM), _cdiv(cfg.cg, BN), cfg.groups), (THREADS, 1, 1)
+            phase_pixels = cfg.n * _cdiv(cfg.h, cfg.s1) * _cdiv(cfg.w, cfg.s2)  # the largest stride phase
+            grid = (_cdiv(phase_pixels, BM), _cdiv(cfg.cg, BN), cfg.groups * cfg.s1 * cfg.s2)
+            block = (THREADS, 1, 1)
         kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), np.int32(ACTIVATION_CODES[activation])))
         return dx
 
