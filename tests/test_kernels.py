@@ -257,3 +257,17 @@ def test_public_api_on_the_backend(be):
     _close("dx", g.dx, REF.backward_input(dz, d["w"], cfg), np.float64)
     _close("dw", g.dw, REF.backward_weight(dz, d["x"], cfg), np.float64)
     _close("db", g.db, REF.backward_bias(dz), np.float64)
+
+
+def test_dw_respects_workspace_limit(be):
+    from gpuconv._config import get_workspace_limit, set_workspace_limit
+
+    case = next(c for c in CASES if c[0] == "gemm-split")
+    cfg, act, d = _data(case, np.float64)
+    want = REF.backward_weight(d["dy"], d["x"], cfg)
+    old = get_workspace_limit()
+    try:
+        set_workspace_limit(1)  # one split: the partial sums of one pass only
+        _close("dw, one split", be.backward_weight(_dev(be, d["dy"]), _dev(be, d["x"]), cfg), want, np.float64)
+    finally:
+        set_workspace_limit(old)

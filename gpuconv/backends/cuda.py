@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._config import get_workspace_limit
+
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2}  # GPUCONV_ACT_* in kernels/gpuconv_common.cuh
 
 # Tile sizes, the same as the GPUCONV_* macros of kernels/gpuconv_common.cuh.
@@ -29,7 +31,7 @@ SMALL_CHANNELS = 16
 # The reductions (dw, db) aim at about this many blocks (two per SM of a 132-SM H100). A constant, never a
 # property of the device, so that the split and therefore the result are the same on every machine.
 TARGET_BLOCKS = 264
-WORKSPACE_BYTES = 64 * 2**20  # cap of the dw partial sums
+WORKSPACE_BYTES = 64 * 2**20  # cap of the dw partial sums (also capped by gpuconv.set_workspace_limit)
 INDEX_LIMIT = 2**30  # pixel and weight counts must be below this (int32 indices with headroom)
 MAX_GRID_YZ = 65535
 
@@ -215,7 +217,7 @@ class CudaBackend:
             grid, block = (_cdiv(e, 32), splits, 1), (32, 8, 1)
         else:
             tiles = _cdiv(k, BM) * _cdiv(cfg.mg, BN) * cfg.groups
-            cap = max(1, WORKSPACE_BYTES // (e * acc.itemsize))
+            cap = max(1, min(WORKSPACE_BYTES, get_workspace_limit()) // (e * acc.itemsize))
             splits, chunk = _splits(p, 4 * BK, tiles, cap)
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_weight", dy.dtype)
             grid, block = (_cdiv(k, BM), _cdiv(cfg.mg, BN) * cfg.groups, splits), (THREADS, 1, 1)
