@@ -263,7 +263,7 @@ def test_dw_respects_workspace_limit(be):
     from gpuconv._config import get_workspace_limit, set_workspace_limit
 
     case = next(c for c in CASES if c[0] == "gemm-split")
-    cfg, act, d = _data(case, np.float64)
+    cfg, _, d = _data(case, np.float64)
     want = REF.backward_weight(d["dy"], d["x"], cfg)
     old = get_workspace_limit()
     try:
