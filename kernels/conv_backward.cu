@@ -2,11 +2,12 @@
 // activation gradient as it loads: dz = dy * act'(z) is never written to memory. With act = identity, dy is dz.
 //
 //   gpuconv_act_bwd               dz = dy * act'(z) alone, elementwise (the backend's activation_backward)
-//   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per (group, stride
-//                                 phase): rows = the phase's input pixels, columns = Cg, reduction = the
-//                                 phase's taps x Mg; taps reaching outside (OH, OW) read 0, and pixels no
-//                                 output read get exactly 0
-//   gpuconv_conv_bwd_input_direct dx, one thread per element, for few input channels per group (depthwise)
+//   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per group and
+//                                 stride phase (one launch per phase): rows = the phase's input pixels,
+//                                 columns = Cg, reduction = the phase's taps x Mg; taps reaching outside
+//                                 (OH, OW) read 0, and pixels no output read get exactly 0
+//   gpuconv_conv_bwd_input_direct dx, one thread per element, grouped by stride phase, for few input channels
+//                                 per group (depthwise)
 //   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
 //                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
 //   gpuconv_conv_bwd_weight_small dw partial sums, a thread per (weight element, pixel phase, split), the 8
@@ -39,68 +40,40 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
         gpuconv_store(dz + i, gpuconv_load_dz(dy, y, i, act));
 }
 
-// Taps k in [0, KK) whose offset k * d is congruent to ph modulo the stride s: the taps through which pixels
-// of stride phase ph (pixel + padding = ph mod s) receive gradient. They are first, first + step, ... (count
-// of them), and for them (k * d - ph) / s = base + i * inc exactly.
-struct gpuconv_tap_phase {
-    int first, step, count, base, inc;
-
-    __device__ __forceinline__ void init(int KK, int d, int s, int ph) {
-        int a = d, b = s;  // gcd(d, s)
-        while (b != 0) {
-            const int r = a % b;
-            a = b;
-            b = r;
-        }
-        step = s / a;
-        first = -1;
-        for (int k = 0; k < step && k < KK; ++k)
-            if ((k * d) % s == ph) {
-                first = k;
-                break;
-            }
-        count = first < 0 ? 0 : (KK - 1 - first) / step + 1;
-        base = first < 0 ? 0 : (first * d - ph) / s;
-        inc = step * d / s;
-    }
-};
-
 template <typename T>
 __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
-    T* __restrict__ dx,        // written: input gradient (N, H, W, C)
+    T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
     int N, int H, int W, int C,  // input shape
     int KH, int KW, int M,       // kernel height, width, output channels
     int G,                       // groups
     int OH, int OW,              // output height, width
     int s1, int s2,              // strides
-    int d1, int d2,              // dilations
-    int pt, int pl,              // top and left padding
+    int d1, int d2,              // dilations (unused: the phase's taps below already hold them)
+    int pt, int pl,              // top and left padding (likewise)
+    int h0, int Hp, int qh0,     // the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
+    int w0, int Wp, int qw0,     // the phase's columns, the same way
+    int k1f, int k1s, int T1,    // the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1 ...
+    int k1b, int k1i,            // ... reaching output row oi = qh - (k1b + k1i * i1) from input row qh
+    int k2f, int k2s, int T2,    // the phase's tap columns, the same way
+    int k2b, int k2i,
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
-    // Stride-phase decomposition: blockIdx.z = g * s1 * s2 + phase. A block handles input pixels whose padded
-    // row and column (h + pt, w + pl) are (ph, pw) modulo the strides, and reduces only over the taps that
-    // reach them, so no work goes to taps off the stride grid. Phases that no tap reaches get dx = 0.
+    // One launch per stride phase (ph, pw): the input pixels whose padded row and column (h + pt, w + pl) are
+    // (ph, pw) modulo the strides. The launch wrapper lists the taps that reach them, so the reduction runs
+    // over those taps only and no work goes to taps off the stride grid; a phase no tap reaches gets dx = 0.
+    // blockIdx.z = group.
     typedef typename gpuconv_acc<T>::type Acc;
     __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // dz tiles: [buffer][k][pixel]
     __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // w tiles: [buffer][k][channel]
 
     const int Cg = C / G, Mg = M / G;
-    const int S = s1 * s2;
-    const int g = blockIdx.z / S, phase = blockIdx.z - g * S;
-    const int ph = phase / s2, pw = phase - ph * s2;
-    const int h0 = ((ph - pt) % s1 + s1) % s1, w0 = ((pw - pl) % s2 + s2) % s2;  // first row / column of the phase
-    const int Hp = h0 < H ? (H - h0 + s1 - 1) / s1 : 0, Wp = w0 < W ? (W - w0 + s2 - 1) / s2 : 0;
-    const int P = N * Hp * Wp;  // GEMM rows: the phase's input pixels
+    const int g = blockIdx.z;
+    const int P = N * Hp * Wp;       // GEMM rows: the phase's input pixels
+    const int K = T1 * T2 * Mg;      // reduction: the phase's taps x output channels of the group
     const int row0 = blockIdx.x * GPUCONV_BM;
-    if (row0 >= P) return;  // the whole block, before any barrier
-    const int qh0 = (h0 + pt - ph) / s1, qw0 = (w0 + pl - pw) / s2;  // (h + pt - ph) / s1 of the phase's first row
-    gpuconv_tap_phase t1, t2;
-    t1.init(KH, d1, s1, ph);
-    t2.init(KW, d2, s2, pw);
-    const int K = t1.count * t2.count * Mg;  // reduction: the phase's taps x output channels of the group
     const int col0 = blockIdx.y * GPUCONV_BN;
     const int t = threadIdx.x, tx = t % 16, ty = t / 16;
 
@@ -131,13 +104,13 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
         // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
         Acc ra[4], rb[4];
         gpuconv_walk3 kr;  // reduction index k0 + ak as digits (tap row i1, tap column i2, mm)
-        kr.init(ak, GPUCONV_BK, t2.count, Mg);
+        kr.init(ak, GPUCONV_BK, T2, Mg);
         auto load = [&](int k0) {
             const bool r_ok = k0 + ak < K;
             const int i1 = kr.i0, i2 = kr.i1, mm = kr.i2;
             kr.advance();
-            const int k1 = t1.first + i1 * t1.step, k2 = t2.first + i2 * t2.step;
-            const int di = t1.base + i1 * t1.inc, dj = t2.base + i2 * t2.inc;  // oi = qh - di, oj = qw - dj
+            const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k2s;
+            const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // oi = qh - di, oj = qw - dj
             const int mg = g * Mg + mm;  // output channel of this reduction index
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -188,58 +161,60 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     }
 }
 
+// __launch_bounds__ with 4 blocks per SM: with no minimum, ptxas 12.9 squeezed this kernel into 32 registers
+// with a few bytes of spills on some architectures.
 template <typename T>
-__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input_direct(
+__global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_direct(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
-    T* __restrict__ dx,        // written: input gradient (N, H, W, C)
+    T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
     int N, int H, int W, int C,  // input shape
     int KH, int KW, int M,       // kernel height, width, output channels
     int G,                       // groups
     int OH, int OW,              // output height, width
     int s1, int s2,              // strides
-    int d1, int d2,              // dilations
-    int pt, int pl,              // top and left padding
-    int act)                     // GPUCONV_ACT_* of the forward pass
+    int d1, int d2,              // dilations (unused: the phase's taps below already hold them)
+    int pt, int pl,              // top and left padding (likewise)
+    int h0, int Hp, int qh0,     // the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
+    int w0, int Wp, int qw0,     // the phase's columns, the same way
+    int k1f, int k1s, int T1,    // the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1 ...
+    int k1b, int k1i,            // ... reaching output row oi = qh - (k1b + k1i * i1) from input row qh
+    int k2f, int k2s, int T2,    // the phase's tap columns, the same way
+    int k2b, int k2i,
+    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
+    // One launch per stride phase, as gpuconv_conv_bwd_input: every thread loops over the same taps (no
+    // divergence, no test of each tap against the stride grid). Block (bx, by), bx * by = GPUCONV_THREADS:
+    // threadIdx.x walks input channels, threadIdx.y the phase's pixels.
     typedef typename gpuconv_acc<T>::type Acc;
-    // Block (bx, by), bx * by = GPUCONV_THREADS: threadIdx.x walks input channels, threadIdx.y pixels.
     const int c = blockIdx.y * blockDim.x + threadIdx.x;  // input channel
-    const int q = blockIdx.x * blockDim.y + threadIdx.y;  // input pixel
-    if (c >= C || q >= N * H * W) return;
-    const int Cg = C / G, Mg = M / G;
-    const gpuconv_i64 e = (gpuconv_i64)q * C + c;
+    const int q = blockIdx.x * blockDim.y + threadIdx.y;  // pixel of the phase
+    if (c >= C || q >= N * Hp * Wp) return;
+    const int Cg = (unsigned)C / G, Mg = (unsigned)M / G;
     const int g = (unsigned)c / Cg, n = c - g * Cg;
-    const int b = (unsigned)q / (H * W), rem = q - b * (H * W);
-    const int ih = (unsigned)rem / W, iw = rem - ih * W;
-    // Output row read by tap k1: th = ih + pt - k1 * d1 = oi * s1 + ri (0 <= ri < s1), stepped without
-    // divisions (a division in the loops makes ptxas spill); the tap reads dz only when ri == 0.
-    const int q1 = (unsigned)d1 / s1, r1 = d1 - q1 * s1, q2 = (unsigned)d2 / s2, r2 = d2 - q2 * s2;
-    const int th0 = ih + pt, tw0 = iw + pl;
-    const int oi0 = (unsigned)th0 / s1, ri0 = th0 - oi0 * s1, oj0 = (unsigned)tw0 / s2, rj0 = tw0 - oj0 * s2;
+    const int b = (unsigned)q / (Hp * Wp), rem = q - b * (Hp * Wp);
+    const int hp = (unsigned)rem / Wp, wp = rem - hp * Wp;
+    const int qh = qh0 + hp, qw = qw0 + wp;  // output row / column reached through a tap of offset 0
     Acc v = Acc(0);
-    int oi = oi0, ri = ri0;
-    for (int k1 = 0; k1 < KH && oi >= 0; ++k1) {
-        if (ri == 0 && oi < OH) {
-            int oj = oj0, rj = rj0;
-            for (int k2 = 0; k2 < KW && oj >= 0; ++k2) {
-                if (rj == 0 && oj < OW) {
-                    const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
-                    const T* wp = w + ((k1 * KW + k2) * Cg + n) * M + g * Mg;
+    for (int i1 = 0; i1 < T1; ++i1) {
+        const int oi = qh - k1b - i1 * k1i;
+        if (oi < 0) break;  // oi only decreases
+        if (oi >= OH) continue;
+        const int k1 = k1f + i1 * k1s;
+        for (int i2 = 0; i2 < T2; ++i2) {
+            const int oj = qw - k2b - i2 * k2i;
+            if (oj < 0) break;
+            if (oj >= OW) continue;
+            const int k2 = k2f + i2 * k2s;
+            const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
+            const T* wk = w + ((k1 * KW + k2) * Cg + n) * M + g * Mg;
 #pragma unroll 1
-                    for (int mm = 0; mm < Mg; ++mm) v += gpuconv_load_dz(dy, y, o + mm, act) * gpuconv_to_acc(wp[mm]);
-                }
-                oj -= q2;
-                rj -= r2;
-                if (rj < 0) { rj += s2; --oj; }
-            }
+            for (int mm = 0; mm < Mg; ++mm) v += gpuconv_load_dz(dy, y, o + mm, act) * gpuconv_to_acc(wk[mm]);
         }
-        oi -= q1;
-        ri -= r1;
-        if (ri < 0) { ri += s1; --oi; }
     }
-    gpuconv_store(dx + e, v);
+    const int pixel = (b * H + h0 + hp * s1) * W + w0 + wp * s2;
+    gpuconv_store(dx + (gpuconv_i64)pixel * C + c, v);
 }
 
 template <typename T>

@@ -271,3 +271,37 @@ def test_dw_respects_workspace_limit(be):
         _close("dw, one split", be.backward_weight(_dev(be, d["dy"]), _dev(be, d["x"]), cfg), want, np.float64)
     finally:
         set_workspace_limit(old)
+
+
+@pytest.mark.parametrize("opts", [
+    {"stride": 1},
+    {"stride": 2, "padding": 1},
+    {"stride": (3, 2), "dilation": (2, 3), "padding": ((4, 0), (1, 5))},
+    {"stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))},
+    {"stride": 4, "padding": 0},
+])
+def test_stride_phases_cover_every_pixel_and_tap_once(opts):
+    """The dx launch plan (host side, no kernel): every input pixel is in exactly one phase, and the taps listed
+    for it are exactly the taps through which some output position reads it."""
+    cfg = make_config("test", (1, 11, 13, 1), (4, 3, 1, 1), **opts)
+    seen = {}
+    for h0, hp_n, qh0, w0, wp_n, qw0, k1f, k1s, t1, k1b, k1i, k2f, k2s, t2, k2b, k2i in cuda_backend.stride_phases(cfg):
+        for hp in range(hp_n):
+            for wp in range(wp_n):
+                h, w = h0 + hp * cfg.s1, w0 + wp * cfg.s2
+                assert (h, w) not in seen
+                listed = set()
+                for i1 in range(t1):
+                    for i2 in range(t2):
+                        k1, k2 = k1f + i1 * k1s, k2f + i2 * k2s
+                        oi, oj = qh0 + hp - (k1b + i1 * k1i), qw0 + wp - (k2b + i2 * k2i)
+                        assert oi * cfg.s1 + k1 * cfg.d1 - cfg.pt == h and oj * cfg.s2 + k2 * cfg.d2 - cfg.pl == w
+                        if 0 <= oi < cfg.oh and 0 <= oj < cfg.ow:
+                            listed.add((k1, k2, oi, oj))
+                seen[(h, w)] = listed
+    assert set(seen) == {(h, w) for h in range(cfg.h) for w in range(cfg.w)}
+    for (h, w), listed in seen.items():  # brute force: every (tap, output) that reads pixel (h, w)
+        want = {(k1, k2, oi, oj) for k1 in range(cfg.kh) for k2 in range(cfg.kw) for oi in range(cfg.oh)
+                for oj in range(cfg.ow) if oi * cfg.s1 + k1 * cfg.d1 - cfg.pt == h
+                and oj * cfg.s2 + k2 * cfg.d2 - cfg.pl == w}
+        assert listed == want, (h, w)

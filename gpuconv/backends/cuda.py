@@ -17,6 +17,8 @@ the N*OH*OW pixels go to a workspace, and a second kernel adds the splits in ord
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._config import get_workspace_limit
@@ -66,7 +68,7 @@ def check_limits(backend: str, cfg) -> None:
                 "int32; split the batch (or the image) into smaller calls, or use backend='numpy'"
             )
     grids = {
-        "groups * s1 * s2": cfg.groups * cfg.s1 * cfg.s2,
+        "groups": cfg.groups,
         "groups * ceil(M/G / 64)": cfg.groups * _cdiv(cfg.mg, BN),
         "ceil(M / 32)": _cdiv(cfg.m, 32),
         "ceil(C / 32)": _cdiv(cfg.c, 32),
@@ -90,6 +92,35 @@ def _dims(cfg) -> tuple:
         for v in (cfg.n, cfg.h, cfg.w, cfg.c, cfg.kh, cfg.kw, cfg.m, cfg.groups, cfg.oh, cfg.ow,
                   cfg.s1, cfg.s2, cfg.d1, cfg.d2, cfg.pt, cfg.pl)
     )
+
+
+def stride_phases(cfg) -> list:
+    """The stride phases of dx that hold pixels, each as the 16 ints the dx kernels take:
+    (h0, Hp, qh0, w0, Wp, qw0, k1f, k1s, T1, k1b, k1i, k2f, k2s, T2, k2b, k2i).
+
+    Phase (ph, pw) holds the input pixels with (h + pt, w + pl) = (ph, pw) modulo (s1, s2): rows h0 + s1 * hp for
+    hp < Hp, and (h0 + pt - ph) / s1 = qh0. Only the taps k1 with k1 * d1 = ph modulo s1 reach them: k1 = k1f +
+    k1s * i1 for i1 < T1, reaching output row oi = qh0 + hp - (k1b + k1i * i1). Columns likewise.
+    """
+    def rows(extent, pad, s, ph):
+        first = (ph - pad) % s
+        return first, max(0, _cdiv(extent - first, s)), (first + pad - ph) // s
+
+    def taps(kk, d, s, ph):
+        ks = [k for k in range(kk) if k * d % s == ph]
+        if not ks:
+            return 0, 1, 0, 0, 0
+        step = s // math.gcd(d, s)
+        return ks[0], step, len(ks), (ks[0] * d - ph) // s, step * d // s
+
+    out = []
+    for ph in range(cfg.s1):
+        rh = rows(cfg.h, cfg.pt, cfg.s1, ph)
+        for pw in range(cfg.s2):
+            rw = rows(cfg.w, cfg.pl, cfg.s2, pw)
+            if rh[1] and rw[1]:
+                out.append((*rh, *rw, *taps(cfg.kh, cfg.d1, cfg.s1, ph), *taps(cfg.kw, cfg.d2, cfg.s2, pw)))
+    return out
 
 
 def _direct_block(channels: int) -> tuple:
@@ -185,21 +216,22 @@ class CudaBackend:
         return dx, dw, db
 
     def backward_input_fused(self, dy, y, w, cfg, activation):
-        """dx from dy (and the saved output y unless activation is identity)."""
+        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase."""
         check_limits(self.name, cfg)
         dy, y, w = _contiguous(self.xp, dy, y, w)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
-        q = cfg.n * cfg.h * cfg.w
-        if cfg.cg < SMALL_CHANNELS:
-            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype)
-            bx, by = _direct_block(cfg.c)
-            grid, block = (_cdiv(q, by), _cdiv(cfg.c, bx), 1), (bx, by, 1)
-        else:
-            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input", dy.dtype)
-            phase_pixels = cfg.n * _cdiv(cfg.h, cfg.s1) * _cdiv(cfg.w, cfg.s2)  # the largest stride phase
-            grid = (_cdiv(phase_pixels, BM), _cdiv(cfg.cg, BN), cfg.groups * cfg.s1 * cfg.s2)
-            block = (THREADS, 1, 1)
-        kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), np.int32(ACTIVATION_CODES[activation])))
+        direct = cfg.cg < SMALL_CHANNELS
+        name = "gpuconv_conv_bwd_input_direct" if direct else "gpuconv_conv_bwd_input"
+        kernel = self._kernel(BACKWARD_FILE, name, dy.dtype)
+        for phase in stride_phases(cfg):
+            pixels = cfg.n * phase[1] * phase[4]  # N * Hp * Wp
+            if direct:
+                bx, by = _direct_block(cfg.c)
+                grid, block = (_cdiv(pixels, by), _cdiv(cfg.c, bx), 1), (bx, by, 1)
+            else:
+                grid, block = (_cdiv(pixels, BM), _cdiv(cfg.cg, BN), cfg.groups), (THREADS, 1, 1)
+            kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), *(np.int32(v) for v in phase),
+                                 np.int32(ACTIVATION_CODES[activation])))
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation):
