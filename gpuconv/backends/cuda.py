@@ -2,8 +2,9 @@
 
 A ``CudaBackend`` is given a module kind ("cupy": cupy.RawModule on a GPU, "emulator": gpuconv's CPU emulator)
 and the array module its arrays live in (cupy or numpy). It never knows which one runs the kernels: it gets
-kernels from ``gpuconv.cuda.modules.get_module(kind, file, name_expressions=...)`` and launches them with
-``kernel(grid, block, args)``, allocating with ``self.xp``.
+kernels from ``gpuconv.cuda.modules.get_module(kind, file)`` (each .cu file registers its template
+instantiations, every dtype in one module) and launches them with ``kernel(grid, block, args)``, allocating with
+``self.xp``.
 
 Each wrapper does four things in order: allocate the output, compute the grid, launch, return. Contiguity and
 the typed scalars (np.int32 / np.int64, never Python ints) are handled once, in ``_contiguous`` and ``_dims``.
@@ -12,8 +13,12 @@ Limits: pixel counts (N*H*W, N*OH*OW) and the weight count (KH*KW*C/G*M) must be
 kernels index pixels and weights in int32; element offsets (pixel * channels) are 64-bit, so x, y, dx may hold
 far more than 2**31 elements. Larger problems are refused with a ValueError before anything is allocated.
 
-Gradients of the weights and the bias are deterministic: partial sums over a fixed, shape-dependent split of
-the N*OH*OW pixels go to a workspace, and a second kernel adds the splits in order. No float atomics.
+Gradients of the weights and the bias are deterministic: partial sums over a fixed split of the N*OH*OW pixels
+go to a workspace, and a second kernel adds the splits in order. No float atomics. The split depends on the
+shape only (and, for dw, on ``gpuconv.set_workspace_limit`` when that is below 64 MiB), never on the device.
+
+Paths: few channels per group (< SMALL_CHANNELS, e.g. depthwise) take direct kernels, the rest tiled implicit
+GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``stride_phases``).
 """
 from __future__ import annotations
 
