@@ -45,7 +45,7 @@ CASES = [
     ("stride-skips-pixels", (1, 7, 7, 3), (1, 1, 3, 17), {"stride": 3}, "identity"),
     ("small-split", (2, 32, 32, 2), (3, 3, 1, 2), {"groups": 2, "padding": 1}, "identity"),
 ]
-DTYPE_CASES = ["gemm-relu-pad1", "gemm-groups", "direct-stride-asym", "depthwise"]
+DTYPE_CASES = ["gemm-relu-pad1", "gemm-stride-asym-dil", "gemm-groups", "direct-stride-asym", "depthwise"]
 
 
 @pytest.fixture(scope="module")
