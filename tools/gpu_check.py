@@ -88,6 +88,13 @@ class _HostXp:
                 pass
 
 
+def _bench_shapes(be):
+    """BENCH_SHAPES, or on the emulator (a dry run) the same layers with batch 1 and a quarter of the image."""
+    if be.kind == "cupy":
+        return BENCH_SHAPES
+    return [(1, max(h // 4, kh), max(w // 4, kw), c, m, kh, kw, s, p) for n, h, w, c, m, kh, kw, s, p in BENCH_SHAPES]
+
+
 def _cupy_backend():
     """The cupy backend (GPU_CHECK_BACKEND=emulator runs the same checks on the CPU emulator, as a dry run)."""
     from gpuconv._dispatch import load_backend
@@ -169,7 +176,7 @@ def determinism(repeats: int = 5):
     be = _cupy_backend()
     cp = be.xp_tools
     failures = 0
-    for n, h, w_, c, m, kh, kw, s, p in BENCH_SHAPES:
+    for n, h, w_, c, m, kh, kw, s, p in _bench_shapes(be):
         cfg = make_config("gpu_check", (n, h, w_, c), (kh, kw, c, m), stride=s, padding=p)
         rng = np.random.default_rng(0)
         x = cp.asarray(rng.uniform(-1, 1, cfg.x_shape).astype(np.float32))
@@ -281,7 +288,7 @@ def bench():
     cp = be.xp_tools
     torch = _torch()
     print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'cuDNN fp32':>10s} {'cuDNN tf32':>10s} {'ratio':>6s}")
-    for n, h, w, c, m, kh, kw, s, p in BENCH_SHAPES:
+    for n, h, w, c, m, kh, kw, s, p in _bench_shapes(be):
         cfg = make_config("bench", (n, h, w, c), (kh, kw, c, m), stride=s, padding=p)
         ours = _bench_gpuconv(be, cp, cfg)
         fp32 = _bench_cudnn(torch, cfg, False) if torch else (None, None)
