@@ -39,7 +39,7 @@ def run_script(code, env_extra=None, timeout=120):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
@@ -127,6 +127,21 @@ def test_warp_shuffles_and_votes(schedule):
     np.testing.assert_array_equal(any_all[1::2], np.repeat((w > 0).all(axis=1), 32))
 
 
+@pytest.mark.parametrize("n", [64, 50])
+def test_block_votes_and_partial_warp_shuffle(schedule, n):
+    x = np.random.default_rng(6).integers(-3, 10, 64).astype(np.int32)
+    out = np.zeros(3, np.int32)
+    half = np.zeros(64, np.int32)
+    module("warp_ops.cu").get_function("block_votes")((1,), (64,), (x, out, half, np.int32(n)))
+    p = x[:n] > 0
+    assert out.tolist() == [p.sum(), p.all(), p.any()]
+    i = np.arange(n)
+    lower = (i & 31) < 16
+    src = np.where((i & 15) < 15, i + 1, i)
+    np.testing.assert_array_equal(half[:n][lower], x[src][lower])
+    np.testing.assert_array_equal(half[:n][~lower], -x[:n][~lower])
+
+
 def test_atomics_from_many_blocks(schedule):
     n, bins = 20000, 7
     x = np.random.default_rng(5).integers(0, bins, n).astype(np.int32)
@@ -187,6 +202,40 @@ def test_schedule_from_environment():
     """, {"GPUCONV_EMULATOR_SCHEDULE": "shuffle"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "shuffle"
+
+
+def test_builtins_match_numpy(schedule):
+    n = 100
+    x = np.linspace(0.05, 3.95, n).astype(np.float32)
+    f = np.zeros(16 * n, np.float32)
+    k = np.zeros(8 * n, np.int32)
+    d = np.zeros(2 * n, np.float64)
+    h = np.zeros(2 * n, np.float16)
+    total = np.zeros(1, np.uint64)
+    module("builtins.cu").get_function("builtins")((2,), (64,), (x, f, k, d, h, total, np.int32(n)))
+    f, k, d, h = f.reshape(n, 16), k.reshape(n, 8), d.reshape(n, 2), h.reshape(n, 2)
+    x64 = x.astype(np.float64)
+    expected = [np.exp(x64), np.log(x64), np.sqrt(x64), 1 / np.sqrt(x64), np.exp(x64), x64 / 3, x64 * 2 + 1,
+                np.maximum(x64, 2) + np.minimum(x64, 1), np.tanh(x64 - 2), np.abs(x64 - 2),
+                np.maximum(x64, 2.5) - np.minimum(x64, 0.5), np.clip(x64 - 1.5, 0, 1), x64, x64 * x64,
+                3 * x64 + 7, x.astype(np.float16).astype(np.float64)]
+    for j, e in enumerate(expected):
+        np.testing.assert_allclose(f[:, j], e, rtol=2e-6, atol=1e-6, err_msg=f"float result {j}")
+    i = np.arange(n)
+    u = (i.astype(np.uint64) * 2654435761) % 2**32
+    assert (k[:, 0] == [bin(int(v)).count("1") for v in u]).all()
+    assert (k[:, 1] == [32 - int(v | 1).bit_length() for v in u]).all()
+    assert (k[:, 2] == [(int(v) & -int(v)).bit_length() for v in i]).all()
+    assert (k[:, 3].view(np.uint32) == [int(f"{v:032b}"[::-1], 2) for v in i]).all()
+    assert (k[:, 4] == np.minimum(i, 7) + np.maximum(i, 3)).all()
+    assert (k[:, 5] == 32).all() and (k[:, 7] == 64).all()
+    assert (k[:, 6] == np.rint(x * np.float32(10))).all()
+    np.testing.assert_allclose(d[:, 0], np.exp(x64), rtol=1e-15)
+    np.testing.assert_allclose(d[:, 1], np.sqrt(x64) + np.maximum(x64, 1), rtol=1e-15)
+    half = (x.astype(np.float16) * np.float16(0.5)) + np.float16(0.5)
+    np.testing.assert_array_equal(h[:, 0], half)
+    np.testing.assert_array_equal(h[:, 1], half)
+    assert total[0] == i.sum()
 
 
 # ---- launch checks ---------------------------------------------------------------------------------------
@@ -252,6 +301,14 @@ def test_trap_is_reported():
     assert (c == 2).all()
 
 
+def test_failed_assert_is_reported():
+    from gpuconv.cuda.emulator import EmulatorError
+
+    out = np.zeros(4, np.float32)
+    with pytest.raises(EmulatorError, match=r"assert_odd.*thread \([13],0,0\).*assert\(threadIdx.x % 2 == 0\) failed"):
+        module("faults.cu").get_function("assert_odd")((1,), (4,), (out,))
+
+
 @pytest.mark.skipif(bool(SANITIZE), reason="under ASan, AddressSanitizer reports the fault itself")
 def test_crash_names_the_kernel_and_launch():
     proc = run_script(f"""
@@ -278,9 +335,25 @@ def test_stack_overflow_is_named():
     assert "kernel 'stack_hog' in launch" in proc.stderr and "stack overflow" in proc.stderr, proc.stderr
 
 
+def test_spin_wait_hits_the_watchdog():
+    proc = run_script(f"""
+        import numpy as np
+        from gpuconv.cuda.modules import get_module
+        m = get_module("emulator", {str(KERNELS / 'faults.cu')!r})
+        m.get_function("spin_wait")((1,), (2,), (np.zeros(1, np.int32),))
+        print("survived")
+    """, {"GPUCONV_EMULATOR_TIMEOUT": "1", "GPUCONV_EMULATOR_SCHEDULE": "forward"})
+    assert proc.returncode == 124 and "survived" not in proc.stdout, (proc.returncode, proc.stderr)
+    assert "kernel 'spin_wait' (grid=(1,1,1) block=(2,1,1) shared_mem=0) still runs after 1 s" in proc.stderr
+
+
 def _libasan():
+    from gpuconv.cuda.emulator._compile import compiler
+
+    cxx, _ = compiler()
     try:
-        out = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([cxx, "-print-file-name=libasan.so"], check=False, capture_output=True, text=True,
+                             timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     path = out.stdout.strip()
@@ -290,7 +363,7 @@ def _libasan():
 def test_out_of_bounds_read_is_caught_under_asan():
     libasan = _libasan()
     if libasan is None:
-        pytest.skip("libasan not found (g++ -print-file-name=libasan.so)")
+        pytest.skip("libasan not found (<compiler> -print-file-name=libasan.so gives no file)")
     proc = run_script(f"""
         import numpy as np
         from gpuconv.cuda.modules import get_module
@@ -305,3 +378,97 @@ def test_out_of_bounds_read_is_caught_under_asan():
     assert "read_past_end" in proc.stderr
     assert "AddressSanitizer stopped kernel 'read_past_end' in launch grid=(1,1,1) block=(128,1,1)" in proc.stderr
     assert proc.returncode != 0 and "survived" not in proc.stdout
+
+
+# ---- module interface -------------------------------------------------------------------------------------
+def test_no_compiler_means_unavailable_not_broken():
+    proc = run_script("""
+        import numpy as np
+        import gpuconv
+        from gpuconv.cuda.modules import emulator_unavailable_reason, get_module
+        from gpuconv._dispatch import BackendUnavailable
+        reason = emulator_unavailable_reason()
+        assert reason and "no C++ compiler" in reason, reason
+        try:
+            get_module("emulator", "%s")
+        except BackendUnavailable as exc:
+            print("unavailable:", exc)
+        x = np.ones((1, 5, 5, 2), np.float32); w = np.ones((3, 3, 2, 4), np.float32)
+        print(gpuconv.conv2d(x, w).shape)
+    """ % (KERNELS / "vector_add.cu"), {"GPUCONV_CXX": "no-such-compiler-gpuconv"})
+    assert proc.returncode == 0, proc.stderr
+    assert "unavailable: the CUDA emulator is unavailable: no C++ compiler" in proc.stdout
+    assert "(1, 3, 3, 4)" in proc.stdout
+
+
+def test_import_compiles_nothing(tmp_path):
+    proc = run_script("""
+        import sys, gpuconv, gpuconv.cuda.modules, gpuconv.cuda.nvrtc
+        assert "gpuconv.cuda.emulator" not in sys.modules and "cuda.bindings.nvrtc" not in sys.modules
+    """, {"GPUCONV_CACHE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_kernel_source_lookup(tmp_path):
+    from gpuconv.cuda.modules import kernel_path, kernel_source
+
+    assert kernel_path("README.md").parent.name == "kernels"
+    assert "kernels" in kernel_source("README.md")
+    with pytest.raises(FileNotFoundError, match="no_such.cu"):
+        kernel_source("no_such.cu")
+    with pytest.raises(ValueError, match="bare name"):
+        kernel_source("../README.md")
+
+
+def test_cupy_kind_without_cupy():
+    from gpuconv._dispatch import BackendUnavailable, import_cupy
+
+    try:
+        import_cupy()
+    except BackendUnavailable:
+        pass
+    else:
+        pytest.skip("cupy is installed: the cupy kind is exercised by the GPU tests")
+    with pytest.raises(BackendUnavailable, match="cupy"):
+        get_module("cupy", str(KERNELS / "vector_add.cu"))
+
+
+def test_modules_are_cached_and_name_expressions_registered():
+    a = module("templates.cu")
+    assert module("templates.cu") is a
+    assert {"axpy<float>", "axpy<double>", "axpy<__half>"} <= set(a.kernel_names)
+    assert a.get_function("axpy<__half>").param_types == ("__half*", "__half*", "__half", "int")
+
+
+def test_source_scanning_and_rewrite():
+    from gpuconv.cuda.emulator._compile import CompileError, extern_c_kernels, rewrite_source
+
+    src = """char q = '"'; // extern "C" __global__ void commented(
+extern "C" __global__ void __launch_bounds__(128) a(float* x) {}
+/* extern "C" __global__ void b( */
+extern "C" __global__ __launch_bounds__(64, 2) void c(float* x) {}
+extern "C"
+__global__ void d(int n) {
+    extern __shared__ __align__(16) unsigned char raw[];
+    extern __shared__ float
+        buf[];
+}
+template <class T> __global__ void e(T* x) {}
+"""
+    assert extern_c_kernels(src) == ["a", "c", "d"]
+    out = rewrite_source(src)
+    assert out.count("\n") == src.count("\n"), "line numbers must not move"
+    assert "unsigned char* const raw = reinterpret_cast<unsigned char*>(::gpuconv_emu::tl.dyn_smem);" in out
+    assert "float* const buf = reinterpret_cast<float*>(::gpuconv_emu::tl.dyn_smem);" in out
+    with pytest.raises(CompileError, match="line 2: .*at file scope"):
+        rewrite_source("// top\nextern __shared__ float s[];\n")
+
+
+def test_compile_error_points_at_the_kernel_file(tmp_path):
+    from gpuconv.cuda.emulator import CompileError
+
+    bad = tmp_path / "broken.cu"
+    bad.write_text('extern "C" __global__ void k(float* x) {\n    x[0] = undefined_name;\n}\n')
+    with pytest.raises(CompileError, match=r"broken.cu:2:.*undefined_name"):
+        get_module("emulator", str(bad))

@@ -45,8 +45,8 @@ def unavailable_reason():
     """None if NVRTC can be used here, else why not."""
     try:
         nvrtc = _nvrtc()
-        err, major, minor = nvrtc.nvrtcVersion()
-    except Exception as exc:  # ImportError, or the library failing to load
+        err, _major, _minor = nvrtc.nvrtcVersion()
+    except Exception as exc:  # noqa: BLE001 - ImportError, or the shared library failing to load
         return f"NVRTC is not usable: {type(exc).__name__}: {exc} (pip install cuda-bindings nvidia-cuda-nvrtc-cu12)"
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
         return f"NVRTC is not usable: nvrtcVersion returned {err}"
@@ -54,7 +54,7 @@ def unavailable_reason():
 
 
 def version() -> tuple:
-    err, major, minor = _nvrtc().nvrtcVersion()
+    _err, major, minor = _nvrtc().nvrtcVersion()
     return major, minor
 
 
@@ -77,7 +77,7 @@ def cuda_include_dirs() -> list:
         found = pathfinder.find_nvidia_header_directory("cudart")
         if found:
             candidates.append(str(found))
-    except Exception:  # cuda-pathfinder missing or too old
+    except Exception:  # noqa: BLE001, S110 - cuda-pathfinder missing, too old, or finding nothing
         pass
     for var in ("CUDA_PATH", "CUDA_HOME"):
         if os.environ.get(var):
@@ -151,7 +151,7 @@ _TARGET_NOTICES = (re.compile(r"nvrtc: warning: Architectures prior to .* are de
 
 def _warnings(log: str) -> list:
     return [line for line in log.splitlines()
-            if re.search(r"\bwarning\b", line, re.I) and not any(p.search(line) for p in _TARGET_NOTICES)]
+            if re.search(r"\bwarning\b", line, re.IGNORECASE) and not any(p.search(line) for p in _TARGET_NOTICES)]
 
 
 def compile_report(filename, arch, name_expressions=(), options=()) -> list:

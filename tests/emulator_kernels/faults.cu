@@ -45,3 +45,19 @@ extern "C" __global__ void trap_one(float* __restrict__ out) {
     if (threadIdx.x == 3) __trap();
     out[threadIdx.x] = 1.0f;
 }
+
+// Fails an assert() in the threads with an odd index (assert needs no include, under NVRTC or the emulator).
+extern "C" __global__ void assert_odd(float* __restrict__ out) {
+    assert(threadIdx.x % 2 == 0);
+    out[threadIdx.x] = 1.0f;
+}
+
+// Thread 0 spins until thread 1 sets a flag: fine on a GPU (independent thread scheduling), a hang under
+// cooperative fibers when thread 0 runs first.
+extern "C" __global__ void spin_wait(int* __restrict__ flag) {
+    if (threadIdx.x == 0) {
+        while (atomicAdd(flag, 0) == 0) {}
+    } else {
+        atomicExch(flag, 1);
+    }
+}

@@ -44,3 +44,27 @@ extern "C" __global__ void warp_misc(const int* __restrict__ x,      // 32 * nwa
     any_all[2 * i] = __any_sync(0xffffffffu, v > 0);
     any_all[2 * i + 1] = __all_sync(0xffffffffu, v > 0);
 }
+
+// Block-wide votes (threads past n exit first and drop out of the barrier), and a shuffle among the lower
+// half-warp only (mask 0xffff, width 16) while the upper half takes the other branch.
+extern "C" __global__ void block_votes(const int* __restrict__ x,  // n values
+                                       int* __restrict__ out,      // 3 values: count, and, or
+                                       int* __restrict__ half,     // blockDim.x values
+                                       int n) {
+    int i = threadIdx.x;
+    if (i >= n) return;
+    int p = x[i] > 0;
+    int count = __syncthreads_count(p);
+    int all = __syncthreads_and(p);
+    int any = __syncthreads_or(p);
+    if (i == 0) {
+        out[0] = count;
+        out[1] = all;
+        out[2] = any;
+    }
+    if ((i & 31) < 16) {
+        half[i] = __shfl_down_sync(0xffffu, x[i], 1, 16);
+    } else {
+        half[i] = -x[i];
+    }
+}

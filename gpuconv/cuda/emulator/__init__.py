@@ -13,6 +13,9 @@ launch unless said otherwise):
                               between barriers (also ``with schedule("reverse"): ...``)
   GPUCONV_EMULATOR_SEED       seed of the shuffle schedule (default 0)
   GPUCONV_EMULATOR_WORKERS    worker threads per launch (default: CPU count, at most 8)
+  GPUCONV_EMULATOR_TIMEOUT    seconds a launch may run before the process is aborted with a message naming the
+                              kernel (default 300; 0: no limit). Threads are never preempted, so a kernel that
+                              spins waiting for another thread or block would otherwise hang
   GPUCONV_EMULATOR_SANITIZE   "address": build and run with AddressSanitizer (python must run with libasan
                               preloaded; see tools/asan_emulator.sh); read when a module is compiled
   GPUCONV_EMULATOR_STACK_KB   fiber stack size (default 256 KiB, 512 under ASan); read by each worker once
@@ -32,9 +35,9 @@ from . import _compile
 from ._compile import CompileError, sanitize_mode, unavailable_reason
 
 __all__ = [
+    "SCHEDULES",
     "CompileError",
     "EmulatorError",
-    "SCHEDULES",
     "load_module",
     "schedule",
     "unavailable_reason",
@@ -44,6 +47,8 @@ SCHEDULES = ("forward", "reverse", "shuffle")
 ENV_SCHEDULE = "GPUCONV_EMULATOR_SCHEDULE"
 ENV_SEED = "GPUCONV_EMULATOR_SEED"
 ENV_WORKERS = "GPUCONV_EMULATOR_WORKERS"
+ENV_TIMEOUT = "GPUCONV_EMULATOR_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
@@ -55,7 +60,7 @@ _DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 
 
 class EmulatorError(RuntimeError):
-    """A launch failed: deadlock, divergent barrier, __trap(), or a bad launch configuration."""
+    """A launch failed (deadlock, divergent barrier, __trap(), failed assert), or a kernel name is unknown."""
 
 
 @contextlib.contextmanager
@@ -86,6 +91,11 @@ def _workers() -> int:
             raise ValueError(f"{ENV_WORKERS} must be a positive integer, got {value!r}")
         return n
     return _DEFAULT_WORKERS
+
+
+def _timeout() -> float:
+    value = os.environ.get(ENV_TIMEOUT, "").strip()
+    return float(value) if value else DEFAULT_TIMEOUT_S
 
 
 class _ArgInfo(ctypes.Structure):
@@ -158,6 +168,11 @@ class EmulatorKernel:
             for i in range(entry.nargs)
         ]
         self.max_dynamic_shared_size_bytes = DEFAULT_MAX_DYNAMIC_SHARED
+        self._entry_address = ctypes.addressof(entry)
+        n = max(len(self._params), 1)
+        self._slots = (ctypes.c_uint64 * n)()  # each argument's value (pointer or scalar bytes)
+        self._argv = (ctypes.c_void_p * n)()   # pointers to them, as cuLaunchKernel takes arguments
+        self._base = ctypes.addressof(self._slots)
 
     @property
     def param_types(self) -> tuple:
@@ -168,6 +183,9 @@ class EmulatorKernel:
         return f"<EmulatorKernel {self.name}({', '.join(self.param_types)})>"
 
     def _dims(self, value, what, limits):
+        if type(value) is tuple and 1 <= len(value) <= 3 and all(type(v) is int and 1 <= v <= lim
+                                                                  for v, lim in zip(value, limits)):
+            return value + (1,) * (3 - len(value))  # the common case, checked cheaply
         if isinstance(value, (int, numpy.integer)) and not isinstance(value, bool):
             value = (int(value),)
         if not isinstance(value, tuple) or not 1 <= len(value) <= 3:
@@ -193,61 +211,62 @@ class EmulatorKernel:
             )
         if not isinstance(args, (tuple, list)):
             raise TypeError(f"{self.name}: args must be a tuple, got {type(args).__name__}")
-        if len(args) != len(self._params):
+        params = self._params
+        if len(args) != len(params):
             raise TypeError(
-                f"{self.name} takes {len(self._params)} arguments ({', '.join(self.param_types)}), "
-                f"got {len(args)}"
+                f"{self.name} takes {len(params)} arguments ({', '.join(self.param_types)}), got {len(args)}"
             )
-        n = len(args)
-        slots = (ctypes.c_uint64 * max(n, 1))()
-        argv = (ctypes.c_void_p * max(n, 1))()
-        base = ctypes.addressof(slots)
-        keep = []
-        copies = []  # sanitize mode: (array, malloc'd pointer, offset, nbytes)
-        sanitize = self.module.sanitize
-        for i, (a, (kind, size, ekind, esize)) in enumerate(zip(args, self._params)):
-            if kind == "p":
-                if not isinstance(a, numpy.ndarray):
-                    raise TypeError(self._arg_error(i, a, "a numpy array"))
-                if ekind != "v" and (a.dtype.itemsize != esize or not _same_kind(ekind, a.dtype.kind)):
-                    raise TypeError(self._arg_error(i, a, f"an array of {_ctype(ekind, esize)}"))
-                ptr = a.__array_interface__["data"][0]
-                if sanitize:
-                    lo, span = _byte_span(a)
-                    buf = _malloc(span)
-                    ctypes.memmove(buf, ptr + lo, span)
-                    copies.append((a, buf, lo, span))
-                    ptr = buf - lo
-                slots[i] = ptr
-                argv[i] = base + 8 * i
-            else:
-                if not isinstance(a, numpy.generic):
-                    raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
-                if a.dtype.itemsize != size or not _same_kind(kind, a.dtype.kind):
-                    raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
-                raw = a.tobytes()
-                if size <= 8:
-                    slots[i] = int.from_bytes(raw.ljust(8, b"\0"), "little")
-                    argv[i] = base + 8 * i
-                else:
-                    holder = ctypes.create_string_buffer(raw, size)
-                    keep.append(holder)
-                    argv[i] = ctypes.addressof(holder)
-        grid3 = (ctypes.c_uint * 3)(*g)
-        block3 = (ctypes.c_uint * 3)(*b)
-        err = ctypes.create_string_buffer(_ERRLEN)
+        module = self.module
         sched = SCHEDULES.index(current_schedule())
         seed = int(os.environ.get(ENV_SEED, "0") or 0) & 0xFFFFFFFF
-        try:
-            rc = self.module._launch(ctypes.addressof(self._entry), grid3, block3, int(shared_mem), argv, sched,
-                                     seed, _workers(), err, _ERRLEN)
-        finally:
-            for a, buf, lo, span in copies:
-                if a.flags.writeable and a.size:
-                    ctypes.memmove(a.__array_interface__["data"][0] + lo, buf, span)
-                _libc.free(buf)
-        if rc != 0:
-            raise EmulatorError(err.value.decode(errors="replace"))
+        workers, timeout = _workers(), _timeout()
+        # One launch at a time per module (the C side serializes them too): the argument buffers are reused.
+        with module._lock:
+            slots, argv, base = self._slots, self._argv, self._base
+            keep = []
+            copies = []  # sanitize mode: (array, malloc'd pointer, offset, nbytes)
+            for i, (a, (kind, size, ekind, esize)) in enumerate(zip(args, params)):
+                if kind == "p":
+                    if not isinstance(a, numpy.ndarray):
+                        raise TypeError(self._arg_error(i, a, "a numpy array"))
+                    dtype = a.dtype
+                    if ekind != "v" and (dtype.itemsize != esize or not _same_kind(ekind, dtype.kind)):
+                        raise TypeError(self._arg_error(i, a, f"an array of {_ctype(ekind, esize)}"))
+                    ptr = a.__array_interface__["data"][0]
+                    if module.sanitize:
+                        lo, span = _byte_span(a)
+                        buf = _malloc(span)
+                        ctypes.memmove(buf, ptr + lo, span)
+                        copies.append((a, buf, lo, span))
+                        ptr = buf - lo
+                    slots[i] = ptr
+                    argv[i] = base + 8 * i
+                else:
+                    if not isinstance(a, numpy.generic):
+                        raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
+                    if a.dtype.itemsize != size or not _same_kind(kind, a.dtype.kind):
+                        raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
+                    raw = a.tobytes()
+                    if size <= 8:
+                        slots[i] = int.from_bytes(raw, "little")
+                        argv[i] = base + 8 * i
+                    else:
+                        holder = ctypes.create_string_buffer(raw, size)
+                        keep.append(holder)
+                        argv[i] = ctypes.addressof(holder)
+            grid3, block3, err = module._grid3, module._block3, module._err
+            grid3[0], grid3[1], grid3[2] = g
+            block3[0], block3[1], block3[2] = b
+            try:
+                rc = module._launch(self._entry_address, grid3, block3, int(shared_mem), argv, sched, seed,
+                                    workers, timeout, err, _ERRLEN)
+            finally:
+                for a, buf, lo, span in copies:
+                    if a.flags.writeable and a.size:
+                        ctypes.memmove(a.__array_interface__["data"][0] + lo, buf, span)
+                    _libc.free(buf)
+            if rc != 0:
+                raise EmulatorError(err.value.decode(errors="replace"))
 
     def _arg_error(self, i, a, wanted) -> str:
         if isinstance(a, numpy.ndarray):
@@ -270,12 +289,16 @@ class EmulatorModule:
         self.path = str(path)
         self.display_name = display_name
         self.sanitize = sanitize_mode()
+        self._lock = threading.Lock()
+        self._grid3 = (ctypes.c_uint * 3)()
+        self._block3 = (ctypes.c_uint * 3)()
+        self._err = ctypes.create_string_buffer(_ERRLEN)
         self._lib = ctypes.CDLL(self.path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
         self._launch = self._lib.gpuconv_emu_launch
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                  ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_int, ctypes.c_char_p, ctypes.c_ulonglong]
+                                 ctypes.c_int, ctypes.c_double, ctypes.c_char_p, ctypes.c_ulonglong]
         count = ctypes.c_int.in_dll(self._lib, "gpuconv_emu_num_entries").value
         entries = (_Entry * max(count, 1)).in_dll(self._lib, "gpuconv_emu_entries")
         self._kernels = {}

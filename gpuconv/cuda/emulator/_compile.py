@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,14 +62,14 @@ def flags() -> tuple:
     return SANITIZE_FLAGS[mode] if mode else BASE_FLAGS
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiler_info(cxx: str):
     """(path, version string) of the C++ compiler, or (None, reason)."""
     path = shutil.which(cxx)
     if path is None:
         return None, f"no C++ compiler found (looked for {cxx!r} on PATH; set {ENV_CXX} to choose one)"
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([path, "--version"], check=False, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"the C++ compiler {path} cannot be run: {exc}"
     first = (out.stdout or out.stderr).splitlines()[:1]
@@ -120,11 +120,12 @@ def strip_comments(source: str) -> str:
     """The source with comments blanked out (newlines kept), strings left alone."""
     def repl(m):
         text = m.group(0)
-        if text.startswith('"'):
+        if text.startswith(('"', "'")):
             return text
         return re.sub(r"[^\n]", " ", text)
 
-    return re.sub(r'"(?:\\.|[^"\\\n])*"|//[^\n]*|/\*.*?\*/', repl, source, flags=re.S)
+    return re.sub(r""""(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'|//[^\n]*|/\*.*?\*/""", repl, source,
+                  flags=re.DOTALL)
 
 
 def extern_c_kernels(source: str) -> list:
@@ -147,7 +148,18 @@ def _rewrite_extern_shared(m) -> str:
 
 
 def rewrite_source(source: str) -> str:
-    """Rewrites `extern __shared__ T name[];` to a pointer into the block's dynamic shared memory."""
+    """Rewrites `extern __shared__ T name[];` (in a function) to a pointer into the block's dynamic shared memory."""
+    code = re.sub(r""""(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'""", lambda m: " " * len(m.group(0)),
+                  strip_comments(source))
+    for m in _EXTERN_SHARED.finditer(code):
+        depth = code.count("{", 0, m.start()) - code.count("}", 0, m.start())
+        if depth <= 0:
+            line = code.count("\n", 0, m.start()) + 1
+            raise CompileError(
+                f"line {line}: `{' '.join(m.group(0).split())}` at file scope: the emulator supports "
+                "extern __shared__ arrays declared inside a function (declare it in the kernel, or pass the "
+                "pointer to device functions)"
+            )
     return _EXTERN_SHARED.sub(_rewrite_extern_shared, source)
 
 
@@ -157,7 +169,8 @@ def generate(source: str, display_name: str, name_expressions) -> tuple:
     for expr in name_expressions:
         if expr not in names:
             names.append(expr)
-    lines = [f'#line 1 "{display_name}"', rewrite_source(source), "", "#line 1 \"<gpuconv emulator entries>\""]
+    lines = [f"#line 1 {_c_string(display_name)}", rewrite_source(source), "",
+             '#line 1 "<gpuconv emulator entries>"']
     lines.append('extern "C" __attribute__((visibility("default"))) const ::gpuconv_emu::KernelEntry '
                  "gpuconv_emu_entries[] = {")
     for name in names:
@@ -216,7 +229,7 @@ def _hash_include_dirs(h, dirs):
 
 
 def _run(cmd, what):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CompileError(f"{what} failed (exit {proc.returncode}):\n{' '.join(cmd)}\n{proc.stderr}{proc.stdout}")
 
@@ -291,10 +304,11 @@ def build_library(source: str, display_name: str, name_expressions=(), options=(
     target = cache_dir() / f"{Path(display_name).stem}-{key}.so"
     if not target.exists():
         rt = runtime_object()
-        pch = precompiled_header()
+        # The precompiled header pays off over several files; a sanitize build usually compiles one or two.
+        prelude = HEADER if sanitize_mode() else precompiled_header()
         src = cache_dir() / f"{Path(display_name).stem}-{key}.cpp"
         src.write_text(text)
-        cmd = [cxx, *fl, "-shared", "-include", str(pch), "-I", str(STUB_INCLUDE)]
+        cmd = [cxx, *fl, "-shared", "-include", str(prelude), "-I", str(STUB_INCLUDE)]
         for d in include_dirs:
             cmd += ["-I", str(d)]
         cmd += extra

@@ -7,11 +7,11 @@
 #ifndef GPUCONV_EMU_H
 #define GPUCONV_EMU_H
 
+#include <assert.h>    // assert() in kernels, as NVRTC has it built in
 #include <math.h>      // libstdc++'s math.h: the C functions plus the float/double overloads in ::
 #include <stdint.h>
 #include <stdio.h>     // printf in kernels
 #include <string.h>
-#include <atomic>
 #include <cstddef>
 #include <type_traits>
 #include <utility>
@@ -83,7 +83,9 @@ struct State {
     Worker* worker;
     int fiber;  // index of the running fiber (linear thread id), -1 in the scheduler
 };
-extern __thread State tl GPUCONV_EMU_HIDDEN;  // __thread: no TLS init wrapper calls
+// __thread (not thread_local): no TLS init wrapper calls. local-dynamic: one __tls_get_addr per function serves
+// tl and the __shared__ variables alike.
+extern __thread State tl GPUCONV_EMU_HIDDEN __attribute__((tls_model("local-dynamic")));
 
 GPUCONV_EMU_HIDDEN void block_barrier(unsigned line);
 GPUCONV_EMU_HIDDEN int block_barrier_count(int pred, unsigned line);  // returns how many had pred != 0
@@ -150,9 +152,9 @@ inline int __syncthreads_or(int p, unsigned line = __builtin_LINE()) {
 inline void __syncwarp(unsigned mask = 0xffffffffu, unsigned line = __builtin_LINE()) {
     ::gpuconv_emu::warp_barrier(mask, line, 0);
 }
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_signal_fence(std::memory_order_seq_cst); }
-inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 [[noreturn]] inline void __trap(unsigned line = __builtin_LINE()) { ::gpuconv_emu::fail("__trap()", line); }
 
 template <class T>
@@ -194,52 +196,60 @@ inline int __all_sync(unsigned mask, int pred, unsigned line = __builtin_LINE())
 inline unsigned __activemask() { return ::gpuconv_emu::warp_group(0xffffffffu); }
 
 // ---------------------------------------------------------------------------------------------------------
-// Atomics (blocks run on several OS threads: these are real atomics)
-#define GPUCONV_EMU_REF(p) std::atomic_ref<std::remove_cv_t<T>>(*p)
+// Atomics (blocks run on several OS threads: these are real atomics). GCC's __atomic builtins, which is what
+// std::atomic_ref compiles to, without <atomic> (half of this header's compile time).
+namespace gpuconv_emu {
+template <class T, class F>
+inline T cas_loop(T* p, F next) {  // atomically *p = next(old); returns old
+    T old, nv;
+    __atomic_load(p, &old, __ATOMIC_RELAXED);
+    do {
+        nv = next(old);
+    } while (!__atomic_compare_exchange(p, &old, &nv, true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED));
+    return old;
+}
+}  // namespace gpuconv_emu
 template <class T>
-inline T atomicAdd(T* p, std::type_identity_t<T> v) { return GPUCONV_EMU_REF(p).fetch_add(v); }
+inline T atomicAdd(T* p, std::type_identity_t<T> v) {
+    if constexpr (std::is_integral_v<T>) return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+    else return ::gpuconv_emu::cas_loop(p, [v](T old) { return T(old + v); });
+}
 template <class T>
-inline T atomicSub(T* p, std::type_identity_t<T> v) { return GPUCONV_EMU_REF(p).fetch_sub(v); }
+inline T atomicSub(T* p, std::type_identity_t<T> v) {
+    if constexpr (std::is_integral_v<T>) return __atomic_fetch_sub(p, v, __ATOMIC_SEQ_CST);
+    else return ::gpuconv_emu::cas_loop(p, [v](T old) { return T(old - v); });
+}
 template <class T>
-inline T atomicExch(T* p, std::type_identity_t<T> v) { return GPUCONV_EMU_REF(p).exchange(v); }
+inline T atomicExch(T* p, std::type_identity_t<T> v) {
+    T old;
+    __atomic_exchange(p, &v, &old, __ATOMIC_SEQ_CST);
+    return old;
+}
 template <class T>
-inline T atomicAnd(T* p, std::type_identity_t<T> v) { return GPUCONV_EMU_REF(p).fetch_and(v); }
+inline T atomicAnd(T* p, std::type_identity_t<T> v) { return __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST); }
 template <class T>
-inline T atomicOr(T* p, std::type_identity_t<T> v) { return GPUCONV_EMU_REF(p).fetch_or(v); }
+inline T atomicOr(T* p, std::type_identity_t<T> v) { return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST); }
 template <class T>
-inline T atomicXor(T* p, std::type_identity_t<T> v) { return GPUCONV_EMU_REF(p).fetch_xor(v); }
+inline T atomicXor(T* p, std::type_identity_t<T> v) { return __atomic_fetch_xor(p, v, __ATOMIC_SEQ_CST); }
 template <class T>
 inline T atomicCAS(T* p, std::type_identity_t<T> compare, std::type_identity_t<T> v) {
-    GPUCONV_EMU_REF(p).compare_exchange_strong(compare, v);
+    __atomic_compare_exchange(p, &compare, &v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return compare;  // the old value either way
 }
 template <class T>
 inline T atomicMax(T* p, std::type_identity_t<T> v) {
-    auto r = GPUCONV_EMU_REF(p);
-    T old = r.load();
-    while (old < v && !r.compare_exchange_weak(old, v)) {}
-    return old;
+    return ::gpuconv_emu::cas_loop(p, [v](T old) { return old < v ? v : old; });
 }
 template <class T>
 inline T atomicMin(T* p, std::type_identity_t<T> v) {
-    auto r = GPUCONV_EMU_REF(p);
-    T old = r.load();
-    while (v < old && !r.compare_exchange_weak(old, v)) {}
-    return old;
+    return ::gpuconv_emu::cas_loop(p, [v](T old) { return v < old ? v : old; });
 }
 inline unsigned atomicInc(unsigned* p, unsigned limit) {
-    std::atomic_ref<unsigned> r(*p);
-    unsigned old = r.load();
-    while (!r.compare_exchange_weak(old, old >= limit ? 0u : old + 1u)) {}
-    return old;
+    return ::gpuconv_emu::cas_loop(p, [limit](unsigned old) { return old >= limit ? 0u : old + 1u; });
 }
 inline unsigned atomicDec(unsigned* p, unsigned limit) {
-    std::atomic_ref<unsigned> r(*p);
-    unsigned old = r.load();
-    while (!r.compare_exchange_weak(old, (old == 0u || old > limit) ? limit : old - 1u)) {}
-    return old;
+    return ::gpuconv_emu::cas_loop(p, [limit](unsigned old) { return (old == 0u || old > limit) ? limit : old - 1u; });
 }
-#undef GPUCONV_EMU_REF
 
 // ---------------------------------------------------------------------------------------------------------
 // min / max as CUDA has them in the global namespace

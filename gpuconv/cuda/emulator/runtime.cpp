@@ -11,6 +11,7 @@
 // one. A scheduling pass that resumes nobody is a deadlock: the launch fails with a description.
 #include "gpuconv_emu.h"
 
+#include <assert.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -18,13 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
-#include <condition_variable>
-#include <mutex>
-#include <string>
-#include <thread>
-#include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -83,26 +80,28 @@ namespace gpuconv_emu {
 
 __thread State tl;
 
-
+// The runtime uses only C and pthreads (no <thread>, <string>, <vector>): it compiles in a fraction of the time.
 enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
 enum Schedule { FORWARD = 0, REVERSE = 1, SHUFFLE = 2 };
 const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote"};
+constexpr int kMaxThreads = 1024;
+constexpr int kErrLen = 1024;
 
 struct Fiber {
-    void* sp = nullptr;
-    char* stack_lo = nullptr;  // usable stack [stack_lo, stack_lo + stack_size); guard page just below
-    size_t stack_size = 0;
-    size_t color = 0;  // bytes left unused at the top of the stack
-    void* asan_fake = nullptr;
-    uint3 tid{};
-    FiberState state = DONE;
-    unsigned gen = 0;                             // block barrier generation waited on
-    unsigned wmask = 0, wline = 0, bline = 0;     // warp barrier mask/line, block barrier line
-    int wkind = 0;
+    void* sp;
+    char* stack_lo;  // usable stack [stack_lo, stack_lo + stack_size); guard page just below
+    size_t stack_size;
+    size_t color;    // bytes left unused at the top of the stack
+    void* asan_fake;
+    uint3 tid;
+    FiberState state;
+    unsigned gen;                  // block barrier generation waited on
+    unsigned wmask, wline, bline;  // warp barrier mask/line, block barrier line
+    int wkind;
 };
 
 struct Warp {
-    unsigned live = 0, waiting = 0;
+    unsigned live, waiting;
     alignas(16) unsigned char slots[32][16];
 };
 
@@ -114,32 +113,33 @@ struct Launch {
     int schedule;
     unsigned seed;
     long nblocks;
-    std::atomic<long> next{0};
-    std::atomic<bool> failed{false};
-    std::mutex err_mu;
-    std::string error;
-    std::atomic<int> helpers_left{0};
+    long next;         // next block to take (__atomic)
+    int failed;        // set once (__atomic) by the first block that fails, whose worker writes error
+    int helpers_left;  // pool threads that may still join (__atomic)
+    double timeout_s;
+    char error[kErrLen];
 };
 
 struct Worker {
-    std::vector<Fiber> fibers;
-    std::vector<int> order;
-    std::vector<Warp> warps;
-    void* sched_sp = nullptr;
-    const void* sched_bottom = nullptr;
-    size_t sched_size = 0;
-    char* tls_lo = nullptr;
-    size_t tls_size = 0;
-    size_t stack_size = 0;
-    Launch* launch = nullptr;
-    uint3 block{};
-    int nthreads = 0, live = 0;
-    unsigned bar_gen = 0, bar_arrived = 0, bar_line = 0;
-    int bar_first = -1;
-    int bar_count[2] = {0, 0};
-    bool failed = false;
-    std::string error;
-    unsigned rng = 1;
+    Fiber fibers[kMaxThreads];
+    int order[kMaxThreads];
+    Warp warps[kMaxThreads / 32];
+    int nfibers;  // fibers with a stack so far
+    void* sched_sp;
+    const void* sched_bottom;
+    size_t sched_size;
+    char* tls_lo;
+    size_t tls_size;
+    size_t stack_size;
+    Launch* launch;
+    uint3 block;
+    int nthreads, live;
+    unsigned bar_gen, bar_arrived, bar_line;
+    int bar_first;
+    int bar_count[2];
+    bool failed;
+    unsigned rng;
+    char error[kErrLen];
 };
 
 size_t page_size() { return size_t(sysconf(_SC_PAGESIZE)); }
@@ -182,7 +182,12 @@ void install_alt_stack() {
 
 Worker& this_worker() {
     if (tl.worker) return *tl.worker;
-    auto* w = new Worker();  // one per OS thread that runs blocks, kept for the thread's life
+    // One per OS thread that runs blocks, kept for the thread's life (fiber stacks are mapped lazily).
+    auto* w = static_cast<Worker*>(calloc(1, sizeof(Worker)));
+    if (!w) {
+        fprintf(stderr, "gpuconv emulator: out of memory\n");
+        abort();
+    }
     tl.worker = w;
     tl.fiber = -1;
     TlsSearch s{&tl, nullptr, 0};
@@ -190,16 +195,14 @@ Worker& this_worker() {
     w->tls_lo = s.lo;
     w->tls_size = s.size;
     w->stack_size = env_stack_size();
+    w->rng = 1;
     install_alt_stack();
     return *w;
 }
 
 void ensure_fibers(Worker& w, int n) {
-    if (int(w.fibers.size()) >= n) return;
     size_t ps = page_size();
-    int old = int(w.fibers.size());
-    w.fibers.resize(n);
-    for (int i = old; i < n; ++i) {
+    for (int i = w.nfibers; i < n; ++i) {
         void* mem = mmap(nullptr, w.stack_size + ps, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (mem == MAP_FAILED) {
@@ -209,8 +212,11 @@ void ensure_fibers(Worker& w, int n) {
         mprotect(mem, ps, PROT_NONE);  // guard page: a stack overflow faults here
         w.fibers[i].stack_lo = static_cast<char*>(mem) + ps;
         w.fibers[i].stack_size = w.stack_size;
+        // Tops staggered by fiber index so that the hot frames of neighbouring fibers do not all fall into
+        // the same cache sets (every stack top has the same page offset otherwise).
         w.fibers[i].color = size_t(i % 64) * 64 + size_t(i / 64 % 4) * 1024;
     }
+    if (n > w.nfibers) w.nfibers = n;
 }
 
 // ---- fiber switches, with AddressSanitizer's annotations in sanitize builds ----
@@ -235,40 +241,39 @@ GPUCONV_NO_ASAN void yield(Worker& w, Fiber& f) {
 #endif
 }
 
-[[noreturn]] GPUCONV_NO_ASAN void leave(Worker& w, Fiber& f) {
+[[noreturn]] GPUCONV_NO_ASAN void leave(Worker& w) {
 #if GPUCONV_ASAN
     __sanitizer_start_switch_fiber(nullptr, w.sched_bottom, w.sched_size);
 #endif
     void* dead;
-    (void)f;
     gpuconv_emu_switch(&dead, w.sched_sp);
     __builtin_unreachable();
 }
 
-std::string fmt3(const char* what, uint3 v) {
-    char buf[96];
-    snprintf(buf, sizeof buf, "%s (%u,%u,%u)", what, v.x, v.y, v.z);
-    return buf;
-}
-std::string fmt3(const char* what, dim3 v) { return fmt3(what, uint3{v.x, v.y, v.z}); }
-
-std::string where(Worker& w) {
-    std::string s = "kernel '";
-    s += w.launch->kernel->name;
-    s += "' (";
-    s += fmt3("grid", w.launch->grid) + ", " + fmt3("block", w.launch->block);
-    s += ", shared_mem " + std::to_string(w.launch->shmem) + "): " + fmt3("block", w.block);
-    return s;
+// "kernel 'K' (grid (..), block (..), shared_mem N): block (..)" into buf; returns the length written.
+int where(Worker& w, char* buf, size_t size) {
+    const Launch& L = *w.launch;
+    int len = snprintf(buf, size, "kernel '%s' (grid (%u,%u,%u), block (%u,%u,%u), shared_mem %llu): block (%u,%u,%u)",
+                       L.kernel->name, L.grid.x, L.grid.y, L.grid.z, L.block.x, L.block.y, L.block.z, L.shmem,
+                       w.block.x, w.block.y, w.block.z);
+    return len < 0 ? 0 : (size_t(len) < size ? len : int(size) - 1);
 }
 
-[[noreturn]] void fail_here(Worker& w, const std::string& msg) {
+// Records the launch's error (the first one only) as "<where>, thread (..): msg" or "<where>: msg".
+void set_error(Worker& w, const Fiber* f, const char* msg) {
+    if (w.failed) return;
+    w.failed = true;
+    int len = where(w, w.error, kErrLen);
+    if (f)
+        len += snprintf(w.error + len, kErrLen - len, ", thread (%u,%u,%u)", f->tid.x, f->tid.y, f->tid.z);
+    if (len < kErrLen - 1) snprintf(w.error + len, kErrLen - len, ": %s", msg);
+}
+
+[[noreturn]] void fail_here(Worker& w, const char* msg) {
     Fiber& f = w.fibers[tl.fiber];
-    if (!w.failed) {
-        w.failed = true;
-        w.error = where(w) + ", " + fmt3("thread", f.tid) + ": " + msg;
-    }
+    set_error(w, &f, msg);
     f.state = DONE;
-    leave(w, f);
+    leave(w);
 }
 
 void release_block(Worker& w) {
@@ -285,22 +290,18 @@ void try_release_warp(Worker& w, int warp) {
     while (pending) {
         int l = __builtin_ctz(pending);
         Fiber& f = w.fibers[warp * 32 + l];
-        unsigned group = f.wmask & W.live;
-        group |= 1u << l;
+        unsigned group = (f.wmask & W.live) | (1u << l);
         if ((group & ~W.waiting) == 0) {
             for (unsigned g = group; g; g &= g - 1) {
                 Fiber& o = w.fibers[warp * 32 + __builtin_ctz(g)];
                 if (o.wkind != f.wkind || (f.wkind != 0 && o.wline != f.wline)) {
-                    if (!w.failed) {
-                        char buf[256];
-                        snprintf(buf, sizeof buf,
-                                 "lanes of warp %d wait at different warp barriers: lane %d at %s on line %u, "
-                                 "lane %d at %s on line %u",
-                                 warp, l, kBarrierKinds[f.wkind], f.wline, __builtin_ctz(g),
-                                 kBarrierKinds[o.wkind], o.wline);
-                        w.failed = true;
-                        w.error = where(w) + ": " + buf;
-                    }
+                    char buf[256];
+                    snprintf(buf, sizeof buf,
+                             "lanes of warp %d wait at different warp barriers: lane %d at %s on line %u, "
+                             "lane %d at %s on line %u",
+                             warp, l, kBarrierKinds[f.wkind], f.wline, __builtin_ctz(g), kBarrierKinds[o.wkind],
+                             o.wline);
+                    set_error(w, nullptr, buf);
                     return;
                 }
                 o.state = RUNNABLE;
@@ -312,31 +313,34 @@ void try_release_warp(Worker& w, int warp) {
 }
 
 void describe_deadlock(Worker& w) {
-    std::string s = "deadlock: no thread can go on (";
-    int nb = 0, nw = 0;
-    unsigned bline = 0, wline = 0;
-    int bfirst = -1, wfirst = -1;
+    int nb = 0, nw = 0, bfirst = -1, wfirst = -1;
     for (int i = 0; i < w.nthreads; ++i) {
         const Fiber& f = w.fibers[i];
-        if (f.state == WAIT_BLOCK) { if (!nb++) { bline = f.bline; bfirst = i; } }
-        if (f.state == WAIT_WARP) { if (!nw++) { wline = f.wline; wfirst = i; } }
+        if (f.state == WAIT_BLOCK && !nb++) bfirst = i;
+        if (f.state == WAIT_WARP && !nw++) wfirst = i;
     }
-    s += std::to_string(nb) + " threads wait at __syncthreads";
-    if (nb) s += " (line " + std::to_string(bline) + ", first " + fmt3("thread", w.fibers[bfirst].tid) + ")";
-    s += ", " + std::to_string(nw) + " at a warp barrier";
-    if (nw)
-        s += std::string(" (") + kBarrierKinds[w.fibers[wfirst].wkind] + " on line " + std::to_string(wline) +
-             ", first " + fmt3("thread", w.fibers[wfirst].tid) + ")";
-    s += ", " + std::to_string(w.live) + " still running); a barrier that only some threads reach, or a warp "
-         "operation in a branch that part of the warp skips while the rest waits at __syncthreads";
-    w.failed = true;
-    w.error = where(w) + ": " + s;
+    char buf[768];
+    int len = snprintf(buf, sizeof buf, "deadlock: no thread can go on (%d threads wait at __syncthreads", nb);
+    if (nb) {
+        const Fiber& f = w.fibers[bfirst];
+        len += snprintf(buf + len, sizeof buf - len, " (line %u, first thread (%u,%u,%u))", f.bline, f.tid.x,
+                        f.tid.y, f.tid.z);
+    }
+    len += snprintf(buf + len, sizeof buf - len, ", %d at a warp barrier", nw);
+    if (nw) {
+        const Fiber& f = w.fibers[wfirst];
+        len += snprintf(buf + len, sizeof buf - len, " (%s on line %u, first thread (%u,%u,%u))",
+                        kBarrierKinds[f.wkind], f.wline, f.tid.x, f.tid.y, f.tid.z);
+    }
+    snprintf(buf + len, sizeof buf - len,
+             ", %d still running); a barrier that only some threads reach, or a warp operation in a branch that "
+             "part of the warp skips while the rest waits at __syncthreads",
+             w.live);
+    set_error(w, nullptr, buf);
 }
 
 void init_fiber_stack(Fiber& f) {
     // Layout (low to high): r15, r14, r13, r12, rbx, rbp, return address -> fiber_start.
-    // Tops staggered by fiber index (f.color) so that the hot frames of neighbouring fibers do not all
-    // fall into the same cache sets (every stack top has the same page offset otherwise).
     uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack_lo) + f.stack_size - f.color) & ~uintptr_t(15);
     uintptr_t after_ret = top - 16;
     auto* sp = reinterpret_cast<uint64_t*>(after_ret - 56);
@@ -345,11 +349,15 @@ void init_fiber_stack(Fiber& f) {
     f.sp = sp;
 }
 
-void shuffle_order(Worker& w) {
-    for (int i = int(w.order.size()) - 1; i > 0; --i) {
-        w.rng ^= w.rng << 13; w.rng ^= w.rng >> 17; w.rng ^= w.rng << 5;
+void shuffle_order(Worker& w, int n) {
+    for (int i = n - 1; i > 0; --i) {
+        w.rng ^= w.rng << 13;
+        w.rng ^= w.rng >> 17;
+        w.rng ^= w.rng << 5;
         int j = int(w.rng % unsigned(i + 1));
-        std::swap(w.order[i], w.order[j]);
+        int t = w.order[i];
+        w.order[i] = w.order[j];
+        w.order[j] = t;
     }
 }
 
@@ -378,7 +386,6 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
     w.bar_first = -1;
     w.bar_count[0] = w.bar_count[1] = 0;
     int nwarps = (n + 31) / 32;
-    if (int(w.warps.size()) < nwarps) w.warps.resize(nwarps);
     for (int i = 0; i < nwarps; ++i) {
         int lanes = n - 32 * i < 32 ? n - 32 * i : 32;
         w.warps[i].live = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
@@ -393,15 +400,15 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
         f.gen = 0;
         f.asan_fake = nullptr;
         init_fiber_stack(f);
+        w.order[i] = L.schedule == REVERSE ? n - 1 - i : i;
     }
-    w.order.resize(n);
-    for (int i = 0; i < n; ++i) w.order[i] = L.schedule == REVERSE ? n - 1 - i : i;
     w.rng = (L.seed * 2654435761u) ^ unsigned(b * 40503 + 1);
     if (!w.rng) w.rng = 1;
     while (w.live > 0) {
-        if (L.schedule == SHUFFLE) shuffle_order(w);
+        if (L.schedule == SHUFFLE) shuffle_order(w, n);
         bool progress = false;
-        for (int idx : w.order) {
+        for (int k = 0; k < n; ++k) {
+            int idx = w.order[k];
             Fiber& f = w.fibers[idx];
             if (f.state == WAIT_BLOCK && f.gen != w.bar_gen) f.state = RUNNABLE;
             if (f.state != RUNNABLE) continue;
@@ -432,15 +439,14 @@ void work(Launch& L) {
     Worker& w = this_worker();
     w.launch = &L;
     w.failed = false;
-    w.error.clear();
+    w.error[0] = 0;
     void* dyn = L.shmem ? malloc(L.shmem) : nullptr;  // exactly the requested size (ASan sees overflows)
-    while (!L.failed.load(std::memory_order_relaxed)) {
-        long i = L.next.fetch_add(1);
+    while (!__atomic_load_n(&L.failed, __ATOMIC_RELAXED)) {
+        long i = __atomic_fetch_add(&L.next, 1, __ATOMIC_RELAXED);
         if (i >= L.nblocks) break;
         long b = L.schedule == REVERSE ? L.nblocks - 1 - i : i;
         if (!run_block(w, L, b, dyn)) {
-            std::lock_guard<std::mutex> g(L.err_mu);
-            if (!L.failed.exchange(true)) L.error = w.error;
+            if (__atomic_exchange_n(&L.failed, 1, __ATOMIC_ACQ_REL) == 0) memcpy(L.error, w.error, kErrLen);
             break;
         }
     }
@@ -450,36 +456,45 @@ void work(Launch& L) {
 
 // ---- worker pool: the calling thread plus pool threads, all taking blocks from one counter ----
 struct Pool {
-    std::mutex mu;
-    std::condition_variable wake, done;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t wake = PTHREAD_COND_INITIALIZER, done = PTHREAD_COND_INITIALIZER;
     Launch* job = nullptr;
     unsigned long gen = 0;
     int busy = 0;
     int size = 0;
 };
-Pool* pool = new Pool();  // never destroyed: its threads live until the process ends
+Pool pool;  // its threads are detached and live until the process ends; the Pool is never destroyed
+            // while they wait (static storage; destructors are trivial)
 
-void pool_main() {
+void* pool_main(void*) {
     unsigned long seen = 0;
-    std::unique_lock<std::mutex> lk(pool->mu);
+    pthread_mutex_lock(&pool.mu);
     for (;;) {
-        pool->wake.wait(lk, [&] { return pool->gen != seen; });
-        seen = pool->gen;
-        Launch* job = pool->job;
-        if (!job || job->helpers_left.fetch_sub(1) <= 0) continue;
-        pool->busy++;
-        lk.unlock();
+        while (pool.gen == seen) pthread_cond_wait(&pool.wake, &pool.mu);
+        seen = pool.gen;
+        Launch* job = pool.job;
+        if (!job || __atomic_fetch_sub(&job->helpers_left, 1, __ATOMIC_ACQ_REL) <= 0) continue;
+        pool.busy++;
+        pthread_mutex_unlock(&pool.mu);
         work(*job);
-        lk.lock();
-        if (--pool->busy == 0) pool->done.notify_all();
+        pthread_mutex_lock(&pool.mu);
+        if (--pool.busy == 0) pthread_cond_broadcast(&pool.done);
     }
+    return nullptr;
+}
+
+bool start_detached(void* (*fn)(void*)) {
+    pthread_t t;
+    if (pthread_create(&t, nullptr, fn, nullptr) != 0) return false;
+    pthread_detach(t);
+    return true;
 }
 
 // ---- crash reports: say which kernel and launch died before the process does ----
 struct sigaction old_actions[NSIG];
-std::once_flag handlers_once;
+pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
 
-// Writes "kernel 'K' (launch ...), in block (..), thread (..)" for the launch running on this thread.
+// Writes "kernel 'K' in launch ..., block (..), thread (..)" for the launch running on this thread.
 int describe_launch(char* buf, size_t size) {
     Worker* w = tl.worker;
     if (!w || !w->launch) return 0;
@@ -499,11 +514,12 @@ void crash_handler(int sig, siginfo_t* info, void* ctx) {
     if (w && w->launch) {
         char buf[1024];
         const char* name = sig == SIGSEGV ? "SIGSEGV" : sig == SIGBUS ? "SIGBUS" : sig == SIGFPE ? "SIGFPE"
-                                                                                             : "SIGILL";
+                           : sig == SIGABRT ? "SIGABRT" : "SIGILL";
         int len = snprintf(buf, sizeof buf, "\ngpuconv emulator: crash (%s, address %p) in ", name, info->si_addr);
         len += describe_launch(buf + len, sizeof buf - len);
         const char* a = static_cast<const char*>(info->si_addr);
-        for (const Fiber& f : w->fibers) {
+        for (int i = 0; i < w->nfibers; ++i) {
+            const Fiber& f = w->fibers[i];
             if (a >= f.stack_lo - page_size() && a < f.stack_lo && size_t(len) < sizeof buf) {
                 len += snprintf(buf + len, sizeof buf - len,
                                 "; the fault is in a fiber stack's guard page: stack overflow (locals over %zu "
@@ -531,22 +547,76 @@ void asan_death() {
 }
 #endif
 
-void install_crash_handlers() {
-    std::call_once(handlers_once, [] {
-        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL}) {
-            struct sigaction sa {};
-            sa.sa_sigaction = crash_handler;
-            sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
-            sigemptyset(&sa.sa_mask);
-            sigaction(sig, &sa, &old_actions[sig]);
-        }
+void install_crash_handlers_once() {
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) {
+        struct sigaction sa {};
+        sa.sa_sigaction = crash_handler;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        sigaction(sig, &sa, &old_actions[sig]);
+    }
 #if GPUCONV_ASAN
-        __sanitizer_set_death_callback(asan_death);
+    __sanitizer_set_death_callback(asan_death);
 #endif
-    });
 }
 
-std::mutex launch_mu;
+pthread_mutex_t launch_mu = PTHREAD_MUTEX_INITIALIZER;
+
+// ---- watchdog: fibers are never preempted, so a thread spinning on a flag that another thread or block
+// should set runs forever. A launch that outlives its time limit is reported and the process aborted. ----
+struct Watch {
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    bool started = false, active = false;
+    double limit = 0, start = 0;
+    char what[512] = {};
+};
+Watch watch;
+
+double now_s() {
+    timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+// Polls (no wake-ups on the launch path): a launch only stamps its start under an uncontended mutex.
+void* watchdog_main(void*) {
+    for (;;) {
+        double poll = 1.0;
+        pthread_mutex_lock(&watch.mu);
+        if (watch.limit > 0) poll = watch.limit / 4 < 0.005 ? 0.005 : (watch.limit / 4 > 1.0 ? 1.0 : watch.limit / 4);
+        if (watch.active && now_s() - watch.start > watch.limit) {
+            fprintf(stderr,
+                    "\ngpuconv emulator: %s still runs after %.0f s (GPUCONV_EMULATOR_TIMEOUT). The emulator never "
+                    "preempts a thread: one that spins waiting for another thread or block hangs here. Aborting.\n",
+                    watch.what, watch.limit);
+            fflush(stderr);
+            _exit(124);
+        }
+        pthread_mutex_unlock(&watch.mu);
+        timespec ts{time_t(poll), long((poll - double(time_t(poll))) * 1e9)};
+        nanosleep(&ts, nullptr);
+    }
+    return nullptr;
+}
+
+void watch_begin(const Launch& L) {
+    if (L.timeout_s <= 0) return;
+    pthread_mutex_lock(&watch.mu);
+    if (!watch.started) watch.started = start_detached(watchdog_main);
+    snprintf(watch.what, sizeof watch.what, "kernel '%s' (grid=(%u,%u,%u) block=(%u,%u,%u) shared_mem=%llu)",
+             L.kernel->name, L.grid.x, L.grid.y, L.grid.z, L.block.x, L.block.y, L.block.z, L.shmem);
+    watch.limit = L.timeout_s;
+    watch.start = now_s();
+    watch.active = true;
+    pthread_mutex_unlock(&watch.mu);
+}
+
+void watch_end(const Launch& L) {
+    if (L.timeout_s <= 0) return;
+    pthread_mutex_lock(&watch.mu);
+    watch.active = false;
+    pthread_mutex_unlock(&watch.mu);
+}
 
 void block_barrier(unsigned line) {
     Worker& w = *tl.worker;
@@ -601,13 +671,28 @@ unsigned warp_group(unsigned mask) {
 }
 
 void fail(const char* what, unsigned line) {
-    Worker& w = *tl.worker;
-    fail_here(w, std::string(what) + " on line " + std::to_string(line));
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s on line %u", what, line);
+    fail_here(*tl.worker, buf);
 }
 
 }  // namespace gpuconv_emu
 
 using namespace gpuconv_emu;
+
+// assert() in kernel code: glibc's assert calls __assert_fail; this hidden definition takes its place inside the
+// kernel library, so that a failed assertion fails the launch (naming kernel, block and thread) instead of
+// aborting the process.
+extern "C" __attribute__((visibility("hidden"))) void __assert_fail(const char* expr, const char* file,
+                                                                      unsigned int line, const char* func) noexcept {
+    if (!tl.worker || tl.fiber < 0) {
+        fprintf(stderr, "%s:%u: %s: Assertion `%s' failed.\n", file, line, func, expr);
+        abort();
+    }
+    char buf[768];
+    snprintf(buf, sizeof buf, "assert(%s) failed at %s:%u", expr, file, line);
+    fail_here(*tl.worker, buf);
+}
 
 extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
     Worker& w = *tl.worker;
@@ -616,23 +701,22 @@ extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
     __sanitizer_finish_switch_fiber(nullptr, &w.sched_bottom, &w.sched_size);
 #endif
     w.launch->kernel->call(w.launch->args);
-    Fiber& f = w.fibers[me];
-    f.state = DONE;
+    w.fibers[me].state = DONE;
     w.live--;
     Warp& W = w.warps[me >> 5];
     W.live &= ~(1u << (me & 31));
     if (w.bar_arrived > 0 && int(w.bar_arrived) == w.live) release_block(w);
     if (W.waiting) try_release_warp(w, me >> 5);
-    leave(w, f);
+    leave(w);
 }
 
 // Runs kernel `entry` over the grid. Returns 0, or 1 with a message in err.
 extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     const KernelEntry* entry, const unsigned* grid, const unsigned* block, unsigned long long shmem, void** args,
-    int schedule, unsigned seed, int nworkers, char* err, unsigned long long errlen) {
-    std::lock_guard<std::mutex> serial(launch_mu);
-    install_crash_handlers();
-    Launch L;
+    int schedule, unsigned seed, int nworkers, double timeout_s, char* err, unsigned long long errlen) {
+    pthread_mutex_lock(&launch_mu);
+    pthread_once(&handlers_once, install_crash_handlers_once);
+    Launch L{};
     L.kernel = entry;
     L.grid = dim3(grid[0], grid[1], grid[2]);
     L.block = dim3(block[0], block[1], block[2]);
@@ -641,30 +725,34 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     L.schedule = schedule;
     L.seed = seed;
     L.nblocks = long(grid[0]) * grid[1] * grid[2];
+    L.timeout_s = timeout_s;
+    watch_begin(L);
     int helpers = nworkers - 1;
     if (helpers > L.nblocks - 1) helpers = int(L.nblocks - 1);
     if (helpers > 0) {
-        std::unique_lock<std::mutex> lk(pool->mu);
-        while (pool->size < helpers) {
-            std::thread(pool_main).detach();
-            pool->size++;
-        }
+        pthread_mutex_lock(&pool.mu);
+        while (pool.size < helpers && start_detached(pool_main)) pool.size++;
         L.helpers_left = helpers;
-        pool->job = &L;
-        pool->gen++;
-        pool->wake.notify_all();
+        pool.job = &L;
+        pool.gen++;
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.mu);
     }
     work(L);
     if (helpers > 0) {
-        std::unique_lock<std::mutex> lk(pool->mu);
-        pool->job = nullptr;
-        pool->done.wait(lk, [] { return pool->busy == 0; });
+        pthread_mutex_lock(&pool.mu);
+        pool.job = nullptr;
+        while (pool.busy != 0) pthread_cond_wait(&pool.done, &pool.mu);
+        pthread_mutex_unlock(&pool.mu);
     }
+    watch_end(L);
+    int rc = 0;
     if (L.failed) {
-        snprintf(err, errlen, "%s", L.error.c_str());
-        return 1;
+        snprintf(err, errlen, "%s", L.error);
+        rc = 1;
     }
-    return 0;
+    pthread_mutex_unlock(&launch_mu);
+    return rc;
 }
 
 // Bytes of static __shared__ memory (the TLS block less the runtime's own state), for the launcher's checks.
