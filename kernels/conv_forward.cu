@@ -3,15 +3,17 @@
 //   z[b,i,j,m] = sum_{k1,k2,n} w[k1,k2,n,m] * x[b, i*s1 + k1*d1 - pt, j*s2 + k2*d2 - pl, g*Cg + n] + bias[m]
 //
 // Two paths, chosen by gpuconv/backends/cuda.py:
-//   gpuconv_conv_fwd         tiled implicit GEMM per group: rows = N*OH*OW output pixels, columns = Mg output
-//                            channels, reduction = KH*KW*Cg taps (ordered k1, k2, n like the HWIO weights).
+//   gpuconv_conv_fwd<T, BN>  tiled implicit GEMM per group: rows = N*OH*OW output pixels, columns = Mg output
+//                            channels, reduction = KH*KW*Cg taps (ordered k1, k2, n like the HWIO weights);
+//                            tiles of 64 x 64 (BN = 64) or, for at most 32 output channels per group, 128 x 32.
 //   gpuconv_conv_fwd_direct  one thread per output element, for few output channels per group (depthwise):
 //                            a 64-wide column tile would mostly compute padding there.
-// gpuconv-name-expressions: gpuconv_conv_fwd<__half>, gpuconv_conv_fwd<float>, gpuconv_conv_fwd<double>
+// gpuconv-name-expressions: gpuconv_conv_fwd<__half, 64>, gpuconv_conv_fwd<float, 64>, gpuconv_conv_fwd<double, 64>
+// gpuconv-name-expressions: gpuconv_conv_fwd<__half, 32>, gpuconv_conv_fwd<float, 32>, gpuconv_conv_fwd<double, 32>
 // gpuconv-name-expressions: gpuconv_conv_fwd_direct<__half>, gpuconv_conv_fwd_direct<float>, gpuconv_conv_fwd_direct<double>
 #include "gpuconv_common.cuh"
 
-template <typename T>
+template <typename T, int BN>
 __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     const T* __restrict__ x,     // input (N, H, W, C), NHWC, contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO, contiguous
@@ -28,22 +30,26 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     int act)                     // GPUCONV_ACT_* applied to z before the store
 {
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // im2col tiles of x: As[buffer][k][row]
-    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // weight tiles: Bs[buffer][k][column]
+    constexpr int TX = BN / 4;                    // threads along the columns of the tile
+    constexpr int BM = 4 * GPUCONV_THREADS / TX;  // tile rows: 64 for BN = 64, 128 for BN = 32
+    constexpr int RA = BM / 16;                   // A elements each thread loads per step
+    constexpr int RB = BN / 16;                   // B elements each thread loads per step
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][BM + GPUCONV_PAD];  // im2col tiles of x: As[buffer][k][row]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][BN + GPUCONV_PAD];  // weight tiles: Bs[buffer][k][column]
 
     const int Cg = C / G, Mg = M / G;
     const int g = blockIdx.z;                 // this block's group
     const int P = N * OH * OW;                // GEMM rows
     const int K = KH * KW * Cg;               // GEMM reduction length
-    const int row0 = blockIdx.x * GPUCONV_BM;
-    const int col0 = blockIdx.y * GPUCONV_BN;
-    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+    const int row0 = blockIdx.x * BM;
+    const int col0 = blockIdx.y * BN;
+    const int t = threadIdx.x, tx = t % TX, ty = t / TX;
 
     // Loader of A: reduction index k0 + t % BK for the rows t / BK + 16 i; each row's pixel decoded once.
     const int ak = t % GPUCONV_BK;
-    int a_b[4], a_ih[4], a_iw[4];  // batch (-1: row past the end), top-left input row and column of the window
+    int a_b[RA], a_ih[RA], a_iw[RA];  // batch (-1: row past the end), top-left input row and column of the window
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < RA; ++i) {
         const int row = row0 + t / GPUCONV_BK + 16 * i;
         a_b[i] = -1;
         a_ih[i] = a_iw[i] = 0;
@@ -55,8 +61,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
             a_iw[i] = oj * s2 - pl;
         }
     }
-    // Loader of B: column t % BN for the reduction rows t / BN + 4 j (coalesced along M).
-    const int bcol = t % GPUCONV_BN;
+    // Loader of B: column t % BN for the reduction rows t / BN + (THREADS / BN) j (coalesced along M).
+    const int bcol = t % BN;
     const bool bcol_ok = col0 + bcol < Mg;
     const T* wcol = w + g * Mg + col0 + bcol;
     const T* xg = x + g * Cg;
@@ -69,7 +75,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
 
     // The next tile is loaded into registers (ra, rb) while the current one is multiplied, then stored to the
     // other shared buffer: one barrier per step.
-    Acc ra[4], rb[4];
+    Acc ra[RA], rb[RB];
     gpuconv_walk3 kr;  // reduction index k0 + ak as digits (k1, k2, cn), advanced without divisions
     kr.init(ak, GPUCONV_BK, KW, Cg);
     auto load = [&](int k0) {
@@ -77,23 +83,23 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
         const int k1 = kr.i0, k2 = kr.i1, cn = kr.i2;
         kr.advance();
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < RA; ++i) {
             const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;
             ra[i] = Acc(0);
             if (r_ok && a_b[i] >= 0 && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
                 ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((a_b[i] * H + ih) * W + iw) * C + cn]);
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int kr = k0 + t / GPUCONV_BN + 4 * j;
+        for (int j = 0; j < RB; ++j) {
+            const int kr = k0 + t / BN + (GPUCONV_THREADS / BN) * j;
             rb[j] = (bcol_ok && kr < K) ? gpuconv_to_acc(wcol[(gpuconv_i64)kr * M]) : Acc(0);
         }
     };
     auto stage = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
+        for (int i = 0; i < RA; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) Bs[buf][t / GPUCONV_BN + 4 * j][bcol] = rb[j];
+        for (int j = 0; j < RB; ++j) Bs[buf][t / BN + (GPUCONV_THREADS / BN) * j][bcol] = rb[j];
     };
 
     load(0);
@@ -103,7 +109,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
         const bool more = k0 + GPUCONV_BK < K;
         if (more) load(k0 + GPUCONV_BK);
-        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+        gpuconv_tile_mma<Acc, BM, BN>(As[buf], Bs[buf], acc, tx, ty);
         if (more) stage(buf ^ 1);
         __syncthreads();
         buf ^= 1;

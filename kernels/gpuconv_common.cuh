@@ -26,7 +26,8 @@ typedef long long gpuconv_i64;
 
 // Implicit-GEMM tiles: a block of GPUCONV_THREADS threads computes a GPUCONV_BM x GPUCONV_BN tile of the
 // output, stepping through the reduction GPUCONV_BK at a time; each thread holds a 4 x 4 micro-tile whose rows
-// are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16).
+// are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16). The forward kernel also has a
+// 128 x 32 tile (tx = thread % 8, ty = thread / 8) for 16..32 output channels per group.
 #define GPUCONV_BM 64
 #define GPUCONV_BN 64
 #define GPUCONV_BK 16
@@ -120,9 +121,8 @@ __device__ __forceinline__ void gpuconv_load4(const double* p, double (&v)[4]) {
 // acc[i][j] += sum_k As[k][4 ty + i] * Bs[k][4 tx + j]: one GPUCONV_BK step of a block's tile product, two
 // 128-bit shared loads per 16 multiply-adds. Rows are padded by GPUCONV_PAD (keeps 16-byte alignment and
 // limits the transposing stores of the loaders to 2-way bank conflicts); tiles are declared __align__(16).
-template <typename Acc>
-__device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[GPUCONV_BM + GPUCONV_PAD],
-                                                 const Acc (*Bs)[GPUCONV_BN + GPUCONV_PAD],
+template <typename Acc, int BM = GPUCONV_BM, int BN = GPUCONV_BN>
+__device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[BM + GPUCONV_PAD], const Acc (*Bs)[BN + GPUCONV_PAD],
                                                  Acc (&acc)[4][4], int tx, int ty) {
 #pragma unroll
     for (int k = 0; k < GPUCONV_BK; ++k) {

@@ -23,14 +23,16 @@ REF = NumpyBackend()
 # Largest |error| allowed, relative to the largest |reference| value of the array.
 RTOL = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 1e-2}
 
-# (id, x shape NHWC, w shape HWIO, options, activation). Mg >= 16 takes the tiled GEMM forward and dw kernels,
-# Mg < 16 the direct / small ones; Cg >= 16 the tiled dx kernel, Cg < 16 the direct one.
+# (id, x shape NHWC, w shape HWIO, options, activation). Mg >= 16 takes the tiled GEMM forward and dw kernels
+# (forward tiles 128 x 32 up to Mg = 32, 64 x 64 above), Mg < 16 the direct / small ones; Cg >= 16 the tiled
+# dx kernel, Cg < 16 the direct one.
 CASES = [
     ("gemm-relu-pad1", (2, 7, 9, 16), (3, 3, 16, 20), {"padding": 1}, "relu"),
     ("gemm-stride-asym-dil", (2, 9, 8, 20), (3, 2, 20, 18), {"stride": (2, 3), "padding": ((2, 1), (0, 1)),
                                                                    "dilation": (2, 1)}, "sigmoid"),
     ("gemm-groups", (1, 8, 8, 32), (3, 3, 16, 32), {"groups": 2, "padding": 1}, "identity"),
     ("gemm-multitile", (1, 9, 10, 70), (1, 2, 70, 66), {"padding": ((0, 1), (1, 0))}, "relu"),
+    ("gemm-64wide", (2, 6, 7, 24), (2, 3, 24, 48), {"padding": 1, "stride": (1, 2)}, "sigmoid"),
     ("gemm-split", (4, 12, 12, 16), (3, 3, 16, 16), {"padding": 1}, "identity"),
     # stride 2 with dilation 2: the odd stride phases of dx get no tap at all (exactly 0 there)
     ("gemm-dx-empty-phases", (1, 9, 10, 16), (3, 3, 16, 16),
@@ -45,7 +47,8 @@ CASES = [
     ("stride-skips-pixels", (1, 7, 7, 3), (1, 1, 3, 17), {"stride": 3}, "identity"),
     ("small-split", (2, 32, 32, 2), (3, 3, 1, 2), {"groups": 2, "padding": 1}, "identity"),
 ]
-DTYPE_CASES = ["gemm-relu-pad1", "gemm-stride-asym-dil", "gemm-groups", "direct-stride-asym", "depthwise"]
+DTYPE_CASES = ["gemm-relu-pad1", "gemm-stride-asym-dil", "gemm-groups", "gemm-64wide", "direct-stride-asym",
+               "depthwise"]
 
 
 @pytest.fixture(scope="module")

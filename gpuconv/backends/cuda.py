@@ -157,14 +157,16 @@ class CudaBackend:
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
 
-    def _kernel(self, fname: str, kernel: str, dtype):
-        key = (fname, kernel, np.dtype(dtype))
+    def _kernel(self, fname: str, kernel: str, dtype, *template_ints):
+        """The kernel ``kernel<ctype, ints...>`` of kernels/``fname`` (compiled on first use, then cached)."""
+        key = (fname, kernel, np.dtype(dtype), template_ints)
         if key not in self._kernels:
             get_module = self._get_module
             if get_module is None:
                 from ..cuda.modules import get_module
             module = get_module(self.kind, fname)
-            self._kernels[key] = module.get_function(f"{kernel}<{_CTYPES[np.dtype(dtype)]}>")
+            args = ", ".join((_CTYPES[np.dtype(dtype)], *(str(i) for i in template_ints)))
+            self._kernels[key] = module.get_function(f"{kernel}<{args}>")
         return self._kernels[key]
 
     # -- forward ------------------------------------------------------------------------------------------
@@ -179,8 +181,9 @@ class CudaBackend:
             bx, by = _direct_block(cfg.m)
             grid, block = (_cdiv(p, by), _cdiv(cfg.m, bx), 1), (bx, by, 1)
         else:
-            kernel = self._kernel(FORWARD_FILE, "gpuconv_conv_fwd", x.dtype)
-            grid, block = (_cdiv(p, BM), _cdiv(cfg.mg, BN), cfg.groups), (THREADS, 1, 1)
+            bn = 32 if cfg.mg <= 32 else BN  # 128 x 32 tiles for 16..32 output channels per group
+            kernel = self._kernel(FORWARD_FILE, "gpuconv_conv_fwd", x.dtype, bn)
+            grid, block = (_cdiv(p, 4 * THREADS // (bn // 4)), _cdiv(cfg.mg, bn), cfg.groups), (THREADS, 1, 1)
         has_bias = np.int32(b is not None)
         kernel(grid, block, (x, w, w if b is None else b, y, *_dims(cfg), has_bias,
                              np.int32(ACTIVATION_CODES[activation])))
