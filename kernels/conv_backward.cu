@@ -19,7 +19,8 @@
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
 // gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half>, gpuconv_conv_bwd_input<float>, gpuconv_conv_bwd_input<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 64>, gpuconv_conv_bwd_input<float, 64>, gpuconv_conv_bwd_input<double, 64>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 32>, gpuconv_conv_bwd_input<float, 32>, gpuconv_conv_bwd_input<double, 32>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half>, gpuconv_conv_bwd_input_direct<float>, gpuconv_conv_bwd_input_direct<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
@@ -40,7 +41,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
         gpuconv_store(dz + i, gpuconv_load_dz(dy, y, i, act));
 }
 
-template <typename T>
+template <typename T, int BN>
 __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
@@ -65,23 +66,28 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     // (ph, pw) modulo the strides. The launch wrapper lists the taps that reach them, so the reduction runs
     // over those taps only and no work goes to taps off the stride grid; a phase no tap reaches gets dx = 0.
     // blockIdx.z = group.
+    // Tiles of 64 x 64 (BN = 64) or, for at most 32 input channels per group, 128 x 32 (as gpuconv_conv_fwd).
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // dz tiles: [buffer][k][pixel]
-    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // w tiles: [buffer][k][channel]
+    constexpr int TX = BN / 4;                    // threads along the columns of the tile
+    constexpr int BM = 4 * GPUCONV_THREADS / TX;  // tile rows
+    constexpr int RA = BM / 16;                   // A elements each thread loads per step
+    constexpr int RB = BN / 16;                   // B elements each thread loads per step
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][BM + GPUCONV_PAD];  // dz tiles: [buffer][k][pixel]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][BN + GPUCONV_PAD];  // w tiles: [buffer][k][channel]
 
     const int Cg = C / G, Mg = M / G;
     const int g = blockIdx.z;
     const int P = N * Hp * Wp;       // GEMM rows: the phase's input pixels
     const int K = T1 * T2 * Mg;      // reduction: the phase's taps x output channels of the group
-    const int row0 = blockIdx.x * GPUCONV_BM;
-    const int col0 = blockIdx.y * GPUCONV_BN;
-    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+    const int row0 = blockIdx.x * BM;
+    const int col0 = blockIdx.y * BN;
+    const int t = threadIdx.x, tx = t % TX, ty = t / TX;
 
     // Both loaders use reduction index k0 + t % BK and rows / columns t / BK + 16 i.
     const int ak = t % GPUCONV_BK;
-    int a_b[4], a_qh[4], a_qw[4];  // batch (-1: past the end), (h + pt - ph) / s1, (w + pl - pw) / s2
+    int a_b[RA], a_qh[RA], a_qw[RA];  // batch (-1: past the end), (h + pt - ph) / s1, (w + pl - pw) / s2
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < RA; ++i) {
         const int row = row0 + t / GPUCONV_BK + 16 * i;
         a_b[i] = -1;
         a_qh[i] = a_qw[i] = 0;
@@ -102,7 +108,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
 
     if (K > 0) {  // uniform over the block
         // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
-        Acc ra[4], rb[4];
+        Acc ra[RA], rb[RB];
         gpuconv_walk3 kr;  // reduction index k0 + ak as digits (tap row i1, tap column i2, mm)
         kr.init(ak, GPUCONV_BK, T2, Mg);
         auto load = [&](int k0) {
@@ -113,23 +119,23 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
             const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // oi = qh - di, oj = qw - dj
             const int mg = g * Mg + mm;  // output channel of this reduction index
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
+            for (int i = 0; i < RA; ++i) {
                 ra[i] = Acc(0);
                 const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
                 if (r_ok && a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
                     ra[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
             }
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < RB; ++j) {
                 const int col = col0 + t / GPUCONV_BK + 16 * j;
                 rb[j] = (r_ok && col < Cg) ? gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col) * M + mg]) : Acc(0);
             }
         };
         auto stage = [&](int buf) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
+            for (int i = 0; i < RA; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
+            for (int j = 0; j < RB; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
         };
 
         load(0);
@@ -139,7 +145,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
         for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
             const bool more = k0 + GPUCONV_BK < K;
             if (more) load(k0 + GPUCONV_BK);
-            gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+            gpuconv_tile_mma<Acc, BM, BN>(As[buf], Bs[buf], acc, tx, ty);
             if (more) stage(buf ^ 1);
             __syncthreads();
             buf ^= 1;

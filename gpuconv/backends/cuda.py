@@ -229,15 +229,19 @@ class CudaBackend:
         dy, y, w = _contiguous(self.xp, dy, y, w)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
         direct = cfg.cg < SMALL_CHANNELS
-        name = "gpuconv_conv_bwd_input_direct" if direct else "gpuconv_conv_bwd_input"
-        kernel = self._kernel(BACKWARD_FILE, name, dy.dtype)
+        bn = 32 if cfg.cg <= 32 else BN  # 128 x 32 tiles for 16..32 input channels per group
+        if direct:
+            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype)
+        else:
+            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input", dy.dtype, bn)
         for phase in stride_phases(cfg):
             pixels = cfg.n * phase[1] * phase[4]  # N * Hp * Wp
             if direct:
                 bx, by = _direct_block(cfg.c)
                 grid, block = (_cdiv(pixels, by), _cdiv(cfg.c, bx), 1), (bx, by, 1)
             else:
-                grid, block = (_cdiv(pixels, BM), _cdiv(cfg.cg, BN), cfg.groups), (THREADS, 1, 1)
+                grid = (_cdiv(pixels, 4 * THREADS // (bn // 4)), _cdiv(cfg.cg, bn), cfg.groups)
+                block = (THREADS, 1, 1)
             kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), *(np.int32(v) for v in phase),
                                  np.int32(ACTIVATION_CODES[activation])))
         return dx
