@@ -26,8 +26,8 @@ typedef long long gpuconv_i64;
 
 // Implicit-GEMM tiles: a block of GPUCONV_THREADS threads computes a GPUCONV_BM x GPUCONV_BN tile of the
 // output, stepping through the reduction GPUCONV_BK at a time; each thread holds a 4 x 4 micro-tile whose rows
-// are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16). The forward kernel also has a
-// 128 x 32 tile (tx = thread % 8, ty = thread / 8) for 16..32 output channels per group.
+// are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16). The forward and dx kernels also have a
+// 128 x 32 tile (tx = thread % 8, ty = thread / 8) for 16..32 channels per group.
 #define GPUCONV_BM 64
 #define GPUCONV_BN 64
 #define GPUCONV_BK 16
