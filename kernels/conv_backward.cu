@@ -1,0 +1,431 @@
+// Backward pass. Every gradient kernel reads dy (and, for relu/sigmoid, the saved output y) and applies the
+// activation gradient as it loads: dz = dy * act'(z) is never written to memory. With act = identity, dy is dz.
+//
+//   gpuconv_act_bwd               dz = dy * act'(z) alone, elementwise (the backend's activation_backward)
+//   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per group and
+//                                 stride phase (one launch per phase): rows = the phase's input pixels,
+//                                 columns = Cg, reduction = the phase's taps x Mg; taps reaching outside
+//                                 (OH, OW) read 0, and pixels no output read get exactly 0
+//   gpuconv_conv_bwd_input_direct dx, one thread per element, grouped by stride phase, for few input channels
+//                                 per group (depthwise)
+//   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
+//                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
+//   gpuconv_conv_bwd_weight_small dw partial sums, a thread per (weight element, pixel phase, split), the 8
+//                                 phases added in order, for few output channels per group (depthwise)
+//   gpuconv_bias_grad             db partial sums per split
+//   gpuconv_sum_partials          out[e] = sum over splits s = 0, 1, ... of ws[s][e], in that order
+//
+// Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
+// shape (the split count is a function of the shape), so repeated runs and any thread schedule give
+// bitwise-equal results.
+// gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 64>, gpuconv_conv_bwd_input<float, 64>, gpuconv_conv_bwd_input<double, 64>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 32>, gpuconv_conv_bwd_input<float, 32>, gpuconv_conv_bwd_input<double, 32>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half>, gpuconv_conv_bwd_input_direct<float>, gpuconv_conv_bwd_input_direct<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
+// gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>
+// gpuconv-name-expressions: gpuconv_sum_partials<__half>, gpuconv_sum_partials<float>, gpuconv_sum_partials<double>
+#include "gpuconv_common.cuh"
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
+    const T* __restrict__ dy,  // gradient of the output, any shape, contiguous
+    const T* __restrict__ y,   // saved output act(z), same shape
+    T* __restrict__ dz,        // written: dy * act'(z)
+    gpuconv_i64 size,          // number of elements
+    int act)                   // GPUCONV_ACT_*
+{
+    const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;
+    for (gpuconv_i64 i = (gpuconv_i64)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride)
+        gpuconv_store(dz + i, gpuconv_load_dz(dy, y, i, act));
+}
+
+template <typename T, int BN>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
+    T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations (unused: the phase's taps below already hold them)
+    int pt, int pl,              // top and left padding (likewise)
+    int h0, int Hp, int qh0,     // the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
+    int w0, int Wp, int qw0,     // the phase's columns, the same way
+    int k1f, int k1s, int T1,    // the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1 ...
+    int k1b, int k1i,            // ... reaching output row oi = qh - (k1b + k1i * i1) from input row qh
+    int k2f, int k2s, int T2,    // the phase's tap columns, the same way
+    int k2b, int k2i,
+    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+{
+    // One launch per stride phase (ph, pw): the input pixels whose padded row and column (h + pt, w + pl) are
+    // (ph, pw) modulo the strides. The launch wrapper lists the taps that reach them, so the reduction runs
+    // over those taps only and no work goes to taps off the stride grid; a phase no tap reaches gets dx = 0.
+    // blockIdx.z = group.
+    // Tiles of 64 x 64 (BN = 64) or, for at most 32 input channels per group, 128 x 32 (as gpuconv_conv_fwd).
+    typedef typename gpuconv_acc<T>::type Acc;
+    constexpr int TX = BN / 4;                    // threads along the columns of the tile
+    constexpr int BM = 4 * GPUCONV_THREADS / TX;  // tile rows
+    constexpr int RA = BM / 16;                   // A elements each thread loads per step
+    constexpr int RB = BN / 16;                   // B elements each thread loads per step
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][BM + GPUCONV_PAD];  // dz tiles: [buffer][k][pixel]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][BN + GPUCONV_PAD];  // w tiles: [buffer][k][channel]
+
+    const int Cg = C / G, Mg = M / G;
+    const int g = blockIdx.z;
+    const int P = N * Hp * Wp;       // GEMM rows: the phase's input pixels
+    const int K = T1 * T2 * Mg;      // reduction: the phase's taps x output channels of the group
+    const int row0 = blockIdx.x * BM;
+    const int col0 = blockIdx.y * BN;
+    const int t = threadIdx.x, tx = t % TX, ty = t / TX;
+
+    // Both loaders use reduction index k0 + t % BK and rows / columns t / BK + 16 i.
+    const int ak = t % GPUCONV_BK;
+    int a_b[RA], a_qh[RA], a_qw[RA];  // batch (-1: past the end), (h + pt - ph) / s1, (w + pl - pw) / s2
+#pragma unroll
+    for (int i = 0; i < RA; ++i) {
+        const int row = row0 + t / GPUCONV_BK + 16 * i;
+        a_b[i] = -1;
+        a_qh[i] = a_qw[i] = 0;
+        if (row < P) {
+            const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
+            const int hp = rem / Wp;
+            a_b[i] = b;
+            a_qh[i] = qh0 + hp;
+            a_qw[i] = qw0 + rem - hp * Wp;
+        }
+    }
+
+    Acc acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+
+    if (K > 0) {  // uniform over the block
+        // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
+        Acc ra[RA], rb[RB];
+        gpuconv_walk3 kr;  // reduction index k0 + ak as digits (tap row i1, tap column i2, mm)
+        kr.init(ak, GPUCONV_BK, T2, Mg);
+        auto load = [&](int k0) {
+            const bool r_ok = k0 + ak < K;
+            const int i1 = kr.i0, i2 = kr.i1, mm = kr.i2;
+            kr.advance();
+            const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k2s;
+            const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // oi = qh - di, oj = qw - dj
+            const int mg = g * Mg + mm;  // output channel of this reduction index
+#pragma unroll
+            for (int i = 0; i < RA; ++i) {
+                ra[i] = Acc(0);
+                const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
+                if (r_ok && a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
+                    ra[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);
+            }
+#pragma unroll
+            for (int j = 0; j < RB; ++j) {
+                const int col = col0 + t / GPUCONV_BK + 16 * j;
+                rb[j] = (r_ok && col < Cg) ? gpuconv_to_acc(w[((k1 * KW + k2) * Cg + col) * M + mg]) : Acc(0);
+            }
+        };
+        auto stage = [&](int buf) {
+#pragma unroll
+            for (int i = 0; i < RA; ++i) As[buf][ak][t / GPUCONV_BK + 16 * i] = ra[i];
+#pragma unroll
+            for (int j = 0; j < RB; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
+        };
+
+        load(0);
+        stage(0);
+        __syncthreads();
+        int buf = 0;
+        for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
+            const bool more = k0 + GPUCONV_BK < K;
+            if (more) load(k0 + GPUCONV_BK);
+            gpuconv_tile_mma<Acc, BM, BN>(As[buf], Bs[buf], acc, tx, ty);
+            if (more) stage(buf ^ 1);
+            __syncthreads();
+            buf ^= 1;
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + 4 * ty + i;
+        if (row >= P) continue;
+        const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
+        const int hp = rem / Wp;
+        const int q = (b * H + h0 + hp * s1) * W + w0 + (rem - hp * Wp) * s2;  // input pixel
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = col0 + 4 * tx + j;
+            if (col < Cg) gpuconv_store(dx + (gpuconv_i64)q * C + g * Cg + col, acc[i][j]);
+        }
+    }
+}
+
+// __launch_bounds__ with 4 blocks per SM: with no minimum, ptxas 12.9 squeezed this kernel into 32 registers
+// with a few bytes of spills on some architectures.
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_direct(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
+    T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations (unused: the phase's taps below already hold them)
+    int pt, int pl,              // top and left padding (likewise)
+    int h0, int Hp, int qh0,     // the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
+    int w0, int Wp, int qw0,     // the phase's columns, the same way
+    int k1f, int k1s, int T1,    // the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1 ...
+    int k1b, int k1i,            // ... reaching output row oi = qh - (k1b + k1i * i1) from input row qh
+    int k2f, int k2s, int T2,    // the phase's tap columns, the same way
+    int k2b, int k2i,
+    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+{
+    // One launch per stride phase, as gpuconv_conv_bwd_input: every thread loops over the same taps (no
+    // divergence, no test of each tap against the stride grid). Block (bx, by), bx * by = GPUCONV_THREADS:
+    // threadIdx.x walks input channels, threadIdx.y the phase's pixels.
+    typedef typename gpuconv_acc<T>::type Acc;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;  // input channel
+    const int q = blockIdx.x * blockDim.y + threadIdx.y;  // pixel of the phase
+    if (c >= C || q >= N * Hp * Wp) return;
+    const int Cg = (unsigned)C / G, Mg = (unsigned)M / G;
+    const int g = (unsigned)c / Cg, n = c - g * Cg;
+    const int b = (unsigned)q / (Hp * Wp), rem = q - b * (Hp * Wp);
+    const int hp = (unsigned)rem / Wp, wp = rem - hp * Wp;
+    const int qh = qh0 + hp, qw = qw0 + wp;  // output row / column reached through a tap of offset 0
+    Acc v = Acc(0);
+    for (int i1 = 0; i1 < T1; ++i1) {
+        const int oi = qh - k1b - i1 * k1i;
+        if (oi < 0) break;  // oi only decreases
+        if (oi >= OH) continue;
+        const int k1 = k1f + i1 * k1s;
+        for (int i2 = 0; i2 < T2; ++i2) {
+            const int oj = qw - k2b - i2 * k2i;
+            if (oj < 0) break;
+            if (oj >= OW) continue;
+            const int k2 = k2f + i2 * k2s;
+            const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
+            const T* wk = w + ((k1 * KW + k2) * Cg + n) * M + g * Mg;
+#pragma unroll 1
+            for (int mm = 0; mm < Mg; ++mm) v += gpuconv_load_dz(dy, y, o + mm, act) * gpuconv_to_acc(wk[mm]);
+        }
+    }
+    const int pixel = (b * H + h0 + hp * s1) * W + w0 + wp * s2;
+    gpuconv_store(dx + (gpuconv_i64)pixel * C + c, v);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ x,   // input (N, H, W, C)
+    typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, KH*KW*Cg, M)
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations
+    int pt, int pl,              // top and left padding
+    int chunk,                   // output pixels per split (a multiple of GPUCONV_BK); split = blockIdx.z
+    int act)                     // GPUCONV_ACT_* of the forward pass
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ __align__(16) Acc As[2][GPUCONV_BK][GPUCONV_BM + GPUCONV_PAD];  // im2col tiles, transposed: As[buffer][pixel][tap row]
+    __shared__ __align__(16) Acc Bs[2][GPUCONV_BK][GPUCONV_BN + GPUCONV_PAD];  // dz tiles: Bs[buffer][pixel][output channel]
+
+    const int Cg = C / G, Mg = M / G;
+    const int K = KH * KW * Cg;                 // rows of dw
+    const int tiles_n = (Mg + GPUCONV_BN - 1) / GPUCONV_BN;
+    const int g = blockIdx.y / tiles_n;
+    const int row0 = blockIdx.x * GPUCONV_BM;
+    const int col0 = (blockIdx.y - g * tiles_n) * GPUCONV_BN;
+    const int P = N * OH * OW;
+    const int p_begin = blockIdx.z * chunk;
+    const int p_end = min(P, p_begin + chunk);
+    const int t = threadIdx.x, tx = t % 16, ty = t / 16;
+
+    // Loader roles: tap row / output channel t % 64, pixels p0 + t / 64 + 4 i.
+    const int lr = t % GPUCONV_BM;
+    const int r = row0 + lr;
+    const bool r_ok = r < K;
+    int k1d1 = 0, k2d2 = 0, cn = 0;
+    if (r_ok) {
+        const int kk = r / Cg;
+        cn = r - kk * Cg;
+        const int k1 = kk / KW;
+        k1d1 = k1 * d1 - pt;
+        k2d2 = (kk - k1 * KW) * d2 - pl;
+    }
+    const bool c_ok = col0 + lr < Mg;
+    const int mcol = g * Mg + col0 + lr;
+    const T* xg = x + g * Cg + cn;
+
+    Acc acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = Acc(0);
+
+    // This thread's 4 pixels p0 + t / 64 + 4 i, advanced by BK each step without divisions.
+    gpuconv_walk3 px[4];  // digits (b, oi, oj)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) px[i].init(p_begin + t / GPUCONV_BM + 4 * i, GPUCONV_BK, OH, OW);
+
+    // Register-staged double buffering, as in gpuconv_conv_fwd: one barrier per step.
+    Acc ra[4], rb[4];
+    auto load = [&](int p0) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int p = p0 + t / GPUCONV_BM + 4 * i;
+            ra[i] = rb[i] = Acc(0);
+            if (p < p_end) {
+                const int ih = px[i].i1 * s1 + k1d1, iw = px[i].i2 * s2 + k2d2;
+                if (r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].i0 * H + ih) * W + iw) * C]);
+                if (c_ok) rb[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + mcol, act);
+            }
+            px[i].advance();
+        }
+    };
+    auto stage = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            As[buf][t / GPUCONV_BM + 4 * i][lr] = ra[i];
+            Bs[buf][t / GPUCONV_BM + 4 * i][lr] = rb[i];
+        }
+    };
+
+    load(p_begin);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int p0 = p_begin; p0 < p_end; p0 += GPUCONV_BK) {
+        const bool more = p0 + GPUCONV_BK < p_end;
+        if (more) load(p0 + GPUCONV_BK);
+        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
+        if (more) stage(buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
+    }
+
+    Acc* out = ws + (gpuconv_i64)blockIdx.z * K * M;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int row = row0 + 4 * ty + i;
+        if (row >= K) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int col = col0 + 4 * tx + j;
+            if (col < Mg) out[(gpuconv_i64)row * M + g * Mg + col] = acc[i][j];
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ x,   // input (N, H, W, C)
+    typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, KH*KW*Cg*M)
+    int N, int H, int W, int C,  // input shape
+    int KH, int KW, int M,       // kernel height, width, output channels
+    int G,                       // groups
+    int OH, int OW,              // output height, width
+    int s1, int s2,              // strides
+    int d1, int d2,              // dilations
+    int pt, int pl,              // top and left padding
+    int chunk,                   // output pixels per split; split = blockIdx.y
+    int act)                     // GPUCONV_ACT_* of the forward pass
+{
+    // Block (32, 8): threadIdx.x = weight element (HWIO order, so m fastest and dz loads coalesce),
+    // threadIdx.y = pixel phase; the 8 phases are added in order at the end.
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ Acc red[8][33];
+    const int Cg = C / G, Mg = M / G;
+    const int E = KH * KW * Cg * M;
+    const int e = blockIdx.x * 32 + threadIdx.x;  // weight element (k1, k2, n, m)
+    const int P = N * OH * OW;
+    const int p_begin = blockIdx.y * chunk;
+    const int p_end = min(P, p_begin + chunk);
+    Acc v = Acc(0);
+    if (e < E) {
+        const int r = e / M, m = e - r * M;
+        const int kk = r / Cg, n = r - kk * Cg;
+        const int k1 = kk / KW, k2 = kk - k1 * KW;
+        const int g = m / Mg;
+        const T* xg = x + g * Cg + n;
+        const int dh = k1 * d1 - pt, dw = k2 * d2 - pl;
+        // Pixel p = p_begin + threadIdx.y + 8 k, decoded once and then advanced without divisions.
+        gpuconv_walk3 px;  // digits (b, oi, oj)
+        px.init(p_begin + threadIdx.y, 8, OH, OW);
+        for (int p = p_begin + threadIdx.y; p < p_end; p += 8) {
+            const int ih = px.i1 * s1 + dh, iw = px.i2 * s2 + dw;
+            if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                v += gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) *
+                     gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+            px.advance();
+        }
+    }
+    red[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && e < E) {
+        Acc s = red[0][threadIdx.x];
+#pragma unroll
+        for (int k = 1; k < 8; ++k) s += red[k][threadIdx.x];
+        ws[(gpuconv_i64)blockIdx.y * E + e] = s;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
+    const T* __restrict__ dy,  // output gradient, viewed as (P, M), contiguous
+    const T* __restrict__ y,   // saved output, same shape; read only when act != identity
+    typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, M)
+    int P,                     // rows (N * OH * OW)
+    int M,                     // channels
+    int chunk,                 // rows per split; split = blockIdx.y
+    int act)                   // GPUCONV_ACT_* of the forward pass
+{
+    // Block (32, 8): threadIdx.x = channel within the block's 32, threadIdx.y = row phase.
+    typedef typename gpuconv_acc<T>::type Acc;
+    __shared__ Acc red[8][33];
+    const int m = blockIdx.x * 32 + threadIdx.x;
+    const int p_begin = blockIdx.y * chunk;
+    const int p_end = min(P, p_begin + chunk);
+    Acc v = Acc(0);
+    if (m < M)
+        for (int p = p_begin + threadIdx.y; p < p_end; p += 8) v += gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+    red[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && m < M) {
+        Acc s = red[0][threadIdx.x];
+#pragma unroll
+        for (int k = 1; k < 8; ++k) s += red[k][threadIdx.x];
+        ws[(gpuconv_i64)blockIdx.y * M + m] = s;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_sum_partials(
+    const typename gpuconv_acc<T>::type* __restrict__ ws,  // partial sums (splits, E)
+    T* __restrict__ out,       // written: out[e] = sum_s ws[s, e], summed for s = 0, 1, ... in order
+    int E,                     // elements per split
+    int splits)                // number of splits
+{
+    typedef typename gpuconv_acc<T>::type Acc;
+    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= E) return;
+    Acc s = ws[e];
+    for (int k = 1; k < splits; ++k) s += ws[(gpuconv_i64)k * E + e];
+    gpuconv_store(out + e, s);
+}

@@ -1,0 +1,137 @@
+// Shared device helpers of the gpuconv kernels: storage <-> accumulator conversion, activations, the tile
+// sizes and the inner product of one shared-memory tile of the implicit GEMMs.
+//
+// Notation (the same names as gpuconv/_config.py):
+//   x  (N, H, W, C)      input, NHWC              y, dy  (N, OH, OW, M)   output and its gradient
+//   w  (KH, KW, Cg, M)   weights, HWIO            G groups, Cg = C / G, Mg = M / G, g = m / Mg
+//   s1, s2 strides; d1, d2 dilations; pt, pl top and left paddings (bottom/right follow from OH, OW)
+//
+// Index widths: pixel counts (N*H*W, N*OH*OW) and weight counts (KH*KW*Cg*M) fit in int32 (the Python
+// launch wrappers refuse larger problems); element offsets into x, y, dy, dx (pixel * channels) are 64-bit.
+//
+// The same text compiles under NVRTC (GPU) and under gpuconv's CPU emulator (g++, GPUCONV_EMULATOR defined,
+// __half provided by the emulator's header).
+#pragma once
+
+#ifndef GPUCONV_EMULATOR
+#include <cuda_fp16.h>
+#endif
+
+typedef long long gpuconv_i64;
+
+// Activation codes, the same numbers as gpuconv/backends/cuda.py ACTIVATION_CODES.
+#define GPUCONV_ACT_IDENTITY 0
+#define GPUCONV_ACT_RELU 1
+#define GPUCONV_ACT_SIGMOID 2
+
+// Implicit-GEMM tiles: a block of GPUCONV_THREADS threads computes a GPUCONV_BM x GPUCONV_BN tile of the
+// output, stepping through the reduction GPUCONV_BK at a time; each thread holds a 4 x 4 micro-tile whose rows
+// are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16). The forward and dx kernels also have a
+// 128 x 32 tile (tx = thread % 8, ty = thread / 8) for 16..32 channels per group.
+#define GPUCONV_BM 64
+#define GPUCONV_BN 64
+#define GPUCONV_BK 16
+#define GPUCONV_THREADS 256
+#define GPUCONV_PAD 4  // shared tile row padding (elements)
+
+// Accumulator type: float for float16 and float32 storage, double for float64.
+template <typename T> struct gpuconv_acc { typedef float type; };
+template <> struct gpuconv_acc<double> { typedef double type; };
+
+// Storage -> accumulator.
+__device__ __forceinline__ float gpuconv_to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float gpuconv_to_acc(float v) { return v; }
+__device__ __forceinline__ double gpuconv_to_acc(double v) { return v; }
+
+// Accumulator -> storage (float16: round to nearest even, once).
+__device__ __forceinline__ void gpuconv_store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void gpuconv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void gpuconv_store(double* p, double v) { *p = v; }
+
+__device__ __forceinline__ float gpuconv_exp(float v) { return expf(v); }
+__device__ __forceinline__ double gpuconv_exp(double v) { return exp(v); }
+
+// y = act(z). relu keeps NaN (as np.maximum); sigmoid's exp overflow gives 1 / inf = 0.
+template <typename Acc>
+__device__ __forceinline__ Acc gpuconv_act_forward(Acc z, int act) {
+    if (act == GPUCONV_ACT_RELU) return z < Acc(0) ? Acc(0) : z;
+    if (act == GPUCONV_ACT_SIGMOID) return Acc(1) / (Acc(1) + gpuconv_exp(-z));
+    return z;
+}
+
+// dz = dy * act'(z) from the saved output u = act(z): relu -> a select (dy = inf with u <= 0 gives 0, as
+// np.where), sigmoid -> dy * u * (1 - u), never through exp.
+template <typename Acc>
+__device__ __forceinline__ Acc gpuconv_act_backward(Acc dy, Acc u, int act) {
+    if (act == GPUCONV_ACT_RELU) return u > Acc(0) ? dy : Acc(0);
+    if (act == GPUCONV_ACT_SIGMOID) return dy * u * (Acc(1) - u);
+    return dy;
+}
+
+// dz[i] read from dy (and the saved output y when act != identity): the activation gradient fused into the
+// loads of the gradient kernels, so dz never goes to memory.
+template <typename T>
+__device__ __forceinline__ typename gpuconv_acc<T>::type gpuconv_load_dz(
+    const T* __restrict__ dy, const T* __restrict__ y, gpuconv_i64 i, int act) {
+    typedef typename gpuconv_acc<T>::type Acc;
+    const Acc d = gpuconv_to_acc(dy[i]);
+    if (act == GPUCONV_ACT_IDENTITY) return d;
+    return gpuconv_act_backward(d, gpuconv_to_acc(y[i]), act);
+}
+
+// A flat index v = (i0 * n1 + i1) * n2 + i2 kept as its digits (i0, i1, i2) while it advances by a fixed
+// step, so that loops over pixels (b, oi, oj) or reduction indices (k1, k2, n) do no integer division (two
+// per element otherwise, and a division in a loop can make ptxas spill).
+struct gpuconv_walk3 {
+    int i0, i1, i2;           // digits of the current index (i0 unbounded, i1 < n1, i2 < n2)
+    int n1, n2;               // radices of the two low digits
+    int step0, step1, step2;  // the step, split into digits the same way
+
+    __device__ __forceinline__ void init(int v, int step, int n1_, int n2_) {
+        n1 = n1_;
+        n2 = n2_;
+        i0 = v / (n1 * n2);
+        const int rem = v - i0 * (n1 * n2);
+        i1 = rem / n2;
+        i2 = rem - i1 * n2;
+        step0 = step / (n1 * n2);
+        const int srem = step - step0 * (n1 * n2);
+        step1 = srem / n2;
+        step2 = srem - step1 * n2;
+    }
+    __device__ __forceinline__ void advance() {
+        i2 += step2;
+        if (i2 >= n2) { i2 -= n2; ++i1; }
+        i1 += step1;
+        if (i1 >= n1) { i1 -= n1; ++i0; }
+        i0 += step0;
+    }
+};
+
+// Four consecutive accumulators from shared memory in 128-bit loads (float4, or two double2).
+__device__ __forceinline__ void gpuconv_load4(const float* p, float (&v)[4]) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x; v[1] = q.y; v[2] = q.z; v[3] = q.w;
+}
+__device__ __forceinline__ void gpuconv_load4(const double* p, double (&v)[4]) {
+    const double2 q0 = reinterpret_cast<const double2*>(p)[0], q1 = reinterpret_cast<const double2*>(p)[1];
+    v[0] = q0.x; v[1] = q0.y; v[2] = q1.x; v[3] = q1.y;
+}
+
+// acc[i][j] += sum_k As[k][4 ty + i] * Bs[k][4 tx + j]: one GPUCONV_BK step of a block's tile product, two
+// 128-bit shared loads per 16 multiply-adds. Rows are padded by GPUCONV_PAD (keeps 16-byte alignment and
+// limits the transposing stores of the loaders to 2-way bank conflicts); tiles are declared __align__(16).
+template <typename Acc, int BM = GPUCONV_BM, int BN = GPUCONV_BN>
+__device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[BM + GPUCONV_PAD], const Acc (*Bs)[BN + GPUCONV_PAD],
+                                                 Acc (&acc)[4][4], int tx, int ty) {
+#pragma unroll
+    for (int k = 0; k < GPUCONV_BK; ++k) {
+        Acc a[4], b[4];
+        gpuconv_load4(&As[k][4 * ty], a);
+        gpuconv_load4(&Bs[k][4 * tx], b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+    }
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# GPU checks of gpuconv's CUDA kernels, in under 5 minutes, on a machine with an NVIDIA GPU and cupy
+# (PyTorch and compute-sanitizer are used when present). The repository is used in place: run from anywhere,
+#   bash tools/gpu_check.sh
+# Steps (each under its own timeout; the script goes on after a failure and exits non-zero if any failed):
+#   1. the NVRTC resource table (registers / shared memory / spills), when cuda-bindings is installed
+#   2. tests/test_kernels.py on the cupy backend
+#   3. the shared backend-parametrized suite on the cupy backend
+#   4. every kernel vs the NumPy float64 reference (float32 < 1e-5, float16 < 1e-2 relative error)
+#   5. dw / db bitwise-determinism over repeated runs
+#   6. compute-sanitizer memcheck and racecheck over one pass of every kernel
+#   7. forward / backward timings of the benchmark shapes next to cuDNN (PyTorch; TF32 off and on)
+# Dry run without a GPU: GPU_CHECK_BACKEND=emulator bash tools/gpu_check.sh runs the same steps on the CPU
+# emulator (small shapes, no sanitizer, no cuDNN) to check the script itself.
+set -u
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONDONTWRITEBYTECODE=1
+PY="${PYTHON:-python3}"
+BE="${GPU_CHECK_BACKEND:-cupy}"
+export GPU_CHECK_BACKEND="$BE"
+FAILED=()
+
+BUDGET_S=290  # the whole script stays under 5 minutes: a step gets at most what is left of this
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+    local name="$1" limit="$2"
+    shift 2
+    local left=$((BUDGET_S - SECONDS))
+    if [ "$left" -lt 15 ]; then
+        echo "=== $name: skipped, out of time"
+        FAILED+=("$name (skipped: out of time)")
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo
+    echo "=== $name"
+    local t0=$SECONDS
+    timeout --kill-after=10 "$limit" "$@"
+    local rc=$?
+    echo "--- $name: rc=$rc, $((SECONDS - t0)) s"
+    if [ "$rc" -ne 0 ]; then FAILED+=("$name (rc=$rc)"); fi
+}
+
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if [ "$BE" = cupy ]; then
+    "$PY" -c "import cupy; print('cupy', cupy.__version__, 'CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())" \
+        || { echo "cupy is not usable here: nothing to check"; exit 2; }
+fi
+
+if "$PY" -c "import cuda.bindings.nvrtc" 2>/dev/null; then
+    step "NVRTC resources (no spills)" 40 "$PY" tools/gpu_check.py resources
+else
+    echo "(cuda-bindings not installed: NVRTC resource table skipped)"
+fi
+
+step "tests/test_kernels.py on $BE" 60 env GPUCONV_KERNEL_BACKEND="$BE" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_kernels.py
+
+# The shared suite runs on the backends listed in tests/conftest.py BACKENDS; when "$BE" is not listed yet,
+# run a copy of the suite with it added (the repository itself is not modified).
+if [ ! -f tests/conftest.py ] || ! grep -qE '^BACKENDS = ' tests/conftest.py; then
+    echo "(no shared backend-parametrized suite here: tests/conftest.py with BACKENDS missing; step skipped)"
+else
+    SUITE_DIR="tests"
+    if ! grep -qE "^BACKENDS = .*\"$BE\"" tests/conftest.py; then
+        TMP_REPO="$(mktemp -d)"  # tests/ copied, the package linked: the suite finds the repository at ../
+        ln -s "$ROOT/gpuconv" "$TMP_REPO/gpuconv"
+        ln -s "$ROOT/kernels" "$TMP_REPO/kernels"
+        SUITE_DIR="$TMP_REPO/tests"
+        cp -r tests "$SUITE_DIR"
+        rm -f "$SUITE_DIR/test_kernels.py"
+        sed -i -E "s/^BACKENDS = \[(.*)\]/BACKENDS = [\1, \"$BE\"]/" "$SUITE_DIR/conftest.py"
+    fi
+    step "shared test suite on $BE" 90 "$PY" -m pytest -q -p no:cacheprovider -k "$BE" "$SUITE_DIR"
+fi
+
+step "accuracy vs NumPy float64" 40 "$PY" tools/gpu_check.py accuracy
+step "dw/db determinism" 30 "$PY" tools/gpu_check.py determinism
+
+SAN="$(command -v compute-sanitizer || true)"
+[ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+if [ -n "$SAN" ] && [ "$BE" = cupy ]; then
+    step "compute-sanitizer memcheck" 60 "$SAN" --tool memcheck --error-exitcode 1 --leak-check no "$PY" tools/gpu_check.py sanitize
+    step "compute-sanitizer racecheck" 60 "$SAN" --tool racecheck --error-exitcode 1 "$PY" tools/gpu_check.py sanitize
+else
+    echo "(compute-sanitizer not found: memcheck / racecheck skipped)"
+fi
+
+step "timings vs cuDNN" 60 "$PY" tools/gpu_check.py bench
+
+echo
+if [ "${#FAILED[@]}" -eq 0 ]; then
+    echo "gpu_check: all steps passed ($SECONDS s)"
+else
+    echo "gpu_check: ${#FAILED[@]} step(s) failed ($SECONDS s):"
+    printf '  %s\n' "${FAILED[@]}"
+    exit 1
+fi
