@@ -170,15 +170,19 @@ def conv2d_backward(
     _check_shape(fname, "dy", a["dy"], y_shape)
     if a["y"] is not None:
         _check_shape(fname, "y", a["y"], y_shape)
-    dz = a["dy"] if act == "identity" else be.activation_backward(a["dy"], a["y"], act)
-    dz4 = dz.reshape(cfg.y_shape)
+    dtype, x4, w4 = a["dy"].dtype, a["x"].reshape(cfg.x_shape), a["w"].reshape(cfg.w_shape)
+    fused = getattr(be, "backward", None)
     if cfg.n == 0:
-        dx = be.xp.zeros(cfg.x_shape, dz.dtype)
-        dw = be.xp.zeros(cfg.w_shape, dz.dtype)
+        dx, dw = be.xp.zeros(cfg.x_shape, dtype), be.xp.zeros(cfg.w_shape, dtype)
+        db = be.xp.zeros((cfg.m,), dtype) if has_bias else None
+    elif fused is not None:  # the backend applies act' as it reads dy: dz never goes to memory
+        y4 = None if act == "identity" else a["y"].reshape(cfg.y_shape)
+        dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias)
     else:
-        dx = be.backward_input(dz4, a["w"].reshape(cfg.w_shape), cfg)
-        dw = be.backward_weight(dz4, a["x"].reshape(cfg.x_shape), cfg)
-    db = _bias_grad(be, dz4, cfg.m) if has_bias else None
+        dz = a["dy"] if act == "identity" else be.activation_backward(a["dy"], a["y"], act)
+        dz4 = dz.reshape(cfg.y_shape)
+        dx, dw = be.backward_input(dz4, w4, cfg), be.backward_weight(dz4, x4, cfg)
+        db = _bias_grad(be, dz4, cfg.m) if has_bias else None
     return Conv2DGrads(_back(dx.reshape(a["x"].shape), dy), _back(dw.reshape(a["w"].shape), dy), _back(db, dy))
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpuconv import _dispatch  # noqa: E402
 
 # Backends the suite runs on. The next issue adds "emulator" and "cupy" here; nothing else needs to change.
-BACKENDS = ["numpy"]
+BACKENDS = ["numpy", "emulator", "cupy"]
 
 # Backends where one call is expensive (the CPU emulator: ~10 ms a call). Tests size their work with
 # ``work_scale`` / ``hypothesis_examples`` so that all emulator tests together stay under about a minute.
