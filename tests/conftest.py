@@ -194,3 +194,25 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# ------------------------------------------------------------------------------------ finite differences
+def sample_coordinates(rng, shape, limit):
+    """Every index of ``shape`` if there are at most ``limit``, else ``limit`` random distinct ones."""
+    size = int(np.prod(shape))
+    flat = np.arange(size) if size <= limit else rng.choice(size, limit, replace=False)
+    return [np.unravel_index(i, shape) for i in flat]
+
+
+def fd_gradient(loss, arr, coords):
+    """Central differences of loss() at each index in coords of arr (changed in place and restored)."""
+    out = []
+    for idx in coords:
+        old = arr[idx]
+        arr[idx] = old + FD_STEP
+        lp = loss()
+        arr[idx] = old - FD_STEP
+        lm = loss()
+        arr[idx] = old
+        out.append((lp - lm) / (2 * FD_STEP))
+    return np.array(out)

@@ -275,3 +275,14 @@ def reduction_lengths(c) -> dict:
         dw=x4[0] * oh * ow,
         db=x4[0] * oh * ow,
     )
+
+
+def geometry(c):
+    """(stride, padding, dilation, groups) keyword options of a case, with the defaults filled in."""
+    o = c["options"]
+    return dict(
+        stride=o.get("stride", 1),
+        padding=o.get("padding", "valid"),
+        dilation=o.get("dilation", 1),
+        groups=o.get("groups", 1),
+    )

@@ -7,20 +7,10 @@ import numpy as np
 import pytest
 import reference as ref
 from conftest import DTYPE_IDS, DTYPES, to_numpy, tolerance
-from reference import OPTION_CASES, OPTION_IDS, reduction_lengths
+from reference import OPTION_CASES, OPTION_IDS, geometry, reduction_lengths
 
 import gpuconv
 
-
-def geometry(c):
-    """(stride, padding, dilation, groups) keyword options of a case, with the defaults filled in."""
-    o = c["options"]
-    return dict(
-        stride=o.get("stride", 1),
-        padding=o.get("padding", "valid"),
-        dilation=o.get("dilation", 1),
-        groups=o.get("groups", 1),
-    )
 
 
 def case_arrays(rand, c, dtype):

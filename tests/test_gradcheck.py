@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import FD_RTOL, FD_STEP, to_numpy
+from conftest import FD_RTOL, FD_STEP, fd_gradient, sample_coordinates, to_numpy
 
 import gpuconv
 
@@ -38,24 +38,6 @@ def _inputs(rng, cfg, activation):
     raise AssertionError("could not draw relu inputs away from the kink")
 
 
-def _coordinates(rng, shape, limit):
-    """Every index of ``shape`` if there are at most ``limit``, else ``limit`` random distinct ones."""
-    size = int(np.prod(shape))
-    flat = np.arange(size) if size <= limit else rng.choice(size, limit, replace=False)
-    return [np.unravel_index(i, shape) for i in flat]
-
-
-def _fd_gradient(loss, arr, coords):
-    out = []
-    for idx in coords:
-        old = arr[idx]
-        arr[idx] = old + FD_STEP
-        lp = loss()
-        arr[idx] = old - FD_STEP
-        lm = loss()
-        arr[idx] = old
-        out.append((lp - lm) / (2 * FD_STEP))
-    return np.array(out)
 
 
 def _assert_grad(name, analytic, fd, coords):
@@ -91,12 +73,12 @@ def test_gradcheck(backend, to_xp, rng, work_scale, cfg_name, activation):
     assert dx.shape == x.shape and dw.shape == w.shape
     limit = 200 if work_scale >= 1 else 10  # every coordinate of these tiny arrays, or 10 on slow backends
     for name, arr, analytic in (("dx", x, dx), ("dw", w, dw)):
-        coords = _coordinates(rng, arr.shape, limit)
-        _assert_grad(name, analytic, _fd_gradient(loss, arr, coords), coords)
+        coords = sample_coordinates(rng, arr.shape, limit)
+        _assert_grad(name, analytic, fd_gradient(loss, arr, coords), coords)
     if b is not None:
         db = to_numpy(grads.db)
-        coords = _coordinates(rng, b.shape, limit)
-        _assert_grad("db", db, _fd_gradient(loss, b, coords), coords)
+        coords = sample_coordinates(rng, b.shape, limit)
+        _assert_grad("db", db, fd_gradient(loss, b, coords), coords)
     else:
         assert grads.db is None
 
@@ -119,8 +101,8 @@ def test_gradcheck_separate_ops(backend, to_xp, rng, activation):
     dw = to_numpy(gpuconv.conv2d_backward_weight(dz, to_xp(x), w.shape, backend=backend, **opts))
     db = to_numpy(gpuconv.conv2d_backward_bias(dz, backend=backend))
     for name, arr, analytic in (("dx", x, dx), ("dw", w, dw), ("db", b, db)):
-        coords = _coordinates(rng, arr.shape, 12)
-        _assert_grad(name, analytic, _fd_gradient(loss, arr, coords), coords)
+        coords = sample_coordinates(rng, arr.shape, 12)
+        _assert_grad(name, analytic, fd_gradient(loss, arr, coords), coords)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -154,5 +136,5 @@ def test_reference_gradients_match_differences(rng):
         db=ref.backward_bias(dz),
     )
     for name, arr in (("dx", x), ("dw", w), ("db", b)):
-        coords = _coordinates(rng, arr.shape, 40)
-        _assert_grad(name, analytic[name], _fd_gradient(loss, arr, coords), coords)
+        coords = sample_coordinates(rng, arr.shape, 40)
+        _assert_grad(name, analytic[name], fd_gradient(loss, arr, coords), coords)

@@ -6,20 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import DTYPE_IDS, DTYPES, FD_RTOL, FD_STEP, to_numpy
-from reference import OPTION_CASES, OPTION_IDS, reduction_lengths
+from conftest import DTYPE_IDS, DTYPES, FD_RTOL, fd_gradient, sample_coordinates, to_numpy
+from reference import OPTION_CASES, OPTION_IDS, geometry, reduction_lengths
 
 import gpuconv
 
-
-def _geometry(c):
-    o = c["options"]
-    return dict(
-        stride=o.get("stride", 1),
-        padding=o.get("padding", "valid"),
-        dilation=o.get("dilation", 1),
-        groups=o.get("groups", 1),
-    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -29,7 +20,7 @@ def test_layer_forward_backward_vs_reference(backend, to_xp, check, rand, c, dty
     m = c["w_shape"][3] if len(c["w_shape"]) == 4 else 1
     b = rand((m,), dtype) if c["bias"] else None
     act = c["activation"]
-    layer = gpuconv.Conv2D(to_xp(w), to_xp(b), activation=act, backend=backend, **_geometry(c))
+    layer = gpuconv.Conv2D(to_xp(w), to_xp(b), activation=act, backend=backend, **geometry(c))
     assert layer.dw is None and layer.db is None
     y = layer(to_xp(x))
     expected_y = ref.conv2d(x, w, b, activation=act, **c["options"])
@@ -40,8 +31,8 @@ def test_layer_forward_backward_vs_reference(backend, to_xp, check, rand, c, dty
     dx = layer.backward(to_xp(dy))
     # the reference's dZ from the layer's own (rounded) output, as the specification says
     dz = ref.activation_backward(dy, to_numpy(y), act)
-    check(dx, ref.backward_input(dz, w, x.shape, **_geometry(c)), dtype, reduction=red["dx"])
-    check(layer.dw, ref.backward_weight(dz, x, w.shape, **_geometry(c)), dtype, reduction=red["dw"])
+    check(dx, ref.backward_input(dz, w, x.shape, **geometry(c)), dtype, reduction=red["dx"])
+    check(layer.dw, ref.backward_weight(dz, x, w.shape, **geometry(c)), dtype, reduction=red["dw"])
     if b is None:
         assert layer.db is None
     else:
@@ -115,15 +106,7 @@ def test_layer_gradcheck(backend, to_xp, rng, work_scale, activation):
         return float(np.sum(to_numpy(out) * r))
 
     for name, arr in arrays.items():
-        idx = rng.choice(arr.size, min(n, arr.size), replace=False)
-        for i in idx:
-            k = np.unravel_index(i, arr.shape)
-            old = arr[k]
-            arr[k] = old + FD_STEP
-            lp = loss()
-            arr[k] = old - FD_STEP
-            lm = loss()
-            arr[k] = old
-            fd = (lp - lm) / (2 * FD_STEP)
+        coords = sample_coordinates(rng, arr.shape, n)
+        for k, fd in zip(coords, fd_gradient(loss, arr, coords)):
             g = grads[name][k]
             assert abs(g - fd) <= FD_RTOL * max(abs(fd), np.max(np.abs(grads[name]))), (name, k, g, fd)
