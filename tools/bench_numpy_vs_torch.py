@@ -1,13 +1,14 @@
 """NumPy backend against PyTorch's CPU conv2d on the benchmark shape set (float32, the machine's threads).
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python tools/bench_numpy_vs_torch.py [--repeat 15]
-        [--shapes a,b,c] [--json out.json]
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python tools/bench_numpy_vs_torch.py [--repeat 21]
+        [--shapes a,b,c] [--threads 1 --cpu-time] [--json out.json]
 
 Both sides compute the same layer: y = relu(conv2d(x, w) + b), then (fwd+bwd) dx, dw, db from dy through the relu.
 gpuconv is called through its public API (gpuconv.conv2d / gpuconv.conv2d_backward, backend="numpy"), so its
 argument checks are timed too. PyTorch runs torch.nn.functional.conv2d + relu in two memory formats:
 contiguous (NCHW) and channels_last; the ratio is against the faster one. Forward is timed under no_grad.
-Each row: median over `--repeat` runs after warm-up, the runs of the three contenders interleaved.
+Each row: median (and min, in brackets) over `--repeat` runs after warm-up, the contenders' calls interleaved
+one by one (this machine is shared: the min shows the uncontended speed, the median is what is quoted).
 PyTorch is only a benchmark peer: gpuconv itself never imports it.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 import gpuconv
+
+CLOCK = time.perf_counter  # --cpu-time: time.process_time (CPU seconds of this process, all its threads)
 
 # name: (N, H, W, C, M, KH, KW, stride, padding)
 SHAPES = {
@@ -98,25 +101,34 @@ def bench_shape(name, repeat):
         for _ in range(3):
             f()
     res = {k: [] for k in ("g_fwd", "g_fb", "tc_fwd", "tc_fb", "tl_fwd", "tl_fb")}
-    # interleave: several short rounds, each timing every contender; the median of all runs is reported
-    rounds = 5
-    per = max(1, repeat // rounds)
-    for _ in range(rounds):
-        res["g_fwd"].append(_median_ms(g_fwd, per))
-        res["tc_fwd"].append(_median_ms(peers["contiguous"][0], per))
-        res["tl_fwd"].append(_median_ms(peers["channels_last"][0], per))
-        res["g_fb"].append(_median_ms(g_fwdbwd, per))
-        res["tc_fb"].append(_median_ms(peers["contiguous"][1], per))
-        res["tl_fb"].append(_median_ms(peers["channels_last"][1], per))
-    return {k: statistics.median(v) for k, v in res.items()}
+    # interleaved one call at a time, so that a burst of load from elsewhere hits every contender alike
+    contenders = [("g_fwd", g_fwd), ("tc_fwd", peers["contiguous"][0]), ("tl_fwd", peers["channels_last"][0]),
+                  ("g_fb", g_fwdbwd), ("tc_fb", peers["contiguous"][1]), ("tl_fb", peers["channels_last"][1])]
+    for _ in range(repeat):
+        for key, fn in contenders:
+            t0 = CLOCK()
+            fn()
+            res[key].append(1e3 * (CLOCK() - t0))
+    return {k: (statistics.median(v), min(v)) for k, v in res.items()}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--repeat", type=int, default=21)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--json")
+    ap.add_argument("--threads", type=int, help="threads for both sides (default: the machine's default)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time CPU seconds instead of wall time (steadier on a shared machine, with --threads 1)")
     args = ap.parse_args(argv)
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     try:
         from threadpoolctl import threadpool_info
 
@@ -124,16 +136,31 @@ def main(argv=None):
                 if i["user_api"] == "blas"]
     except ImportError:
         blas = "threadpoolctl not installed"
-    print(f"numpy {np.__version__} blas {blas}; torch {torch.__version__} threads {torch.get_num_threads()}")
+    print(f"numpy {np.__version__} blas {blas}; torch {torch.__version__} threads {torch.get_num_threads()}; "
+          f"clock {CLOCK.__name__}")
     print("shape | torch fwd ms (NCHW / CL) | gpuconv fwd ms | ratio | torch fwd+bwd ms (NCHW / CL) | "
-          "gpuconv fwd+bwd ms | ratio")
+          "gpuconv fwd+bwd ms | ratio   [medians; mins in brackets]")
     out = {}
     for name in args.shapes.split(","):
         r = bench_shape(name, args.repeat)
         out[name] = r
-        tf, tb = min(r["tc_fwd"], r["tl_fwd"]), min(r["tc_fb"], r["tl_fb"])
-        print(f"{name} | {r['tc_fwd']:.3f} / {r['tl_fwd']:.3f} | {r['g_fwd']:.3f} | {r['g_fwd'] / tf:.2f} | "
-              f"{r['tc_fb']:.3f} / {r['tl_fb']:.3f} | {r['g_fb']:.3f} | {r['g_fb'] / tb:.2f}", flush=True)
+
+        def cell(k, i):
+            return f"{r[k][i]:.3f}"
+
+        row = [name]
+        for part in ("fwd", "fb"):
+            for i in (0, 1):
+                t = min(r[f"tc_{part}"][i], r[f"tl_{part}"][i])
+                g = r[f"g_{part}"][i]
+                if i == 0:
+                    torch_s, g_s, ratio = f"{cell('tc_' + part, 0)} / {cell('tl_' + part, 0)}", cell('g_' + part, 0), g / t
+                else:
+                    torch_s += f" [{cell('tc_' + part, 1)} / {cell('tl_' + part, 1)}]"
+                    g_s += f" [{cell('g_' + part, 1)}]"
+                    ratio_s = f"{ratio:.2f} [{g / t:.2f}]"
+            row += [torch_s, g_s, ratio_s]
+        print(" | ".join(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -32,7 +32,7 @@ from .._config import ConvConfig, get_workspace_limit
 
 # Work buffers of one chunk aim at this size (bytes), below the workspace limit: small enough to stay in cache
 # between the im2col copy and the GEMM, large enough for BLAS to run at speed. Measured: docs/performance.md.
-_CHUNK_TARGET = 8 * 2**20
+_CHUNK_TARGET = 2 * 2**20
 # Up to this many input channels (with one group) the columns are built tap-major.
 _TAPMAJOR_MAX_C = 4
 
@@ -89,11 +89,12 @@ def _chunks(cfg: ConvConfig, itemsize: int):
             yield n0, min(n0 + nb, cfg.n), 0, cfg.oh
         return
     rows = 1
-    while rows < cfg.oh and cost(rows * 2) <= budget:
-        rows *= 2
+    while rows < cfg.oh and cost(rows + 1) <= budget:
+        rows += 1
+    bands = -(-cfg.oh // rows)  # as few bands as fit, of nearly equal height
     for n0 in range(cfg.n):
-        for i0 in range(0, cfg.oh, rows):
-            yield n0, n0 + 1, i0, min(i0 + rows, cfg.oh)
+        for k in range(bands):
+            yield n0, n0 + 1, k * cfg.oh // bands, (k + 1) * cfg.oh // bands
 
 
 def _input_block(x, cfg: ConvConfig, n0, n1, i0, i1, ct, channel_major: bool):
