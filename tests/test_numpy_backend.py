@@ -287,3 +287,27 @@ def test_public_api_uses_this_backend():
     y = gpuconv.conv2d(x, w, padding="same", stride=2, backend="numpy")
     cfg = make_config("test", (1, *x.shape), w.shape, padding="same", stride=2)
     np.testing.assert_allclose(y, _ref_forward(x[None], w, None, cfg, "identity")[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[9], CASES[16], ((5, 9, 8, 3), (3, 3, 3, 4), dict(stride=2))],
+                         ids=lambda c: f"{c[0]}-{c[2]}")
+def test_worker_threads_give_the_serial_results(case, monkeypatch):
+    """Chunks spread over worker threads (forced: 3 workers, tiny chunks) give what one thread gives; dW too,
+    since the per-chunk parts are summed in chunk order."""
+    x_shape, w_shape, opts = case
+    cfg = make_config("test", x_shape, w_shape, **opts)
+    x, w, b, dz = _inputs(x_shape, w_shape, cfg, np.float32, seed=8)
+
+    def run():
+        return (BE.forward(x, w, b, cfg, "relu"), BE.backward_input(dz, w, cfg), BE.backward_weight(dz, x, cfg))
+
+    monkeypatch.setattr(npb, "_CHUNK_MIN", 1)
+    monkeypatch.setattr(npb, "_CHUNK_TARGET", 2000)
+    monkeypatch.setattr(npb, "_workers", lambda: 1)
+    serial = run()
+    if npb._blas_controller() is None:
+        pytest.skip("threadpoolctl cannot control this BLAS: the backend runs single-threaded")
+    monkeypatch.setattr(npb, "_workers", lambda: 3)
+    assert len(npb._chunks(cfg, 4, 3)) > 1
+    for got, want in zip(run(), serial):
+        np.testing.assert_array_equal(got, want)

@@ -22,8 +22,11 @@ float16 is computed in float32 and rounded once at the end; float32 and float64 
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -35,8 +38,79 @@ from .._config import ConvConfig, get_workspace_limit
 _CHUNK_TARGET = 2 * 2**20
 # Up to this many input channels (with one group) the columns are built tap-major.
 _TAPMAJOR_MAX_C = 4
+# Below this size (bytes) a chunk is not split further just to give every worker thread a share.
+_CHUNK_MIN = 256 * 2**10
 
 _local = threading.local()
+
+# ---- worker threads ----------------------------------------------------------------------------------------
+# Chunks are independent, so they run on worker threads, each calling BLAS single-threaded: the im2col copies,
+# bias, activation and col2im adds (single-threaded in numpy) then run in parallel too, and there is no
+# BLAS-thread barrier per chunk (costly when the machine is shared). As many workers as BLAS had threads
+# (OPENBLAS_NUM_THREADS / threadpoolctl limits are respected). This needs threadpoolctl to set BLAS to one
+# thread; without it, or with one BLAS thread, chunks run one after another in the calling thread.
+_pool_lock = threading.Lock()
+_pool = None
+_controller = None
+_blas_users = 0  # calls now inside _single_threaded_blas, from any thread
+_blas_limiter = None
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the BLAS numpy uses, or None (threadpoolctl missing, BLAS not found)."""
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            ctl = ThreadpoolController().select(user_api="blas")
+            _controller = ctl if ctl.lib_controllers else False
+        except Exception:  # not installed, or a BLAS it does not know
+            _controller = False
+    return _controller or None
+
+
+def _workers() -> int:
+    """How many chunks to run at once: the BLAS thread count, when BLAS can be made single-threaded."""
+    ctl = _blas_controller()
+    if ctl is None:
+        return 1
+    with _pool_lock:
+        if _blas_users:  # another call holds BLAS at one thread: it knows the real count, and has the pool
+            return 1
+        threads = max(lib.num_threads for lib in ctl.lib_controllers)
+    return max(1, min(threads, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """BLAS at one thread while worker threads run; counted, so that overlapping calls restore it once."""
+    global _blas_users, _blas_limiter
+    with _pool_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas_controller().limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _pool_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+
+
+def _map(fn, tasks, workers: int):
+    """fn(task) for every task, results in task order: on worker threads when there are several."""
+    global _pool
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpuconv-numpy")
+        pool = _pool
+    with _single_threaded_blas():
+        yield from pool.map(fn, tasks)
 
 
 def _work_buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
@@ -69,13 +143,13 @@ def _input_span(i0: int, i1: int, s: int, d: int, k: int, p: int) -> tuple:
     return i0 * s - p, (i1 - 1) * s + (k - 1) * d + 1 - p
 
 
-def _chunks(cfg: ConvConfig, itemsize: int):
-    """Yield (n0, n1, i0, i1): output rows [i0, i1) of images [n0, n1), sized to the chunk target and the limit.
+def _chunks(cfg: ConvConfig, itemsize: int, workers: int = 1) -> list:
+    """(n0, n1, i0, i1) for each chunk: output rows [i0, i1) of images [n0, n1), in order.
 
-    Counted per chunk: its im2col columns, a converted copy of its dZ and its padded input block. A single
-    output row above the limit is still done whole (nothing smaller exists).
+    Sized to the chunk target, to the workspace limit shared by the ``workers`` running at once, and to give
+    every worker a chunk when there is enough work. Counted per chunk: its im2col columns, a converted copy of
+    its dZ and its padded input block. A single output row above the limit is still done whole.
     """
-    budget = min(_CHUNK_TARGET, get_workspace_limit())
     pixel = (cfg.kh * cfg.kw * cfg.c + cfg.m) * itemsize
     in_row = (cfg.w + cfg.pl + cfg.pr) * cfg.c * itemsize
 
@@ -83,18 +157,18 @@ def _chunks(cfg: ConvConfig, itemsize: int):
         r0, r1 = _input_span(0, rows, cfg.s1, cfg.d1, cfg.kh, 0)
         return rows * cfg.ow * pixel + (r1 - r0) * in_row
 
+    budget = min(_CHUNK_TARGET, get_workspace_limit() // workers)
+    if workers > 1:
+        budget = min(budget, max(cfg.n * cost(cfg.oh) // workers, _CHUNK_MIN))
     if cost(cfg.oh) <= budget:
         nb = max(1, budget // cost(cfg.oh))
-        for n0 in range(0, cfg.n, nb):
-            yield n0, min(n0 + nb, cfg.n), 0, cfg.oh
-        return
+        return [(n0, min(n0 + nb, cfg.n), 0, cfg.oh) for n0 in range(0, cfg.n, nb)]
     rows = 1
     while rows < cfg.oh and cost(rows + 1) <= budget:
         rows += 1
     bands = -(-cfg.oh // rows)  # as few bands as fit, of nearly equal height
-    for n0 in range(cfg.n):
-        for k in range(bands):
-            yield n0, n0 + 1, k * cfg.oh // bands, (k + 1) * cfg.oh // bands
+    return [(n0, n0 + 1, k * cfg.oh // bands, (k + 1) * cfg.oh // bands)
+            for n0 in range(cfg.n) for k in range(bands)]
 
 
 def _input_block(x, cfg: ConvConfig, n0, n1, i0, i1, ct, channel_major: bool):
@@ -154,7 +228,9 @@ def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
     y = np.empty(cfg.y_shape, ct)
     wmat = _weight_matrix(w, cfg, ct)
     bias = None if b is None else b.astype(ct, copy=False)
-    for n0, n1, i0, i1 in _chunks(cfg, ct.itemsize):
+
+    def chunk(c):
+        n0, n1, i0, i1 = c
         yc = y[n0:n1, i0:i1]  # contiguous: whole images, or a band of rows of one image
         p = yc.size // cfg.m
         cols = _im2col(x, cfg, n0, n1, i0, i1, ct)
@@ -165,6 +241,10 @@ def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
         if bias is not None:
             yc += bias
         _activate(yc, activation)
+
+    workers = _workers()
+    for _ in _map(chunk, _chunks(cfg, ct.itemsize, workers), workers):
+        pass
     return y
 
 
@@ -223,7 +303,9 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
     # tap-major accumulates channel-major (C, N, H, W): its adds then run along rows, not across channels
     dx = np.zeros((cfg.c, cfg.n, cfg.h, cfg.w) if tapmajor else cfg.x_shape, ct)
     k = cfg.kh * cfg.kw * cfg.cg
-    for n0, n1, i0, i1 in _chunks(cfg, ct.itemsize):
+
+    def chunk(c):
+        n0, n1, i0, i1 = c
         nb, ohc = n1 - n0, i1 - i0
         p = nb * ohc * cfg.ow
         dzc = np.ascontiguousarray(dz[n0:n1, i0:i1], dtype=ct).reshape(p, cfg.m)
@@ -249,6 +331,18 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
                     dst[:, :, rows[2], cols[2]] += dcols[a, bb, :, :, rows[0] : rows[1], cols[0] : cols[1]]
                 else:
                     dst[:, rows[2], cols[2]] += dcols[:, rows[0] : rows[1], cols[0] : cols[1], a, bb]
+
+    def image(bands):  # the bands of one image add into overlapping rows of dx: one worker does them in turn
+        for c in bands:
+            chunk(c)
+
+    workers = _workers()
+    chunks = _chunks(cfg, ct.itemsize, workers)
+    tasks = [[c] for c in chunks]
+    if chunks[0][1] - chunks[0][0] == 1 and len(chunks) > cfg.n:  # row bands: one task per image
+        tasks = [[c for c in chunks if c[0] == n] for n in range(cfg.n)]
+    for _ in _map(image, tasks, workers):
+        pass
     return dx.transpose(1, 2, 3, 0) if tapmajor else dx
 
 
@@ -282,16 +376,21 @@ class NumpyBackend:
 
     def backward_weight(self, dz, x, cfg):
         ct = _compute_dtype(dz.dtype)
-        g, k = cfg.groups, cfg.kh * cfg.kw * cfg.cg
-        dw = np.zeros((g, k, cfg.mg), ct)
-        for n0, n1, i0, i1 in _chunks(cfg, ct.itemsize):
+        g = cfg.groups
+
+        def chunk(c):  # this chunk's share of dw, (G, K, Mg)
+            n0, n1, i0, i1 = c
             cols = _im2col(x, cfg, n0, n1, i0, i1, ct)
             p = (n1 - n0) * (i1 - i0) * cfg.ow
             dzc = np.ascontiguousarray(dz[n0:n1, i0:i1], dtype=ct).reshape(p, cfg.m)
             if _tapmajor(cfg):
-                dw[0] += cols @ dzc
-            else:
-                dw += np.matmul(cols.transpose(0, 2, 1), dzc.reshape(p, g, cfg.mg).transpose(1, 0, 2))
+                return (cols @ dzc)[None]
+            return np.matmul(cols.transpose(0, 2, 1), dzc.reshape(p, g, cfg.mg).transpose(1, 0, 2))
+
+        workers = _workers()
+        dw = None
+        for part in _map(chunk, _chunks(cfg, ct.itemsize, workers), workers):  # summed in chunk order
+            dw = part if dw is None else np.add(dw, part, out=dw)
         dw = dw.reshape(g, cfg.kh, cfg.kw, cfg.cg, cfg.mg).transpose(1, 2, 3, 0, 4)
         return np.ascontiguousarray(dw, dtype=dz.dtype).reshape(cfg.w_shape)
 
