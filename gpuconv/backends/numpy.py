@@ -227,7 +227,9 @@ def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
     """act(conv(x, w) + b) as a new (N,OH,OW,M) array of dtype ct, one GEMM per chunk written in place."""
     y = np.empty(cfg.y_shape, ct)
     wmat = _weight_matrix(w, cfg, ct)
-    bias = None if b is None else b.astype(ct, copy=False)
+    # the bias repeated along one output row: adding it to (rows, OW*M) runs in long contiguous strips, where a
+    # (pixels, M) broadcast would loop M values at a time (slow for few output channels)
+    bias_row = None if b is None else np.tile(b.astype(ct, copy=False), cfg.ow)
 
     def chunk(c):
         n0, n1, i0, i1 = c
@@ -238,8 +240,9 @@ def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
             np.matmul(cols.T, wmat[0], out=yc.reshape(p, cfg.m))
         else:
             np.matmul(cols, wmat, out=yc.reshape(p, cfg.groups, cfg.mg).transpose(1, 0, 2))
-        if bias is not None:
-            yc += bias
+        if bias_row is not None:
+            rows = yc.reshape(-1, bias_row.size)
+            np.add(rows, bias_row, out=rows)
         _activate(yc, activation)
 
     workers = _workers()
