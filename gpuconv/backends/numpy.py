@@ -15,8 +15,9 @@ How every operation is computed:
                                      pixel-major row would be copied a handful of values at a time.
 - Products go to BLAS through ``np.matmul`` (one GEMM per chunk, batched over groups), written straight into
   the output chunk; bias and activation are applied in place on the chunk while it is in cache.
-- dX: when both strides are 1, a forward convolution of dZ with the flipped, transposed kernel (padding
-  d*(k-1) - p; a negative padding crops); otherwise a GEMM into column space followed by KH*KW shifted adds.
+- dX: when both strides are 1 (and the columns are pixel-major), a forward convolution of dZ with the flipped,
+  transposed kernel (padding d*(k-1) - p; a negative padding crops); otherwise a GEMM into column space
+  followed by KH*KW shifted adds (col2im).
 - dW: one GEMM cols^T @ dZ per chunk, summed over the chunks.
 float16 is computed in float32 and rounded once at the end; float32 and float64 are computed in their own type.
 """
@@ -157,9 +158,12 @@ def _chunks(cfg: ConvConfig, itemsize: int, workers: int = 1) -> list:
         r0, r1 = _input_span(0, rows, cfg.s1, cfg.d1, cfg.kh, 0)
         return rows * cfg.ow * pixel + (r1 - r0) * in_row
 
-    budget = min(_CHUNK_TARGET, get_workspace_limit() // workers)
-    if workers > 1:
-        budget = min(budget, max(cfg.n * cost(cfg.oh) // workers, _CHUNK_MIN))
+    budget = max(1, min(_CHUNK_TARGET, get_workspace_limit() // workers))
+    if workers > 1:  # a multiple of `workers` chunks, so that none waits for the others at the end
+        total = cfg.n * cost(cfg.oh)
+        pieces = -(-total // budget)
+        pieces = -(-pieces // workers) * workers
+        budget = min(budget, max(total // pieces, _CHUNK_MIN))
     if cost(cfg.oh) <= budget:
         nb = max(1, budget // cost(cfg.oh))
         return [(n0, min(n0 + nb, cfg.n), 0, cfg.oh) for n0 in range(0, cfg.n, nb)]
@@ -167,6 +171,8 @@ def _chunks(cfg: ConvConfig, itemsize: int, workers: int = 1) -> list:
     while rows < cfg.oh and cost(rows + 1) <= budget:
         rows += 1
     bands = -(-cfg.oh // rows)  # as few bands as fit, of nearly equal height
+    while (cfg.n * bands) % workers and bands < cfg.oh:
+        bands += 1
     return [(n0, n0 + 1, k * cfg.oh // bands, (k + 1) * cfg.oh // bands)
             for n0 in range(cfg.n) for k in range(bands)]
 
@@ -370,7 +376,10 @@ class NumpyBackend:
 
     def backward_input(self, dz, w, cfg):
         ct = _compute_dtype(dz.dtype)
-        if cfg.s1 == 1 and cfg.s2 == 1:
+        # stride 1: a forward convolution of dZ, unless x has few channels (tap-major), where the col2im adds run
+        # channel-major along whole rows and beat building KH*KW*M-wide columns of dZ (measured: 2.0 vs 4.6 ms
+        # on shape e, docs/performance.md)
+        if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):
             tcfg = _transposed_config(cfg)
             dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct)
         else:
