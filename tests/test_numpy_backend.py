@@ -149,6 +149,14 @@ def test_activation_backward(dtype):
     z[0, 0, 0] = 0
     y_relu = np.maximum(z, 0).astype(dtype)
     np.testing.assert_array_equal(BE.activation_backward(dy, y_relu, "relu"), np.where(y_relu > 0, dy, 0))
+    # exactly where(y > 0, dy, 0): non-finite dy where y <= 0 gives +0, and any memory layout works
+    dy2, y2 = dy.copy(), y_relu.copy()
+    dy2[0, 0, 0], y2[0, 0, 0] = [np.inf, np.nan, -0.0], [0, -1, 0]
+    dyt, yt = dy2.transpose(2, 1, 0, 3), y2[:, ::-1].transpose(2, 1, 0, 3)
+    got = BE.activation_backward(dyt, yt, "relu")
+    want = np.where(yt > 0, dyt, 0)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == dtype and not np.signbit(got[yt <= 0]).any()
     y_sig = (1 / (1 + np.exp(-z))).astype(dtype)
     ref = dy.astype(np.float64) * y_sig * (1 - y_sig.astype(np.float64))
     got = BE.activation_backward(dy, y_sig, "sigmoid")
