@@ -114,6 +114,16 @@ def _map(fn, tasks, workers: int):
         yield from pool.map(fn, tasks)
 
 
+def _after_fork_in_child():
+    # the pool's threads do not exist in a forked child: start afresh there (a new pool on first use)
+    global _pool, _pool_lock, _blas_users
+    _pool, _pool_lock, _blas_users = None, threading.Lock(), 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _work_buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
     """An uninitialized array from this thread's buffer cache; ``slot`` names one buffer in use at a time."""
     cache = getattr(_local, "buffers", None)
