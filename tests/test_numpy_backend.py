@@ -320,3 +320,24 @@ def test_worker_threads_give_the_serial_results(case, monkeypatch):
     monkeypatch.setattr(npb, "_map", lambda fn, tasks, workers: parallel_map(fn, tasks, 1))  # same chunks, in turn
     for got, want in zip(threaded, run()):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_forked_child_gets_a_new_pool(monkeypatch):
+    """A child forked after the pool ran must not wait on the parent's (absent) worker threads."""
+    import multiprocessing
+
+    monkeypatch.setattr(npb, "_CHUNK_MIN", 1)
+    monkeypatch.setattr(npb, "_CHUNK_TARGET", 2000)
+    xs, ws = (4, 12, 11, 3), (3, 3, 3, 4)
+    cfg = make_config("test", xs, ws)
+    x, w, b, _ = _inputs(xs, ws, cfg, np.float32, seed=12)
+    want = BE.forward(x, w, b, cfg, "relu")  # starts the pool in the parent (when BLAS can be limited)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(BE.forward(x, w, b, cfg, "relu")))
+    child.start()
+    got = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, want)
