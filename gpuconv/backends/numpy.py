@@ -36,7 +36,7 @@ from .._config import ConvConfig, get_workspace_limit
 
 # Work buffers of one chunk aim at this size (bytes), below the workspace limit: small enough to stay in cache
 # between the im2col copy and the GEMM, large enough for BLAS to run at speed. Measured: docs/performance.md.
-_CHUNK_TARGET = 2 * 2**20
+_CHUNK_TARGET = 4 * 2**20
 # Up to this many input channels (with one group) the columns are built tap-major.
 _TAPMAJOR_MAX_C = 4
 # Below this size (bytes) a chunk is not split further just to give every worker thread a share.
