@@ -101,16 +101,23 @@ def _single_threaded_blas():
 
 
 def _map(fn, tasks, workers: int):
-    """fn(task) for every task, results in task order: on worker threads when there are several."""
+    """fn(task) for every task, results in task order: on worker threads when there are several.
+
+    With workers > 1 every BLAS call runs single-threaded, a lone task included: BLAS's own threads would
+    meet at a barrier per call, which is slow when another process holds a core.
+    """
     global _pool
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1:
         yield from map(fn, tasks)
         return
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpuconv-numpy")
-        pool = _pool
     with _single_threaded_blas():
+        if len(tasks) == 1:
+            yield fn(tasks[0])
+            return
+        with _pool_lock:
+            if _pool is None or _pool._max_workers < workers:
+                _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpuconv-numpy")
+            pool = _pool
         yield from pool.map(fn, tasks)
 
 
@@ -432,7 +439,7 @@ class NumpyBackend:
         ct = _compute_dtype(dz.dtype)
         d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)
         # ones @ dz: a BLAS GEMV, 5-20x faster here than d.sum(axis=0), which adds one M-wide row at a time
-        db = np.ones(d.shape[0], ct) @ d
+        (db,) = _map(lambda ones: ones @ d, [np.ones(d.shape[0], ct)], _workers())
         return db.astype(dz.dtype, copy=False)
 
 
