@@ -310,6 +310,7 @@ def test_worker_threads_give_the_serial_results(case, monkeypatch):
         return (BE.forward(x, w, b, cfg, "relu"), BE.backward_input(dz, w, cfg), BE.backward_weight(dz, x, cfg))
 
     monkeypatch.setattr(npb, "_CHUNK_MIN", 1)
+    monkeypatch.setattr(npb, "_PARALLEL_MIN", 0)
     monkeypatch.setattr(npb, "_CHUNK_TARGET", 2000)
     monkeypatch.setattr(npb, "_workers", lambda: 3)
     assert len(npb._chunks(cfg, 4, 3)) > 1
@@ -328,6 +329,7 @@ def test_forked_child_gets_a_new_pool(monkeypatch):
     import multiprocessing
 
     monkeypatch.setattr(npb, "_CHUNK_MIN", 1)
+    monkeypatch.setattr(npb, "_PARALLEL_MIN", 0)
     monkeypatch.setattr(npb, "_CHUNK_TARGET", 2000)
     xs, ws = (4, 12, 11, 3), (3, 3, 3, 4)
     cfg = make_config("test", xs, ws)
