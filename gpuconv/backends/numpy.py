@@ -111,13 +111,17 @@ def _single_threaded_blas():
 def _map(fn, tasks, workers: int):
     """fn(task) for every task, results in task order: on worker threads when there are several.
 
-    A lone task runs in the calling thread, with BLAS's own threads.
+    With workers > 1, every BLAS call runs single-threaded, a lone task (in the calling thread) included: once
+    BLAS has run its own threads they spin for a while after the call, and take the cores from the workers.
     """
     global _pool
-    if workers <= 1 or len(tasks) <= 1:
+    if workers <= 1:
         yield from map(fn, tasks)
         return
     with _single_threaded_blas():
+        if len(tasks) == 1:
+            yield fn(tasks[0])
+            return
         with _pool_lock:
             if _pool is None or _pool._max_workers < workers:
                 _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpuconv-numpy")
@@ -445,7 +449,7 @@ class NumpyBackend:
         ct = _compute_dtype(dz.dtype)
         d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)
         # ones @ dz: a BLAS GEMV, 5-20x faster here than d.sum(axis=0), which adds one M-wide row at a time
-        db = np.ones(d.shape[0], ct) @ d
+        (db,) = _map(lambda ones: ones @ d, [np.ones(d.shape[0], ct)], _workers())
         return db.astype(dz.dtype, copy=False)
 
 
