@@ -343,3 +343,36 @@ def test_forked_child_gets_a_new_pool(monkeypatch):
     child.join(timeout=60)
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, want)
+
+
+def test_random_configs_against_reference():
+    """Seeded random options (float64): groups, depthwise, stride/padding beyond the kernel, tiny limits."""
+    rng = np.random.default_rng(123)
+    old = gpuconv.get_workspace_limit()
+    checked = 0
+    try:
+        while checked < 80:
+            g = int(rng.choice([1, 1, 2, 3]))
+            cg, mg = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+            if rng.random() < 0.15:  # depthwise
+                g, cg, mg = int(rng.integers(2, 7)), 1, int(rng.integers(1, 3))
+            kh, kw = (int(v) for v in rng.integers(1, 6, 2))
+            opts = dict(stride=tuple(int(v) for v in rng.integers(1, 4, 2)),
+                        dilation=tuple(int(v) for v in rng.integers(1, 3, 2)),
+                        padding=tuple(tuple(int(v) for v in rng.integers(0, 7, 2)) for _ in range(2)), groups=g)
+            shape = (int(rng.integers(1, 4)), int(rng.integers(1, 14)), int(rng.integers(1, 14)), cg * g)
+            try:
+                cfg = make_config("test", shape, (kh, kw, cg, mg * g), **opts)
+            except ValueError:  # output below 1x1
+                continue
+            gpuconv.set_workspace_limit(int(rng.integers(1, 5000)) if rng.random() < 0.3 else old)
+            x, w, b, dz = (rng.uniform(-1, 1, s) for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+            np.testing.assert_allclose(BE.forward(x, w, b, cfg, "identity"),
+                                       _ref_forward(x, w, b, cfg, "identity"), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(BE.backward_input(dz, w, cfg), _ref_backward_input(dz, w, cfg),
+                                       rtol=0, atol=1e-12)
+            np.testing.assert_allclose(BE.backward_weight(dz, x, cfg), _ref_backward_weight(dz, x, cfg),
+                                       rtol=0, atol=1e-12)
+            checked += 1
+    finally:
+        gpuconv.set_workspace_limit(old)
