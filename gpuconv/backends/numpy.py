@@ -191,9 +191,10 @@ def _chunks(cfg: ConvConfig, itemsize: int, workers: int = 1) -> list:
         pieces = -(-total // budget)
         pieces = -(-pieces // workers) * workers
         budget = min(budget, max(total // pieces, _CHUNK_MIN))
-    if cost(cfg.oh) <= budget:
-        nb = max(1, budget // cost(cfg.oh))
-        return [(n0, min(n0 + nb, cfg.n), 0, cfg.oh) for n0 in range(0, cfg.n, nb)]
+    if cost(cfg.oh) <= budget:  # whole images, spread evenly over as few chunks as fit (a multiple of workers)
+        pieces = -(-cfg.n // max(1, budget // cost(cfg.oh)))
+        pieces = min(cfg.n, -(-pieces // workers) * workers)
+        return [(k * cfg.n // pieces, (k + 1) * cfg.n // pieces, 0, cfg.oh) for k in range(pieces)]
     rows = 1
     while rows < cfg.oh and cost(rows + 1) <= budget:
         rows += 1
