@@ -18,7 +18,10 @@ How every operation is computed:
 - dX: when both strides are 1 (and the columns are pixel-major), a forward convolution of dZ with the flipped,
   transposed kernel (padding d*(k-1) - p; a negative padding crops); otherwise a GEMM into column space
   followed by KH*KW shifted adds (col2im).
-- dW: one GEMM cols^T @ dZ per chunk, summed over the chunks.
+- dW: one GEMM cols^T @ dZ per chunk, summed over the chunks in chunk order. db: ones @ dZ. relu backward:
+  dy's bits under a mask (exactly where(y > 0, dy, 0)); sigmoid backward: dy * y * (1 - y).
+- Big calls run their chunks on worker threads when threadpoolctl can hold BLAS at one thread (see "worker
+  threads" below); the results are the same bits as running the same chunks in turn.
 float16 is computed in float32 and rounded once at the end; float32 and float64 are computed in their own type.
 """
 from __future__ import annotations
