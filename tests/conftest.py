@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 # The helpers next to this file (reference.py) import as top-level modules, whatever pytest's import mode.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpuconv import _dispatch  # noqa: E402
+from gpuconv import _dispatch
 
 # Backends the suite runs on. The next issue adds "emulator" and "cupy" here; nothing else needs to change.
 BACKENDS = ["numpy", "emulator", "cupy"]

@@ -196,14 +196,14 @@ def backward_bias(dz):
 
 # ------------------------------------------------------------------------------------------------ cases
 def case(name, x_shape, w_shape, *, bias=True, activation=None, **options):
-    return dict(
-        name=name,
-        x_shape=tuple(x_shape),
-        w_shape=tuple(w_shape),
-        bias=bias,
-        activation=activation,
-        options=options,
-    )
+    return {
+        "name": name,
+        "x_shape": tuple(x_shape),
+        "w_shape": tuple(w_shape),
+        "bias": bias,
+        "activation": activation,
+        "options": options,
+    }
 
 
 # Tiny configurations covering every option of the specification; shared by the forward, backward, layer
@@ -269,20 +269,20 @@ def reduction_lengths(c) -> dict:
         c["options"].get("padding", "valid"),
         c["options"].get("dilation", 1),
     )
-    return dict(
-        forward=w4[0] * w4[1] * w4[2] + 1,
-        dx=w4[0] * w4[1] * (w4[3] // groups),
-        dw=x4[0] * oh * ow,
-        db=x4[0] * oh * ow,
-    )
+    return {
+        "forward": w4[0] * w4[1] * w4[2] + 1,
+        "dx": w4[0] * w4[1] * (w4[3] // groups),
+        "dw": x4[0] * oh * ow,
+        "db": x4[0] * oh * ow,
+    }
 
 
 def geometry(c):
     """(stride, padding, dilation, groups) keyword options of a case, with the defaults filled in."""
     o = c["options"]
-    return dict(
-        stride=o.get("stride", 1),
-        padding=o.get("padding", "valid"),
-        dilation=o.get("dilation", 1),
-        groups=o.get("groups", 1),
-    )
+    return {
+        "stride": o.get("stride", 1),
+        "padding": o.get("padding", "valid"),
+        "dilation": o.get("dilation", 1),
+        "groups": o.get("groups", 1),
+    }

@@ -12,7 +12,6 @@ from reference import OPTION_CASES, OPTION_IDS, geometry, reduction_lengths
 import gpuconv
 
 
-
 def case_arrays(rand, c, dtype):
     x = rand(c["x_shape"], dtype)
     w = rand(c["w_shape"], dtype)
@@ -165,7 +164,7 @@ def test_backward_input_zero_outside_valid_window(backend, to_xp, asnumpy, rand)
 
 def test_backward_is_adjoint_of_forward(backend, to_xp, asnumpy, rand):
     """<conv(x, w), dz> == <x, dX(dz, w)> == <w, dW(dz, x)> (linear in x and in w)."""
-    opts = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
+    opts = {"stride": (2, 1), "padding": ((1, 0), (2, 1)), "dilation": (1, 2), "groups": 2}
     x, w = rand((2, 7, 8, 4)), rand((3, 2, 2, 6))
     y = asnumpy(gpuconv.conv2d(to_xp(x), to_xp(w), backend=backend, **opts))
     dz = rand(y.shape)
@@ -200,11 +199,11 @@ def test_backward_empty_batch(backend, xp, to_xp, asnumpy, rand, activation):
 
 @pytest.mark.parametrize("which", ["dy", "x", "w", "y"])
 def test_backward_non_contiguous_inputs(backend, to_xp, check, rand, which):
-    opts = dict(stride=2, padding="same", groups=2, activation="sigmoid")
+    opts = {"stride": 2, "padding": "same", "groups": 2, "activation": "sigmoid"}
     x, w, b = rand((2, 6, 7, 4)), rand((3, 2, 2, 6)), rand((6,))
     y = ref.conv2d(x, w, b, **opts)
     dy = rand(y.shape)
-    base = dict(dy=dy, x=x, w=w, y=y)
+    base = {"dy": dy, "x": x, "w": w, "y": y}
     expected = gpuconv.conv2d_backward(
         *(to_xp(base[k]) for k in ("dy", "x", "w", "y")), backend=backend, **opts
     )
@@ -269,7 +268,7 @@ def test_float16_backward_accumulates_in_float32(backend, to_xp, asnumpy):
 
 def test_backward_does_not_modify_inputs(backend, to_xp, asnumpy, rand):
     x, w, b = rand((2, 6, 5, 4)), rand((3, 2, 2, 6)), rand((6,))
-    opts = dict(stride=(2, 1), padding="same", groups=2, activation="sigmoid")
+    opts = {"stride": (2, 1), "padding": "same", "groups": 2, "activation": "sigmoid"}
     y = ref.conv2d(x, w, b, **opts)
     dy = rand(y.shape)
     args = [to_xp(a) for a in (dy, x, w, y)]
@@ -291,7 +290,7 @@ def test_read_only_and_broadcast_inputs(backend, to_xp, check, rand):
     x = np.broadcast_to(x1, (3, 6, 5, 2))
     dy = np.broadcast_to(rand((1, 5, 4, 3)), (3, 5, 4, 3))
     assert not x.flags.writeable and x.strides[0] == 0
-    opts = dict(padding=((0, 0), (1, 0)), activation="sigmoid")
+    opts = {"padding": ((0, 0), (1, 0)), "activation": "sigmoid"}
     y = gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), backend=backend, **opts)
     check(y, ref.conv2d(np.array(x), w, b, **opts), np.float64, reduction=13)
     y_np = to_numpy(y)

@@ -72,7 +72,7 @@ def run_python(code, tmp_path=None, fake_cupy=None, env_extra=None):
     env.pop("GPUCONV_BACKEND", None)
     env.update(env_extra or {})
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120, check=False
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout
@@ -183,7 +183,7 @@ def test_cupy_without_gpu_is_runtime_error_with_reason(monkeypatch, rand, how):
         monkeypatch.setenv("GPUCONV_BACKEND", "cupy")
         kwargs = {}
     else:
-        kwargs = dict(backend="cupy")
+        kwargs = {"backend": "cupy"}
     with pytest.raises(RuntimeError) as info:
         gpuconv.conv2d(x, w, **kwargs)
     msg = str(info.value)

@@ -526,21 +526,21 @@ def test_bad_input(backend, to_xp, no_compute, exc, fname, argnames, got, call):
 
 # ------------------------------------------------------------------------------------------ conv2d_info
 INFO_ERRORS = [
-    pytest.param(dict(x_shape=(6,), w_shape=(3,)), ("x", "x_shape"), id="x-1d"),
+    pytest.param({"x_shape": (6,), "w_shape": (3,)}, ("x", "x_shape"), id="x-1d"),
     pytest.param(
-        dict(x_shape=(1, 6, 6, 3), w_shape=(3, 3, 2, 4)), ("x", "w", "x_shape", "w_shape"), id="channels"
+        {"x_shape": (1, 6, 6, 3), "w_shape": (3, 3, 2, 4)}, ("x", "w", "x_shape", "w_shape"), id="channels"
     ),
     pytest.param(
-        dict(x_shape=(6, 6, 4), w_shape=(3, 3, 2, 3), groups=2), ("w", "w_shape", "groups"), id="m-groups"
+        {"x_shape": (6, 6, 4), "w_shape": (3, 3, 2, 3), "groups": 2}, ("w", "w_shape", "groups"), id="m-groups"
     ),
-    pytest.param(dict(x_shape=(6, 6, 2), w_shape=(3, 3, 2, 3), stride=0), "stride", id="stride"),
-    pytest.param(dict(x_shape=(6, 6, 2), w_shape=(3, 3, 2, 3), dilation=-1), "dilation", id="dilation"),
-    pytest.param(dict(x_shape=(6, 6, 2), w_shape=(3, 3, 2, 3), padding=-2), "padding", id="padding"),
+    pytest.param({"x_shape": (6, 6, 2), "w_shape": (3, 3, 2, 3), "stride": 0}, "stride", id="stride"),
+    pytest.param({"x_shape": (6, 6, 2), "w_shape": (3, 3, 2, 3), "dilation": -1}, "dilation", id="dilation"),
+    pytest.param({"x_shape": (6, 6, 2), "w_shape": (3, 3, 2, 3), "padding": -2}, "padding", id="padding"),
     pytest.param(
-        dict(x_shape=(6, 6, 2), w_shape=(3, 3, 2, 3), padding="middle"), "padding", id="padding-str"
+        {"x_shape": (6, 6, 2), "w_shape": (3, 3, 2, 3), "padding": "middle"}, "padding", id="padding-str"
     ),
     pytest.param(
-        dict(x_shape=(2, 2, 2), w_shape=(3, 3, 2, 3)),
+        {"x_shape": (2, 2, 2), "w_shape": (3, 3, 2, 3)},
         ("x", "w", "x_shape", "w_shape", "padding", "output"),
         id="output-below-1",
     ),

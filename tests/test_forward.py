@@ -250,9 +250,9 @@ def non_contiguous_variants(a):
 @pytest.mark.parametrize("which", ["x", "w", "b"])
 def test_non_contiguous_inputs(backend, to_xp, asnumpy, check, rand, which):
     x, w, b = rand((2, 6, 5, 4)), rand((3, 2, 2, 6)), rand((6,))
-    opts = dict(stride=(2, 1), padding="same", groups=2, activation="sigmoid")
+    opts = {"stride": (2, 1), "padding": "same", "groups": 2, "activation": "sigmoid"}
     expected = asnumpy(gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), backend=backend, **opts))
-    base = dict(x=x, w=w, b=b)
+    base = {"x": x, "w": w, "b": b}
     for label, view in non_contiguous_variants(base[which]):
         np.testing.assert_array_equal(view, base[which])
         args = dict(base, **{which: view})
@@ -276,7 +276,7 @@ def test_workspace_limit_does_not_change_results(
     backend, to_xp, asnumpy, rand, restore_workspace_limit, limit
 ):
     x, w, b = rand((5, 8, 7, 4)), rand((3, 3, 2, 6)), rand((6,))
-    opts = dict(stride=2, padding="same", groups=2, activation="sigmoid")
+    opts = {"stride": 2, "padding": "same", "groups": 2, "activation": "sigmoid"}
     expected = asnumpy(gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), backend=backend, **opts))
     dy = rand(expected.shape)
     grads_expected = gpuconv.conv2d_backward(

@@ -11,15 +11,15 @@ from conftest import FD_RTOL, FD_STEP, fd_gradient, sample_coordinates, to_numpy
 import gpuconv
 
 CONFIGS = {
-    "valid": dict(x=(2, 5, 5, 3), w=(3, 2, 3, 2), opts={}),
-    "stride-asym-pad": dict(
-        x=(2, 6, 5, 2), w=(2, 3, 2, 3), opts=dict(stride=(2, 1), padding=((1, 0), (0, 2)))
-    ),
-    "dilation-groups": dict(x=(1, 6, 6, 4), w=(2, 2, 2, 4), opts=dict(dilation=(2, 1), groups=2, padding=1)),
-    "same-stride-depthwise": dict(
-        x=(1, 7, 6, 3), w=(3, 3, 1, 3), opts=dict(padding="same", stride=2, groups=3)
-    ),
-    "2d": dict(x=(6, 5), w=(3, 2), opts=dict(padding="full")),
+    "valid": {"x": (2, 5, 5, 3), "w": (3, 2, 3, 2), "opts": {}},
+    "stride-asym-pad": {
+        "x": (2, 6, 5, 2), "w": (2, 3, 2, 3), "opts": {"stride": (2, 1), "padding": ((1, 0), (0, 2))}
+    },
+    "dilation-groups": {"x": (1, 6, 6, 4), "w": (2, 2, 2, 4), "opts": {"dilation": (2, 1), "groups": 2, "padding": 1}},
+    "same-stride-depthwise": {
+        "x": (1, 7, 6, 3), "w": (3, 3, 1, 3), "opts": {"padding": "same", "stride": 2, "groups": 3}
+    },
+    "2d": {"x": (6, 5), "w": (3, 2), "opts": {"padding": "full"}},
 }
 ACTIVATIONS = ["identity", "relu", "sigmoid"]
 KINK_MARGIN = 1e-3  # relu: every pre-activation at least this far from 0 (far beyond FD_STEP * |dZ/dparam|)
@@ -130,11 +130,11 @@ def test_reference_gradients_match_differences(rng):
         return float(np.sum(ref.conv2d(x, w, b, activation="sigmoid", **opts) * r))
 
     dz = ref.activation_backward(r, y, "sigmoid")
-    analytic = dict(
-        dx=ref.backward_input(dz, w, x.shape, **opts),
-        dw=ref.backward_weight(dz, x, w.shape, **opts),
-        db=ref.backward_bias(dz),
-    )
+    analytic = {
+        "dx": ref.backward_input(dz, w, x.shape, **opts),
+        "dw": ref.backward_weight(dz, x, w.shape, **opts),
+        "db": ref.backward_bias(dz),
+    }
     for name, arr in (("dx", x), ("dw", w), ("db", b)):
         coords = sample_coordinates(rng, arr.shape, 40)
         _assert_grad(name, analytic[name], fd_gradient(loss, arr, coords), coords)

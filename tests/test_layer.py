@@ -12,7 +12,6 @@ from reference import OPTION_CASES, OPTION_IDS, geometry, reduction_lengths
 import gpuconv
 
 
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("c", OPTION_CASES, ids=OPTION_IDS)
 def test_layer_forward_backward_vs_reference(backend, to_xp, check, rand, c, dtype):
@@ -87,7 +86,7 @@ def test_backward_before_forward_fails(backend, to_xp, rand):
 @pytest.mark.parametrize("activation", ["identity", "relu", "sigmoid"])
 def test_layer_gradcheck(backend, to_xp, rng, work_scale, activation):
     """Finite differences of sum(layer(x) * R) in float64 for dX, dW, db through the layer."""
-    opts = dict(stride=(1, 2), padding=((0, 1), (2, 1)), dilation=(2, 1), groups=2)
+    opts = {"stride": (1, 2), "padding": ((0, 1), (2, 1)), "dilation": (2, 1), "groups": 2}
     for _ in range(200):
         x, w, b = rng.uniform(-1, 1, (2, 6, 5, 4)), rng.uniform(-1, 1, (2, 3, 2, 4)), rng.uniform(-1, 1, 4)
         z = ref.conv2d_linear(x, w, b, **opts)
@@ -97,8 +96,8 @@ def test_layer_gradcheck(backend, to_xp, rng, work_scale, activation):
     y = to_numpy(layer(to_xp(x)))
     r = rng.uniform(-1, 1, y.shape)
     dx = to_numpy(layer.backward(to_xp(r)))
-    grads = dict(x=dx, w=to_numpy(layer.dw), b=to_numpy(layer.db))
-    arrays = dict(x=x, w=w, b=b)
+    grads = {"x": dx, "w": to_numpy(layer.dw), "b": to_numpy(layer.db)}
+    arrays = {"x": x, "w": w, "b": b}
     n = max(6, int(30 * work_scale))
 
     def loss():

@@ -45,16 +45,16 @@ def conv_problems(draw, ndim=None, batch=None):
     n = draw(st.integers(1, 3) if batch is None else batch)
     x_shape = {2: (h, w), 3: (h, w, cg * groups), 4: (n, h, w, cg * groups)}[nd]
     w_shape = (kh, kw) if nd == 2 else (kh, kw, cg, mg * groups)
-    opts = dict(
-        stride=draw(pair_or_int(1, 3)),
-        padding=draw(paddings),
-        dilation=draw(pair_or_int(1, 3)),
-        groups=groups,
-    )
+    opts = {
+        "stride": draw(pair_or_int(1, 3)),
+        "padding": draw(paddings),
+        "dilation": draw(pair_or_int(1, 3)),
+        "groups": groups,
+    }
     bias = nd > 2 and draw(st.booleans())
     activation = draw(st.sampled_from([None, "identity", "relu", "sigmoid"]))
     seed = draw(st.integers(0, 2**32 - 1))
-    return dict(x_shape=x_shape, w_shape=w_shape, opts=opts, bias=bias, activation=activation, seed=seed)
+    return {"x_shape": x_shape, "w_shape": w_shape, "opts": opts, "bias": bias, "activation": activation, "seed": seed}
 
 
 def _geometry_only(opts):
@@ -88,7 +88,7 @@ def test_forward_property(backend, to_xp, n_examples):
     @given(p=conv_problems(), dtype=st.sampled_from([np.float64, np.float32, np.float16]))
     def run(p, dtype):
         note(repr(p))
-        rng, x, w, b = _arrays(p, dtype)
+        _rng, x, w, b = _arrays(p, dtype)
         if not _valid(p):
             with pytest.raises(ValueError, match="conv2d"):
                 gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), backend=backend, **p["opts"])
