@@ -48,6 +48,8 @@ _CHUNK_MIN = 256 * 2**10
 _PARALLEL_MIN = 8 * 2**20
 
 _local = threading.local()
+# os.cpu_count() reads /sys on every call (~20 us here): once is enough
+_CPUS = os.cpu_count() or 1
 
 # ---- worker threads ----------------------------------------------------------------------------------------
 # Chunks are independent, so they run on worker threads, each calling BLAS single-threaded: the im2col copies,
@@ -85,7 +87,7 @@ def _workers() -> int:
         if _blas_users:  # another call holds BLAS at one thread: it knows the real count, and has the pool
             return 1
         threads = max(lib.num_threads for lib in ctl.lib_controllers)
-    return max(1, min(threads, os.cpu_count() or 1))
+    return max(1, min(threads, _CPUS))
 
 
 @contextlib.contextmanager
