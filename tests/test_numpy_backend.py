@@ -241,6 +241,26 @@ def test_work_buffers_do_not_leak_between_calls():
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "identity"])
+def test_fused_backward_equals_the_separate_calls(activation, dtype):
+    """backward() (used by the public API) gives the bits of activation_backward + the three gradient calls, and
+    its dZ buffer, reused between calls, never reaches a result."""
+    for xs, ws, opts in (((2, 9, 8, 6), (3, 3, 6, 5), dict(padding=1)), ((1, 11, 7, 2), (3, 2, 2, 4), dict(stride=2))):
+        cfg = make_config("test", xs, ws, **opts)
+        x, w, b, dy = _inputs(xs, ws, cfg, dtype, seed=5)
+        y = BE.forward(x, w, b, cfg, activation)
+        dz = dy if activation == "identity" else BE.activation_backward(dy, y, activation)
+        want = (BE.backward_input(dz, w, cfg), BE.backward_weight(dz, x, cfg), BE.backward_bias(dz))
+        first = BE.backward(dy, y, x, w, cfg, activation, True)
+        BE.backward(-dy, y, x, w, cfg, activation, True)  # a second call overwrites the dZ buffer
+        for got, ref in zip(first, want):
+            assert got.dtype == ref.dtype and got.shape == ref.shape and got.tobytes() == ref.tobytes()
+            for buf in npb._local.buffers.values():
+                assert not np.shares_memory(got, buf)
+        assert BE.backward(dy, y, x, w, cfg, activation, False)[2] is None
+
+
 def test_threads_have_their_own_buffers():
     xs, ws, opts = (3, 16, 15, 5), (3, 3, 5, 4), dict(padding=1)
     cfg = make_config("test", xs, ws, **opts)
