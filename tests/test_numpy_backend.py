@@ -83,21 +83,21 @@ def _ref_backward_weight(dz, x, cfg):
 CASES = [
     ((2, 9, 11, 3), (3, 3, 3, 5), {}),
     ((1, 7, 6, 1), (2, 3, 1, 4), {}),  # N=1, one channel (tap-major), even kernel
-    ((3, 10, 9, 6), (3, 2, 6, 7), dict(stride=(2, 3))),
-    ((2, 12, 13, 5), (3, 3, 5, 4), dict(stride=2, padding="same")),
-    ((2, 8, 9, 4), (3, 3, 4, 6), dict(padding="full")),
-    ((2, 11, 10, 3), (3, 3, 3, 2), dict(dilation=(2, 3), padding=((1, 3), (2, 0)))),
-    ((2, 7, 8, 8), (2, 2, 8, 3), dict(stride=3)),  # stride > kernel
-    ((2, 5, 6, 2), (2, 2, 2, 3), dict(padding=((4, 1), (0, 5)))),  # padding bigger than the kernel
-    ((1, 4, 5, 3), (3, 3, 3, 2), dict(padding=4, stride=2)),
-    ((2, 9, 8, 6), (3, 3, 2, 9), dict(groups=3)),
-    ((2, 9, 8, 6), (3, 3, 3, 4), dict(groups=2, stride=2, padding=1)),
-    ((2, 10, 9, 8), (3, 3, 1, 8), dict(groups=8, padding="same")),  # depthwise
-    ((2, 10, 9, 4), (5, 3, 1, 8), dict(groups=4, stride=2, dilation=2, padding=(3, 1))),  # depthwise, x2
-    ((3, 13, 12, 2), (4, 4, 2, 5), dict(stride=(1, 2), dilation=(2, 1), padding=((3, 2), (1, 4)))),
+    ((3, 10, 9, 6), (3, 2, 6, 7), {"stride": (2, 3)}),
+    ((2, 12, 13, 5), (3, 3, 5, 4), {"stride": 2, "padding": "same"}),
+    ((2, 8, 9, 4), (3, 3, 4, 6), {"padding": "full"}),
+    ((2, 11, 10, 3), (3, 3, 3, 2), {"dilation": (2, 3), "padding": ((1, 3), (2, 0))}),
+    ((2, 7, 8, 8), (2, 2, 8, 3), {"stride": 3}),  # stride > kernel
+    ((2, 5, 6, 2), (2, 2, 2, 3), {"padding": ((4, 1), (0, 5))}),  # padding bigger than the kernel
+    ((1, 4, 5, 3), (3, 3, 3, 2), {"padding": 4, "stride": 2}),
+    ((2, 9, 8, 6), (3, 3, 2, 9), {"groups": 3}),
+    ((2, 9, 8, 6), (3, 3, 3, 4), {"groups": 2, "stride": 2, "padding": 1}),
+    ((2, 10, 9, 8), (3, 3, 1, 8), {"groups": 8, "padding": "same"}),  # depthwise
+    ((2, 10, 9, 4), (5, 3, 1, 8), {"groups": 4, "stride": 2, "dilation": 2, "padding": (3, 1)}),  # depthwise, x2
+    ((3, 13, 12, 2), (4, 4, 2, 5), {"stride": (1, 2), "dilation": (2, 1), "padding": ((3, 2), (1, 4))}),
     ((2, 6, 7, 12), (1, 1, 12, 5), {}),  # 1x1
-    ((2, 6, 7, 12), (1, 1, 4, 6), dict(stride=2, groups=3)),
-    ((1, 16, 15, 1), (5, 5, 1, 3), dict(stride=2, padding=2)),  # tap-major with stride: col2im
+    ((2, 6, 7, 12), (1, 1, 4, 6), {"stride": 2, "groups": 3}),
+    ((1, 16, 15, 1), (5, 5, 1, 3), {"stride": 2, "padding": 2}),  # tap-major with stride: col2im
 ]
 IDS = [f"x{c[0]}-w{c[1]}-{c[2]}" for c in CASES]
 
@@ -172,7 +172,7 @@ def test_float16_rounded_once():
     one float16 ulp (the float32 sums are far more precise than float16)."""
     x_shape, w_shape = (2, 9, 10, 16), (3, 3, 16, 8)
     cfg = make_config("test", x_shape, w_shape, padding=1)
-    x, w, b, dz = _inputs(x_shape, w_shape, cfg, np.float16, seed=5)
+    x, w, b, _dz = _inputs(x_shape, w_shape, cfg, np.float16, seed=5)
     y = BE.forward(x, w, b, cfg, "identity")
     ref = _ref_forward(x, w, b, cfg, "identity")
     ulp = np.spacing(np.abs(ref).astype(np.float16)).astype(np.float64)
@@ -217,8 +217,8 @@ def test_chunks_respect_the_limit_and_cover_every_row():
 
 def test_work_buffers_do_not_leak_between_calls():
     """Alternate large and small problems (the cache holds the large buffers); results never alias a buffer."""
-    big = ((4, 20, 18, 6), (3, 3, 6, 5), dict(padding=2))
-    small = ((1, 5, 4, 6), (2, 2, 6, 3), dict(stride=2, padding=1))
+    big = ((4, 20, 18, 6), (3, 3, 6, 5), {"padding": 2})
+    small = ((1, 5, 4, 6), (2, 2, 6, 3), {"stride": 2, "padding": 1})
     results = {}
     for round_ in range(2):
         for name, (xs, ws, opts) in (("big", big), ("small", small)):
@@ -246,7 +246,7 @@ def test_work_buffers_do_not_leak_between_calls():
 def test_fused_backward_equals_the_separate_calls(activation, dtype):
     """backward() (used by the public API) gives the bits of activation_backward + the three gradient calls, and
     its dZ buffer, reused between calls, never reaches a result."""
-    for xs, ws, opts in (((2, 9, 8, 6), (3, 3, 6, 5), dict(padding=1)), ((1, 11, 7, 2), (3, 2, 2, 4), dict(stride=2))):
+    for xs, ws, opts in (((2, 9, 8, 6), (3, 3, 6, 5), {"padding": 1}), ((1, 11, 7, 2), (3, 2, 2, 4), {"stride": 2})):
         cfg = make_config("test", xs, ws, **opts)
         x, w, b, dy = _inputs(xs, ws, cfg, dtype, seed=5)
         y = BE.forward(x, w, b, cfg, activation)
@@ -262,7 +262,7 @@ def test_fused_backward_equals_the_separate_calls(activation, dtype):
 
 
 def test_threads_have_their_own_buffers():
-    xs, ws, opts = (3, 16, 15, 5), (3, 3, 5, 4), dict(padding=1)
+    xs, ws, opts = (3, 16, 15, 5), (3, 3, 5, 4), {"padding": 1}
     cfg = make_config("test", xs, ws, **opts)
     inputs = [_inputs(xs, ws, cfg, np.float32, seed=s) for s in range(4)]
     want = [BE.forward(x, w, b, cfg, "relu") for x, w, b, _ in inputs]
@@ -317,7 +317,7 @@ def test_public_api_uses_this_backend():
     np.testing.assert_allclose(y, _ref_forward(x[None], w, None, cfg, "identity")[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[9], CASES[16], ((5, 9, 8, 3), (3, 3, 3, 4), dict(stride=2))],
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[9], CASES[16], ((5, 9, 8, 3), (3, 3, 3, 4), {"stride": 2})],
                          ids=lambda c: f"{c[0]}-{c[2]}")
 def test_worker_threads_give_the_serial_results(case, monkeypatch):
     """The same chunks (3 workers' worth, tiny) give the same bits on worker threads as one after another in
@@ -377,9 +377,9 @@ def test_random_configs_against_reference():
             if rng.random() < 0.15:  # depthwise
                 g, cg, mg = int(rng.integers(2, 7)), 1, int(rng.integers(1, 3))
             kh, kw = (int(v) for v in rng.integers(1, 6, 2))
-            opts = dict(stride=tuple(int(v) for v in rng.integers(1, 4, 2)),
-                        dilation=tuple(int(v) for v in rng.integers(1, 3, 2)),
-                        padding=tuple(tuple(int(v) for v in rng.integers(0, 7, 2)) for _ in range(2)), groups=g)
+            opts = {"stride": tuple(int(v) for v in rng.integers(1, 4, 2)),
+                        "dilation": tuple(int(v) for v in rng.integers(1, 3, 2)),
+                        "padding": tuple(tuple(int(v) for v in rng.integers(0, 7, 2)) for _ in range(2)), "groups": g}
             shape = (int(rng.integers(1, 4)), int(rng.integers(1, 14)), int(rng.integers(1, 14)), cg * g)
             try:
                 cfg = make_config("test", shape, (kh, kw, cg, mg * g), **opts)

@@ -45,7 +45,7 @@ def _inputs(name):
     b = rng.standard_normal(m, dtype=np.float32)
     oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
     dy = rng.standard_normal((n, oh, ow, m), dtype=np.float32)
-    return x, wt, b, dy, dict(stride=s, padding=p)
+    return x, wt, b, dy, {"stride": s, "padding": p}
 
 
 def _gpuconv_fns(name):

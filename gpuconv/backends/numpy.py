@@ -75,7 +75,7 @@ def _blas_controller():
 
             ctl = ThreadpoolController().select(user_api="blas")
             _controller = ctl if ctl.lib_controllers else False
-        except Exception:  # not installed, or a BLAS it does not know
+        except Exception:  # noqa: BLE001 - not installed, or a BLAS it does not know: run serially
             _controller = False
     return _controller or None
 
