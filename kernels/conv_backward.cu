@@ -138,18 +138,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
             for (int j = 0; j < RB; ++j) Bs[buf][ak][t / GPUCONV_BK + 16 * j] = rb[j];
         };
 
-        load(0);
-        stage(0);
-        __syncthreads();
-        int buf = 0;
-        for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
-            const bool more = k0 + GPUCONV_BK < K;
-            if (more) load(k0 + GPUCONV_BK);
-            gpuconv_tile_mma<Acc, BM, BN>(As[buf], Bs[buf], acc, tx, ty);
-            if (more) stage(buf ^ 1);
-            __syncthreads();
-            buf ^= 1;
-        }
+        gpuconv_gemm_mainloop<Acc, BM, BN>(0, K, load, stage, As, Bs, acc, tx, ty);
     }
 
 #pragma unroll
@@ -305,18 +294,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
         }
     };
 
-    load(p_begin);
-    stage(0);
-    __syncthreads();
-    int buf = 0;
-    for (int p0 = p_begin; p0 < p_end; p0 += GPUCONV_BK) {
-        const bool more = p0 + GPUCONV_BK < p_end;
-        if (more) load(p0 + GPUCONV_BK);
-        gpuconv_tile_mma<Acc>(As[buf], Bs[buf], acc, tx, ty);
-        if (more) stage(buf ^ 1);
-        __syncthreads();
-        buf ^= 1;
-    }
+    gpuconv_gemm_mainloop<Acc, GPUCONV_BM, GPUCONV_BN>(p_begin, p_end, load, stage, As, Bs, acc, tx, ty);
 
     Acc* out = ws + (gpuconv_i64)blockIdx.z * K * M;
 #pragma unroll

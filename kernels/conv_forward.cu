@@ -102,18 +102,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
         for (int j = 0; j < RB; ++j) Bs[buf][t / BN + (GPUCONV_THREADS / BN) * j][bcol] = rb[j];
     };
 
-    load(0);
-    stage(0);
-    __syncthreads();
-    int buf = 0;
-    for (int k0 = 0; k0 < K; k0 += GPUCONV_BK) {
-        const bool more = k0 + GPUCONV_BK < K;
-        if (more) load(k0 + GPUCONV_BK);
-        gpuconv_tile_mma<Acc, BM, BN>(As[buf], Bs[buf], acc, tx, ty);
-        if (more) stage(buf ^ 1);
-        __syncthreads();
-        buf ^= 1;
-    }
+    gpuconv_gemm_mainloop<Acc, BM, BN>(0, K, load, stage, As, Bs, acc, tx, ty);
 
     // Epilogue: bias and activation in registers, coalesced stores along M.
 #pragma unroll

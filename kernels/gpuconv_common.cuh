@@ -135,3 +135,25 @@ __device__ __forceinline__ void gpuconv_tile_mma(const Acc (*As)[BM + GPUCONV_PA
             for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
     }
 }
+
+// The register-staged, double-buffered main loop of the tiled GEMM kernels, one barrier per step:
+// load(k) fetches the tiles of reduction step k (k = begin, begin + GPUCONV_BK, ... < end) into registers and
+// stage(buf) stores them into shared buffer buf, so the product of one buffer overlaps the loads of the next.
+template <typename Acc, int BM, int BN, typename Load, typename Stage>
+__device__ __forceinline__ void gpuconv_gemm_mainloop(int begin, int end, Load& load, Stage& stage,
+                                                      Acc (*As)[GPUCONV_BK][BM + GPUCONV_PAD],
+                                                      Acc (*Bs)[GPUCONV_BK][BN + GPUCONV_PAD],
+                                                      Acc (&acc)[4][4], int tx, int ty) {
+    load(begin);
+    stage(0);
+    __syncthreads();
+    int buf = 0;
+    for (int k0 = begin; k0 < end; k0 += GPUCONV_BK) {
+        const bool more = k0 + GPUCONV_BK < end;
+        if (more) load(k0 + GPUCONV_BK);
+        gpuconv_tile_mma<Acc, BM, BN>(As[buf], Bs[buf], acc, tx, ty);
+        if (more) stage(buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
+    }
+}
