@@ -287,18 +287,22 @@ def bench():
     be = _cupy_backend()
     cp = be.xp_tools
     torch = _torch()
-    print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'cuDNN fp32':>10s} {'cuDNN tf32':>10s} {'ratio':>6s}")
+    print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'TFLOP/s':>8s} {'cuDNN fp32':>10s} {'cuDNN tf32':>10s} "
+          f"{'ratio':>6s}")
     for n, h, w, c, m, kh, kw, s, p in _bench_shapes(be):
         cfg = make_config("bench", (n, h, w, c), (kh, kw, c, m), stride=s, padding=p)
         ours = _bench_gpuconv(be, cp, cfg)
         fp32 = _bench_cudnn(torch, cfg, False) if torch else (None, None)
         tf32 = _bench_cudnn(torch, cfg, True) if torch else (None, None)
+        fwd_flops = 2 * cfg.n * cfg.oh * cfg.ow * cfg.m * cfg.kh * cfg.kw * cfg.cg
         for i, kind in enumerate(("forward", "backward")):
             cells = [f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in (ours[i], fp32[i], tf32[i])]
+            tflops = fwd_flops * (i + 1) / (ours[i] * 1e-3) / 1e12  # backward: dX and dW, each a forward's work
             ratio = f"{ours[i] / fp32[i]:6.2f}" if fp32[i] else f"{'-':>6s}"
             label = f"{cfg.x_shape}->{m} {kh}x{kw}/s{s}"
-            print(f"{label:36s} {kind:8s} {' '.join(cells)} {ratio}")
-    print("ratio = gpuconv / cuDNN fp32 (TF32 off); median of 20 runs after a warm-up, synchronized")
+            print(f"{label:36s} {kind:8s} {cells[0]} {tflops:8.3f} {cells[1]} {cells[2]} {ratio}")
+    print("ratio = gpuconv / cuDNN fp32 (TF32 off); median of 20 runs after a warm-up, synchronized; "
+          "wall time per call, Python overhead included")
     return 0
 
 

@@ -69,6 +69,7 @@ def cuda_include_dirs() -> list:
         for base in getattr(nvidia, "__path__", []):
             candidates.append(os.path.join(base, "cuda_runtime", "include"))
             candidates.append(os.path.join(base, "cu12", "include"))
+            candidates.append(os.path.join(base, "cu13", "include"))  # CUDA 13 wheels' layout
     except ImportError:
         pass
     try:
