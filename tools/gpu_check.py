@@ -5,6 +5,8 @@
   python tools/gpu_check.py determinism dw / db bitwise-equal over repeated runs on the cupy backend
   python tools/gpu_check.py sanitize    one pass of every kernel, small shapes (run under compute-sanitizer)
   python tools/gpu_check.py bench       forward / backward timings of the benchmark shapes, next to cuDNN
+  python tools/gpu_check.py breakdown [i...]  GPU time (events) of each kernel launch group per benchmark shape
+  python tools/gpu_check.py once i      one fused forward + backward of benchmark shape i (for ncu / nsys)
 """
 from __future__ import annotations
 
@@ -86,6 +88,19 @@ class _HostXp:
             @staticmethod
             def deviceSynchronize():
                 pass
+
+        class Event:  # host clock: the emulator runs kernels synchronously
+            def record(self):
+                import time
+
+                self.t = time.perf_counter()
+
+            def synchronize(self):
+                pass
+
+        @staticmethod
+        def get_elapsed_time(start, end):
+            return 1e3 * (end.t - start.t)
 
 
 def _bench_shapes(be):
@@ -306,8 +321,120 @@ def bench():
     return 0
 
 
+def _event_ms(fn, timer, repeats=50):
+    """Median GPU time in ms of ``fn`` (``timer`` = (new_event, elapsed_ms(start, end))), after a warm-up."""
+    new_event, elapsed = timer
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = new_event(), new_event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(elapsed(start, end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _cupy_timer(cp):
+    return cp.cuda.Event, cp.cuda.get_elapsed_time
+
+
+def _torch_timer(torch):
+    return (lambda: torch.cuda.Event(enable_timing=True)), (lambda a, b: a.elapsed_time(b))
+
+
+def _shape_args(cfg_shape):
+    n, h, w, c, m, kh, kw, s, p = cfg_shape
+    return (n, h, w, c), (kh, kw, c, m), {"stride": s, "padding": p}
+
+
+def breakdown():
+    """Per benchmark shape: GPU time of each operation (unfused and fused), and cuDNN's dx / dw alone."""
+    be = _cupy_backend()
+    torch = _torch()
+    picks = [int(a) for a in sys.argv[2:]] or range(len(BENCH_SHAPES))
+    print(f"{'shape':30s} {'operation':18s} {'GPU ms':>8s} {'TFLOP/s':>8s}")
+    for i in picks:
+        _breakdown_shape(be, torch, BENCH_SHAPES[i])
+    print("GPU ms: median of 50 CUDA-event-timed calls after a warm-up (no Python overhead); TFLOP/s = GFLOP / ms")
+    return 0
+
+
+def _breakdown_shape(be, torch, shape):
+    import numpy as np
+
+    from gpuconv._config import make_config
+
+    cp = be.xp_tools
+    xs, ws, opts = _shape_args(shape)
+    cfg = make_config("breakdown", xs, ws, **opts)
+    rng = np.random.default_rng(0)
+    x, w, b, dy = (cp.asarray(rng.uniform(-1, 1, s).astype(np.float32))
+                   for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+    y = be.forward(x, w, b, cfg, "relu")
+    dz = be.activation_backward(dy, y, "relu")
+    gflop = 2e-9 * cfg.n * cfg.oh * cfg.ow * cfg.m * cfg.kh * cfg.kw * cfg.cg
+    ops = [("forward", lambda: be.forward(x, w, b, cfg, "relu"), gflop),
+           ("act_backward", lambda: be.activation_backward(dy, y, "relu"), 0),
+           ("dx", lambda: be.backward_input(dz, w, cfg), gflop),
+           ("dw (+ sum)", lambda: be.backward_weight(dz, x, cfg), gflop),
+           ("db (+ sum)", lambda: be.backward_bias(dz), 0),
+           ("fused dx", lambda: be.backward_input_fused(dy, y, w, cfg, "relu"), gflop),
+           ("fused dw", lambda: be.backward_weight_fused(dy, y, x, cfg, "relu"), gflop),
+           ("fused backward", lambda: be.backward(dy, y, x, w, cfg, "relu"), 2 * gflop)]
+    if torch is not None:
+        ops += _cudnn_parts(torch, cfg, gflop)
+    label = f"{cfg.x_shape}->{cfg.m} {cfg.kh}x{cfg.kw}/s{cfg.s1}"
+    for name, fn, gf in ops:
+        ms = _event_ms(fn, _torch_timer(torch) if name.startswith("cuDNN") else _cupy_timer(cp))
+        rate = f"{gf / ms:8.3f}" if gf else f"{'-':>8s}"
+        print(f"{label:30s} {name:18s} {ms:8.4f} {rate}")
+
+
+def _cudnn_parts(torch, cfg, gflop):
+    """cuDNN (fp32, TF32 off) forward, dx alone and dw alone, as (name, fn, GFLOP) rows for breakdown."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    cl = torch.channels_last
+    x = torch.rand(cfg.n, cfg.c, cfg.h, cfg.w, device="cuda").contiguous(memory_format=cl).requires_grad_(True)
+    w = torch.rand(cfg.m, cfg.cg, cfg.kh, cfg.kw, device="cuda").contiguous(memory_format=cl).requires_grad_(True)
+    dy = torch.rand(cfg.n, cfg.m, cfg.oh, cfg.ow, device="cuda").contiguous(memory_format=cl)
+    opts = {"stride": (cfg.s1, cfg.s2), "padding": (cfg.pt, cfg.pl), "groups": cfg.groups}
+    out = torch.nn.functional.conv2d(x, w, None, **opts)
+
+    def fwd():
+        with torch.no_grad():
+            torch.nn.functional.conv2d(x, w, None, **opts)
+
+    return [("cuDNN forward", fwd, gflop),
+            ("cuDNN dx", lambda: torch.autograd.grad(out, x, dy, retain_graph=True), gflop),
+            ("cuDNN dw", lambda: torch.autograd.grad(out, w, dy, retain_graph=True), gflop)]
+
+
+def once():
+    """One fused forward and backward of benchmark shape argv[2], after a warm-up (a target for ncu)."""
+    import numpy as np
+
+    from gpuconv._config import make_config
+
+    be = _cupy_backend()
+    cp = be.xp_tools
+    xs, ws, opts = _shape_args(BENCH_SHAPES[int(sys.argv[2]) if len(sys.argv) > 2 else 3])
+    cfg = make_config("once", xs, ws, **opts)
+    rng = np.random.default_rng(0)
+    x, w, b, dy = (cp.asarray(rng.uniform(-1, 1, s).astype(np.float32))
+                   for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+    for _ in range(2):
+        y = be.forward(x, w, b, cfg, "relu")
+        be.backward(dy, y, x, w, cfg, "relu")
+    cp.cuda.runtime.deviceSynchronize()
+    return 0
+
+
 COMMANDS = {"resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
-            "bench": bench}
+            "bench": bench, "breakdown": breakdown, "once": once}
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "resources"
