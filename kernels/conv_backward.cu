@@ -6,8 +6,9 @@
 //                                 stride phase (one launch per phase): rows = the phase's input pixels,
 //                                 columns = Cg, reduction = the phase's taps x Mg; taps reaching outside
 //                                 (OH, OW) read 0, and pixels no output read get exactly 0
-//   gpuconv_conv_bwd_input_direct dx, one thread per element, grouped by stride phase, for few input channels
-//                                 per group (depthwise)
+//   gpuconv_conv_bwd_input_direct dx for few input channels per group (the stem layer, depthwise), by stride
+//                                 phase: lanes split the output channels of one (pixel, group), then a
+//                                 shuffle butterfly adds their sums
 //   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
 //                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
 //   gpuconv_conv_bwd_weight_small dw partial sums, a thread per (weight element, pixel phase, split), the 8
@@ -21,7 +22,9 @@
 // gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 64>, gpuconv_conv_bwd_input<float, 64>, gpuconv_conv_bwd_input<double, 64>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 32>, gpuconv_conv_bwd_input<float, 32>, gpuconv_conv_bwd_input<double, 32>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half>, gpuconv_conv_bwd_input_direct<float>, gpuconv_conv_bwd_input_direct<double>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 1>, gpuconv_conv_bwd_input_direct<float, 1>, gpuconv_conv_bwd_input_direct<double, 1>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 4>, gpuconv_conv_bwd_input_direct<float, 4>, gpuconv_conv_bwd_input_direct<double, 4>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 15>, gpuconv_conv_bwd_input_direct<float, 15>, gpuconv_conv_bwd_input_direct<double, 15>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
 // gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>
@@ -156,9 +159,9 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     }
 }
 
-// __launch_bounds__ with 4 blocks per SM: with no minimum, ptxas 12.9 squeezed this kernel into 32 registers
-// with a few bytes of spills on some architectures.
-template <typename T>
+// __launch_bounds__ with 4 blocks per SM (at most 64 registers): with no minimum, ptxas 12.9 squeezed this
+// kernel into 32 registers with spills on sm_90.
+template <typename T, int CMAX>
 __global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_direct(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
@@ -179,20 +182,26 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_dir
     int k2b, int k2i,
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
-    // One launch per stride phase, as gpuconv_conv_bwd_input: every thread loops over the same taps (no
-    // divergence, no test of each tap against the stride grid). Block (bx, by), bx * by = GPUCONV_THREADS:
-    // threadIdx.x walks input channels, threadIdx.y the phase's pixels.
+    // For few input channels per group (Cg <= CMAX < 16; the stem layer, depthwise). One launch per stride
+    // phase, as gpuconv_conv_bwd_input. Block (L, 256 / L): the L = blockDim.x lanes (a power of two <= 32)
+    // of one (pixel, group) row split its reduction over the output channels m (lane, lane + L, ...), so a
+    // warp reads whole dz and w rows at once; each lane keeps all Cg sums, and the lanes' sums are added by
+    // a fixed butterfly of shuffles. Rows r = (pixel, group) run group-fastest, so with one channel per group
+    // (L = 1, depthwise) neighbouring threads still read neighbouring addresses.
     typedef typename gpuconv_acc<T>::type Acc;
-    const int c = blockIdx.y * blockDim.x + threadIdx.x;  // input channel
-    const int q = blockIdx.x * blockDim.y + threadIdx.y;  // pixel of the phase
-    if (c >= C || q >= N * Hp * Wp) return;
+    const int L = blockDim.x, lane = threadIdx.x;
     const int Cg = (unsigned)C / G, Mg = (unsigned)M / G;
-    const int g = (unsigned)c / Cg, n = c - g * Cg;
+    const gpuconv_i64 r = (gpuconv_i64)blockIdx.x * blockDim.y + threadIdx.y;
+    // Threads past the last row stay to the end: every lane of a warp takes part in the shuffles.
+    const bool active = r < (gpuconv_i64)N * Hp * Wp * G;
+    const int q = active ? (int)(r / G) : 0, g = active ? (int)(r - (gpuconv_i64)q * G) : 0;
     const int b = (unsigned)q / (Hp * Wp), rem = q - b * (Hp * Wp);
     const int hp = (unsigned)rem / Wp, wp = rem - hp * Wp;
     const int qh = qh0 + hp, qw = qw0 + wp;  // output row / column reached through a tap of offset 0
-    Acc v = Acc(0);
-    for (int i1 = 0; i1 < T1; ++i1) {
+    Acc v[CMAX];
+#pragma unroll
+    for (int n = 0; n < CMAX; ++n) v[n] = Acc(0);
+    for (int i1 = 0; active && i1 < T1; ++i1) {
         const int oi = qh - k1b - i1 * k1i;
         if (oi < 0) break;  // oi only decreases
         if (oi >= OH) continue;
@@ -203,13 +212,26 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_dir
             if (oj >= OW) continue;
             const int k2 = k2f + i2 * k2s;
             const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
-            const T* wk = w + ((k1 * KW + k2) * Cg + n) * M + g * Mg;
-#pragma unroll 1
-            for (int mm = 0; mm < Mg; ++mm) v += gpuconv_load_dz(dy, y, o + mm, act) * gpuconv_to_acc(wk[mm]);
+            const T* wk = w + (k1 * KW + k2) * Cg * M + g * Mg;
+            for (int mm = lane; mm < Mg; mm += L) {
+                const Acc d = gpuconv_load_dz(dy, y, o + mm, act);
+#pragma unroll
+                for (int n = 0; n < CMAX; ++n)
+                    if (n < Cg) v[n] += d * gpuconv_to_acc(wk[n * M + mm]);
+            }
         }
     }
+    for (int off = L / 2; off > 0; off /= 2) {
+#pragma unroll
+        for (int n = 0; n < CMAX; ++n)
+            if (n < Cg) v[n] += __shfl_xor_sync(0xffffffffu, v[n], off, L);
+    }
+    if (!active) return;
     const int pixel = (b * H + h0 + hp * s1) * W + w0 + wp * s2;
-    gpuconv_store(dx + (gpuconv_i64)pixel * C + c, v);
+    T* out = dx + (gpuconv_i64)pixel * C + g * Cg;
+#pragma unroll
+    for (int n = 0; n < CMAX; ++n)
+        if (n < Cg && n % L == lane) gpuconv_store(out + n, v[n]);
 }
 
 template <typename T>

@@ -41,6 +41,9 @@ CASES = [
      {"groups": 2, "stride": (3, 2), "padding": ((0, 2), (1, 1))}, "sigmoid"),
     ("direct-stride-asym", (2, 7, 9, 4), (3, 3, 4, 6), {"stride": 2, "padding": ((1, 0), (2, 1)), "dilation": (1, 2)},
      "relu"),
+    # direct dx: lanes over Mg = 40 (two passes of 32), and Cg = 10 of 2 groups (the 15-channel instantiation)
+    ("direct-stem", (2, 13, 11, 3), (7, 7, 3, 40), {"stride": 2, "padding": 3}, "relu"),
+    ("direct-groups-cg10", (1, 7, 8, 20), (3, 2, 10, 36), {"groups": 2, "padding": 1, "stride": (1, 2)}, "sigmoid"),
     ("depthwise", (2, 8, 8, 6), (3, 3, 1, 6), {"groups": 6, "padding": 1, "stride": 2}, "sigmoid"),
     ("depthwise-mult2-dil", (2, 8, 8, 6), (3, 3, 1, 12), {"groups": 6, "padding": "same", "dilation": 2}, "relu"),
     ("one-channel-5x5", (3, 9, 9, 1), (5, 5, 1, 8), {"padding": 2}, "relu"),
@@ -48,7 +51,7 @@ CASES = [
     ("small-split", (2, 32, 32, 2), (3, 3, 1, 2), {"groups": 2, "padding": 1}, "identity"),
 ]
 DTYPE_CASES = ["gemm-relu-pad1", "gemm-stride-asym-dil", "gemm-groups", "gemm-64wide", "direct-stride-asym",
-               "depthwise"]
+               "direct-stem", "direct-groups-cg10", "depthwise"]
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +243,15 @@ def test_refuses_past_int32_indices(be, x_shape, w_shape):
     ):
         with pytest.raises(ValueError, match="2\\*\\*30"):
             call()
+
+
+def test_refuses_direct_dx_grid_past_cuda_limit(be):
+    # 2**20 pixels x 2**15 groups of one channel: the direct dx kernel's (pixel, group) rows need a grid of 2**32
+    # blocks along x, over CUDA's 2**31 - 1, while every int32 count stays below 2**30.
+    cfg = make_config("test", (1, 1024, 1024, 2**15), (1, 1, 1, 2**15), groups=2**15)
+    tiny = be.xp.ones((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="rows of dx exceed CUDA.s grid limit"):
+        be.backward_input(tiny, tiny, cfg)
 
 
 def test_refuses_bias_gradient_past_int32_rows(be):

@@ -35,12 +35,15 @@ BM, BN, BK, THREADS = 64, 64, 16, 256
 # Fewer output channels per group than this: the forward and dw kernels take their direct / small-channel path
 # (a 64-wide column tile would mostly compute padding). Same rule for input channels per group and dx.
 SMALL_CHANNELS = 16
+# The direct dx kernel keeps every input channel of a group in registers: instantiated for Cg up to these.
+DIRECT_DX_CHANNELS = (1, 4, SMALL_CHANNELS - 1)
 # The reductions (dw, db) aim at about this many blocks (two per SM of a 132-SM H100). A constant, never a
 # property of the device, so that the split and therefore the result are the same on every machine.
 TARGET_BLOCKS = 264
 WORKSPACE_BYTES = 64 * 2**20  # cap of the dw partial sums (also capped by gpuconv.set_workspace_limit)
 INDEX_LIMIT = 2**30  # pixel and weight counts must be below this (int32 indices with headroom)
 MAX_GRID_YZ = 65535
+MAX_GRID_X = 2**31 - 1
 
 FORWARD_FILE = "conv_forward.cu"
 BACKWARD_FILE = "conv_backward.cu"
@@ -78,6 +81,9 @@ def check_limits(backend: str, cfg) -> None:
         "ceil(M / 32)": _cdiv(cfg.m, 32),
         "ceil(C / 32)": _cdiv(cfg.c, 32),
     }
+    if cfg.cg < SMALL_CHANNELS and _cdiv(cfg.n * cfg.h * cfg.w * cfg.groups, THREADS // 32) > MAX_GRID_X:
+        raise ValueError(f"{backend} backend: N*H*W*G = {cfg.n * cfg.h * cfg.w * cfg.groups} (pixel, group) rows "
+                         f"of dx exceed CUDA's grid limit; split the batch, or use backend='numpy'")
     for what, count in grids.items():
         if count > MAX_GRID_YZ:
             raise ValueError(
@@ -231,14 +237,15 @@ class CudaBackend:
         direct = cfg.cg < SMALL_CHANNELS
         bn = 32 if cfg.cg <= 32 else BN  # 128 x 32 tiles for 16..32 input channels per group
         if direct:
-            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype)
+            cmax = next(c for c in DIRECT_DX_CHANNELS if cfg.cg <= c)
+            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype, cmax)
+            lanes = min(32, 1 << max(0, (cfg.mg - 1).bit_length()))  # along the output channels of a group
         else:
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input", dy.dtype, bn)
         for phase in stride_phases(cfg):
             pixels = cfg.n * phase[1] * phase[4]  # N * Hp * Wp
             if direct:
-                bx, by = _direct_block(cfg.c)
-                grid, block = (_cdiv(pixels, by), _cdiv(cfg.c, bx), 1), (bx, by, 1)
+                grid, block = (_cdiv(pixels * cfg.groups, THREADS // lanes), 1, 1), (lanes, THREADS // lanes, 1)
             else:
                 grid = (_cdiv(pixels, 4 * THREADS // (bn // 4)), _cdiv(cfg.cg, bn), cfg.groups)
                 block = (THREADS, 1, 1)
