@@ -213,6 +213,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_dir
             const int k2 = k2f + i2 * k2s;
             const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
             const T* wk = w + (k1 * KW + k2) * Cg * M + g * Mg;
+// Two passes' loads in flight at once (the loop is latency-bound); not with 15 sums, which would spill.
+#pragma unroll (CMAX <= 4 ? 2 : 1)
             for (int mm = lane; mm < Mg; mm += L) {
                 const Acc d = gpuconv_load_dz(dy, y, o + mm, act);
 #pragma unroll

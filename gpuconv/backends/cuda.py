@@ -37,6 +37,9 @@ BM, BN, BK, THREADS = 64, 64, 16, 256
 SMALL_CHANNELS = 16
 # The direct dx kernel keeps every input channel of a group in registers: instantiated for Cg up to these.
 DIRECT_DX_CHANNELS = (1, 4, SMALL_CHANNELS - 1)
+# Lanes of the direct dx kernel that share one (pixel, group) row, each taking every 8th output channel: 8
+# lanes read a whole 32-byte sector of a dz row, and each lane's pass over the taps does 4x the work of 32.
+DIRECT_DX_LANES = 8
 # The reductions (dw, db) aim at about this many blocks (two per SM of a 132-SM H100). A constant, never a
 # property of the device, so that the split and therefore the result are the same on every machine.
 TARGET_BLOCKS = 264
@@ -239,7 +242,7 @@ class CudaBackend:
         if direct:
             cmax = next(c for c in DIRECT_DX_CHANNELS if cfg.cg <= c)
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype, cmax)
-            lanes = min(32, 1 << max(0, (cfg.mg - 1).bit_length()))  # along the output channels of a group
+            lanes = min(DIRECT_DX_LANES, 1 << max(0, (cfg.mg - 1).bit_length()))  # along a group's outputs
         else:
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input", dy.dtype, bn)
         for phase in stride_phases(cfg):
