@@ -7,8 +7,8 @@
 //                                 columns = Cg, reduction = the phase's taps x Mg; taps reaching outside
 //                                 (OH, OW) read 0, and pixels no output read get exactly 0
 //   gpuconv_conv_bwd_input_direct dx for few input channels per group (the stem layer, depthwise), by stride
-//                                 phase: lanes split the output channels of one (pixel, group), then a
-//                                 shuffle butterfly adds their sums
+//                                 phase: lanes split the output channels of a few pixels of one group,
+//                                 then a shuffle butterfly adds their sums
 //   gpuconv_conv_bwd_weight       dw partial sums, tiled GEMM per group: rows = KH*KW*Cg, columns = Mg,
 //                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
 //   gpuconv_conv_bwd_weight_small dw partial sums, a thread per (weight element, pixel phase, split), the 8
@@ -22,9 +22,9 @@
 // gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 64>, gpuconv_conv_bwd_input<float, 64>, gpuconv_conv_bwd_input<double, 64>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 32>, gpuconv_conv_bwd_input<float, 32>, gpuconv_conv_bwd_input<double, 32>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 1>, gpuconv_conv_bwd_input_direct<float, 1>, gpuconv_conv_bwd_input_direct<double, 1>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 4>, gpuconv_conv_bwd_input_direct<float, 4>, gpuconv_conv_bwd_input_direct<double, 4>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 15>, gpuconv_conv_bwd_input_direct<float, 15>, gpuconv_conv_bwd_input_direct<double, 15>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 1, 4>, gpuconv_conv_bwd_input_direct<float, 1, 4>, gpuconv_conv_bwd_input_direct<double, 1, 4>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 4, 4>, gpuconv_conv_bwd_input_direct<float, 4, 4>, gpuconv_conv_bwd_input_direct<double, 4, 4>
+// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 15, 1>, gpuconv_conv_bwd_input_direct<float, 15, 1>, gpuconv_conv_bwd_input_direct<double, 15, 1>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
 // gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>
@@ -159,10 +159,10 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     }
 }
 
-// __launch_bounds__ with 4 blocks per SM (at most 64 registers): with no minimum, ptxas 12.9 squeezed this
-// kernel into 32 registers with spills on sm_90.
-template <typename T, int CMAX>
-__global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_direct(
+// __launch_bounds__ with a minimum of 2 blocks per SM (at most 128 registers): with no minimum, ptxas 12.9
+// squeezed this kernel into 32 registers with spills on sm_90.
+template <typename T, int CMAX, int PX>
+__global__ void __launch_bounds__(GPUCONV_THREADS, 2) gpuconv_conv_bwd_input_direct(
     const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
@@ -184,56 +184,80 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 4) gpuconv_conv_bwd_input_dir
 {
     // For few input channels per group (Cg <= CMAX < 16; the stem layer, depthwise). One launch per stride
     // phase, as gpuconv_conv_bwd_input. Block (L, 256 / L): the L = blockDim.x lanes (a power of two <= 32)
-    // of one (pixel, group) row split its reduction over the output channels m (lane, lane + L, ...), so a
-    // warp reads whole dz and w rows at once; each lane keeps all Cg sums, and the lanes' sums are added by
-    // a fixed butterfly of shuffles. Rows r = (pixel, group) run group-fastest, so with one channel per group
-    // (L = 1, depthwise) neighbouring threads still read neighbouring addresses.
+    // of one row split the reduction over the output channels m (lane, lane + L, ...), so a warp reads whole
+    // sectors of dz and w rows; a row is PX consecutive pixels of the phase in one group, so each w value a
+    // lane loads feeds PX pixels. Each lane keeps all PX x Cg sums, and the lanes' sums are added by a fixed
+    // butterfly of shuffles. Rows run group-fastest, so with one channel per group (L = 1, depthwise)
+    // neighbouring threads still read neighbouring addresses.
     typedef typename gpuconv_acc<T>::type Acc;
     const int L = blockDim.x, lane = threadIdx.x;
     const int Cg = (unsigned)C / G, Mg = (unsigned)M / G;
+    const int P = N * Hp * Wp, blocks = (P + PX - 1) / PX;
     const gpuconv_i64 r = (gpuconv_i64)blockIdx.x * blockDim.y + threadIdx.y;
     // Threads past the last row stay to the end: every lane of a warp takes part in the shuffles.
-    const bool active = r < (gpuconv_i64)N * Hp * Wp * G;
-    const int q = active ? (int)(r / G) : 0, g = active ? (int)(r - (gpuconv_i64)q * G) : 0;
-    const int b = (unsigned)q / (Hp * Wp), rem = q - b * (Hp * Wp);
-    const int hp = (unsigned)rem / Wp, wp = rem - hp * Wp;
-    const int qh = qh0 + hp, qw = qw0 + wp;  // output row / column reached through a tap of offset 0
-    Acc v[CMAX];
+    const bool active = r < (gpuconv_i64)blocks * G;
+    const int qb = active ? (int)(r / G) : 0, g = active ? (int)(r - (gpuconv_i64)qb * G) : 0;
+    int img[PX], qh[PX], qw[PX];  // per pixel: image, and the output row / column a tap of offset 0 reaches
 #pragma unroll
-    for (int n = 0; n < CMAX; ++n) v[n] = Acc(0);
-    for (int i1 = 0; active && i1 < T1; ++i1) {
-        const int oi = qh - k1b - i1 * k1i;
-        if (oi < 0) break;  // oi only decreases
-        if (oi >= OH) continue;
+    for (int j = 0; j < PX; ++j) {
+        const int q = qb * PX + j;
+        img[j] = (active && q < P) ? (int)((unsigned)q / (Hp * Wp)) : -1;  // -1: no pixel
+        const int rem = q - img[j] * (Hp * Wp), hp = (unsigned)rem / Wp;
+        qh[j] = qh0 + hp;
+        qw[j] = qw0 + rem - hp * Wp;
+    }
+    Acc v[PX][CMAX];
+#pragma unroll
+    for (int j = 0; j < PX; ++j)
+#pragma unroll
+        for (int n = 0; n < CMAX; ++n) v[j][n] = Acc(0);
+    for (int i1 = 0; i1 < T1; ++i1) {
         const int k1 = k1f + i1 * k1s;
         for (int i2 = 0; i2 < T2; ++i2) {
-            const int oj = qw - k2b - i2 * k2i;
-            if (oj < 0) break;
-            if (oj >= OW) continue;
             const int k2 = k2f + i2 * k2s;
-            const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M + g * Mg;
-            const T* wk = w + (k1 * KW + k2) * Cg * M + g * Mg;
-// Two passes' loads in flight at once (the loop is latency-bound); not with 15 sums, which would spill.
-#pragma unroll (CMAX <= 4 ? 2 : 1)
-            for (int mm = lane; mm < Mg; mm += L) {
-                const Acc d = gpuconv_load_dz(dy, y, o + mm, act);
+            gpuconv_i64 o[PX];  // each pixel's dz row for this tap, or -1 where the tap falls outside
+            bool any = false;
 #pragma unroll
-                for (int n = 0; n < CMAX; ++n)
-                    if (n < Cg) v[n] += d * gpuconv_to_acc(wk[n * M + mm]);
+            for (int j = 0; j < PX; ++j) {
+                const int oi = qh[j] - k1b - i1 * k1i, oj = qw[j] - k2b - i2 * k2i;
+                const bool in = img[j] >= 0 && oi >= 0 && oi < OH && oj >= 0 && oj < OW;
+                o[j] = in ? (gpuconv_i64)((img[j] * OH + oi) * OW + oj) * M + g * Mg : -1;
+                any |= in;
+            }
+            if (!any) continue;
+            const T* wk = w + (k1 * KW + k2) * Cg * M + g * Mg;
+            for (int mm = lane; mm < Mg; mm += L) {
+                Acc wv[CMAX];
+#pragma unroll
+                for (int n = 0; n < CMAX; ++n) wv[n] = n < Cg ? gpuconv_to_acc(wk[n * M + mm]) : Acc(0);
+#pragma unroll
+                for (int j = 0; j < PX; ++j) {
+                    if (o[j] < 0) continue;
+                    const Acc d = gpuconv_load_dz(dy, y, o[j] + mm, act);
+#pragma unroll
+                    for (int n = 0; n < CMAX; ++n)
+                        if (n < Cg) v[j][n] += d * wv[n];
+                }
             }
         }
     }
     for (int off = L / 2; off > 0; off /= 2) {
 #pragma unroll
-        for (int n = 0; n < CMAX; ++n)
-            if (n < Cg) v[n] += __shfl_xor_sync(0xffffffffu, v[n], off, L);
-    }
-    if (!active) return;
-    const int pixel = (b * H + h0 + hp * s1) * W + w0 + wp * s2;
-    T* out = dx + (gpuconv_i64)pixel * C + g * Cg;
+        for (int j = 0; j < PX; ++j)
 #pragma unroll
-    for (int n = 0; n < CMAX; ++n)
-        if (n < Cg && n % L == lane) gpuconv_store(out + n, v[n]);
+            for (int n = 0; n < CMAX; ++n)
+                if (n < Cg) v[j][n] += __shfl_xor_sync(0xffffffffu, v[j][n], off, L);
+    }
+#pragma unroll
+    for (int j = 0; j < PX; ++j) {
+        if (img[j] < 0) continue;
+        const int hp = qh[j] - qh0, wp = qw[j] - qw0;
+        const int pixel = (img[j] * H + h0 + hp * s1) * W + w0 + wp * s2;
+        T* out = dx + (gpuconv_i64)pixel * C + g * Cg;
+#pragma unroll
+        for (int n = 0; n < CMAX; ++n)
+            if (n < Cg && n % L == lane) gpuconv_store(out + n, v[j][n]);
+    }
 }
 
 template <typename T>

@@ -61,7 +61,7 @@ else
     echo "(cuda-bindings not installed: NVRTC resource table skipped)"
 fi
 
-PYTEST=("$PY" -m pytest -q -p no:cacheprovider --tb=short -rfE)
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -p no:benchmark --tb=short -rfEs)
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8) || PARALLEL=()
 step kernels "tests/test_kernels.py on $BE" 90 env GPUCONV_KERNEL_BACKEND="$BE" "${PYTEST[@]}" tests/test_kernels.py
 

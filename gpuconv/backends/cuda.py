@@ -35,8 +35,9 @@ BM, BN, BK, THREADS = 64, 64, 16, 256
 # Fewer output channels per group than this: the forward and dw kernels take their direct / small-channel path
 # (a 64-wide column tile would mostly compute padding). Same rule for input channels per group and dx.
 SMALL_CHANNELS = 16
-# The direct dx kernel keeps every input channel of a group in registers: instantiated for Cg up to these.
-DIRECT_DX_CHANNELS = (1, 4, SMALL_CHANNELS - 1)
+# The direct dx kernel keeps the sums of every input channel of a group, for PX pixels, in registers:
+# (CMAX, PX) instantiations, the first with Cg <= CMAX taken (15 sums leave room for one pixel only).
+DIRECT_DX_VARIANTS = ((1, 4), (4, 4), (SMALL_CHANNELS - 1, 1))
 # Lanes of the direct dx kernel that share one (pixel, group) row, each taking every 8th output channel: 8
 # lanes read a whole 32-byte sector of a dz row, and each lane's pass over the taps does 4x the work of 32.
 DIRECT_DX_LANES = 8
@@ -240,15 +241,16 @@ class CudaBackend:
         direct = cfg.cg < SMALL_CHANNELS
         bn = 32 if cfg.cg <= 32 else BN  # 128 x 32 tiles for 16..32 input channels per group
         if direct:
-            cmax = next(c for c in DIRECT_DX_CHANNELS if cfg.cg <= c)
-            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype, cmax)
+            cmax, px = next(v for v in DIRECT_DX_VARIANTS if cfg.cg <= v[0])
+            kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", dy.dtype, cmax, px)
             lanes = min(DIRECT_DX_LANES, 1 << max(0, (cfg.mg - 1).bit_length()))  # along a group's outputs
         else:
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_input", dy.dtype, bn)
         for phase in stride_phases(cfg):
             pixels = cfg.n * phase[1] * phase[4]  # N * Hp * Wp
             if direct:
-                grid, block = (_cdiv(pixels * cfg.groups, THREADS // lanes), 1, 1), (lanes, THREADS // lanes, 1)
+                rows = _cdiv(pixels, px) * cfg.groups
+                grid, block = (_cdiv(rows, THREADS // lanes), 1, 1), (lanes, THREADS // lanes, 1)
             else:
                 grid = (_cdiv(pixels, 4 * THREADS // (bn // 4)), _cdiv(cfg.cg, bn), cfg.groups)
                 block = (THREADS, 1, 1)
