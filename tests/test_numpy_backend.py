@@ -98,7 +98,7 @@ CASES = [
     ((2, 6, 7, 12), (1, 1, 12, 5), {}),  # 1x1
     ((2, 6, 7, 12), (1, 1, 4, 6), {"stride": 2, "groups": 3}),
     ((1, 16, 15, 1), (5, 5, 1, 3), {"stride": 2, "padding": 2}),  # tap-major with stride: col2im
-    # stride 1 with few outputs: dX's transposed convolution has tap-major columns (dW is taken from them)
+    # stride 1 with few outputs: dX's transposed convolution has tap-major columns
     ((2, 9, 8, 6), (3, 2, 6, 3), {"padding": ((2, 0), (1, 3)), "dilation": (1, 2)}),
     ((2, 7, 9, 5), (2, 3, 5, 6), {"padding": ((3, 1), (0, 4))}),  # padding past d*(k-1): dZ is cropped for dX
 ]

@@ -17,7 +17,7 @@ How every operation is computed:
   the output chunk; bias and activation are applied in place on the chunk while it is in cache.
 - dX: when both strides are 1 (and the columns are pixel-major), a forward convolution of dZ with the flipped,
   transposed kernel (padding d*(k-1) - p; a negative padding crops); otherwise a GEMM into column space
-  followed by KH*KW shifted adds (col2im).
+  followed by KH*KW shifted adds (col2im), into a buffer ordered by stride phase so that each add is contiguous.
 - dW: one GEMM cols^T @ dZ per chunk, summed over the chunks in chunk order. db: ones @ dZ. relu backward:
   dy's bits under a mask (exactly where(y > 0, dy, 0)); sigmoid backward: dy * y * (1 - y).
 - ``backward`` (what the public API's conv2d_backward calls) runs those steps in turn; a relu's dZ goes to a
