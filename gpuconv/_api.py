@@ -29,6 +29,11 @@ def _as_array(a):
 
 def _prepare(fname: str, backend: str, named: dict):
     """Pick the backend and move every array argument into its array module (None stays None)."""
+    if all(v is None or type(v) is np.ndarray for v in named.values()):
+        # the common case, plain numpy arrays: nothing to convert when the backend is numpy's
+        be = select_backend(fname, backend, named, kind="numpy")
+        if be.xp is np:
+            return be, named
     named = {k: (None if v is None else _as_array(v)) for k, v in named.items()}
     be = select_backend(fname, backend, named)
     return be, {k: to_module(v, be.xp) for k, v in named.items()}
@@ -38,6 +43,8 @@ def _check_dtypes(fname: str, arrays: dict) -> None:
     """Every array float16/32/64 and all of one dtype (the first one's)."""
     items = [(k, v) for k, v in arrays.items() if v is not None]
     ref_name, ref = items[0]
+    if ref.dtype in _config.FLOAT_DTYPES and all(v.dtype == ref.dtype for _, v in items[1:]):
+        return
     _config.check_float_dtype(fname, ref_name, ref.dtype)
     for k, v in items[1:]:
         _config.check_same_dtype(fname, ref_name, ref.dtype, k, v.dtype)
@@ -49,7 +56,37 @@ def _check_shape(fname: str, argname: str, a, expected: tuple) -> None:
 
 
 def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
-    x4, w4 = _config.as_4d_shapes(fname, tuple(x_shape), tuple(w_shape))
+    """The checked config, from a cache of recent ones (checking costs ~15 us, a lookup ~2 us).
+
+    The cache is keyed on the options' types as well as their values: 1, True, 1.0 and np.int64(1) are equal
+    and hash alike, but not all of them are valid. Errors are never cached: a bad call raises every time.
+    """
+    args = (fname, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
+    try:
+        key = args[:3] + _typed(args[3:])  # the shapes hold ints already
+        cfg = _configs.get(key)
+    except TypeError:  # an unhashable option (a numpy array as padding, ...): checked without the cache
+        return _make_config(*args)
+    if cfg is None:
+        cfg = _make_config(*args)
+        if len(_configs) >= 256:
+            _configs.clear()
+        _configs[key] = cfg
+    return cfg
+
+
+_configs: dict = {}
+
+
+def _typed(v):
+    """v with the type of every item beside it, lists as tuples: a hashable cache key that tells 1 from True."""
+    if isinstance(v, (tuple, list)):
+        return type(v), tuple(_typed(i) for i in v)
+    return type(v), v
+
+
+def _make_config(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
+    x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
     return _config.make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
@@ -62,6 +99,8 @@ def _back(result, like):
     """A C-contiguous result, moved back to the array module of ``like`` (the caller's array)."""
     if result is None:
         return None
+    if type(result) is np.ndarray and type(like) is np.ndarray:
+        return np.ascontiguousarray(result)
     xp = module_of(like)
     return xp.ascontiguousarray(to_module(result, xp))
 

@@ -108,11 +108,12 @@ def backend_status(name: str):
     return None
 
 
-def select_backend(fname: str, backend: str, named_arrays: dict):
-    """Pick the backend for one call: explicit name, GPUCONV_BACKEND, or the arrays' type."""
+def select_backend(fname: str, backend: str, named_arrays: dict, kind: str | None = None):
+    """Pick the backend for one call: explicit name, GPUCONV_BACKEND, or the arrays' type (``kind``, when the
+    caller already knows it: 'numpy' or 'cupy')."""
     if not isinstance(backend, str):
         raise TypeError(f"{fname}: argument 'backend' must be a string, got {backend!r}")
-    kind = array_kinds(fname, named_arrays)
+    kind = kind or array_kinds(fname, named_arrays)
     name = backend.lower()
     if name == "auto":
         name = os.environ.get(ENV_BACKEND, "").strip().lower() or "auto"

@@ -584,3 +584,20 @@ def test_activation_backward_identity_needs_no_y(backend, to_xp, asnumpy):
     np.testing.assert_array_equal(
         asnumpy(gpuconv.activation_backward(to_xp(dy), None, None, backend=backend)), dy
     )
+
+
+@pytest.mark.parametrize("valid,invalid", [
+    ({"stride": 1}, {"stride": True}),
+    ({"stride": 1}, {"stride": 1.0}),
+    ({"dilation": (1, 1)}, {"dilation": (1, True)}),
+    ({"padding": [1, 1]}, {"padding": [1.0, 1]}),
+    ({"groups": 1}, {"groups": True}),
+], ids=["stride-bool", "stride-float", "dilation-bool", "padding-float", "groups-bool"])
+def test_cached_options_do_not_admit_equal_bad_ones(valid, invalid):
+    """The public API caches checked configs; 1, True and 1.0 compare equal but only 1 is valid, every time."""
+    x, w = x4(), w4()
+    for _ in range(2):
+        gpuconv.conv2d(x, w, backend="numpy", **valid)
+        with pytest.raises(TypeError) as info:
+            gpuconv.conv2d(x, w, backend="numpy", **invalid)
+        check_message(info.value, "conv2d", tuple(invalid))

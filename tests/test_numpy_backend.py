@@ -98,6 +98,9 @@ CASES = [
     ((2, 6, 7, 12), (1, 1, 12, 5), {}),  # 1x1
     ((2, 6, 7, 12), (1, 1, 4, 6), {"stride": 2, "groups": 3}),
     ((1, 16, 15, 1), (5, 5, 1, 3), {"stride": 2, "padding": 2}),  # tap-major with stride: col2im
+    # stride 1 with few outputs: dX's transposed convolution has tap-major columns
+    ((2, 9, 8, 6), (3, 2, 6, 3), {"padding": ((2, 0), (1, 3)), "dilation": (1, 2)}),
+    ((2, 7, 9, 5), (2, 3, 5, 6), {"padding": ((3, 1), (0, 4))}),  # padding past d*(k-1): dZ is cropped for dX
 ]
 IDS = [f"x{c[0]}-w{c[1]}-{c[2]}" for c in CASES]
 
@@ -179,7 +182,8 @@ def test_float16_rounded_once():
     assert np.all(np.abs(y.astype(np.float64) - ref) <= ulp)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[9], CASES[12], CASES[16]], ids=lambda c: str(c[2]))
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[9], CASES[12], CASES[16], CASES[17], CASES[18]],
+                         ids=lambda c: str(c[2]))
 def test_tiny_workspace_limit_gives_the_same_results(case):
     """A limit far below one image forces row bands of one image (one output row at a time)."""
     x_shape, w_shape, opts = case
@@ -246,7 +250,8 @@ def test_work_buffers_do_not_leak_between_calls():
 def test_fused_backward_equals_the_separate_calls(activation, dtype):
     """backward() (used by the public API) gives the bits of activation_backward + the three gradient calls, and
     its dZ buffer, reused between calls, never reaches a result."""
-    for xs, ws, opts in (((2, 9, 8, 6), (3, 3, 6, 5), {"padding": 1}), ((1, 11, 7, 2), (3, 2, 2, 4), {"stride": 2})):
+    for xs, ws, opts in (((2, 9, 8, 6), (3, 3, 6, 5), {"padding": 1}), ((1, 11, 7, 2), (3, 2, 2, 4), {"stride": 2}),
+                         CASES[17], CASES[9]):
         cfg = make_config("test", xs, ws, **opts)
         x, w, b, dy = _inputs(xs, ws, cfg, dtype, seed=5)
         y = BE.forward(x, w, b, cfg, activation)
@@ -317,7 +322,8 @@ def test_public_api_uses_this_backend():
     np.testing.assert_allclose(y, _ref_forward(x[None], w, None, cfg, "identity")[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[9], CASES[16], ((5, 9, 8, 3), (3, 3, 3, 4), {"stride": 2})],
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[9], CASES[16], CASES[17],
+                                  ((5, 9, 8, 3), (3, 3, 3, 4), {"stride": 2})],
                          ids=lambda c: f"{c[0]}-{c[2]}")
 def test_worker_threads_give_the_serial_results(case, monkeypatch):
     """The same chunks (3 workers' worth, tiny) give the same bits on worker threads as one after another in
