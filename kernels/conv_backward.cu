@@ -50,19 +50,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
     T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
-    int N, int H, int W, int C,  // input shape
-    int KH, int KW, int M,       // kernel height, width, output channels
-    int G,                       // groups
-    int OH, int OW,              // output height, width
-    int s1, int s2,              // strides
-    int d1, int d2,              // dilations (unused: the phase's taps below already hold them)
-    int pt, int pl,              // top and left padding (likewise)
-    int h0, int Hp, int qh0,     // the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
-    int w0, int Wp, int qw0,     // the phase's columns, the same way
-    int k1f, int k1s, int T1,    // the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1 ...
-    int k1b, int k1i,            // ... reaching output row oi = qh - (k1b + k1i * i1) from input row qh
-    int k2f, int k2s, int T2,    // the phase's tap columns, the same way
-    int k2b, int k2i,
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
+    GPUCONV_DX_PHASE_PARAMS,     // one stride phase of dx (gpuconv_common.cuh)
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
     // One launch per stride phase (ph, pw): the input pixels whose padded row and column (h + pt, w + pl) are
@@ -167,19 +156,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 2) gpuconv_conv_bwd_input_dir
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
     T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
-    int N, int H, int W, int C,  // input shape
-    int KH, int KW, int M,       // kernel height, width, output channels
-    int G,                       // groups
-    int OH, int OW,              // output height, width
-    int s1, int s2,              // strides
-    int d1, int d2,              // dilations (unused: the phase's taps below already hold them)
-    int pt, int pl,              // top and left padding (likewise)
-    int h0, int Hp, int qh0,     // the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
-    int w0, int Wp, int qw0,     // the phase's columns, the same way
-    int k1f, int k1s, int T1,    // the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1 ...
-    int k1b, int k1i,            // ... reaching output row oi = qh - (k1b + k1i * i1) from input row qh
-    int k2f, int k2s, int T2,    // the phase's tap columns, the same way
-    int k2b, int k2i,
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
+    GPUCONV_DX_PHASE_PARAMS,     // one stride phase of dx (gpuconv_common.cuh)
     int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
 {
     // For few input channels per group (Cg <= CMAX < 16; the stem layer, depthwise). One launch per stride
@@ -266,13 +244,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight(
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ x,   // input (N, H, W, C)
     typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, KH*KW*Cg, M)
-    int N, int H, int W, int C,  // input shape
-    int KH, int KW, int M,       // kernel height, width, output channels
-    int G,                       // groups
-    int OH, int OW,              // output height, width
-    int s1, int s2,              // strides
-    int d1, int d2,              // dilations
-    int pt, int pl,              // top and left padding
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     int chunk,                   // output pixels per split (a multiple of GPUCONV_BK); split = blockIdx.z
     int act)                     // GPUCONV_ACT_* of the forward pass
 {
@@ -363,13 +335,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ x,   // input (N, H, W, C)
     typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, KH*KW*Cg*M)
-    int N, int H, int W, int C,  // input shape
-    int KH, int KW, int M,       // kernel height, width, output channels
-    int G,                       // groups
-    int OH, int OW,              // output height, width
-    int s1, int s2,              // strides
-    int d1, int d2,              // dilations
-    int pt, int pl,              // top and left padding
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     int chunk,                   // output pixels per split; split = blockIdx.y
     int act)                     // GPUCONV_ACT_* of the forward pass
 {

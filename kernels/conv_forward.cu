@@ -19,13 +19,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd(
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO, contiguous
     const T* __restrict__ bias,  // bias (M,); read only when has_bias != 0
     T* __restrict__ y,           // output (N, OH, OW, M), written: act(conv(x, w) + bias)
-    int N, int H, int W, int C,  // input shape
-    int KH, int KW, int M,       // kernel height, width, output channels
-    int G,                       // groups (C and M divisible by G)
-    int OH, int OW,              // output height, width
-    int s1, int s2,              // strides (rows, columns)
-    int d1, int d2,              // dilations
-    int pt, int pl,              // top and left padding
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     int has_bias,                // 1: add bias[m]
     int act)                     // GPUCONV_ACT_* applied to z before the store
 {
@@ -127,13 +121,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd_direct(
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO, contiguous
     const T* __restrict__ bias,  // bias (M,); read only when has_bias != 0
     T* __restrict__ y,           // output (N, OH, OW, M), written: act(conv(x, w) + bias)
-    int N, int H, int W, int C,  // input shape
-    int KH, int KW, int M,       // kernel height, width, output channels
-    int G,                       // groups
-    int OH, int OW,              // output height, width
-    int s1, int s2,              // strides
-    int d1, int d2,              // dilations
-    int pt, int pl,              // top and left padding
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     int has_bias,                // 1: add bias[m]
     int act)                     // GPUCONV_ACT_* applied before the store
 {

@@ -34,6 +34,25 @@ typedef long long gpuconv_i64;
 #define GPUCONV_THREADS 256
 #define GPUCONV_PAD 4  // shared tile row padding (elements)
 
+// The shape arguments of every convolution kernel: the same 16 ints in this order, which the launch wrappers
+// pass with gpuconv/backends/cuda.py _dims(cfg). N, H, W, C input shape; KH, KW, M kernel height, width and
+// output channels; G groups (C and M divisible by G); OH, OW output height, width; s1, s2 strides (rows,
+// columns); d1, d2 dilations; pt, pl top and left padding (bottom and right follow from OH, OW).
+#define GPUCONV_CONV_SHAPE_PARAMS                                                                     \
+    int N, int H, int W, int C, int KH, int KW, int M, int G, int OH, int OW, int s1, int s2, int d1, int d2, \
+        int pt, int pl
+
+// One stride phase (ph, pw) of dx, as gpuconv/backends/cuda.py stride_phases lists it (the dx kernels read
+// d1, d2, pt, pl only through these):
+//   h0, Hp, qh0            the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
+//   w0, Wp, qw0            the phase's columns, the same way
+//   k1f, k1s, T1, k1b, k1i the phase's tap rows: k1 = k1f + k1s * i1 for i1 < T1, reaching output row
+//                          oi = qh - (k1b + k1i * i1) from input row qh
+//   k2f, k2s, T2, k2b, k2i the phase's tap columns, the same way
+#define GPUCONV_DX_PHASE_PARAMS                                                                       \
+    int h0, int Hp, int qh0, int w0, int Wp, int qw0, int k1f, int k1s, int T1, int k1b, int k1i, int k2f, \
+        int k2s, int T2, int k2b, int k2i
+
 // Accumulator type: float for float16 and float32 storage, double for float64.
 template <typename T> struct gpuconv_acc { typedef float type; };
 template <> struct gpuconv_acc<double> { typedef double type; };

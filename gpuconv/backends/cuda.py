@@ -101,7 +101,7 @@ def _contiguous(xp, *arrays):
 
 
 def _dims(cfg) -> tuple:
-    """The shape arguments shared by every convolution kernel, as typed scalars, in kernel order."""
+    """The shape arguments shared by every convolution kernel (GPUCONV_CONV_SHAPE_PARAMS), as typed scalars."""
     return tuple(
         np.int32(v)
         for v in (cfg.n, cfg.h, cfg.w, cfg.c, cfg.kh, cfg.kw, cfg.m, cfg.groups, cfg.oh, cfg.ow,
