@@ -19,6 +19,10 @@ shape only (and, for dw, on ``gpuconv.set_workspace_limit`` when that is below 6
 
 Paths: few channels per group (< SMALL_CHANNELS, e.g. depthwise) take direct kernels, the rest tiled implicit
 GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``stride_phases``).
+
+Precision: forward, backward_input, backward_weight and backward take ``precision`` ("highest" or "tf32").
+This build has no tensor-core kernels yet, so every precision runs the strict FP32 (CUDA-core) kernels: "tf32"
+gives the "highest" results, never TF32 ones, and ``math_path`` (what ``gpuconv info`` prints) says so.
 """
 from __future__ import annotations
 
@@ -154,6 +158,28 @@ def _splits(total: int, per_split_min: int, blocks_per_split: int, cap: int) -> 
     return _cdiv(total, chunk), chunk
 
 
+# The first compute capability with tensor cores for each kind of product (FP16 from Volta, TF32 and BF16 from
+# Ampere), keyed by dtype name, and "tf32" for float32 with precision="tf32".
+TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
+
+
+def math_path(dtype, precision: str, arch) -> str:
+    """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
+    ``arch`` (e.g. 90; None for the CPU emulator), in words. No tensor-core kernel is in this build yet, so
+    every product runs on CUDA cores; the text says where the device has tensor cores for it."""
+    dtype = np.dtype(dtype)
+    if dtype not in _CTYPES:
+        return f"no {dtype.name} kernels in this build (use backend='numpy')"
+    where = "CUDA cores" if arch is not None else "CPU emulator running the CUDA-core kernels"
+    what = {"float16": "products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
+    if dtype == np.float32 and precision == "tf32":
+        what += "; tf32 asked for, but this build has no TF32 kernels: the results are the 'highest' ones"
+    key = "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
+    if arch is not None and key in TENSOR_CORE_ARCH and arch >= TENSOR_CORE_ARCH[key]:
+        what += f" (sm_{arch} has {key.upper()} tensor cores; not used by this build)"
+    return f"{where}, {what}"
+
+
 class CudaBackend:
     """The five operations of a convolution layer on gpuconv's CUDA kernels (GPU or emulator alike)."""
 
@@ -166,6 +192,20 @@ class CudaBackend:
 
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
+
+    def math_path(self, dtype, precision: str) -> str:
+        """``math_path`` for this backend's device (the current CUDA device; none for the emulator)."""
+        arch = None
+        if self.kind == "cupy":
+            arch = int(self.xp.cuda.Device().compute_capability)
+        return math_path(dtype, precision, arch)
+
+    def dtype_reason(self, dtype):
+        """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""
+        if np.dtype(dtype) in _CTYPES:
+            return None
+        return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; "
+                "use backend='numpy', or float16 / float32")
 
     def _kernel(self, fname: str, kernel: str, dtype, *template_ints):
         """The kernel ``kernel<ctype, ints...>`` of kernels/``fname`` (compiled on first use, then cached)."""
@@ -180,7 +220,7 @@ class CudaBackend:
         return self._kernels[key]
 
     # -- forward ------------------------------------------------------------------------------------------
-    def forward(self, x, w, b, cfg, activation):
+    def forward(self, x, w, b, cfg, activation, precision="highest"):
         """y = act(conv(x, w) + b), one fused kernel."""
         check_limits(self.name, cfg)
         x, w, b = _contiguous(self.xp, x, w, b)
@@ -213,11 +253,11 @@ class CudaBackend:
         kernel(grid, (THREADS, 1, 1), (dy, y, dz, np.int64(dz.size), np.int32(ACTIVATION_CODES[activation])))
         return dz
 
-    def backward_input(self, dz, w, cfg):
+    def backward_input(self, dz, w, cfg, precision="highest"):
         """dx: the transposed convolution of dz with w."""
         return self.backward_input_fused(dz, None, w, cfg, "identity")
 
-    def backward_weight(self, dz, x, cfg):
+    def backward_weight(self, dz, x, cfg, precision="highest"):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
         return self.backward_weight_fused(dz, None, x, cfg, "identity")
 
@@ -225,7 +265,7 @@ class CudaBackend:
         """db: dz summed over every axis but the last (deterministic)."""
         return self.backward_bias_fused(dz, None, "identity")
 
-    def backward(self, dy, y, x, w, cfg, activation, has_bias=True):
+    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
         dx = self.backward_input_fused(dy, y, w, cfg, activation)
