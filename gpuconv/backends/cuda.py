@@ -21,8 +21,9 @@ Paths: few channels per group (< SMALL_CHANNELS, e.g. depthwise) take direct ker
 GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``stride_phases``).
 
 Precision: forward, backward_input, backward_weight and backward take ``precision`` ("highest" or "tf32").
-This build has no tensor-core kernels yet, so every precision runs the strict FP32 (CUDA-core) kernels: "tf32"
-gives the "highest" results, never TF32 ones, and ``math_path`` (what ``gpuconv info`` prints) says so.
+The modes routed to tensor-core kernels are TENSOR_CORE_MODES (empty in this build: every precision runs the
+strict FP32 CUDA-core kernels, so "tf32" gives the "highest" results, never TF32 ones); ``math_path`` (what
+``gpuconv info`` prints) and ``rounds_tf32`` say which path a dtype and precision take.
 """
 from __future__ import annotations
 
@@ -158,26 +159,45 @@ def _splits(total: int, per_split_min: int, blocks_per_split: int, cap: int) -> 
     return _cdiv(total, chunk), chunk
 
 
-# The first compute capability with tensor cores for each kind of product (FP16 from Volta, TF32 and BF16 from
-# Ampere), keyed by dtype name, and "tf32" for float32 with precision="tf32".
+# The first compute capability with tensor cores for each mode of product: "float16" (from Volta), "bfloat16"
+# and "tf32" (float32 with precision="tf32"; both from Ampere).
 TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
+# The modes this build routes to tensor-core kernels where the device has them (the emulator runs them on any
+# machine). Empty: no tensor-core kernel is in this build yet, every product runs on CUDA cores.
+TENSOR_CORE_MODES: frozenset = frozenset()
+
+
+def _mode(dtype, precision: str) -> str:
+    dtype = np.dtype(dtype)
+    return "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
+
+
+def uses_tensor_cores(dtype, precision: str, arch) -> bool:
+    """Whether ``dtype`` in ``precision`` runs tensor-core kernels on compute capability ``arch`` (None: the
+    emulator, which runs whatever this build routes to tensor cores)."""
+    mode = _mode(dtype, precision)
+    return mode in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[mode])
 
 
 def math_path(dtype, precision: str, arch) -> str:
     """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
-    ``arch`` (e.g. 90; None for the CPU emulator), in words. No tensor-core kernel is in this build yet, so
-    every product runs on CUDA cores; the text says where the device has tensor cores for it."""
+    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
     dtype = np.dtype(dtype)
     if dtype not in _CTYPES:
         return f"no {dtype.name} kernels in this build (use backend='numpy')"
-    where = "CUDA cores" if arch is not None else "CPU emulator running the CUDA-core kernels"
-    what = {"float16": "products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
-    if dtype == np.float32 and precision == "tf32":
-        what += "; tf32 asked for, but this build has no TF32 kernels: the results are the 'highest' ones"
-    key = "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
-    if arch is not None and key in TENSOR_CORE_ARCH and arch >= TENSOR_CORE_ARCH[key]:
-        what += f" (sm_{arch} has {key.upper()} tensor cores; not used by this build)"
-    return f"{where}, {what}"
+    mode = _mode(dtype, precision)
+    where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
+    if uses_tensor_cores(dtype, precision, arch):
+        return f"{where}: tensor cores, {mode.upper()} products, float32 accumulation"
+    what = {"float16": "float16 products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
+    text = f"{where}: CUDA cores, {what}"
+    if mode == "tf32":
+        why = ("this build has no TF32 kernels" if mode not in TENSOR_CORE_MODES
+               else f"sm_{arch} has no TF32 tensor cores (sm_80 and later have)")
+        text += f"; tf32 asked for, but {why}: the results are the 'highest' ones"
+    elif arch is not None and mode in TENSOR_CORE_ARCH and arch >= TENSOR_CORE_ARCH[mode]:
+        text += f" (this GPU has {mode} tensor cores; this build does not use them)"
+    return text
 
 
 class CudaBackend:
@@ -193,12 +213,17 @@ class CudaBackend:
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
 
+    def _arch(self):
+        """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
+        return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
+
     def math_path(self, dtype, precision: str) -> str:
-        """``math_path`` for this backend's device (the current CUDA device; none for the emulator)."""
-        arch = None
-        if self.kind == "cupy":
-            arch = int(self.xp.cuda.Device().compute_capability)
-        return math_path(dtype, precision, arch)
+        """``math_path`` on this backend's device."""
+        return math_path(dtype, precision, self._arch())
+
+    def rounds_tf32(self) -> bool:
+        """Whether precision="tf32" really rounds float32 operands to TF32 here (else it runs strict FP32)."""
+        return uses_tensor_cores(np.float32, "tf32", self._arch())
 
     def dtype_reason(self, dtype):
         """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""

@@ -473,6 +473,10 @@ class NumpyBackend:
     name = "numpy"
     xp = np
 
+    def rounds_tf32(self) -> bool:
+        """precision="tf32" rounds float32 operands to TF32 here (this backend is the oracle of that mode)."""
+        return True
+
     def math_path(self, dtype, precision: str) -> str:
         """What computes the products of ``dtype`` in ``precision`` here, in words (for ``gpuconv info``)."""
         dtype = np.dtype(dtype)
