@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACTIVATIONS = ("identity", "relu", "sigmoid")
+from . import _registry
+
+ACTIVATIONS = _registry.activation_names()
 PADDING_MODES = ("valid", "same", "full")
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = tuple(d.numpy for d in _registry.DTYPES.values())
 
 _workspace_limit = 256 * 2**20
 
@@ -177,13 +179,23 @@ def activation_name(fname: str, activation) -> str:
     )
 
 
+def needs_output(activation: str) -> bool:
+    """Whether the gradient of a (checked) activation reads the saved forward output."""
+    return _registry.activation(activation).uses_output
+
+
 def check_float_dtype(fname: str, argname: str, dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(
-            f"{fname}: argument '{argname}' must have dtype float16, float32 or float64, got {dtype}"
+            f"{fname}: argument '{argname}' must have dtype {_or_list(_registry.dtype_names())}, got {dtype}"
         )
     return dtype
+
+
+def _or_list(names) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def check_same_dtype(fname: str, ref_name: str, ref_dtype, argname: str, dtype) -> None:

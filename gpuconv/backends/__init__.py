@@ -14,9 +14,10 @@ validated everything and normalized shapes when it calls a backend, so a backend
 A backend may also offer the fused ``backward(dy, y, x, w, cfg, activation, has_bias) -> (dx, dw, db)``
 (y None for the identity; db None without a bias); ``conv2d_backward`` then uses it instead of the five.
 
-Arrays arrive 4-D in the right array module with one float dtype (float16, float32 or float64), possibly
-non-contiguous; results have that same dtype (float16 is computed in float32 and rounded once).
-``cfg`` is a ``gpuconv._config.ConvConfig``; ``activation`` is one of "identity", "relu", "sigmoid".
+Arrays arrive 4-D in the right array module with one dtype of ``gpuconv._registry.DTYPES``, possibly
+non-contiguous; results have that same dtype (computed in its accumulator dtype, rounded once).
+``cfg`` is a ``gpuconv._config.ConvConfig``; ``activation`` is a name of ``gpuconv._registry.ACTIVATIONS``;
+an unknown one raises ValueError in every backend.
 """
 from typing import Protocol
 
