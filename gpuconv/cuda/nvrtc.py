@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from .modules import kernel_dirs, kernel_files, kernel_path, registered_name_expressions
+from .modules import build_inputs, kernel_dirs, kernel_files, kernel_path
 
 ARCHES = ("sm_70", "sm_80", "sm_90")
 ENV_INCLUDE = "GPUCONV_CUDA_INCLUDE"
@@ -170,7 +170,8 @@ _compiled: dict = {}  # successful compiles of this process, keyed by everything
 def compile_program(filename, arch, name_expressions=(), options=()) -> Compiled:
     """Compiles a kernel file (name in kernels/ or absolute path) for ``arch`` to a cubin.
 
-    The file's registered name expressions (``// gpuconv-name-expressions: ...``) are added to the given ones.
+    The name expressions and options of ``modules.build_inputs`` (the package's generated instantiations and -D
+    macros for kernels/, a file's own ``// gpuconv-name-expressions:`` lines) are added to the given ones.
     Raises NvrtcError on any compile error or warning. A compile is kept for the life of the process, keyed by
     the source text, architecture, name expressions and options (the resource and SASS tables share it).
     """
@@ -178,8 +179,7 @@ def compile_program(filename, arch, name_expressions=(), options=()) -> Compiled
         raise ValueError(f"arch must look like 'sm_80' (checked: {ARCHES}), got {arch!r}")
     nvrtc = _nvrtc()
     path = kernel_path(filename)
-    source = path.read_text()
-    exprs = tuple(dict.fromkeys((*name_expressions, *registered_name_expressions(source))))
+    source, exprs, options = build_inputs(path, name_expressions, options)
     opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", "-std=c++17", f"-I{path.parent}"]
     opts += [f"-I{d}" for d in cuda_include_dirs()]
     opts += list(options)
