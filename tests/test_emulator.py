@@ -701,32 +701,6 @@ def test_argument_tags_tell_element_types_apart():
         half((1,), (32,), (np.zeros(4, bf), np.zeros(4, np.float16), np.float16(1), np.int32(4)))
 
 
-@pytest.mark.skipif(bool(SANITIZE), reason="NVRTC cannot load its builtins with libasan preloaded")
-def test_wmma_kernels_compile_with_nvrtc_for_sm80_and_sm90():
-    """The emulated API has the real headers' names and signatures: the same test source compiles with NVRTC."""
-    from gpuconv.cuda import nvrtc
-
-    if nvrtc.unavailable_reason():
-        pytest.skip(nvrtc.unavailable_reason())
-    dirs = nvrtc.cuda_include_dirs()
-    extra = []
-    if not any(Path(d, "crt", "mma.h").is_file() for d in dirs):
-        try:
-            import nvidia
-
-            crt = [Path(b, "cuda_nvcc", "include") for b in nvidia.__path__]
-        except ImportError:
-            crt = []
-        crt = [d for d in crt if (d / "crt" / "mma.h").is_file()]
-        if not crt:
-            pytest.skip("crt/mma.h not found (pip install nvidia-cuda-nvcc-cu12)")
-        extra = [f"-I{crt[0]}"]
-    for name in ("wmma.cu",):
-        for arch in ("sm_80", "sm_90"):
-            rows = nvrtc.compile_report(str(KERNELS / name), arch, options=extra)
-            assert rows and all(r.spill_stores == 0 for r in rows), rows
-
-
 # ---- out-of-bounds writes (default build: guard bytes around every argument buffer) ------------------------
 @pytest.mark.skipif(bool(SANITIZE), reason="under ASan, AddressSanitizer reports the write itself")
 @pytest.mark.parametrize("offset,where", [(0, "0 bytes past the end"), (100, "400 bytes past the end"),
