@@ -340,6 +340,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=0, help="seconds after which no new mutant starts (0: none)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per job before it counts as a kill")
     p.add_argument("--with-gpu-only", action="store_true", help="also run the mutants only a GPU-sized input reaches")
+    p.add_argument("--shared-suite-only", action="store_true",
+                   help="kernel jobs without tests/test_kernels.py: does the shared backend suite alone kill them?")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each job")
     p.add_argument("--list", action="store_true", help="list the mutants and whether each applies, then exit")
     args = p.parse_args(argv)
@@ -357,6 +359,9 @@ def main(argv=None) -> int:
             print(f"{m.id:18s} {m.path:28s} {'gpu-only ' if m.gpu_only else ''}{m.what}{flag}")
         print(f"{len(chosen)} mutants (list version {MUTANTS_VERSION})")
         return 0
+    if args.shared_suite_only:
+        for job in KERNEL_JOBS:
+            JOBS[job][1].remove("tests/test_kernels.py")
     kernel_jobs = [j for j in args.jobs.split(",") if j]
     bad = set(kernel_jobs) - set(KERNEL_JOBS)
     if bad:
@@ -406,7 +411,8 @@ def main(argv=None) -> int:
     killed = [m for m in counted if results[m.id][0] == "killed"]
     survivors = [m for m in counted if results[m.id][0] == "survived"]
     print()
-    print(f"mutants list version {MUTANTS_VERSION}; jobs: kernels {','.join(kernel_jobs)}, NumPy backend numpy; "
+    print(f"mutants list version {MUTANTS_VERSION}; jobs: kernels {','.join(kernel_jobs)}"
+          f"{' (shared suite only)' if args.shared_suite_only else ''}, NumPy backend numpy; "
           f"{time.monotonic() - start:.0f} s")
     for kind in ("kernels", "numpy"):
         ran = [m for m in counted if m.kind == kind]
