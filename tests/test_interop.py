@@ -290,3 +290,13 @@ def test_importing_gpuconv_never_imports_torch():
             "data_format='NHWC'); assert 'torch' not in sys.modules; "
             "assert 'cupy' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_torch_bfloat16_round_trip(rand):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x, w, _ = _inputs(rand)
+    xb, wb = torch.from_numpy(x).to(torch.bfloat16), torch.from_numpy(w).to(torch.bfloat16)
+    y = gpuconv.conv2d(xb, wb)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16
+    want = gpuconv.conv2d(x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16))
+    np.testing.assert_array_equal(y.float().numpy(), want.astype(np.float32))
