@@ -14,7 +14,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import gpuconv
-from gpuconv import _dispatch
+from gpuconv import _dispatch, _registry
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -35,7 +35,8 @@ def _torch_reference(x, w, b, dy, cfg, activation):
     else:
         xp = F.pad(xt, (pl, pr, pt, pb), mode=mode)
     z = F.conv2d(xp, wt, bt, stride=cfg["stride"], dilation=cfg["dilation"], groups=cfg["groups"])
-    y = {"relu": torch.relu, "sigmoid": torch.sigmoid}.get(activation, lambda v: v)(z)
+    torch_name = _registry.ACTIVATIONS[activation or "identity"].torch
+    y = z if torch_name is None else getattr(torch, torch_name)(z)
     y.backward(torch.from_numpy(dy))
     return y.detach().numpy(), (xt.grad.numpy(), wt.grad.numpy(), None if bt is None else bt.grad.numpy())
 
@@ -53,7 +54,7 @@ def problems(draw):
         "stride": (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
         "dilation": (draw(st.integers(1, 2)), draw(st.integers(1, 2))),
         "pads": pads, "mode": mode, "bias": draw(st.booleans()),
-        "activation": draw(st.sampled_from([None, "relu", "sigmoid"])),
+        "activation": draw(st.sampled_from([None, *sorted(_registry.ACTIVATIONS)])),
         "data_format": draw(st.sampled_from(["NHWC", "NCHW"])),
         "filter_format": draw(st.sampled_from(["HWIO", "OIHW"])),
         "seed": draw(st.integers(0, 2**32 - 1)),
