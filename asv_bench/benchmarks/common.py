@@ -2,13 +2,15 @@
 ``gpuconv bench`` uses), and the setup that skips what cannot run here.
 
 Conventions of this suite:
-- params are backend x dtype x shape (names from gpuconv._benchdata.SHAPES); forward adds the activation.
+- params are backend x dtype x shape (names from gpuconv._benchdata.SHAPES); forward adds the activation;
+  the forward and the layer step add the data format last (NCHW: PyTorch's layouts, transposes included).
 - ``setup`` raises NotImplementedError (asv's skip, shown as n/a) when a backend or a peer cannot run here,
   with the reason; it also compiles, uploads and runs the operation once, so timed bodies hold no warm-up.
 - GPU bodies end with a stream synchronization, so a time is that of the finished work.
 - Nothing here imports CuPy or PyTorch at import time: discovery imports every module on every machine.
 """
 import importlib.util
+import inspect
 import os
 import sys
 
@@ -43,6 +45,7 @@ ACTIVATIONS = list(bd.ACTIVATIONS)
 # The activations whose gradient reads the saved output: every one but identity, in the registry's order.
 OUTPUT_ACTIVATIONS = [a for a in bd.ACTIVATIONS if bd._registry.activation(a).uses_output]
 TORCH_DEVICES = ["cpu", "cuda"]
+DATA_FORMATS = list(bd.DATA_FORMATS)  # "NCHW": NCHW inputs with OIHW filters (bd.in_layout)
 
 GFLOPS = "GFLOP/s"
 
@@ -51,15 +54,17 @@ class Case:
     """One benchmark's inputs on one backend: ``a`` (x, w, b, dy in the backend's array module), ``shape``,
     ``options`` for the gpuconv calls, ``sync`` to wait for the device."""
 
-    def __init__(self, backend, dtype, shape):
+    def __init__(self, backend, dtype, shape, data_format="NHWC"):
         self.shape = bd.SHAPES[shape]
         reason = bd.backend_reason(backend, self.shape)
         if reason is not None:
             raise NotImplementedError(reason)
+        if data_format != "NHWC" and "data_format" not in inspect.signature(gpuconv.conv2d).parameters:
+            raise NotImplementedError("this gpuconv has no data_format option")
         self.host = bd.make_inputs(self.shape, dtype)
-        self.a = bd.to_backend(self.host, backend)
+        self.a = bd.to_backend(bd.in_layout(self.host, data_format), backend)
         self.sync = bd.synchronizer(backend)
-        self.options = dict(self.shape.options, backend=backend)
+        self.options = dict(self.shape.options, backend=backend, **bd.layout_options(data_format))
 
     def warm_up(self, fn):
         """Compile, launch once and wait: the first call's cost stays out of every timed body."""
@@ -90,6 +95,7 @@ __all__ = [
     "ACTIVATIONS",
     "OUTPUT_ACTIVATIONS",
     "BACKENDS",
+    "DATA_FORMATS",
     "DTYPES",
     "GFLOPS",
     "SHAPES",
