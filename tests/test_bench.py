@@ -392,7 +392,7 @@ def test_bench_says_when_a_backend_lacks_the_dtype(capsys, monkeypatch):
     pytest.importorskip("ml_dtypes")
     be = bd._dispatch.load_backend("numpy")
     monkeypatch.setattr(type(be), "dtype_reason", lambda self, dt: "no bfloat16 kernels (test)", raising=False)
-    rc, out, err = _bench(["--backend", "numpy", "--shape", TINY, "--dtype", "bfloat16"], capsys)
+    rc, _, err = _bench(["--backend", "numpy", "--shape", TINY, "--dtype", "bfloat16"], capsys)
     assert rc == 1 and "no bfloat16 kernels (test)" in err
 
 
