@@ -22,9 +22,12 @@ exact reference reads the same rounded values), and S = sum_k |a_k| |b_k| (the s
   error below one ulp per addition, so u_acc = 2^-23 for those modes, and 2^-24 for strict FP32.
 
 The bound is relative to S = sum |a||b|, never to |result|: a sum that cancels has a tiny result and the same
-absolute error. Activations: relu is 1-Lipschitz, the sigmoid 1/4-Lipschitz, plus its own evaluation error
-(below 2^-20 absolute in float32, 2^-49 in float64). In the backward, dz = dy * act'(y) is exact for relu and
-within 3u (+ u_s when stored in a 2-byte dtype) relative for the sigmoid (``dz_error``).
+absolute error. Activations (``ACTIVATION_ERRORS``, one entry per activation of gpuconv._registry): relu and tanh
+are 1-Lipschitz, the sigmoid 1/4-Lipschitz, plus their own evaluation error (below 2^-20 absolute in float32,
+2^-49 in float64). In the backward, dz = dy * act'(y) from the saved y is exact for relu and identity; for the
+sigmoid, dy * y * (1 - y) is within 3u of |dz| <= |dy| / 4; for tanh, 1 - y * y is within 2u absolute (y^2 <= 1)
+and the product adds u: within 3u |dy|; a 2-byte dtype that stores dz adds u_s |dz|. So |dz^ - dz| <= c |dy|
+(``dz_error``), and a gradient GEMM over dz carries c * sum |dy||b| besides its own error.
 """
 from __future__ import annotations
 
@@ -54,14 +57,13 @@ def operand_error(dtype, precision: str) -> float:
     return 2 * TF32_UNIT + TF32_UNIT**2 if np.dtype(dtype) == np.float32 and precision == "tf32" else 0.0
 
 
-def sum_error(dtype, precision: str, terms: int, abs_sum, extra_rel: float = 0.0):
-    """Bound on |r^ - r| before the store, for sums of ``terms`` products with sum |a||b| = ``abs_sum``
-    (``extra_rel``: a relative error the operands already carry, e.g. dz of a sigmoid)."""
+def sum_error(dtype, precision: str, terms: int, abs_sum, carried=0.0):
+    """Bound on |r^ - r| before the store, for sums of ``terms`` products with sum |a||b| = ``abs_sum``;
+    ``carried`` bounds sum |da||b| for errors da the operands already carry (dz computed from y, ``dz_error``)."""
     ua = accumulation_unit(dtype, precision)
     gamma = terms * ua / (1 - terms * ua)
     rel = operand_error(dtype, precision)
-    rel = rel + extra_rel * (1 + rel)
-    return rel * abs_sum + gamma * (1 + rel) * abs_sum
+    return rel * abs_sum + gamma * (1 + rel) * abs_sum + (1 + rel) * (1 + gamma) * carried
 
 
 def store_error(dtype, value, err):
@@ -72,16 +74,25 @@ def store_error(dtype, value, err):
     return err
 
 
+# activation -> (Lipschitz constant, has an evaluation error, |dz^ - dz| / |dy| in units of u, max |act'|)
+ACTIVATION_ERRORS = {
+    "identity": (1.0, False, 0.0, 1.0),
+    "relu": (1.0, False, 0.0, 1.0),
+    "sigmoid": (0.25, True, 0.75, 0.25),
+    "tanh": (1.0, True, 3.0, 1.0),
+}
+
+
 def activation_error(dtype, activation: str, err):
     """The bound ``err`` on z carried through the activation (before the store)."""
-    if activation == "sigmoid":
-        return err / 4 + SIGMOID_EVAL.get(np.dtype(dtype).name, 2.0**-20)
-    return err  # identity; relu is 1-Lipschitz
+    lipschitz, evaluated, _, _ = ACTIVATION_ERRORS[activation]
+    return lipschitz * err + (SIGMOID_EVAL.get(np.dtype(dtype).name, 2.0**-20) if evaluated else 0.0)
 
 
 def dz_error(dtype, activation: str) -> float:
-    """Relative error of dz = dy * act'(y) as a backend computes it (sigmoid: dy * y * (1 - y) in float32, and
-    stored once in a 2-byte dtype where the backend keeps dz in it)."""
-    if activation != "sigmoid":
+    """c with |dz^ - dz| <= c |dy| for dz = dy * act'(y) as a backend computes it from the saved y (in float32
+    for the 2-byte dtypes, and possibly stored once in them)."""
+    _, _, c, slope = ACTIVATION_ERRORS[activation]
+    if c == 0:
         return 0.0
-    return 3 * unit(dtype) + STORE_UNIT.get(np.dtype(dtype).name, 0.0)
+    return c * unit(dtype) + STORE_UNIT.get(np.dtype(dtype).name, 0.0) * slope

@@ -21,17 +21,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuconv import _dispatch, conv2d_info
+from gpuconv import _dispatch, _registry, conv2d_info
 
 # Spelled out rather than taken from _dispatch: asv matches parameters by position, so the lists must not change
-# with the commit being measured (a backend a commit lacks is skipped there).
+# with the commit being measured (a backend a commit lacks is skipped there). Dtypes and activations follow the
+# registry's order, where entries are only ever appended.
 BACKENDS = ("numpy", "cupy", "emulator")
-DTYPES = ("float32", "float16", "float64", "bfloat16")
-ACTIVATIONS = ("identity", "relu", "sigmoid")
-PRECISIONS = ("highest", "tf32")
+DTYPES = _registry.dtype_names()
+ACTIVATIONS = _registry.activation_names()
+PRECISIONS = _registry.precision_names()
 # asv's dtype parameter: a dtype, or a dtype and a precision other than "highest" ("float32-tf32": float32
-# arrays, precision="tf32"). Appended to, never reordered: asv matches parameters by position.
-MODES = DTYPES + ("float32-tf32",)
+# arrays, precision="tf32"). Spelled out and only appended to (asv matches parameters by position); a test
+# checks that it covers every dtype and precision of the registry.
+MODES = ("float32", "float16", "float64", "bfloat16", "float32-tf32")
 SEED = 20261126
 
 # The CPU emulator runs CUDA threads one at a time on the CPU: only small layers are worth timing there.
@@ -358,7 +360,8 @@ class TorchLayer:
         self.b = tensor(arrays["b"]).to(dev).requires_grad_()
         dy = tensor(arrays["dy"].transpose(0, 3, 1, 2))
         self.dy = dy.to(dev).contiguous(memory_format=torch.channels_last)
-        act = {"identity": None, "relu": torch.relu, "sigmoid": torch.sigmoid}[activation]
+        peer = _registry.activation(activation, "bench").torch
+        act = None if peer is None else getattr(torch, peer)
         stride, padding = shape.stride, shape.padding
         self.allow_tf32 = precision == "tf32"  # the same mode as gpuconv's, set explicitly either way
 

@@ -5,7 +5,8 @@ gpuconv/_accuracy.py (its docstring derives them): relative to sum |a||b| of eac
 precision (TF32: 2^-10 per product plus float32 accumulation; float16 / bfloat16: exact inputs and products,
 float32 accumulation, one rounding on store).
 
-Parametrizations over dtypes and precisions come from the tables DTYPE_NAMES and gpuconv.PRECISIONS.
+Parametrizations over dtypes, precisions and activations come from gpuconv._registry (every dtype here, also
+those without CUDA kernels: a backend without them must refuse them clearly).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import gpuconv
-from gpuconv import _config, _dispatch
+from gpuconv import _accuracy, _config, _dispatch, _registry
 from gpuconv._accuracy import (
     TF32_UNIT,
     activation_error,
@@ -31,8 +32,9 @@ from gpuconv._accuracy import (
 )
 from gpuconv.backends.numpy import tf32_round
 
-DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
-PRECISIONS = gpuconv.PRECISIONS
+DTYPE_NAMES = _registry.dtype_names()
+PRECISIONS = _registry.precision_names()
+ACTIVATION_NAMES = _registry.activation_names()
 def dtype_of(name: str) -> np.dtype:
     """The numpy dtype named ``name``; bfloat16 is skipped (with the reason) where ml_dtypes is missing."""
     try:
@@ -292,7 +294,7 @@ def problems(draw):
         "w_shape": (kh, kw, cg, mg * groups),
         "opts": {"stride": s, "dilation": d, "padding": pad, "groups": groups},
         "bias": draw(st.booleans()),
-        "activation": draw(st.sampled_from(["identity", "relu", "sigmoid"])),
+        "activation": draw(st.sampled_from(ACTIVATION_NAMES)),
         "seed": draw(st.integers(0, 2**32 - 1)),
     }
 
@@ -337,20 +339,23 @@ def test_accuracy_bounds(backend, to_xp, n_examples):
         g = gpuconv.conv2d_backward(t(dy), t(x), t(w), y, has_bias=p["bias"], activation=act, backend=backend,
                                     precision=precision, **opts)
         dz = ref.activation_backward(to64(dy), to64(y_np), act)
-        dz_rel = dz_error(dt, act)
+        c = dz_error(dt, act)  # |dz^ - dz| <= c |dy|: the gradients carry c * sum |dy||b|
+        ady = np.abs(to64(dy))
         kh, kw, _, m = p["w_shape"]
         n, oh, ow, _ = y_np.shape
         dx_ref = ref.backward_input(dz, to64(w), x.shape, **opts)
+        aw, ax = np.abs(to64(w)), np.abs(to64(x))
         dx_err = sum_error(dt, precision, kh * kw * m // opts["groups"],
-                           ref.backward_input(np.abs(dz), np.abs(to64(w)), x.shape, **opts), dz_rel)
+                           ref.backward_input(np.abs(dz), aw, x.shape, **opts),
+                           c * ref.backward_input(ady, aw, x.shape, **opts))
         dw_ref = ref.backward_weight(dz, to64(x), w.shape, **opts)
-        dw_err = sum_error(dt, precision, n * oh * ow,
-                           ref.backward_weight(np.abs(dz), np.abs(to64(x)), w.shape, **opts), dz_rel)
+        dw_err = sum_error(dt, precision, n * oh * ow, ref.backward_weight(np.abs(dz), ax, w.shape, **opts),
+                           c * ref.backward_weight(ady, ax, w.shape, **opts))
         assert_within(g.dx, dx_ref, store_error(dt, dx_ref, dx_err), dt, "conv2d_backward dx")
         assert_within(g.dw, dw_ref, store_error(dt, dw_ref, dw_err), dt, "conv2d_backward dw")
         if p["bias"]:
             db_ref = ref.backward_bias(dz)
-            db_err = sum_error(dt, "highest", n * oh * ow, ref.backward_bias(np.abs(dz)), dz_rel)
+            db_err = sum_error(dt, "highest", n * oh * ow, ref.backward_bias(np.abs(dz)), c * ref.backward_bias(ady))
             assert_within(g.db, db_ref, store_error(dt, db_ref, db_err), dt, "conv2d_backward db")
         if act == "identity":  # the separate functions, on the same dz = dy
             dx = gpuconv.conv2d_backward_input(t(dy), t(w), x.shape, backend=backend, precision=precision, **opts)
@@ -409,8 +414,8 @@ def test_bfloat16_every_public_function(backend, to_xp, rand):
         layer_y = to_numpy(c["Conv2D"]())
         assert_within(layer_y, z, forward_bound(bf16, prec, {**p, "activation": "identity"}, x, w, b, z, layer_y),
                       bf16, "Conv2D")
-        assert_within(c["activation_backward"](), dz, store_error(bf16, dz, 3 * 2.0**-24 * np.abs(dz)), bf16,
-                      "activation_backward")
+        assert_within(c["activation_backward"](), dz,
+                      store_error(bf16, dz, dz_error(bf16, "sigmoid") * np.abs(dy64)), bf16, "activation_backward")
         dx_err = sum_error(bf16, prec, kh * kw * m,
                            ref.backward_input(np.abs(dy64), np.abs(w64), x.shape, **opts))
         dw_err = sum_error(bf16, prec, n * oh * ow, ref.backward_weight(np.abs(dy64), np.abs(x64), w.shape, **opts))
@@ -455,11 +460,16 @@ def test_bfloat16_needs_ml_dtypes_clearly(monkeypatch):
     """Without ml_dtypes, asking for bfloat16 is an ImportError that names ml_dtypes (importing gpuconv and
     every other dtype still work)."""
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    monkeypatch.setattr(_registry, "_LOADED", {})  # as in a fresh process
     with pytest.raises(ImportError, match="ml_dtypes"):
         _config.dtype_from_name("bfloat16")
     assert _config.dtype_from_name("float16") == np.float16
     x = np.ones((4, 4), np.float32)
     np.testing.assert_array_equal(gpuconv.conv2d(x, x[:2, :2], backend="numpy"), np.full((3, 3), 4, np.float32))
+
+
+def test_every_activation_has_an_error_bound():
+    assert set(_accuracy.ACTIVATION_ERRORS) == set(ACTIVATION_NAMES)
 
 
 def test_importing_gpuconv_does_not_import_ml_dtypes():

@@ -70,11 +70,21 @@ ACCURACY_CASES = [
     ((4, 15, 15, 8), (3, 3, 1, 8), {"groups": 8, "padding": 1, "stride": 2}, "relu"),
     ((8, 28, 28, 1), (5, 5, 1, 8), {"padding": 2}, "relu"),
     ((2, 30, 30, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}, "relu"),
+    ((2, 13, 11, 20), (3, 3, 10, 24), {"groups": 2, "padding": 1}, "tanh"),
 ]
-# (dtype, precision): every mode the kernels are checked in. A mode the backend cannot run (a dtype without
-# kernels, bfloat16 without ml_dtypes or with a CuPy before 14) is reported as skipped, with the reason.
-MODES = [("float64", "highest"), ("float32", "highest"), ("float32", "tf32"), ("float16", "highest"),
-         ("bfloat16", "highest")]
+
+
+def _modes():
+    """(dtype, precision): every mode the kernels are checked in, from gpuconv._registry (every dtype, and
+    float32 in every other precision). A mode the backend cannot run (a dtype without kernels, bfloat16 without
+    ml_dtypes or with a CuPy before 14) is reported as skipped, with the reason."""
+    from gpuconv import _registry
+
+    return ([(d, "highest") for d in _registry.DTYPES]
+            + [("float32", p) for p in _registry.PRECISIONS if p != "highest"])
+
+
+MODES = _modes()
 # The modes timed next to cuDNN (cuDNN in the same mode: TF32 off for "highest", on for "tf32").
 BENCH_MODES = [("float32", "highest"), ("float32", "tf32"), ("float16", "highest"), ("bfloat16", "highest")]
 
@@ -186,11 +196,12 @@ def _reference(cfg, act, x, w, b, dy, y_saved, dz_saved):
     the unfused dx / dw from the kernel's own dz)."""
     import numpy as np
 
+    from gpuconv import _registry
     from gpuconv.backends.numpy import NumpyBackend
 
     ref = NumpyBackend()
     x, w, b, dy, y, dzs = (np.asarray(a, np.float64) for a in (x, w, b, dy, y_saved, dz_saved))
-    dz = {"identity": dy, "relu": np.where(y > 0, dy, 0.0), "sigmoid": dy * y * (1 - y)}[act]
+    dz = _registry.activation(act).backward(dy, y)
     k_fwd = cfg.kh * cfg.kw * cfg.cg + 1
     k_dx, k_dw = cfg.kh * cfg.kw * cfg.mg, cfg.n * cfg.oh * cfg.ow
 
@@ -214,13 +225,13 @@ def _bound_ratio(name, got, want, dtype, precision, act):
     import numpy as np
 
     from gpuconv import _accuracy as acc
-    from gpuconv.backends.numpy import _activate
+    from gpuconv import _registry
 
     exact, abs_sum, terms = want
     got = np.asarray(got, np.float64)
     if name == "forward":
         err = acc.activation_error(dtype, act, acc.sum_error(dtype, precision, terms, abs_sum))
-        exact = _activate(exact.copy(), act)
+        exact = _registry.activation(act).forward(exact.copy())
     elif name == "act_backward":
         err = acc.dz_error(dtype, act) * abs_sum
     elif name.endswith("db"):

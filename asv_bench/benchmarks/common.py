@@ -44,6 +44,8 @@ BACKENDS = list(bd.BACKENDS)
 DTYPES = list(bd.MODES)
 SHAPES = list(bd.SHAPE_NAMES)
 ACTIVATIONS = list(bd.ACTIVATIONS)
+# The activations whose gradient reads the saved output: every one but identity, in the registry's order.
+OUTPUT_ACTIVATIONS = [a for a in bd.ACTIVATIONS if bd._registry.activation(a).uses_output]
 TORCH_DEVICES = ["cpu", "cuda"]
 
 GFLOPS = "GFLOP/s"
@@ -103,6 +105,7 @@ __all__ = [
     "BACKENDS",
     "DTYPES",
     "GFLOPS",
+    "OUTPUT_ACTIVATIONS",
     "SHAPES",
     "TORCH_DEVICES",
     "Case",
