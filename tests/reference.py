@@ -249,8 +249,8 @@ OPTION_CASES = [
 # The same options on the CUDA backend's tiled paths (16+ input and output channels per group: the tiled
 # forward, dx and dw GEMMs), so that the whole shared suite, not only tests/test_kernels.py, reaches them; each
 # as small as the path allows (the emulator runs them). Tiles: forward and dx 128 x 32 up to 32 channels per
-# group, 64 x 64 above; dx dilation (2, 1) tells the tap-row step from the tap-column one; "tiled-splits" has
-# 512 pixels, so the dw and db reductions take several splits (the last one partial for dw).
+# group, 64 x 64 above; dx dilation (2, 1) tells the tap-row step from the tap-column one; "tiled-splits-groups"
+# has 544 output pixels and 2 groups, so the dw and db reductions take several splits (each group's dw too).
 TILED_CASES = [
     case("tiled-asym-stride", (1, 6, 7, 16), (3, 2, 16, 16), activation="relu", padding=((1, 0), (0, 2)),
          stride=(2, 1)),
@@ -258,7 +258,8 @@ TILED_CASES = [
     case("tiled-groups-same", (1, 5, 5, 32), (2, 2, 16, 32), activation="tanh", groups=2, padding="same"),
     case("tiled-full-dil12", (1, 4, 5, 16), (2, 3, 16, 17), bias=False, padding="full", dilation=(1, 2)),
     case("tiled-wide-stride3", (2, 5, 6, 40), (2, 2, 40, 40), activation="relu", stride=3, padding=(1, 0)),
-    case("tiled-splits", (2, 16, 16, 16), (1, 1, 16, 16), activation="sigmoid", padding=((0, 1), (0, 0))),
+    case("tiled-splits-groups", (2, 16, 16, 32), (1, 1, 16, 32), activation="sigmoid", groups=2,
+         padding=((0, 1), (0, 0))),
 ]
 OPTION_CASES += TILED_CASES
 OPTION_IDS = [c["name"] for c in OPTION_CASES]
