@@ -17,6 +17,7 @@ from ._api import (
     conv2d_backward_weight,
     conv2d_info,
 )
+from ._transpose import Conv2DTranspose, conv2d_transpose, conv2d_transpose_backward
 from ._config import ConvInfo, get_workspace_limit, set_workspace_limit
 from ._dispatch import get_array_module
 from ._show import show_config
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Conv2D",
     "Conv2DGrads",
+    "Conv2DTranspose",
     "ConvInfo",
     "activation_backward",
     "conv2d",
@@ -34,6 +36,8 @@ __all__ = [
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "conv2d_info",
+    "conv2d_transpose",
+    "conv2d_transpose_backward",
     "get_array_module",
     "get_workspace_limit",
     "set_workspace_limit",

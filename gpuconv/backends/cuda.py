@@ -213,9 +213,10 @@ class CudaBackend:
         kernel(grid, (THREADS, 1, 1), (dy, y, dz, np.int64(dz.size), np.int32(ACTIVATION_CODES[activation])))
         return dz
 
-    def backward_input(self, dz, w, cfg):
-        """dx: the transposed convolution of dz with w."""
-        return self.backward_input_fused(dz, None, w, cfg, "identity")
+    def backward_input(self, dz, w, cfg, b=None, activation="identity"):
+        """dx: the transposed convolution of dz with w; with a bias b (C,) and an activation (conv2d_transpose)
+        the kernels' epilogue computes act(dx + b) as they store."""
+        return self.backward_input_fused(dz, None, w, cfg, "identity", b, activation)
 
     def backward_weight(self, dz, x, cfg):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
@@ -233,10 +234,11 @@ class CudaBackend:
         db = self.backward_bias_fused(dy, y, activation) if has_bias else None
         return dx, dw, db
 
-    def backward_input_fused(self, dy, y, w, cfg, activation):
-        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase."""
+    def backward_input_fused(self, dy, y, w, cfg, activation, b=None, out_activation="identity"):
+        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase.
+        b and out_activation: the epilogue act(dx + b) of a transposed convolution."""
         check_limits(self.name, cfg)
-        dy, y, w = _contiguous(self.xp, dy, y, w)
+        dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
         direct = cfg.cg < SMALL_CHANNELS
         bn = 32 if cfg.cg <= 32 else BN  # 128 x 32 tiles for 16..32 input channels per group
@@ -255,7 +257,8 @@ class CudaBackend:
                 grid = (_cdiv(pixels, 4 * THREADS // (bn // 4)), _cdiv(cfg.cg, bn), cfg.groups)
                 block = (THREADS, 1, 1)
             kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), *(np.int32(v) for v in phase),
-                                 np.int32(ACTIVATION_CODES[activation])))
+                                 np.int32(ACTIVATION_CODES[activation]), w if b is None else b,
+                                 np.int32(b is not None), np.int32(ACTIVATION_CODES[out_activation])))
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation):

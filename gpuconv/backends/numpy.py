@@ -469,16 +469,24 @@ class NumpyBackend:
         db = self.backward_bias(dz) if has_bias else None
         return self.backward_input(dz, w, cfg), self.backward_weight(dz, x, cfg), db
 
-    def backward_input(self, dz, w, cfg):
+    def backward_input(self, dz, w, cfg, b=None, activation="identity"):
+        """dx; with a bias b (C,) and an activation, act(dx + b) (conv2d_transpose), in the compute dtype
+        before the one rounding, as the GPU kernels' epilogue."""
         ct = _compute_dtype(dz.dtype)
         # stride 1: a forward convolution of dZ, unless x has few channels (tap-major), where the col2im adds run
         # channel-major along whole rows and beat building KH*KW*M-wide columns of dZ (measured: 2.0 vs 4.6 ms
         # on shape e, docs/performance.md)
         if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):
             tcfg = _transposed_config(cfg)
-            dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct)
+            dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct, b, activation)
         else:
             dx = _col2im_backward_input(dz, w, cfg, ct)
+            if b is not None or activation != "identity":
+                dx = np.ascontiguousarray(dx)
+                if b is not None:
+                    rows = dx.reshape(-1, cfg.c)
+                    np.add(rows, b.astype(ct, copy=False), out=rows)
+                _activate(dx, activation)
         return np.ascontiguousarray(dx, dtype=dz.dtype)
 
     def backward_weight(self, dz, x, cfg):
