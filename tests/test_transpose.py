@@ -59,7 +59,7 @@ def torch_transpose(x, w, b, *, stride=1, padding="valid", output_padding=0, dil
     s, d, op = _pair(stride), _pair(dilation), _pair(output_padding)
     kh, kw = w.shape[:2]
     h, wd = x.shape[1:3]
-    xt, wt = x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1)
+    xt, wt = x.permute(0, 3, 1, 2).contiguous(), w.permute(3, 2, 0, 1).contiguous()
     pt, pb, pl, pr, oh, ow = expected_pads(padding, h, wd, kh, kw, s, d)
     if oh is None:
         oh = (h - 1) * s[0] - pt - pb + d[0] * (kh - 1) + op[0] + 1
