@@ -17,8 +17,15 @@ from ._api import (
     conv2d_backward_weight,
     conv2d_info,
 )
+from ._config import (
+    PRECISIONS,
+    ConvInfo,
+    get_float32_precision,
+    get_workspace_limit,
+    set_float32_precision,
+    set_workspace_limit,
+)
 from ._transpose import Conv2DTranspose, conv2d_transpose, conv2d_transpose_backward
-from ._config import ConvInfo, get_workspace_limit, set_workspace_limit
 from ._dispatch import get_array_module
 from ._show import show_config
 
@@ -29,6 +36,7 @@ __all__ = [
     "Conv2DGrads",
     "Conv2DTranspose",
     "ConvInfo",
+    "PRECISIONS",
     "activation_backward",
     "conv2d",
     "conv2d_backward",
@@ -39,7 +47,9 @@ __all__ = [
     "conv2d_transpose",
     "conv2d_transpose_backward",
     "get_array_module",
+    "get_float32_precision",
     "get_workspace_limit",
+    "set_float32_precision",
     "set_workspace_limit",
     "show_config",
 ]

@@ -89,7 +89,7 @@ def _options(stride, padding, output_padding, dilation, groups) -> dict:
 
 
 def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=0, dilation=1, groups=1,
-                     activation=None, backend="auto"):
+                     activation=None, backend="auto", precision=None):
     """act(conv_transpose(x, w) + b): the transposed convolution, bias and activation fused, channels last.
 
     w is (KH, KW, Co/groups, Ci) as TensorFlow's conv2d_transpose filter (the forward convolution's HWIO
@@ -97,11 +97,13 @@ def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=
     for "valid", "full" and numeric padding (the padding of that forward convolution: it crops the output),
     OH = H*s for "same". output_padding (int or pair) must be below max(stride, dilation), as in PyTorch, and 0
     with "same". Other options as ``conv2d``. Equals ``torch.nn.functional.conv_transpose2d`` after the layout
-    change (NHWC <-> NCHW, w (KH,KW,Co/G,Ci) <-> torch's (Ci, Co/G, KH, KW)).
+    change (NHWC <-> NCHW, w (KH,KW,Co/G,Ci) <-> torch's (Ci, Co/G, KH, KW)). ``precision`` as ``conv2d``
+    (the products; the bias and activation are never rounded to TF32).
     """
     fname = "conv2d_transpose"
+    prec = _config.resolve_precision(fname, precision)
     be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     act = _config.activation_name(fname, activation)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape,
                       _options(stride, padding, output_padding, dilation, groups))
@@ -110,25 +112,26 @@ def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=
     if cfg.n == 0:
         y = be.xp.zeros(cfg.x_shape, a["x"].dtype)
     else:
-        y = be.backward_input(a["x"].reshape(cfg.y_shape), a["w"].reshape(cfg.w_shape), cfg, b=a["b"],
-                              activation=act)
+        y = be.backward_input(a["x"].reshape(cfg.y_shape), a["w"].reshape(cfg.w_shape), cfg, precision=prec,
+                              b=a["b"], activation=act)
     return _back(y.reshape(_user_shape(cfg, a["x"].ndim)), x)
 
 
 def conv2d_transpose_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", output_padding=0,
-                              dilation=1, groups=1, activation=None, backend="auto"):
+                              dilation=1, groups=1, activation=None, backend="auto", precision=None):
     """All gradients of ``conv2d_transpose`` from dy = dJ/dy: Conv2DGrads(dx, dw, db).
 
     dx = conv2d(dz, w) (a forward convolution), dw the weight gradient with the roles of input and output
     swapped, db = dz summed; dz = dy * act'(y) from ``y``, the forward output (needed for relu and sigmoid).
-    db is None when ``has_bias`` is False.
+    db is None when ``has_bias`` is False. ``precision`` applies to the products of dx and dw.
     """
     fname = "conv2d_transpose_backward"
+    prec = _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
     if y is None and act != "identity":
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
     be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape,
                       _options(stride, padding, output_padding, dilation, groups))
     y_shape = _user_shape(cfg, a["x"].ndim)
@@ -142,8 +145,8 @@ def conv2d_transpose_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padd
     else:
         dz = a["dy"] if act == "identity" else be.activation_backward(a["dy"], a["y"], act)
         dz4, x4 = dz.reshape(cfg.x_shape), a["x"].reshape(cfg.y_shape)
-        dx = be.forward(dz4, a["w"].reshape(cfg.w_shape), None, cfg, "identity")
-        dw = be.backward_weight(x4, dz4, cfg)
+        dx = be.forward(dz4, a["w"].reshape(cfg.w_shape), None, cfg, "identity", precision=prec)
+        dw = be.backward_weight(x4, dz4, cfg, precision=prec)
         db = be.backward_bias(dz4) if has_bias else None
     return Conv2DGrads(_back(dx.reshape(a["x"].shape), dy), _back(dw.reshape(a["w"].shape), dy), _back(db, dy))
 
@@ -153,16 +156,17 @@ class Conv2DTranspose:
     ``layer.backward(dy)`` returns dx and sets ``layer.dw`` and ``layer.db``.
 
     w is (KH, KW, Co/groups, Ci), b (Co,) or None; the options are those of ``conv2d_transpose``, checked when
-    the layer is built.
+    the layer is built; ``precision=None`` follows the process default at each call.
     """
 
     def __init__(self, w, b=None, *, stride=1, padding="valid", output_padding=0, dilation=1, groups=1,
-                 activation=None, backend="auto"):
+                 activation=None, backend="auto", precision=None):
         self.w, self.b = w, b
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation, self.groups = dilation, groups
         self.activation = _config.activation_name("Conv2DTranspose", activation)
         self.backend = backend
+        self.precision = None if precision is None else _config.check_precision("Conv2DTranspose", precision)
         self._check_options()
         self.dw = self.db = None
         self._x = self._y = None
@@ -194,7 +198,7 @@ class Conv2DTranspose:
     def forward(self, x):
         """y = act(conv_transpose(x, w) + b); keeps x and y for backward."""
         y = conv2d_transpose(x, self.w, self.b, activation=self.activation, backend=self.backend,
-                             **self._geometry())
+                             precision=self.precision, **self._geometry())
         self._x, self._y = x, y
         return y
 
@@ -206,7 +210,8 @@ class Conv2DTranspose:
             raise RuntimeError("Conv2DTranspose.backward: call forward(x) first; backward needs its saved input "
                                "and output")
         grads = conv2d_transpose_backward(dy, self._x, self.w, self._y, has_bias=self.b is not None,
-                                          activation=self.activation, backend=self.backend, **self._geometry())
+                                          activation=self.activation, backend=self.backend,
+                                          precision=self.precision, **self._geometry())
         self.dw, self.db = grads.dw, grads.db
         return grads.dx
 

@@ -383,3 +383,32 @@ def test_bad_layer_options():
     # a large padding is fine at construction: it needs a larger input, known only at the first call
     layer = gpuconv.Conv2DTranspose(W, padding=((4, 3), (2, 5)), stride=3)
     assert layer(np.ones((1, 4, 4, 2))).shape == (1, 5, 5, 5)
+
+
+# ------------------------------------------------------------------------------------------ precision
+def test_transpose_precision(backend, to_xp, asnumpy, rand):
+    """precision= reaches the products: tf32 is conv2d_backward_input's tf32 bit for bit, and a bad name is
+    refused naming the function."""
+    x, w = rand((1, 4, 5, 6), np.float32), rand((3, 3, 4, 6), np.float32)
+    opts = dict(stride=2, padding=1, backend=backend)
+    for prec in ("highest", "tf32"):
+        y = asnumpy(gpuconv.conv2d_transpose(to_xp(x), to_xp(w), precision=prec, **opts))
+        dx = asnumpy(gpuconv.conv2d_backward_input(to_xp(x), to_xp(w), y.shape, precision=prec, **opts))
+        np.testing.assert_array_equal(y, dx)
+    with pytest.raises(ValueError, match="conv2d_transpose: argument 'precision'"):
+        gpuconv.conv2d_transpose(to_xp(x), to_xp(w), precision="fp8", **opts)
+    with pytest.raises(ValueError, match="Conv2DTranspose: argument 'precision'"):
+        gpuconv.Conv2DTranspose(w, precision="fp8")
+
+
+def test_transpose_bfloat16_numpy(rand):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    x, w, b = rand((2, 4, 5, 6)).astype(bf16), rand((3, 3, 4, 6)).astype(bf16), rand((4,)).astype(bf16)
+    y = gpuconv.conv2d_transpose(x, w, b, stride=2, activation="relu", backend="numpy")
+    assert y.dtype == bf16
+    ref = torch_transpose(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)),
+                          torch.tensor(b.astype(np.float64)), stride=2, activation="relu").numpy()
+    np.testing.assert_allclose(y.astype(np.float64), ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
+    g = gpuconv.conv2d_transpose_backward(y, x, w, y, stride=2, activation="relu", backend="numpy")
+    assert g.dx.dtype == g.dw.dtype == g.db.dtype == bf16

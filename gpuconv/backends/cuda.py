@@ -19,6 +19,11 @@ shape only (and, for dw, on ``gpuconv.set_workspace_limit`` when that is below 6
 
 Paths: few channels per group (< SMALL_CHANNELS, e.g. depthwise) take direct kernels, the rest tiled implicit
 GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``stride_phases``).
+
+Precision: forward, backward_input, backward_weight and backward take ``precision`` ("highest" or "tf32").
+The modes routed to tensor-core kernels are TENSOR_CORE_MODES (empty in this build: every precision runs the
+strict FP32 CUDA-core kernels, so "tf32" gives the "highest" results, never TF32 ones); ``math_path`` (what
+``gpuconv info`` prints) and ``rounds_tf32`` say which path a dtype and precision take.
 """
 from __future__ import annotations
 
@@ -154,6 +159,47 @@ def _splits(total: int, per_split_min: int, blocks_per_split: int, cap: int) -> 
     return _cdiv(total, chunk), chunk
 
 
+# The first compute capability with tensor cores for each mode of product: "float16" (from Volta), "bfloat16"
+# and "tf32" (float32 with precision="tf32"; both from Ampere).
+TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
+# The modes this build routes to tensor-core kernels where the device has them (the emulator runs them on any
+# machine). Empty: no tensor-core kernel is in this build yet, every product runs on CUDA cores.
+TENSOR_CORE_MODES: frozenset = frozenset()
+
+
+def _mode(dtype, precision: str) -> str:
+    dtype = np.dtype(dtype)
+    return "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
+
+
+def uses_tensor_cores(dtype, precision: str, arch) -> bool:
+    """Whether ``dtype`` in ``precision`` runs tensor-core kernels on compute capability ``arch`` (None: the
+    emulator, which runs whatever this build routes to tensor cores)."""
+    mode = _mode(dtype, precision)
+    return mode in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[mode])
+
+
+def math_path(dtype, precision: str, arch) -> str:
+    """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
+    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
+    dtype = np.dtype(dtype)
+    if dtype not in _CTYPES:
+        return f"no {dtype.name} kernels in this build (use backend='numpy')"
+    mode = _mode(dtype, precision)
+    where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
+    if uses_tensor_cores(dtype, precision, arch):
+        return f"{where}: tensor cores, {mode.upper()} products, float32 accumulation"
+    what = {"float16": "float16 products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
+    text = f"{where}: CUDA cores, {what}"
+    if mode == "tf32":
+        why = ("this build has no TF32 kernels" if mode not in TENSOR_CORE_MODES
+               else f"sm_{arch} has no TF32 tensor cores (sm_80 and later have)")
+        text += f"; tf32 asked for, but {why}: the results are the 'highest' ones"
+    elif arch is not None and mode in TENSOR_CORE_ARCH and arch >= TENSOR_CORE_ARCH[mode]:
+        text += f" (this GPU has {mode} tensor cores; this build does not use them)"
+    return text
+
+
 class CudaBackend:
     """The five operations of a convolution layer on gpuconv's CUDA kernels (GPU or emulator alike)."""
 
@@ -166,6 +212,25 @@ class CudaBackend:
 
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
+
+    def _arch(self):
+        """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
+        return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
+
+    def math_path(self, dtype, precision: str) -> str:
+        """``math_path`` on this backend's device."""
+        return math_path(dtype, precision, self._arch())
+
+    def rounds_tf32(self) -> bool:
+        """Whether precision="tf32" really rounds float32 operands to TF32 here (else it runs strict FP32)."""
+        return uses_tensor_cores(np.float32, "tf32", self._arch())
+
+    def dtype_reason(self, dtype):
+        """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""
+        if np.dtype(dtype) in _CTYPES:
+            return None
+        return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; "
+                "use backend='numpy', or float16 / float32")
 
     def _kernel(self, fname: str, kernel: str, dtype, *template_ints):
         """The kernel ``kernel<ctype, ints...>`` of kernels/``fname`` (compiled on first use, then cached)."""
@@ -180,7 +245,7 @@ class CudaBackend:
         return self._kernels[key]
 
     # -- forward ------------------------------------------------------------------------------------------
-    def forward(self, x, w, b, cfg, activation):
+    def forward(self, x, w, b, cfg, activation, precision="highest"):
         """y = act(conv(x, w) + b), one fused kernel."""
         check_limits(self.name, cfg)
         x, w, b = _contiguous(self.xp, x, w, b)
@@ -213,12 +278,12 @@ class CudaBackend:
         kernel(grid, (THREADS, 1, 1), (dy, y, dz, np.int64(dz.size), np.int32(ACTIVATION_CODES[activation])))
         return dz
 
-    def backward_input(self, dz, w, cfg, b=None, activation="identity"):
+    def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
         """dx: the transposed convolution of dz with w; with a bias b (C,) and an activation (conv2d_transpose)
         the kernels' epilogue computes act(dx + b) as they store."""
         return self.backward_input_fused(dz, None, w, cfg, "identity", b, activation)
 
-    def backward_weight(self, dz, x, cfg):
+    def backward_weight(self, dz, x, cfg, precision="highest"):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
         return self.backward_weight_fused(dz, None, x, cfg, "identity")
 
@@ -226,7 +291,7 @@ class CudaBackend:
         """db: dz summed over every axis but the last (deterministic)."""
         return self.backward_bias_fused(dz, None, "identity")
 
-    def backward(self, dy, y, x, w, cfg, activation, has_bias=True):
+    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
         dx = self.backward_input_fused(dy, y, w, cfg, activation)
