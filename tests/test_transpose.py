@@ -74,10 +74,8 @@ def torch_transpose(x, w, b, *, stride=1, padding="valid", output_padding=0, dil
         if b is not None:
             y = y + b[None, :, None, None]
     assert tuple(y.shape[2:]) == (oh, ow)
-    if activation == "relu":
-        y = torch.relu(y)
-    elif activation == "sigmoid":
-        y = torch.sigmoid(y)
+    if activation not in (None, "identity"):
+        y = getattr(torch, activation)(y)  # relu, sigmoid, tanh
     return y.permute(0, 2, 3, 1)
 
 
@@ -120,7 +118,7 @@ def transpose_problems(draw):
     opts = {"stride": s if s[0] != s[1] else s[0], "padding": padding, "output_padding": op,
             "dilation": d if d[0] != d[1] else d[0], "groups": groups}
     return {"x_shape": (n, h, wd, cig * groups), "w_shape": (kh, kw, cog, cig * groups), "opts": opts,
-            "bias": draw(st.booleans()), "activation": draw(st.sampled_from([None, "relu", "sigmoid"])),
+            "bias": draw(st.booleans()), "activation": draw(st.sampled_from([None, "relu", "sigmoid", "tanh"])),
             "seed": draw(st.integers(0, 2**32 - 1))}
 
 
@@ -329,7 +327,7 @@ X, W = np.ones((1, 4, 4, 2)), np.ones((3, 3, 5, 2))
         (dict(dilation=(1,)), TypeError, "'dilation' must be an int or a pair"),
         (dict(groups=0), ValueError, "'groups' must be positive"),
         (dict(groups=2.0), TypeError, "'groups' must be an int"),
-        (dict(activation="tanh"), ValueError, "'activation' must be None or one of"),
+        (dict(activation="swish"), ValueError, "'activation' must be None or one of"),
         (dict(backend="bogus"), ValueError, "backend"),
     ],
 )

@@ -5,8 +5,9 @@ for one architecture with ``--ptxas-options=-v``; any error or warning raises ``
 program log, and ptxas's report gives registers, shared memory, spills and stack per kernel.
 
 ``cuda_fp16.h`` is not built into NVRTC 12.9: it comes from the CUDA runtime headers (the
-``nvidia-cuda-runtime-cu12`` wheel, or a CUDA toolkit). ``cuda_include_dirs()`` finds them (GPUCONV_CUDA_INCLUDE
-first) and both this module and the cupy module path pass that folder as ``-I``.
+``nvidia-cuda-runtime-cu12`` wheel, or a CUDA toolkit), and ``mma.h``'s ``crt/mma.h`` from a toolkit or the
+``nvidia-cuda-nvcc-cu12`` wheel. ``cuda_include_dirs()`` finds them (GPUCONV_CUDA_INCLUDE first) and both this
+module and the cupy module path pass those folders as ``-I``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from .modules import kernel_dirs, kernel_files, kernel_path, registered_name_expressions
+from .modules import build_inputs, kernel_dirs, kernel_files, kernel_path
 
 ARCHES = ("sm_70", "sm_80", "sm_90")
 ENV_INCLUDE = "GPUCONV_CUDA_INCLUDE"
@@ -59,7 +60,7 @@ def version() -> tuple:
 
 
 def cuda_include_dirs() -> list:
-    """A folder holding cuda_fp16.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
+    """Folders holding cuda_fp16.h and crt/mma.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
     candidates = []
     if os.environ.get(ENV_INCLUDE):
         candidates.append(os.environ[ENV_INCLUDE])
@@ -68,6 +69,7 @@ def cuda_include_dirs() -> list:
 
         for base in getattr(nvidia, "__path__", []):
             candidates.append(os.path.join(base, "cuda_runtime", "include"))
+            candidates.append(os.path.join(base, "cuda_nvcc", "include"))
             candidates.append(os.path.join(base, "cu12", "include"))
             candidates.append(os.path.join(base, "cu13", "include"))  # CUDA 13 wheels' layout
     except ImportError:
@@ -84,10 +86,15 @@ def cuda_include_dirs() -> list:
         if os.environ.get(var):
             candidates.append(os.path.join(os.environ[var], "include"))
     candidates.append("/usr/local/cuda/include")
-    for d in candidates:
-        if os.path.isfile(os.path.join(d, "cuda_fp16.h")):
-            return [d]
-    return []
+    found = next((d for d in candidates if os.path.isfile(os.path.join(d, "cuda_fp16.h"))), None)
+    if found is None:
+        return []
+    # mma.h (the tensor-core kernels) includes crt/mma.h, which the runtime wheel lacks: a toolkit has it
+    # beside cuda_fp16.h, pip installs have it in the nvcc wheel (nvidia-cuda-nvcc-cu12).
+    if os.path.isfile(os.path.join(found, "crt", "mma.h")):
+        return [found]
+    crt = next((d for d in candidates if os.path.isfile(os.path.join(d, "crt", "mma.h"))), None)
+    return [found] if crt is None else [found, crt]
 
 
 def _check(result, what, log=""):
@@ -158,15 +165,15 @@ def _warnings(log: str) -> list:
 def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     """Compiles a kernel file (name in kernels/ or absolute path) for ``arch``; one KernelResources per kernel.
 
-    The file's registered name expressions (``// gpuconv-name-expressions: ...``) are added to the given ones.
+    The name expressions and options of ``modules.build_inputs`` (the package's generated instantiations and -D
+    macros for kernels/, a file's own ``// gpuconv-name-expressions:`` lines) are added to the given ones.
     Raises NvrtcError on any compile error or warning.
     """
     if arch not in ARCHES and not re.fullmatch(r"sm_\d+a?", arch):
         raise ValueError(f"arch must look like 'sm_80' (checked: {ARCHES}), got {arch!r}")
     nvrtc = _nvrtc()
     path = kernel_path(filename)
-    source = path.read_text()
-    exprs = tuple(dict.fromkeys((*name_expressions, *registered_name_expressions(source))))
+    source, exprs, options = build_inputs(path, name_expressions, options)
     opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", "-std=c++17", f"-I{path.parent}"]
     opts += [f"-I{d}" for d in cuda_include_dirs()]
     opts += list(options)
