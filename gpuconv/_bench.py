@@ -77,7 +77,10 @@ def _fmt_gflops(flops, seconds) -> str:
 
 
 def _fmt_ratio(a, b) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+    if a is None or b is None:
+        return "n/a"
+    r = a / b  # two significant digits below 0.01 (a loaded machine's torch run can be 100x slower)
+    return f"{r:.2f}" if r >= 0.01 else f"{r:.2g}"
 
 
 def _blas_line():
