@@ -20,9 +20,11 @@ reads back: the config gets pb - output_padding there (a crop when negative), so
 """
 from __future__ import annotations
 
-from ._api import Conv2DGrads, _as_array, _back, _check_dtypes, _check_shape, _prepare
-from . import _config
+from . import _config, _interop, _layout
+from ._api import Conv2DGrads, _back, _check_dtypes, _check_shape, _prepare
 from ._config import ConvConfig
+from ._interop import public
+from ._layout import Roles
 
 
 def transpose_config(fname: str, x_shape: tuple, w_shape: tuple, *, stride=1, padding="valid", output_padding=0,
@@ -88,6 +90,9 @@ def _options(stride, padding, output_padding, dilation, groups) -> dict:
             "groups": groups}
 
 
+# Layouts: x and the output are images (data_format); w is a filter (filter_format "OIHW" is the forward
+# convolution's (Ci, Co/G, KH, KW), PyTorch's ConvTranspose2d weight). Zero padding only, as PyTorch's.
+@public(arrays=("x", "w", "b"), like="x", layout=Roles({"x": "y", "w": "w"}, {}, "x", padding=False))
 def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=0, dilation=1, groups=1,
                      activation=None, backend="auto", precision=None):
     """act(conv_transpose(x, w) + b): the transposed convolution, bias and activation fused, channels last.
@@ -117,6 +122,8 @@ def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=
     return _back(y.reshape(_user_shape(cfg, a["x"].ndim)), x)
 
 
+@public(arrays=("dy", "x", "w", "y"), like="dy",
+        layout=Roles({"dy": "x", "x": "y", "w": "w", "y": "x"}, {}, ("y", "w", None), padding=False))
 def conv2d_transpose_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", output_padding=0,
                               dilation=1, groups=1, activation=None, backend="auto", precision=None):
     """All gradients of ``conv2d_transpose`` from dy = dJ/dy: Conv2DGrads(dx, dw, db).
@@ -160,13 +167,16 @@ class Conv2DTranspose:
     """
 
     def __init__(self, w, b=None, *, stride=1, padding="valid", output_padding=0, dilation=1, groups=1,
-                 activation=None, backend="auto", precision=None):
+                 activation=None, backend="auto", precision=None, data_format="NHWC", filter_format="HWIO"):
         self.w, self.b = w, b
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation, self.groups = dilation, groups
         self.activation = _config.activation_name("Conv2DTranspose", activation)
         self.backend = backend
         self.precision = None if precision is None else _config.check_precision("Conv2DTranspose", precision)
+        fname = "Conv2DTranspose"
+        self.data_format = _layout.check_choice(fname, "data_format", data_format, _layout.DATA_FORMATS)
+        self.filter_format = _layout.check_choice(fname, "filter_format", filter_format, _layout.FILTER_FORMATS)
         self._check_options()
         self.dw = self.db = None
         self._x = self._y = None
@@ -175,7 +185,7 @@ class Conv2DTranspose:
         """Fail at construction on anything checkable without an input (on a dummy input large enough for
         any padding)."""
         fname = "Conv2DTranspose"
-        w_shape = tuple(self.w.shape)
+        w_shape = tuple(_layout.to_hwio(_interop.host_view(self.w), self.filter_format).shape)
         if len(w_shape) not in (2, 4):
             raise ValueError(f"{fname}: argument 'w' must be 2-D (KH, KW) or 4-D (KH, KW, Co/groups, Ci), "
                              f"got shape {w_shape}")
@@ -187,13 +197,17 @@ class Conv2DTranspose:
             size = 1  # a malformed padding: transpose_config says what is wrong with it
         size += 2 * max(d) * max(w_shape[:2])  # room for "full" padding
         x_shape = (size, size) if len(w_shape) == 2 else (size, size, w_shape[3])
-        cfg = _config_for(fname, x_shape, w_shape, self._geometry())
-        _check_dtypes(fname, {"w": _as_array(self.w), "b": None if self.b is None else _as_array(self.b)})
-        if self.b is not None:
-            _check_shape(fname, "b", self.b, (cfg.c,))
+        geometry = _options(self.stride, self.padding, self.output_padding, self.dilation, self.groups)
+        cfg = _config_for(fname, x_shape, w_shape, geometry)
+        b = None if self.b is None else _interop.host_view(self.b)
+        _check_dtypes(fname, {"w": _interop.host_view(self.w), "b": b})
+        if b is not None:
+            _check_shape(fname, "b", b, (cfg.c,))
 
     def _geometry(self) -> dict:
-        return _options(self.stride, self.padding, self.output_padding, self.dilation, self.groups)
+        """The options of conv2d_transpose (and its backward) other than activation, backend and precision."""
+        return {**_options(self.stride, self.padding, self.output_padding, self.dilation, self.groups),
+                "data_format": self.data_format, "filter_format": self.filter_format}
 
     def forward(self, x):
         """y = act(conv_transpose(x, w) + b); keeps x and y for backward."""

@@ -410,3 +410,28 @@ def test_transpose_bfloat16_numpy(rand):
     np.testing.assert_allclose(y.astype(np.float64), ref, rtol=1e-2, atol=1e-2 * np.abs(ref).max())
     g = gpuconv.conv2d_transpose_backward(y, x, w, y, stride=2, activation="relu", backend="numpy")
     assert g.dx.dtype == g.dw.dtype == g.db.dtype == bf16
+
+
+# ------------------------------------------------------------------------------------------ layouts, torch
+def test_transpose_torch_layouts(rand):
+    """data_format="NCHW" and filter_format="OIHW" (the forward convolution's, i.e. ConvTranspose2d's weight)
+    take torch tensors straight: torch in, torch out, equal to conv_transpose2d and its autograd."""
+    x = torch.tensor(rand((2, 6, 5, 4)))
+    w, b = torch.tensor(rand((6, 2, 3, 3))), torch.tensor(rand((4,)))
+    opts = dict(stride=2, padding=1, output_padding=1, groups=2)
+    y = gpuconv.conv2d_transpose(x, w, b, data_format="NCHW", filter_format="OIHW", **opts)
+    xx, ww, bb = (t.clone().requires_grad_() for t in (x, w, b))
+    ref = F.conv_transpose2d(xx, ww, bb, **opts)
+    assert isinstance(y, torch.Tensor) and y.shape == ref.shape
+    assert_close(y.numpy(), ref.detach().numpy(), np.float64, reduction=3 * 3 * 2)
+    dy = torch.tensor(rand(tuple(ref.shape)))
+    ref.backward(dy)
+    g = gpuconv.conv2d_transpose_backward(dy, x, w, data_format="NCHW", filter_format="OIHW", **opts)
+    for got, want in zip(g, (xx.grad, ww.grad, bb.grad)):
+        assert isinstance(got, torch.Tensor)
+        assert_close(got.numpy(), want.numpy(), np.float64, reduction=int(np.prod(ref.shape)))
+    layer = gpuconv.Conv2DTranspose(w, b, data_format="NCHW", filter_format="OIHW", **opts)
+    np.testing.assert_array_equal(layer(x).numpy(), y.numpy())
+    np.testing.assert_array_equal(layer.backward(dy).numpy(), g.dx.numpy())
+    with pytest.raises(ValueError, match="Conv2DTranspose: argument 'data_format'"):
+        gpuconv.Conv2DTranspose(w, data_format="NWHC")
