@@ -249,12 +249,13 @@ OPTION_CASES = [
 # The same options on the CUDA backend's tiled paths (16+ input and output channels per group: the tiled
 # forward, dx and dw GEMMs), so that the whole shared suite, not only tests/test_kernels.py, reaches them; each
 # as small as the path allows (the emulator runs them). Tiles: forward and dx 128 x 32 up to 32 channels per
-# group, 64 x 64 above; dx dilation (2, 1) tells the tap-row step from the tap-column one; "tiled-splits-groups"
+# group, 64 x 64 above; dx dilation (2, 1) tells the tap-row step from the tap-column one (and its 17 channels
+# make a reduction length K that is not a multiple of the 16-deep step); "tiled-splits-groups"
 # has 544 output pixels and 2 groups, so the dw and db reductions take several splits (each group's dw too).
 TILED_CASES = [
     case("tiled-asym-stride", (1, 6, 7, 16), (3, 2, 16, 16), activation="relu", padding=((1, 0), (0, 2)),
          stride=(2, 1)),
-    case("tiled-dil21", (1, 7, 6, 16), (3, 3, 16, 17), activation="sigmoid", padding=1, dilation=(2, 1)),
+    case("tiled-dil21", (1, 7, 6, 17), (3, 3, 17, 17), activation="sigmoid", padding=1, dilation=(2, 1)),
     case("tiled-groups-same", (1, 5, 5, 32), (2, 2, 16, 32), activation="tanh", groups=2, padding="same"),
     case("tiled-full-dil12", (1, 4, 5, 16), (2, 3, 16, 17), bias=False, padding="full", dilation=(1, 2)),
     case("tiled-wide-stride3", (2, 5, 6, 40), (2, 2, 40, 40), activation="relu", stride=3, padding=(1, 0)),
