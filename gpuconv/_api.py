@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _config
+from . import _config, _validate
 from ._config import ConvConfig
 from ._dispatch import module_of, select_backend, to_module
 
@@ -23,18 +23,18 @@ class Conv2DGrads(NamedTuple):
     db: object
 
 
-def _as_array(a):
-    return a if hasattr(a, "dtype") and hasattr(a, "shape") else np.asarray(a)
-
-
-def _prepare(fname: str, backend: str, named: dict):
-    """Pick the backend and move every array argument into its array module (None stays None)."""
-    if all(v is None or type(v) is np.ndarray for v in named.values()):
+def _prepare(fname: str, backend: str, named: dict, optional: tuple = ()):
+    """Pick the backend and move every array argument into its array module (None stays None for the names in
+    ``optional``; elsewhere it is a TypeError)."""
+    if all(type(v) is np.ndarray or (v is None and k in optional) for k, v in named.items()):
         # the common case, plain numpy arrays: nothing to convert when the backend is numpy's
         be = select_backend(fname, backend, named, kind="numpy")
         if be.xp is np:
             return be, named
-    named = {k: (None if v is None else _as_array(v)) for k, v in named.items()}
+    for k, v in named.items():
+        if v is None and k not in optional:
+            raise TypeError(f"{fname}: argument '{k}' must be an array, got None")
+    named = {k: (None if v is None else _validate.as_array(fname, k, v)) for k, v in named.items()}
     be = select_backend(fname, backend, named)
     return be, {k: to_module(v, be.xp) for k, v in named.items()}
 
@@ -55,7 +55,7 @@ def _check_shape(fname: str, argname: str, a, expected: tuple) -> None:
         raise ValueError(f"{fname}: argument '{argname}' must have shape {tuple(expected)}, got {tuple(a.shape)}")
 
 
-def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
+def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups, names=("x", "w")) -> ConvConfig:
     """The checked config, from a cache of recent ones (checking costs ~15 us, a lookup ~2 us).
 
     The cache is keyed on the options' types as well as their values: 1, True, 1.0 and np.int64(1) are equal
@@ -63,12 +63,12 @@ def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups) -> C
     """
     args = (fname, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
     try:
-        key = args[:3] + _typed(args[3:])  # the shapes hold ints already
+        key = args[:3] + _typed(args[3:])  # the shapes hold ints already (names follow from fname)
         cfg = _configs.get(key)
     except TypeError:  # an unhashable option (a numpy array as padding, ...): checked without the cache
-        return _make_config(*args)
+        return _make_config(*args, names)
     if cfg is None:
-        cfg = _make_config(*args)
+        cfg = _make_config(*args, names)
         if len(_configs) >= 256:
             _configs.clear()
         _configs[key] = cfg
@@ -85,9 +85,10 @@ def _typed(v):
     return type(v), v
 
 
-def _make_config(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
-    x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
-    return _config.make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups)
+def _make_config(fname, x_shape, w_shape, stride, padding, dilation, groups, names=("x", "w")) -> ConvConfig:
+    x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape, names)
+    return _config.make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                               names=names)
 
 
 def _check_bias(fname: str, b, cfg: ConvConfig) -> None:
@@ -114,7 +115,7 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
     "cupy" or "emulator".
     """
     fname = "conv2d"
-    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b})
+    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b}, optional=("b",))
     _check_dtypes(fname, a)
     act = _config.activation_name(fname, activation)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
@@ -135,7 +136,7 @@ def activation_backward(dy, y, activation, *, backend="auto"):
     act = _config.activation_name(fname, activation)
     if y is None and act != "identity":
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "y": y})
+    be, a = _prepare(fname, backend, {"dy": dy, "y": y}, optional=("y",))
     _check_dtypes(fname, a)
     if act == "identity":
         return _back(a["dy"].copy(), dy)
@@ -146,10 +147,10 @@ def activation_backward(dy, y, activation, *, backend="auto"):
 def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto"):
     """dx, the gradient with respect to the input: the transposed convolution of dz with w."""
     fname = "conv2d_backward_input"
+    x_shape = _validate.shape_tuple(fname, "x_shape", x_shape)
     be, a = _prepare(fname, backend, {"dz": dz, "w": w})
     _check_dtypes(fname, a)
-    x_shape = tuple(int(v) for v in x_shape)
-    cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups)
+    cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups, ("x_shape", "w"))
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, len(x_shape)))
     if cfg.n == 0:
         dx = be.xp.zeros(cfg.x_shape, a["dz"].dtype)
@@ -161,10 +162,10 @@ def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation
 def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto"):
     """dw, the gradient with respect to the weights: dz correlated with the input windows, summed over the batch."""
     fname = "conv2d_backward_weight"
+    w_shape = _validate.shape_tuple(fname, "w_shape", w_shape)
     be, a = _prepare(fname, backend, {"dz": dz, "x": x})
     _check_dtypes(fname, a)
-    w_shape = tuple(int(v) for v in w_shape)
-    cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups)
+    cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups, ("x", "w_shape"))
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, a["x"].ndim))
     if cfg.n == 0:
         dw = be.xp.zeros(cfg.w_shape, a["dz"].dtype)
@@ -200,9 +201,10 @@ def conv2d_backward(
     """
     fname = "conv2d_backward"
     act = _config.activation_name(fname, activation)
+    has_bias = _validate.check_flag(fname, "has_bias", has_bias)
     if y is None and act != "identity":
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
+    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y}, optional=("y",))
     _check_dtypes(fname, a)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
     y_shape = _config.user_y_shape(cfg, a["x"].ndim)
@@ -234,7 +236,9 @@ class Conv2D:
 
     def __init__(self, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None,
                  backend="auto"):
-        self.w, self.b = w, b
+        # what conv2d takes (lists, ...) is taken here too; arrays are kept as they are (no copy)
+        self.w = _validate.as_array("Conv2D", "w", w)
+        self.b = None if b is None else _validate.as_array("Conv2D", "b", b)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
         self.backend = backend
@@ -249,17 +253,17 @@ class Conv2D:
         if len(w_shape) not in (2, 4):
             raise ValueError(f"{fname}: argument 'w' must be 2-D (KH, KW) or 4-D (KH, KW, C/groups, M), "
                              f"got shape {w_shape}")
-        if not isinstance(self.groups, int) or isinstance(self.groups, bool):
+        if not _validate.is_int(self.groups):
             raise TypeError(f"{fname}: argument 'groups' must be an int, got {self.groups!r}")
-        # The output size is only known with the input: check the rest on a dummy input large enough for any
-        # stride, dilation and padding.
+        # The output size is only known with the input: check the rest on a dummy input as large as the
+        # kernel's span (one output pixel whatever the stride and padding).
         d = _config.pair(fname, "dilation", self.dilation, minimum=1)
-        size = (max(w_shape[0] * d[0], 1), max(w_shape[1] * d[1], 1))
+        size = (max(d[0] * (w_shape[0] - 1) + 1, 1), max(d[1] * (w_shape[1] - 1) + 1, 1))
         x_shape = size if len(w_shape) == 2 else (*size, w_shape[2] * self.groups)
         x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
         cfg = _config.make_config(fname, x4, w4, stride=self.stride, padding=self.padding, dilation=d,
                                   groups=self.groups)
-        _check_dtypes(fname, {"w": _as_array(self.w), "b": None if self.b is None else _as_array(self.b)})
+        _check_dtypes(fname, {"w": self.w, "b": self.b})
         _check_bias(fname, self.b, cfg)
 
     def _options(self) -> dict:

@@ -77,7 +77,10 @@ def _fmt_gflops(flops, seconds) -> str:
 
 
 def _fmt_ratio(a, b) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+    if a is None or b is None:
+        return "n/a"
+    r = a / b
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.2g}"  # never "0.00" for a tiny shape beside a slow peer
 
 
 def _blas_line():

@@ -13,7 +13,6 @@ every commit in a history is measured on the same shapes and inputs (and commits
 from __future__ import annotations
 
 import math
-import os
 import re
 import statistics
 import time
@@ -169,8 +168,8 @@ def backend_reason(backend: str, shape: BenchShape | None = None):
 
 def default_backend() -> str:
     """What 'auto' means for a benchmark: GPUCONV_BACKEND if set, else cupy where it runs, else numpy."""
-    env = os.environ.get(_dispatch.ENV_BACKEND, "").strip().lower()
-    if env and env != "auto":
+    env = _dispatch.env_backend()
+    if env != "auto":
         return env
     return "cupy" if _dispatch.backend_status("cupy") is None else "numpy"
 

@@ -6,10 +6,11 @@ CUDA. When CuPy cannot be used the reason is kept, so that errors and ``show_con
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import numpy
+
+from ._validate import env_choice
 
 BACKENDS = ("numpy", "cupy", "emulator")
 ENV_BACKEND = "GPUCONV_BACKEND"
@@ -116,7 +117,7 @@ def select_backend(fname: str, backend: str, named_arrays: dict, kind: str | Non
     kind = kind or array_kinds(fname, named_arrays)
     name = backend.lower()
     if name == "auto":
-        name = os.environ.get(ENV_BACKEND, "").strip().lower() or "auto"
+        name = env_backend(fname)
     if name == "auto":
         name = kind
     if name not in BACKENDS:
@@ -125,6 +126,15 @@ def select_backend(fname: str, backend: str, named_arrays: dict, kind: str | Non
         return load_backend(name)
     except BackendUnavailable as exc:
         raise RuntimeError(f"{fname}: {exc}") from None
+
+
+def env_backend(fname: str | None = None) -> str:
+    """GPUCONV_BACKEND: 'auto' when unset or empty, else one of BACKENDS; any other value is a ValueError
+    that names the variable and its value (and ``fname``, the function that read it)."""
+    try:
+        return env_choice(ENV_BACKEND, ("auto",) + BACKENDS, "auto")
+    except ValueError as exc:
+        raise ValueError(f"{fname}: {exc}" if fname else str(exc)) from None
 
 
 def to_module(a, xp):

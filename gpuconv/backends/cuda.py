@@ -128,10 +128,13 @@ def stride_phases(cfg) -> list:
         step = s // math.gcd(d, s)
         return ks[0], step, len(ks), (ks[0] * d - ph) // s, step * d // s
 
+    def phases(extent, pad, s):  # the phases that hold pixels, in order: at most min(s, extent), whatever s
+        return sorted({(first + pad) % s for first in range(min(s, extent))})
+
     out = []
-    for ph in range(cfg.s1):
+    for ph in phases(cfg.h, cfg.pt, cfg.s1):
         rh = rows(cfg.h, cfg.pt, cfg.s1, ph)
-        for pw in range(cfg.s2):
+        for pw in phases(cfg.w, cfg.pl, cfg.s2):
             rw = rows(cfg.w, cfg.pl, cfg.s2, pw)
             if rh[1] and rw[1]:
                 out.append((*rh, *rw, *taps(cfg.kh, cfg.d1, cfg.s1, ph), *taps(cfg.kw, cfg.d2, cfg.s2, pw)))
