@@ -49,6 +49,9 @@ TARGET_BLOCKS = 264
 WORKSPACE_BYTES = 64 * 2**20  # cap of the dw partial sums (also capped by gpuconv.set_workspace_limit)
 INDEX_LIMIT = 2**30  # pixel and weight counts must be below this (int32 indices with headroom)
 MAX_GRID_YZ = 65535
+# Blocks of gpuconv_nonfinite_flag and gpuconv_conv_bwd_input_exact (grid-stride loops): enough to read a large
+# w at full bandwidth, few enough that the exact kernel's early return (the usual case) costs little.
+FLAG_MAX_BLOCKS = 256
 MAX_GRID_X = 2**31 - 1
 
 # Template instantiations of each kernel file, as (kernel, template arguments after T); each is compiled for
@@ -59,8 +62,10 @@ INSTANTIATIONS = {
         ("gpuconv_conv_fwd_direct", ()),
     ),
     BACKWARD_FILE: (
+        ("gpuconv_nonfinite_flag", ()),
         ("gpuconv_act_bwd", ()),
         *(("gpuconv_conv_bwd_input", (bn,)) for bn in TILE_WIDTHS),
+        ("gpuconv_conv_bwd_input_exact", ()),
         *(("gpuconv_conv_bwd_input_direct", v) for v in DIRECT_DX_VARIANTS),
         ("gpuconv_conv_bwd_weight", ()),
         ("gpuconv_conv_bwd_weight_small", ()),
@@ -215,11 +220,20 @@ def backward_input(cfg, activation: str) -> list:
                               (*dims(cfg), *(np.int32(v) for v in phase), code)))
         return out
     bn = _tile_width(cfg.cg)
+    # first a flag, on the device, of a NaN or Inf in w (arrays w, flag); last the exact dx (arrays dy, y, w,
+    # flag, dx), which returns at once unless the flag is set (the NaN/Inf rule: the tiles' zero dz of a tap
+    # that reaches no output pixel, times a NaN weight, is a term the chain rule does not have)
+    e = cfg.kh * cfg.kw * cfg.cg * cfg.m
+    out.append(Launch(BACKWARD_FILE, "gpuconv_nonfinite_flag", (), (min(cdiv(e, THREADS), FLAG_MAX_BLOCKS), 1, 1),
+                      (THREADS, 1, 1), (np.int64(e),)))
     for phase in stride_phases(cfg):
         pixels = cfg.n * phase[1] * phase[4]
         out.append(Launch(BACKWARD_FILE, "gpuconv_conv_bwd_input", (bn,),
                           (cdiv(pixels, _tile_pixels(bn)), cdiv(cfg.cg, bn), cfg.groups), (THREADS, 1, 1),
                           (*dims(cfg), *(np.int32(v) for v in phase), code)))
+    dx_size = cfg.n * cfg.h * cfg.w * cfg.c
+    out.append(Launch(BACKWARD_FILE, "gpuconv_conv_bwd_input_exact", (),
+                      (min(cdiv(dx_size, THREADS), FLAG_MAX_BLOCKS), 1, 1), (THREADS, 1, 1), (*dims(cfg), code)))
     return out
 
 

@@ -182,8 +182,15 @@ class CudaBackend:
         check_limits(self.name, cfg, dy.dtype)
         dy, y, w = _contiguous(self.xp, dy, y, w)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
+        flag = None
         for launch in _plans.backward_input(cfg, activation):
-            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx)
+            if launch.kernel == "gpuconv_nonfinite_flag":  # NaN/Inf in w, set and read on the device
+                flag = self.xp.zeros(1, np.int32)
+                self._run(launch, dy.dtype, w, flag)
+            elif launch.kernel == "gpuconv_conv_bwd_input_exact":
+                self._run(launch, dy.dtype, dy, dy if y is None else y, w, flag, dx)
+            else:
+                self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx)
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation):
