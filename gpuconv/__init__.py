@@ -31,10 +31,10 @@ from ._show import show_config
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRECISIONS",
     "Conv2D",
     "Conv2DGrads",
     "ConvInfo",
-    "PRECISIONS",
     "activation_backward",
     "conv2d",
     "conv2d_backward",

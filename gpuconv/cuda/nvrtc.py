@@ -5,8 +5,9 @@ for one architecture with ``--ptxas-options=-v``; any error or warning raises ``
 program log, and ptxas's report gives registers, shared memory, spills and stack per kernel.
 
 ``cuda_fp16.h`` is not built into NVRTC 12.9: it comes from the CUDA runtime headers (the
-``nvidia-cuda-runtime-cu12`` wheel, or a CUDA toolkit). ``cuda_include_dirs()`` finds them (GPUCONV_CUDA_INCLUDE
-first) and both this module and the cupy module path pass that folder as ``-I``.
+``nvidia-cuda-runtime-cu12`` wheel, or a CUDA toolkit), and ``mma.h``'s ``crt/mma.h`` from a toolkit or the
+``nvidia-cuda-nvcc-cu12`` wheel. ``cuda_include_dirs()`` finds them (GPUCONV_CUDA_INCLUDE first) and both this
+module and the cupy module path pass those folders as ``-I``.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def version() -> tuple:
 
 
 def cuda_include_dirs() -> list:
-    """A folder holding cuda_fp16.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
+    """Folders holding cuda_fp16.h and crt/mma.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
     candidates = []
     if os.environ.get(ENV_INCLUDE):
         candidates.append(os.environ[ENV_INCLUDE])
@@ -68,6 +69,7 @@ def cuda_include_dirs() -> list:
 
         for base in getattr(nvidia, "__path__", []):
             candidates.append(os.path.join(base, "cuda_runtime", "include"))
+            candidates.append(os.path.join(base, "cuda_nvcc", "include"))
             candidates.append(os.path.join(base, "cu12", "include"))
             candidates.append(os.path.join(base, "cu13", "include"))  # CUDA 13 wheels' layout
     except ImportError:
@@ -84,10 +86,15 @@ def cuda_include_dirs() -> list:
         if os.environ.get(var):
             candidates.append(os.path.join(os.environ[var], "include"))
     candidates.append("/usr/local/cuda/include")
-    for d in candidates:
-        if os.path.isfile(os.path.join(d, "cuda_fp16.h")):
-            return [d]
-    return []
+    found = next((d for d in candidates if os.path.isfile(os.path.join(d, "cuda_fp16.h"))), None)
+    if found is None:
+        return []
+    # mma.h (the tensor-core kernels) includes crt/mma.h, which the runtime wheel lacks: a toolkit has it
+    # beside cuda_fp16.h, pip installs have it in the nvcc wheel (nvidia-cuda-nvcc-cu12).
+    if os.path.isfile(os.path.join(found, "crt", "mma.h")):
+        return [found]
+    crt = next((d for d in candidates if os.path.isfile(os.path.join(d, "crt", "mma.h"))), None)
+    return [found] if crt is None else [found, crt]
 
 
 def _check(result, what, log=""):
@@ -155,12 +162,25 @@ def _warnings(log: str) -> list:
             if re.search(r"\bwarning\b", line, re.IGNORECASE) and not any(p.search(line) for p in _TARGET_NOTICES)]
 
 
-def compile_report(filename, arch, name_expressions=(), options=()) -> list:
-    """Compiles a kernel file (name in kernels/ or absolute path) for ``arch``; one KernelResources per kernel.
+class Compiled(NamedTuple):
+    """One NVRTC compile of a kernel file for one architecture."""
+    path: Path
+    arch: str
+    log: str       # the program log (ptxas -v report included)
+    lowered: dict  # {mangled name: name expression}
+    cubin: bytes   # the SASS binary (nvdisasm reads it: see sass.py)
+
+
+_compiled: dict = {}  # successful compiles of this process, keyed by everything that goes into them
+
+
+def compile_program(filename, arch, name_expressions=(), options=()) -> Compiled:
+    """Compiles a kernel file (name in kernels/ or absolute path) for ``arch`` to a cubin.
 
     The name expressions and options of ``modules.build_inputs`` (the package's generated instantiations and -D
     macros for kernels/, a file's own ``// gpuconv-name-expressions:`` lines) are added to the given ones.
-    Raises NvrtcError on any compile error or warning.
+    Raises NvrtcError on any compile error or warning. A compile is kept for the life of the process, keyed by
+    the source text, architecture, name expressions and options (the resource and SASS tables share it).
     """
     if arch not in ARCHES and not re.fullmatch(r"sm_\d+a?", arch):
         raise ValueError(f"arch must look like 'sm_80' (checked: {ARCHES}), got {arch!r}")
@@ -170,6 +190,9 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", "-std=c++17", f"-I{path.parent}"]
     opts += [f"-I{d}" for d in cuda_include_dirs()]
     opts += list(options)
+    key = (str(path), source, arch, exprs, tuple(opts))
+    if key in _compiled:
+        return _compiled[key]
     (prog,) = _check(nvrtc.nvrtcCreateProgram(source.encode(), path.name.encode(), 0, [], []),
                      "nvrtcCreateProgram")
     try:
@@ -192,11 +215,21 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
         for expr in exprs:
             (name,) = _check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()), f"nvrtcGetLoweredName({expr!r})")
             lowered[name.decode() if isinstance(name, bytes) else name] = expr
+        (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+    _compiled[key] = Compiled(path, arch, log, lowered, cubin)
+    return _compiled[key]
+
+
+def compile_report(filename, arch, name_expressions=(), options=()) -> list:
+    """Compiles a kernel file (see ``compile_program``) for ``arch``; one KernelResources per kernel."""
+    c = compile_program(filename, arch, name_expressions, options)
     rows = []
-    for mangled, r in sorted(parse_ptxas(log).items()):
-        rows.append(KernelResources(lowered.get(mangled, mangled), arch, r["registers"], r["shared_mem_bytes"],
+    for mangled, r in sorted(parse_ptxas(c.log).items()):
+        rows.append(KernelResources(c.lowered.get(mangled, mangled), arch, r["registers"], r["shared_mem_bytes"],
                                     r["spill_stores"], r["spill_loads"], r["stack_bytes"]))
     return rows
 
