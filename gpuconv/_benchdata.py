@@ -13,6 +13,7 @@ every commit in a history is measured on the same shapes and inputs (and commits
 from __future__ import annotations
 
 import math
+import os
 import re
 import statistics
 import time

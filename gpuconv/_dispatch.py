@@ -162,3 +162,8 @@ def loaded_modules() -> dict:
         out["cupy"] = f"not usable ({exc})"
     out["python"] = sys.version.split()[0]
     return out
+
+
+# The NumPy backend is imported with gpuconv, not on the first call: a first call from a thread would import it
+# there, and a fork at that moment would leave the child waiting for that import's lock for good.
+from .backends import numpy as _numpy_backend  # noqa: E402,F401

@@ -266,3 +266,58 @@ def test_case4_emulator_variables_are_named_with_their_value(monkeypatch, rand, 
     with pytest.raises(ValueError) as info:
         gpuconv.conv2d(rand((1, 4, 4, 1)), rand((2, 2, 1, 1)), backend="emulator")
     assert f"{var}={value!r}" in str(info.value), str(info.value)
+
+
+# ----------------------------------------------------------------------------------- 9. memory layout
+def _layouts(a):
+    """The same values as ``a`` in other memory layouts: negative strides on each axis, Fortran order, a
+    strided slice of a larger array."""
+    out = {"f-order": np.asfortranarray(a)}
+    for axis in range(a.ndim):
+        flipped = np.flip(np.flip(a, axis).copy(), axis)  # a view with a negative stride on ``axis``
+        out[f"negative-stride-{axis}"] = flipped
+    big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
+    big[tuple(slice(None, None, 2) for _ in a.shape)] = a
+    out["step-2"] = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    for name, v in out.items():
+        assert np.array_equal(v, a) and (v.flags.c_contiguous is False or name == "f-order" and a.ndim < 2), name
+    return out
+
+
+LAYOUT_CALLS = {
+    "conv2d": (("x", "w", "b"), lambda be, x, w, b, dz, y: gpuconv.conv2d(x, w, b, padding=1, backend=be)),
+    "conv2d_backward_input": (("dz", "w"), lambda be, x, w, b, dz, y: gpuconv.conv2d_backward_input(
+        dz, w, X_SHAPE, padding=1, backend=be)),
+    "conv2d_backward_weight": (("dz", "x"), lambda be, x, w, b, dz, y: gpuconv.conv2d_backward_weight(
+        dz, x, W_SHAPE, padding=1, backend=be)),
+    "conv2d_backward_bias": (("dz",), lambda be, x, w, b, dz, y: gpuconv.conv2d_backward_bias(dz, backend=be)),
+    "activation_backward": (("dz", "y"), lambda be, x, w, b, dz, y: gpuconv.activation_backward(
+        dz, y, "sigmoid", backend=be)),
+    "conv2d_backward": (("dz", "x", "w", "y"), lambda be, x, w, b, dz, y: gpuconv.conv2d_backward(
+        dz, x, w, y, padding=1, activation="sigmoid", backend=be)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("fname", LAYOUT_CALLS)
+def test_case9_results_do_not_depend_on_memory_layout(backend, rand, fname, dtype):
+    """Bit for bit: every input of every operation in every layout gives the contiguous input's result."""
+    names, call = LAYOUT_CALLS[fname]
+    args = {"x": rand(X_SHAPE, dtype), "w": rand(W_SHAPE, dtype), "b": rand((5,), dtype),
+            "dz": rand((2, 7, 6, 5), dtype), "y": rand((2, 7, 6, 5), dtype, 0.05, 0.95)}
+    want = call(backend, **args)
+    layouts = [(n, k, v) for n in names for k, v in _layouts(args[n]).items()]
+    if backend == "emulator":  # time: one layout of each kind per argument
+        layouts = [t for t in layouts if t[1] in ("f-order", "negative-stride-0", "negative-stride-3", "step-2")]
+    for name, kind, value in layouts:
+        got = call(backend, **{**args, name: value})
+        for g, e in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+            np.testing.assert_array_equal(g, e, err_msg=f"{name} {kind}")
+
+
+def test_case9_the_issues_example():
+    dz = np.random.default_rng(9).standard_normal((2, 5, 4, 64))
+    view = dz[..., ::-1]
+    assert view.strides[-1] < 0
+    np.testing.assert_array_equal(gpuconv.conv2d_backward_bias(view, backend="numpy"),
+                                  gpuconv.conv2d_backward_bias(np.ascontiguousarray(view), backend="numpy"))

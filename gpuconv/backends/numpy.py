@@ -428,7 +428,9 @@ class NumpyBackend:
 
     def backward_bias(self, dz):
         ct = _compute_dtype(dz.dtype)
-        d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)
+        # C order first: a view with a negative or odd stride would be summed in another order by BLAS (the last
+        # bit of float64 db then depended on the memory layout of dz)
+        d = np.ascontiguousarray(dz.reshape(-1, dz.shape[-1]), dtype=ct)
         # ones @ dz: a BLAS GEMV, 5-20x faster here than d.sum(axis=0), which adds one M-wide row at a time
         (db,) = _threads.map_tasks(lambda ones: ones @ d, [np.ones(d.shape[0], ct)], _threads.workers())
         return db.astype(dz.dtype, copy=False)
