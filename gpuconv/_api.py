@@ -9,6 +9,12 @@ unless changed), "highest" (strict FP32 products) or "tf32" (both operands of ea
 tensor cores take them, float32 accumulation). It changes float32 only; float16 and bfloat16 always multiply
 exactly (their products fit in float32) and accumulate in float32, float64 is float64 throughout.
 gpuconv never uses TF32 unless asked.
+
+NaN and Inf, one rule on every backend and kernel path (PyTorch's CPU results, float64): the forward pass and
+dW take the padding as zeros that enter the products (0 * NaN = NaN: a NaN weight reaches every output whose
+window covers it, padding included); dX sums exactly the chain-rule terms (a tap that reaches no output pixel
+adds nothing). Arguments are checked before any work (gpuconv._validate: shapes, limits, flags, environment
+variables); results do not depend on the memory layout of an input.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from . import _config, _interop, _layout, _validate
+from . import _config, _dispatch, _interop, _layout, _validate
 from ._config import ConvConfig, ConvInfo
 from ._dispatch import module_of, select_backend, to_module
 from ._interop import public
@@ -305,6 +311,7 @@ class Conv2D:
         self.b = None if b is None else _validate.as_array("Conv2D", "b", b)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
+        _dispatch.backend_name("Conv2D", backend)
         self.backend = backend
         self.data_format = _layout.check_choice("Conv2D", "data_format", data_format, _layout.DATA_FORMATS)
         self.filter_format = _layout.check_choice("Conv2D", "filter_format", filter_format, _layout.FILTER_FORMATS)

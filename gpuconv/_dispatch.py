@@ -111,19 +111,25 @@ def backend_status(name: str):
     return None
 
 
+def backend_name(fname: str, backend) -> str:
+    """A ``backend`` argument checked: 'auto' or one of BACKENDS (any case), else a TypeError / ValueError."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{fname}: argument 'backend' must be a string, got {backend!r}")
+    name = backend.lower()
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{fname}: argument 'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    return name
+
+
 def select_backend(fname: str, backend: str, named_arrays: dict, kind: str | None = None):
     """Pick the backend for one call: explicit name, GPUCONV_BACKEND, or the arrays' type (``kind``, when the
     caller already knows it: 'numpy' or 'cupy')."""
-    if not isinstance(backend, str):
-        raise TypeError(f"{fname}: argument 'backend' must be a string, got {backend!r}")
+    name = backend_name(fname, backend)
     kind = kind or array_kinds(fname, named_arrays)
-    name = backend.lower()
     if name == "auto":
         name = env_backend(fname)
     if name == "auto":
         name = kind
-    if name not in BACKENDS:
-        raise ValueError(f"{fname}: argument 'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
     try:
         return load_backend(name)
     except BackendUnavailable as exc:
