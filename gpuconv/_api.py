@@ -40,16 +40,16 @@ class Conv2DGrads(NamedTuple):
     db: Array
 
 
-def _prepare(fname: str, backend: str, named: dict, optional: tuple = ()):
-    """Pick the backend and move every array argument into its array module (None stays None for the names in
-    ``optional``; elsewhere it is a TypeError)."""
-    if all(type(v) is np.ndarray or (v is None and k in optional) for k, v in named.items()):
+def _prepare(fname: str, backend: str, named: dict, required: tuple = ()):
+    """Pick the backend and move every array argument into its array module (None stays None, but for the
+    names in ``required``: there it is a TypeError)."""
+    if all(type(v) is np.ndarray or (v is None and k not in required) for k, v in named.items()):
         # the common case, plain numpy arrays: nothing to convert when the backend is numpy's
         be = select_backend(fname, backend, named, kind="numpy")
         if be.xp is np:
             return be, named
     for k, v in named.items():
-        if v is None and k not in optional:
+        if v is None and k in required:
             raise TypeError(f"{fname}: argument '{k}' must be an array, got None")
     named = {k: (None if v is None else _validate.as_array(fname, k, v)) for k, v in named.items()}
     be = select_backend(fname, backend, named)
@@ -141,7 +141,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, *, stride: In
     """
     fname = "conv2d"
     prec = _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b}, optional=("b",))
+    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b}, required=("x", "w"))
     _check_dtypes(fname, a, be)
     act = _config.activation_name(fname, activation)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
@@ -167,7 +167,7 @@ def activation_backward(dy: ArrayLike, y: ArrayLike | None, activation: str | No
     act = _config.activation_name(fname, activation)
     if y is None and _config.needs_output(act):
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "y": y}, optional=("y",))
+    be, a = _prepare(fname, backend, {"dy": dy, "y": y}, required=("dy",))
     _check_dtypes(fname, a, be)
     if not _config.needs_output(act):
         return _back(a["dy"].copy(), dy)
@@ -184,7 +184,7 @@ def conv2d_backward_input(dz: ArrayLike, w: ArrayLike, x_shape: Shape, *, stride
     fname = "conv2d_backward_input"
     prec = _config.resolve_precision(fname, precision)
     x_shape = _validate.shape_tuple(fname, "x_shape", x_shape)
-    be, a = _prepare(fname, backend, {"dz": dz, "w": w})
+    be, a = _prepare(fname, backend, {"dz": dz, "w": w}, required=("dz", "w"))
     _check_dtypes(fname, a, be)
     cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups, ("x_shape", "w"))
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, len(x_shape)))
@@ -204,7 +204,7 @@ def conv2d_backward_weight(dz: ArrayLike, x: ArrayLike, w_shape: Shape, *, strid
     fname = "conv2d_backward_weight"
     prec = _config.resolve_precision(fname, precision)
     w_shape = _validate.shape_tuple(fname, "w_shape", w_shape)
-    be, a = _prepare(fname, backend, {"dz": dz, "x": x})
+    be, a = _prepare(fname, backend, {"dz": dz, "x": x}, required=("dz", "x"))
     _check_dtypes(fname, a, be)
     cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups, ("x", "w_shape"))
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, a["x"].ndim))
@@ -221,7 +221,7 @@ def conv2d_backward_bias(dz: ArrayLike, *, backend: str = "auto", precision: str
     has no products): db is the same in every precision."""
     fname = "conv2d_backward_bias"
     _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"dz": dz})
+    be, a = _prepare(fname, backend, {"dz": dz}, required=("dz",))
     _check_dtypes(fname, a, be)
     if a["dz"].ndim < 1:
         raise ValueError(f"{fname}: argument 'dz' must have at least 1 dimension, got a scalar")
@@ -257,7 +257,7 @@ def conv2d_backward(
     has_bias = _validate.check_flag(fname, "has_bias", has_bias)
     if y is None and _config.needs_output(act):
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y}, optional=("y",))
+    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y}, required=("dy", "x", "w"))
     _check_dtypes(fname, a, be)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
     y_shape = _config.user_y_shape(cfg, a["x"].ndim)

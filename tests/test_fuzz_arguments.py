@@ -41,6 +41,10 @@ CALLS = {
     "conv2d_backward": (gpuconv.conv2d_backward, {"dy": DY, "x": X, "w": W, "y": Y, "activation": "sigmoid"}),
     "conv2d_info": (gpuconv.conv2d_info, {"x_shape": X.shape, "w_shape": W.shape}),
     "Conv2D": (lambda **kw: _layer(**kw), {"w": W, "b": B, "activation": "sigmoid"}),
+    "conv2d_transpose": (gpuconv.conv2d_transpose, {"x": DY, "w": W, "b": B[:2], "activation": "sigmoid"}),
+    "conv2d_transpose_backward": (gpuconv.conv2d_transpose_backward,
+                                  {"dy": X, "x": DY, "w": W, "y": 1 / (1 + np.exp(-X)), "activation": "sigmoid"}),
+    "Conv2DTranspose": (lambda **kw: _transposed_layer(**kw), {"w": W, "b": B[:2]}),
     "set_workspace_limit": (gpuconv.set_workspace_limit, {"nbytes": 2**28}),
     "set_float32_precision": (gpuconv.set_float32_precision, {"precision": "highest"}),
 }
@@ -52,8 +56,14 @@ def _layer(**kw):
     return y, layer.backward(np.ones_like(y)), layer.dw, layer.db
 
 
+def _transposed_layer(**kw):
+    layer = gpuconv.Conv2DTranspose(**kw)
+    y = layer(DY)
+    return y, layer.backward(np.ones_like(y)), layer.dw, layer.db
+
+
 def _parameters(fname):
-    fn = gpuconv.Conv2D if fname == "Conv2D" else CALLS[fname][0]
+    fn = {"Conv2D": gpuconv.Conv2D, "Conv2DTranspose": gpuconv.Conv2DTranspose}.get(fname, CALLS[fname][0])
     return [p for p in inspect.signature(fn).parameters if p != "self"]
 
 
@@ -125,7 +135,9 @@ def test_every_argument_is_answered(data, restore_workspace_limit):
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         # the layer's own checks say Conv2D; what only its input shows, the forward / backward it runs says
-        fnames = ("Conv2D", "conv2d", "conv2d_backward") if fname == "Conv2D" else (fname,)
+        fnames = {"Conv2D": ("Conv2D", "conv2d", "conv2d_backward"),
+                  "Conv2DTranspose": ("Conv2DTranspose", "conv2d_transpose", "conv2d_transpose_backward")}.get(
+            fname, (fname,))
         named = msg.split(":")[0] in fnames and any(re.search(rf"\b{re.escape(p)}\b", msg) for p in params)
         assert named or "GPUCONV_" in msg, f"{fname}({replaced}): the message names no argument: {msg}"
         return

@@ -231,3 +231,17 @@ def test_torch_activation_table(rng):
         (g,) = torch.autograd.grad(y, z, torch.ones_like(z))
         assert_close(y.detach().numpy(), want_y, np.float64, err_msg=name)
         assert_close(g.numpy(), want_dz, np.float64, err_msg=name)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,opts", [CASES[1], CASES[5]], ids=["small", "tiled"])
+def test_transposed_convolution_follows_the_rule(backend, rng, x_shape, w_shape, opts):
+    """conv2d_transpose is dX's operation (with a bias): exactly the chain-rule terms, as PyTorch's
+    conv_transpose2d; a NaN weight at a tap that reaches no output of the convolution does not spread."""
+    x, w, dz = _inputs(rng, x_shape, w_shape, opts, ("w",))
+    o = geo_opts(opts)
+    b = rng.uniform(-1, 1, x_shape[-1])
+    natural = gpuconv.conv2d_transpose(dz, w, b, backend="numpy", **o).shape  # rows the stride leaves out
+    extra = (x_shape[1] - natural[1], x_shape[2] - natural[2])  # come back with output_padding
+    y = gpuconv.conv2d_transpose(dz, w, b, output_padding=extra, backend=backend, **o)
+    want = rule_backward_input(dz, w, x_shape, **opts) + b
+    assert_close(y, want, np.float64, w_shape[0] * w_shape[1] * w_shape[3])
