@@ -75,7 +75,6 @@ def dask_call(fname: str, named: dict):
                 "behind your back: use gpuconv.dask for chunked convolutions, or pass a computed array "
                 "(a.compute())"
             )
-    return None
 
 
 # -------------------------------------------------------------------------------------------- import
