@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--repeat", type=int, default=7, metavar="K",
                         help="timed samples per measurement, after warm-up; the median is shown (default 7)")
+    parser.add_argument("--data-format", default="NHWC", choices=bd.DATA_FORMATS,
+                        help="layout of x and dy (default NHWC, w HWIO); NCHW times NCHW inputs with OIHW "
+                             "filters, PyTorch's layouts, the wrapper's transposes included")
     parser.add_argument("--compare", choices=("torch",), help="also time PyTorch's conv2d and show the ratio")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="draw a progress bar on stderr (default: when stderr is a terminal)")
@@ -146,7 +149,7 @@ def run(args) -> int:
             host = bd.make_inputs(shape, args.dtype)
             row = {"shape": shape}
             row["fwd"], row["bwd"] = _time_gpuconv(shape, host, backend, activation, args.precision, sync,
-                                                   args.repeat, errors, progress)
+                                                   args.repeat, errors, progress, args.data_format)
             if peer_device:
                 row["torch_fwd"], row["torch_bwd"] = _time_torch(shape, host, activation, args.precision,
                                                                  peer_device, args.repeat, errors, progress)
@@ -161,12 +164,13 @@ def run(args) -> int:
     return 1 if errors else 0
 
 
-def _time_gpuconv(shape, host, backend, activation, precision, sync, repeat, errors, progress):
+def _time_gpuconv(shape, host, backend, activation, precision, sync, repeat, errors, progress,
+                  data_format="NHWC"):
     """gpuconv's forward (conv2d) and backward (conv2d_backward) times: (seconds or None, seconds or None)."""
     import gpuconv
 
-    a = bd.to_backend(host, backend)
-    opts = dict(shape.options, backend=backend, **bd.precision_options(precision))
+    a = bd.to_backend(bd.in_layout(host, data_format), backend)
+    opts = dict(shape.options, backend=backend, **bd.precision_options(precision), **bd.layout_options(data_format))
     saved = {}
 
     def forward():
@@ -226,7 +230,8 @@ def _print_header(out, backend, args, activation, peer_device):
     import gpuconv
 
     print(f"gpuconv {gpuconv.__version__} bench: backend {backend}, {args.dtype}, precision {args.precision}, "
-          f"activation {activation}; median of {args.repeat} timed runs after warm-up", file=out)
+          f"activation {activation}; median of {args.repeat} timed runs after warm-up"
+          + ("" if args.data_format == "NHWC" else f"; {args.data_format} inputs, OIHW filters"), file=out)
     libs = f"numpy {numpy.__version__}"
     blas = blas_description()
     if blas:

@@ -35,6 +35,9 @@ PRECISIONS = _registry.precision_names()
 # checks that it covers every dtype and precision of the registry.
 MODES = ("float32", "float16", "float64", "bfloat16", "float32-tf32")
 SEED = 20261126
+# Layouts a benchmark can run in: "NHWC" (x, dy NHWC; w HWIO: the kernels' own) or "NCHW" (x, dy NCHW; w OIHW,
+# as PyTorch callers hold them: the wrapper's transposes are part of the time).
+DATA_FORMATS = ("NHWC", "NCHW")
 
 # The CPU emulator runs CUDA threads one at a time on the CPU: only small layers are worth timing there.
 EMULATOR_MAX_MULTIPLICATIONS = 20_000_000
@@ -219,6 +222,25 @@ def make_inputs(shape: BenchShape, dtype="float32", seed: int = SEED) -> dict:
     b = rng.standard_normal((shape.m,), dtype=np.float32) * np.float32(0.1)
     dy = rng.standard_normal(shape.y_shape, dtype=np.float32)
     return {k: v.astype(dtype) for k, v in {"x": x, "w": w, "b": b, "dy": dy}.items()}
+
+
+def in_layout(arrays: dict, data_format: str) -> dict:
+    """The host arrays of ``make_inputs`` (NHWC / HWIO) in ``data_format``: for "NCHW", x and dy NCHW and w OIHW,
+    each C-contiguous (as a PyTorch caller's tensors are)."""
+    if data_format == "NHWC":
+        return dict(arrays)
+    if data_format != "NCHW":
+        raise ValueError(f"data format must be one of {DATA_FORMATS}, got {data_format!r}")
+    out = dict(arrays)
+    for k in ("x", "dy"):
+        out[k] = np.ascontiguousarray(arrays[k].transpose(0, 3, 1, 2))
+    out["w"] = np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1))
+    return out
+
+
+def layout_options(data_format: str) -> dict:
+    """The gpuconv options for arrays from ``in_layout(..., data_format)``."""
+    return {} if data_format == "NHWC" else {"data_format": "NCHW", "filter_format": "OIHW"}
 
 
 def backend_reason(backend: str, shape: BenchShape | None = None):

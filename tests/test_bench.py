@@ -252,7 +252,7 @@ def _gpuconv_classes(asv_benchmarks):
 
 
 def _args(cls, backend, dtype="float32", shape="tiny"):
-    values = {"backend": backend, "device": backend, "dtype": dtype, "shape": shape}
+    values = {"backend": backend, "device": backend, "dtype": dtype, "shape": shape, "data_format": "NCHW"}
     if "activation" in cls.param_names:  # the last one (relu goes through the layer benchmark)
         values["activation"] = cls.params[cls.param_names.index("activation")][-1]
     return [values[n] for n in cls.param_names]
@@ -520,3 +520,29 @@ def test_asv_gpu_bodies_synchronize(asv_benchmarks, fake_gpu):
             if m.startswith("time_"):
                 getattr(bench, m)(*args)
         assert fake_gpu.stream.syncs > before, cls.__name__
+
+
+def test_bench_data_format_nchw(capsys):
+    rc, out, err = _bench(["--backend", "numpy", "--shape", TINY, "--repeat", "1", "--data-format", "NCHW"],
+                          capsys)
+    assert rc == 0, out + err
+    assert "NCHW inputs, OIHW filters" in out.splitlines()[0]
+    assert next(line for line in out.splitlines() if line.startswith(TINY))
+
+
+def test_in_layout_gives_the_same_layer():
+    shape = bd.parse_shape(TINY)
+    host = bd.make_inputs(shape, "float64")
+    nchw = bd.in_layout(host, "NCHW")
+    assert nchw["x"].flags.c_contiguous and nchw["w"].shape == (shape.m, shape.c, shape.kh, shape.kw)
+    y = gpuconv.conv2d(nchw["x"], nchw["w"], nchw["b"], **shape.options, **bd.layout_options("NCHW"))
+    want = gpuconv.conv2d(host["x"], host["w"], host["b"], **shape.options)
+    np.testing.assert_array_equal(y, want.transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="data format must be one of"):
+        bd.in_layout(host, "CHWN")
+
+
+def test_bench_bad_data_format(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench(["--data-format", "NWHC"], capsys)
+    assert exc.value.code == 2

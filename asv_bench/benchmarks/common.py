@@ -2,7 +2,8 @@
 ``gpuconv bench`` uses), and the setup that skips what cannot run here.
 
 Conventions of this suite:
-- params are backend x dtype x shape (names from gpuconv._benchdata.SHAPES); forward adds the activation.
+- params are backend x dtype x shape (names from gpuconv._benchdata.SHAPES); forward adds the activation;
+  the forward and the layer step add the data format last (NCHW: PyTorch's layouts, transposes included).
   The dtype parameter is a mode of gpuconv._benchdata.MODES: a dtype ("bfloat16" needs ml_dtypes), or a dtype
   with a precision ("float32-tf32": float32 arrays, precision="tf32"; PyTorch then allows TF32 too). Select
   one with e.g. ``asv run -b "float32-tf32"``.
@@ -13,6 +14,7 @@ Conventions of this suite:
 - Nothing here imports CuPy or PyTorch at import time: discovery imports every module on every machine.
 """
 import importlib.util
+import inspect
 import os
 import sys
 
@@ -47,6 +49,7 @@ ACTIVATIONS = list(bd.ACTIVATIONS)
 # The activations whose gradient reads the saved output: every one but identity, in the registry's order.
 OUTPUT_ACTIVATIONS = [a for a in bd.ACTIVATIONS if bd._registry.activation(a).uses_output]
 TORCH_DEVICES = ["cpu", "cuda"]
+DATA_FORMATS = list(bd.DATA_FORMATS)  # "NCHW": NCHW inputs with OIHW filters (bd.in_layout)
 
 GFLOPS = "GFLOP/s"
 
@@ -55,16 +58,19 @@ class Case:
     """One benchmark's inputs on one backend: ``a`` (x, w, b, dy in the backend's array module), ``shape``,
     ``options`` for the gpuconv calls, ``sync`` to wait for the device."""
 
-    def __init__(self, backend, mode, shape):
+    def __init__(self, backend, mode, shape, data_format="NHWC"):
         self.shape = bd.SHAPES[shape]
         dtype, precision = bd.split_mode(mode)
         reason = bd.backend_reason(backend, self.shape) or bd.mode_reason(backend, dtype, precision)
         if reason is not None:
             raise NotImplementedError(reason)
+        if data_format != "NHWC" and "data_format" not in inspect.signature(gpuconv.conv2d).parameters:
+            raise NotImplementedError("this gpuconv has no data_format option")
         self.host = bd.make_inputs(self.shape, dtype)
-        self.a = bd.to_backend(self.host, backend)
+        self.a = bd.to_backend(bd.in_layout(self.host, data_format), backend)
         self.sync = bd.synchronizer(backend)
-        self.options = dict(self.shape.options, backend=backend, **bd.precision_options(precision))
+        self.options = dict(self.shape.options, backend=backend, **bd.precision_options(precision),
+                            **bd.layout_options(data_format))
         # the options of the operations without products (bias, activation gradients)
         self.plain = {"backend": backend, **bd.precision_options(precision)}
 
@@ -103,6 +109,7 @@ class TorchCase:
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
+    "DATA_FORMATS",
     "DTYPES",
     "GFLOPS",
     "OUTPUT_ACTIVATIONS",
