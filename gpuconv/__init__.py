@@ -28,7 +28,7 @@ from ._config import (
 from ._dispatch import get_array_module
 from ._show import show_config
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Conv2D",

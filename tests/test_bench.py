@@ -323,13 +323,14 @@ class _FakeCupy:
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """backend 'cupy' = the NumPy backend's arithmetic behind a fake cupy module."""
+    """backend 'cupy' = the NumPy backend's arithmetic behind a fake cupy module and stream."""
     from gpuconv import _dispatch
     from gpuconv.backends import numpy as numpy_backend
 
     fake = _FakeCupy()
     backend = numpy_backend.load()
     backend.name, backend.xp = "cupy", fake
+    backend.synchronize = fake.stream.synchronize  # the seam a GPU backend offers (CudaBackend.synchronize)
     real_load, real_status = _dispatch.load_backend, _dispatch.backend_status
     monkeypatch.setattr(_dispatch, "load_backend", lambda name: backend if name == "cupy" else real_load(name))
     monkeypatch.setattr(_dispatch, "backend_status", lambda name: None if name == "cupy" else real_status(name))
