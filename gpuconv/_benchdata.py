@@ -293,8 +293,8 @@ def torch_reason(device: str = "cpu"):
 
 
 class TorchLayer:
-    """The same layer in PyTorch: x channels_last (NHWC in memory, like gpuconv's; ``memory_format="nchw"`` for
-    torch's default), weights (M, C, KH, KW). The one PyTorch peer of gpuconv bench, asv and tools/.
+    """The same layer in PyTorch: x and dy channels_last (NHWC in memory, like gpuconv's; ``memory_format="nchw"``
+    for torch's default), weights (M, C, KH, KW). The one PyTorch peer of gpuconv bench, asv and tools/.
 
     ``forward()`` runs conv2d + activation without autograd; ``backward()`` runs autograd's backward of a
     recorded forward (dX + dW + db, through the activation) with gradients cleared first, so that each call
@@ -313,7 +313,7 @@ class TorchLayer:
         x = torch.from_numpy(np.ascontiguousarray(arrays["x"].transpose(0, 3, 1, 2)))
         self.x = x.to(dev).contiguous(memory_format=mf).requires_grad_()
         w = torch.from_numpy(np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1)))  # HWIO -> (M, C, KH, KW)
-        self.w = w.to(dev).contiguous(memory_format=mf).requires_grad_()
+        self.w = w.to(dev).requires_grad_()  # contiguous (M, C, KH, KW) in either format, as asv has measured
         self.b = torch.from_numpy(arrays["b"]).to(dev).requires_grad_()
         dy = torch.from_numpy(np.ascontiguousarray(arrays["dy"].transpose(0, 3, 1, 2)))
         self.dy = dy.to(dev).contiguous(memory_format=mf)
