@@ -78,7 +78,8 @@ def _fmt_gflops(flops, seconds) -> str:
 
 
 def _fmt_ratio(a, b) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.2f}"
+    # three significant digits: a ratio far below 1 (a peer slowed down 100x) must not print as 0.00
+    return "n/a" if a is None or b is None else f"{a / b:.3g}"
 
 
 def run(args) -> int:

@@ -151,7 +151,7 @@ def test_bench_compare_torch(capsys):
     for col in ("torch fwd ms", "torch bwd ms", "fwd ratio", "bwd ratio"):
         assert col in header
     row = next(line for line in out.splitlines() if line.startswith(TINY)).split()
-    assert all(float(v) > 0 for v in row[-8:])
+    assert all(float(v) > 0 for v in row[-8:]), row
     assert "torch" in out.splitlines()[1]
 
 
