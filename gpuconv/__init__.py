@@ -31,10 +31,10 @@ from ._show import show_config
 from ._version import __version__
 
 __all__ = [
+    "PRECISIONS",
     "Conv2D",
     "Conv2DGrads",
     "ConvInfo",
-    "PRECISIONS",
     "activation_backward",
     "conv2d",
     "conv2d_backward",

@@ -169,14 +169,18 @@ class FakeCupy:
         outer = self
         self.rec = rec
 
+        current = [0]  # the device stack: Device() is the current one, as in cupy
+
         class Device:
             def __init__(self, dev=None):
-                self.id = 0 if dev is None else dev
+                self.id = current[-1] if dev is None else dev
 
             def __enter__(self):
                 rec.events.append(("device", self.id))
+                current.append(self.id)
 
             def __exit__(self, *exc):
+                current.pop()
                 rec.events.append(("device-exit", self.id))
 
         class ExternalStream:
@@ -300,3 +304,21 @@ def test_torch_bfloat16_round_trip(rand):
     assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16
     want = gpuconv.conv2d(x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16))
     np.testing.assert_array_equal(y.float().numpy(), want.astype(np.float32))
+
+
+def test_kernel_caches_see_the_arrays_device(fake_cupy):
+    """Every kernel cache is keyed by gpuconv.cuda.modules.device_id, the current device: inside a call it is
+    the device of the arrays, whatever the caller's current device was."""
+    from gpuconv.cuda import modules
+
+    seen = []
+
+    @_interop.public(arrays=("a",), like="a")
+    def op(a):
+        seen.append(modules.device_id("cupy"))
+        return a
+
+    assert modules.device_id("cupy") == 0
+    op(FakeCupyArray(3))
+    op(FakeCupyArray(1))
+    assert seen == [3, 1] and modules.device_id("cupy") == 0

@@ -6,7 +6,7 @@ plans against CUDA's grid limits; tests inspect them without compiling anything.
 
 The launch constants are named here once. Those the kernels depend on reach them as -D macros
 (``kernel_defines``: tile sizes, the reduction block) or as template arguments (``INSTANTIATIONS``: the tile
-widths and direct-dx variants, for every dtype of ``gpuconv._registry.DTYPES``); kernels/gpuconv_common.cuh
+widths and direct-dx variants, for every dtype of ``gpuconv._registry.DTYPES`` with kernels); kernels/gpuconv_common.cuh
 refuses to compile without them.
 """
 from __future__ import annotations
@@ -76,9 +76,10 @@ def name_expression(kernel: str, dtype, template=()) -> str:
 
 
 def name_expressions(filename: str) -> tuple:
-    """Every instantiation of a kernel file of the package, for every registered dtype (() for other files)."""
+    """Every instantiation of a kernel file of the package, for every registered dtype with kernels (() for other
+    files)."""
     return tuple(name_expression(kernel, d, template) for kernel, template in INSTANTIATIONS.get(filename, ())
-                 for d in _registry.DTYPES.values())
+                 for d in _registry.kernel_dtypes())
 
 
 def kernel_defines() -> tuple:

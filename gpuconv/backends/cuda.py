@@ -39,13 +39,21 @@ def _contiguous(xp, *arrays):
     return tuple(None if a is None else xp.ascontiguousarray(a) for a in arrays)
 
 
-# The dtypes the kernels are instantiated for: every entry of the registry.
-_KERNEL_DTYPES = {d.numpy for d in _registry.DTYPES.values()}
+def _has_kernels(dtype) -> bool:
+    """Whether the kernels are instantiated for ``dtype`` (the registry's entries with kernels; looked up by
+    dtype, so that an optional package such as ml_dtypes is imported only for its own arrays)."""
+    try:
+        return _registry.dtype(dtype).kernels
+    except TypeError:
+        return False
 
 
-# The first compute capability with tensor cores for each mode of product: "float16" (from Volta), "bfloat16"
-# and "tf32" (float32 with precision="tf32"; both from Ampere).
-TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
+# The first compute capability with tensor cores for each mode of product, from the registry: a dtype's name
+# ("float16" from Volta, "bfloat16" from Ampere), or a precision's for float32 ("tf32", from Ampere).
+TENSOR_CORE_ARCH = {
+    **{d.name: d.tensor_core_arch for d in _registry.DTYPES.values() if d.tensor_core_arch},
+    **{p.name: p.tensor_core_arch for p in _registry.PRECISIONS.values() if p.tensor_core_arch},
+}
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them on any
 # machine). Empty: no tensor-core kernel is in this build yet, every product runs on CUDA cores.
 TENSOR_CORE_MODES: frozenset = frozenset()
@@ -53,7 +61,7 @@ TENSOR_CORE_MODES: frozenset = frozenset()
 
 def _mode(dtype, precision: str) -> str:
     dtype = np.dtype(dtype)
-    return "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
+    return precision if dtype == np.float32 and _registry.PRECISIONS[precision].tf32 else dtype.name
 
 
 def uses_tensor_cores(dtype, precision: str, arch) -> bool:
@@ -67,13 +75,13 @@ def math_path(dtype, precision: str, arch) -> str:
     """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
     ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
     dtype = np.dtype(dtype)
-    if dtype not in _KERNEL_DTYPES:
+    if not _has_kernels(dtype):
         return f"no {dtype.name} kernels in this build (use backend='numpy')"
     mode = _mode(dtype, precision)
     where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
     if uses_tensor_cores(dtype, precision, arch):
         return f"{where}: tensor cores, {mode.upper()} products, float32 accumulation"
-    what = {"float16": "float16 products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
+    what = {"float32": "strict FP32", "float64": "FP64"}.get(dtype.name, f"{dtype.name} products in float32")
     text = f"{where}: CUDA cores, {what}"
     if mode == "tf32":
         why = ("this build has no TF32 kernels" if mode not in TENSOR_CORE_MODES
@@ -122,10 +130,10 @@ class CudaBackend:
 
     def dtype_reason(self, dtype):
         """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""
-        if np.dtype(dtype) in _KERNEL_DTYPES:
+        if _has_kernels(dtype):
             return None
-        return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; "
-                "use backend='numpy', or float16 / float32")
+        return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; use "
+                f"backend='numpy', or one of {', '.join(d.name for d in _registry.kernel_dtypes())}")
 
     def _kernel(self, launch, dtype):
         """The compiled function of ``launch`` for ``dtype`` on the current device (compiled on first use)."""
