@@ -12,13 +12,15 @@
 #   6. compute-sanitizer memcheck and racecheck over one pass of every kernel, every mode
 #   7. forward / backward timings of the benchmark shapes and the ResNet-50 training-size layers next to cuDNN
 #      (PyTorch) in the same mode: fp32 (TF32 off), tf32 (TF32 on), fp16, bf16
+#   8. the torch bridge on CUDA tensors (tools/gpu_torch_bridge.py): gpuconv.torch against torch.nn.Conv2d, run
+#      on torch's current stream, no host copies (skipped when torch has no CUDA)
 # A mode the build or the device cannot run (no bfloat16 kernels, CuPy before 14) is reported as skipped.
 # Dry run without a GPU: GPU_CHECK_BACKEND=emulator bash tools/gpu_check.sh runs the same steps on the CPU
 # emulator (small shapes, no sanitizer, no cuDNN) to check the script itself; add
 # GPU_CHECK_STEPS=kernels,accuracy,determinism,bench to leave out the shared suite, which pytest already runs on
 # the emulator and which takes longer than its GPU time limit there.
 # GPU_CHECK_STEPS=kernels,suite,... runs only the named steps (resources kernels suite accuracy determinism
-# memcheck racecheck bench; default: all but resources, which CI runs with the pinned NVRTC 12).
+# memcheck racecheck bench torch; default: all but resources, which CI runs with the pinned NVRTC 12).
 # GPU_CHECK_BUDGET_S caps the whole script (default 350 s). Keep the full log: bash tools/gpu_check.sh | tee LOG
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,7 +33,7 @@ export GPU_CHECK_BACKEND="$BE"
 FAILED=()
 
 BUDGET_S="${GPU_CHECK_BUDGET_S:-350}"  # a step gets at most what is left of this
-STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,memcheck,racecheck,bench},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,memcheck,racecheck,bench,torch},"
 export PYTHONUNBUFFERED=1
 
 step() {  # step KEY NAME TIMEOUT_S COMMAND...
@@ -101,6 +103,10 @@ else
 fi
 
 step bench "timings vs cuDNN, every mode" 150 "$PY" tools/gpu_check.py bench
+
+# The torch bridge (its own script): CUDA tensors on the GPU; a dry run of its comparisons on CPU tensors otherwise.
+[ "$BE" = cupy ] && BRIDGE=() || BRIDGE=(--device cpu)
+step torch "torch bridge on CUDA tensors" 60 "$PY" tools/gpu_torch_bridge.py "${BRIDGE[@]}"
 
 echo
 if [ "${#FAILED[@]}" -eq 0 ]; then

@@ -174,9 +174,10 @@ class CudaBackend:
             self._run(launch, dy.dtype, dy, y, dz)
         return dz
 
-    def backward_input(self, dz, w, cfg, precision="highest"):
-        """dx: the transposed convolution of dz with w."""
-        return self.backward_input_fused(dz, None, w, cfg, "identity")
+    def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
+        """dx: the transposed convolution of dz with w; with a bias b (C,) and an activation (conv2d_transpose)
+        the kernels' epilogue computes act(dx + b) as they store."""
+        return self.backward_input_fused(dz, None, w, cfg, "identity", b, activation)
 
     def backward_weight(self, dz, x, cfg, precision="highest"):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
@@ -194,13 +195,14 @@ class CudaBackend:
         db = self.backward_bias_fused(dy, y, activation) if has_bias else None
         return dx, dw, db
 
-    def backward_input_fused(self, dy, y, w, cfg, activation):
-        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase."""
+    def backward_input_fused(self, dy, y, w, cfg, activation, b=None, out_activation="identity"):
+        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase.
+        b and out_activation: the epilogue act(dx + b) of a transposed convolution."""
         check_limits(self.name, cfg, dy.dtype)
-        dy, y, w = _contiguous(self.xp, dy, y, w)
+        dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
-        for launch in _plans.backward_input(cfg, activation):
-            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx)
+        for launch in _plans.backward_input(cfg, activation, b is not None, out_activation):
+            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, w if b is None else b)
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation):
