@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import sys
+
 import numpy as np
 
 from . import _api, _dispatch
@@ -32,7 +34,7 @@ def worked_example(backend: str) -> None:
 
 
 def relu_layer(backend: str, rng) -> None:
-    from .cli import format_info
+    from ._show import format_info
 
     x = rng.standard_normal((48, 64, 10)).astype(np.float32)
     w = (rng.standard_normal((3, 3, 10, 20)) / np.sqrt(90)).astype(np.float32)
@@ -101,7 +103,7 @@ def run_demo(backend: str = "auto") -> int:
     try:
         chosen = _dispatch.select_backend("gpuconv demo", backend, {}).name
     except (RuntimeError, ValueError, TypeError) as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 2
     print(f"gpuconv demo: backend '{chosen}'\n")
     rng = np.random.default_rng(0)

@@ -197,7 +197,7 @@ def _identity_backward(dy, u, out=None):
 
 def _relu_forward(z):
     # against a row of zeros, not the scalar 0: numpy's maximum runs no SIMD loop with a scalar operand (40 vs
-    # 11 us on shape a's output); the bits are the same (NaN kept, -0 becomes +0 either way)
+    # 11 us on shape tiny's output); the bits are the same (NaN kept, -0 becomes +0 either way)
     if z.size:
         rows = _rows(z)
         np.maximum(rows, np.zeros(rows.shape[1], z.dtype), out=rows)
@@ -205,15 +205,16 @@ def _relu_forward(z):
 
 
 def _relu_backward(dy, u, out=None):
-    """where(u > 0, dy, 0), bit for bit, without branches: dy's bits ANDed with all-ones where u > 0.
+    """where(u <= 0, 0, dy), bit for bit, without branches: dy's bits ANDed with all-ones where not u <= 0.
 
+    A NaN u (relu(NaN) = NaN) passes dy, as PyTorch's threshold_backward (the NaN/Inf rule, README).
     np.where is ~3x slower here on real data (a mask of random signs defeats the branch predictor).
     """
     dy = np.ascontiguousarray(dy)
     uint = np.dtype(f"u{dy.dtype.itemsize}")
     keep = np.empty(dy.shape, uint) if out is None else out.view(uint)
-    np.greater(u, 0, out=keep)  # 1 where u > 0, else 0
-    np.negative(keep, out=keep)  # all ones where u > 0
+    np.less_equal(u, 0, out=keep)  # 1 where u <= 0, else 0 (NaN included)
+    np.subtract(keep, 1, out=keep)  # 0 where u <= 0, all ones elsewhere (unsigned wrap-around)
     np.bitwise_and(keep, dy.view(uint), out=keep)
     return keep.view(dy.dtype)
 

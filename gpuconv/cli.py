@@ -5,7 +5,6 @@ It uses the public API only; the demo's worked example and finite-difference che
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 
@@ -56,32 +55,10 @@ def _cmd_summary(args) -> int:
     except (TypeError, ValueError) as exc:
         print(f"gpuconv summary: {exc}", file=sys.stderr)
         return 2
+    from ._show import format_info
+
     print(format_info(info))
     return 0
-
-
-def format_info(info) -> str:
-    """conv2d_info as a readable two-column table."""
-    x = " x ".join(str(v) for v in info.input_shape)
-    (pt, pb), (pl, pr) = info.padding
-    weights = math.prod(info.weight_shape)
-    biases = info.parameters - weights
-    rows = [
-        ("input shape", x + ("  (H x W x C)" if len(info.input_shape) == 3 else "")),
-        ("kernel shape", " x ".join(str(v) for v in info.weight_shape)
-         + ("  (KH x KW x C/groups x M)" if len(info.weight_shape) == 4 else "")),
-        ("output shape", " x ".join(str(v) for v in info.output_shape)),
-        ("stride", f"{info.stride[0]} x {info.stride[1]}"),
-        ("dilation", f"{info.dilation[0]} x {info.dilation[1]}"),
-        ("padding", f"top {pt}, bottom {pb}, left {pl}, right {pr}"),
-        ("groups", str(info.groups)),
-        ("in channels", str(info.in_channels)),
-        ("out channels", str(info.out_channels)),
-        ("multiplications", f"{info.multiplications:,}"),
-        ("parameters", f"{info.parameters:,}  ({weights:,} weights + {biases:,} biases)"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
 def _cmd_info(args) -> int:
@@ -110,12 +87,20 @@ def _cmd_bench(args) -> int:
     return _bench.run(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (and exit status 2), not the usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpuconv",
         description="2D convolution layers on the GPU (CuPy) with a NumPy fallback.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,summary,info,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,summary,info,bench}",
+                                parser_class=_Parser)
 
     p = sub.add_parser("demo", help="the worked example, a ReLU layer, and a checked sigmoid backward")
     p.add_argument("--backend", default="auto", help="auto (default), numpy, cupy or emulator")
@@ -151,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        # bad input that got past the command's own checks (a shape too large to allocate, a bad
+        # environment variable, ...): one line on stderr, as for a bad command line, never a traceback
+        print(f"gpuconv {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

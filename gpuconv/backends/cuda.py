@@ -107,6 +107,15 @@ class CudaBackend:
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
 
+    def synchronize(self) -> None:
+        """Wait for the kernels queued on the current stream (the emulator runs them synchronously)."""
+        if self.xp is not np:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def to_host(self, a) -> np.ndarray:
+        """``a`` as a host numpy array (cupy's asnumpy synchronizes the copy)."""
+        return np.asarray(a) if self.xp is np else self.xp.asnumpy(a)
+
     def _arch(self):
         """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
@@ -192,8 +201,16 @@ class CudaBackend:
         check_limits(self.name, cfg, dy.dtype)
         dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
+        flag = None
+        bias = w if b is None else b
         for launch in _plans.backward_input(cfg, activation, b is not None, out_activation):
-            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, w if b is None else b)
+            if launch.kernel == "gpuconv_nonfinite_flag":  # NaN/Inf in w, set and read on the device
+                flag = self.xp.zeros(1, np.int32)
+                self._run(launch, dy.dtype, w, flag)
+            elif launch.kernel == "gpuconv_conv_bwd_input_exact":
+                self._run(launch, dy.dtype, dy, dy if y is None else y, w, flag, dx, bias)
+            else:
+                self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, bias)
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation):
