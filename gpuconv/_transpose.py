@@ -25,6 +25,7 @@ from ._api import Conv2DGrads, _back, _check_dtypes, _check_shape, _prepare
 from ._config import ConvConfig
 from ._interop import public
 from ._layout import Roles
+from ._types import Array, ArrayLike, IntPair, Padding
 
 
 def transpose_config(fname: str, x_shape: tuple, w_shape: tuple, *, stride=1, padding="valid", output_padding=0,
@@ -93,8 +94,10 @@ def _options(stride, padding, output_padding, dilation, groups) -> dict:
 # Layouts: x and the output are images (data_format); w is a filter (filter_format "OIHW" is the forward
 # convolution's (Ci, Co/G, KH, KW), PyTorch's ConvTranspose2d weight). Zero padding only, as PyTorch's.
 @public(arrays=("x", "w", "b"), like="x", layout=Roles({"x": "y", "w": "w"}, {}, "x", padding=False))
-def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=0, dilation=1, groups=1,
-                     activation=None, backend="auto", precision=None):
+def conv2d_transpose(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, *, stride: IntPair = 1,
+                     padding: Padding = "valid", output_padding: IntPair = 0, dilation: IntPair = 1,
+                     groups: int = 1, activation: str | None = None, backend: str = "auto",
+                     precision: str | None = None) -> Array:
     """act(conv_transpose(x, w) + b): the transposed convolution, bias and activation fused, channels last.
 
     w is (KH, KW, Co/groups, Ci) as TensorFlow's conv2d_transpose filter (the forward convolution's HWIO
@@ -124,8 +127,11 @@ def conv2d_transpose(x, w, b=None, *, stride=1, padding="valid", output_padding=
 
 @public(arrays=("dy", "x", "w", "y"), like="dy",
         layout=Roles({"dy": "x", "x": "y", "w": "w", "y": "x"}, {}, ("y", "w", None), padding=False))
-def conv2d_transpose_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", output_padding=0,
-                              dilation=1, groups=1, activation=None, backend="auto", precision=None):
+def conv2d_transpose_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, y: ArrayLike | None = None, *,
+                              has_bias: bool = True, stride: IntPair = 1, padding: Padding = "valid",
+                              output_padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+                              activation: str | None = None, backend: str = "auto",
+                              precision: str | None = None) -> Conv2DGrads:
     """All gradients of ``conv2d_transpose`` from dy = dJ/dy: Conv2DGrads(dx, dw, db).
 
     dx = conv2d(dz, w) (a forward convolution), dw the weight gradient with the roles of input and output
@@ -166,8 +172,10 @@ class Conv2DTranspose:
     the layer is built; ``precision=None`` follows the process default at each call.
     """
 
-    def __init__(self, w, b=None, *, stride=1, padding="valid", output_padding=0, dilation=1, groups=1,
-                 activation=None, backend="auto", precision=None, data_format="NHWC", filter_format="HWIO"):
+    def __init__(self, w: ArrayLike, b: ArrayLike | None = None, *, stride: IntPair = 1, padding: Padding = "valid",
+                 output_padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, activation: str | None = None,
+                 backend: str = "auto", precision: str | None = None, data_format: str = "NHWC",
+                 filter_format: str = "HWIO") -> None:
         self.w, self.b = w, b
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation, self.groups = dilation, groups
@@ -209,7 +217,7 @@ class Conv2DTranspose:
         return {**_options(self.stride, self.padding, self.output_padding, self.dilation, self.groups),
                 "data_format": self.data_format, "filter_format": self.filter_format}
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Array:
         """y = act(conv_transpose(x, w) + b); keeps x and y for backward."""
         y = conv2d_transpose(x, self.w, self.b, activation=self.activation, backend=self.backend,
                              precision=self.precision, **self._geometry())
@@ -218,7 +226,7 @@ class Conv2DTranspose:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> Array:
         """dx from dy = dJ/dy of the last forward; sets ``self.dw`` and ``self.db``."""
         if self._x is None:
             raise RuntimeError("Conv2DTranspose.backward: call forward(x) first; backward needs its saved input "
