@@ -172,10 +172,10 @@ class Conv2DTranspose:
     the layer is built; ``precision=None`` follows the process default at each call.
     """
 
-    def __init__(self, w: ArrayLike, b: ArrayLike | None = None, *, stride: IntPair = 1, padding: Padding = "valid",
-                 output_padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1, activation: str | None = None,
-                 backend: str = "auto", precision: str | None = None, data_format: str = "NHWC",
-                 filter_format: str = "HWIO") -> None:
+    def __init__(self, w: ArrayLike, b: ArrayLike | None = None, *, stride: IntPair = 1,
+                 padding: Padding = "valid", output_padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
+                 activation: str | None = None, backend: str = "auto", precision: str | None = None,
+                 data_format: str = "NHWC", filter_format: str = "HWIO") -> None:
         self.w, self.b = w, b
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation, self.groups = dilation, groups

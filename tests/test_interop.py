@@ -194,7 +194,10 @@ class FakeCupy:
                 rec.events.append(("stream-exit", self.ptr))
 
         class _Cuda:
-            pass
+            class runtime:
+                @staticmethod
+                def getDevice():
+                    return current[-1]
 
         self.cuda = _Cuda()
         self.cuda.Device, self.cuda.ExternalStream = Device, ExternalStream
@@ -322,3 +325,46 @@ def test_kernel_caches_see_the_arrays_device(fake_cupy):
     op(FakeCupyArray(3))
     op(FakeCupyArray(1))
     assert seen == [3, 1] and modules.device_id("cupy") == 0
+
+
+def test_cupy_arrays_on_the_current_device_take_the_direct_path(fake_cupy):
+    events = fake_cupy.rec.events
+
+    @_interop.public(arrays=("a", "b"), like="a")
+    def op(a, b=None, *, k=1):
+        events.append(("op", k))
+        return a
+
+    a0 = FakeCupyArray(0)
+    assert op(a0, FakeCupyArray(0), k=2) is a0
+    assert events == [("op", 2)]  # no device set, no binding: the call goes straight through
+    events.clear()
+    with pytest.raises(ValueError, match="different CUDA devices"):  # two devices: the full path refuses them
+        op(a0, FakeCupyArray(1))
+    assert events == []
+
+
+class FakeJaxArray:
+    __module__ = "jax._src.array"
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_jax_in_jax_out(rand, monkeypatch):
+    import sys
+    import types
+
+    made = []
+    jnp = types.SimpleNamespace(from_dlpack=lambda a: made.append(a) or FakeJaxArray(np.from_dlpack(a)))
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(numpy=jnp))
+    x, w, _ = _inputs(rand)
+    y = gpuconv.conv2d(FakeJaxArray(x), FakeJaxArray(w))
+    assert isinstance(y, FakeJaxArray) and len(made) == 1
+    np.testing.assert_array_equal(y._a, gpuconv.conv2d(x, w))
