@@ -65,6 +65,16 @@ def is_dask(a) -> bool:
     return library(a) == "dask"
 
 
+_dask_loader = None  # set by gpuconv/__init__.py: returns the gpuconv.dask module (which imports dask)
+
+
+def set_dask_loader(loader: Callable) -> None:
+    """Register the function that imports gpuconv.dask (the package does, so that this module, which
+    gpuconv.dask's own imports reach, never imports it: no import cycle)."""
+    global _dask_loader
+    _dask_loader = loader
+
+
 def dask_call(fname: str, named: dict, arguments: dict):
     """A dask array among the array arguments ``named``: the chunked operation of gpuconv.dask on all of
     ``arguments`` (lazy in, lazy out; a TypeError for an operation it has not), never a silent compute.
@@ -73,7 +83,7 @@ def dask_call(fname: str, named: dict, arguments: dict):
     if argname is None:
         return None
     try:
-        from . import dask as gpuconv_dask
+        gpuconv_dask = _dask_loader()
     except ImportError as exc:
         raise TypeError(f"{fname}: argument '{argname}' is a dask array, and gpuconv.dask cannot be imported "
                         f"({exc}); pip install 'gpuconv[dask]'") from None
