@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 1
+MUTANTS_VERSION = 2
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -100,13 +100,15 @@ MUTANTS = [
     M("k-fwd-11", FWD, "const int bcol = t % BN;", "const int bcol = t % (BN / 2);",
       "index: weight loader column"),
     # ---------------------------------------------------------------- forward: direct kernel
-    M("k-fwd-12", FWD, "if ((unsigned)ih >= (unsigned)H) continue;", "if ((unsigned)ih > (unsigned)H) continue;",
-      "bound: direct input row >= H made >"),
+    M("k-fwd-12", FWD, "if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {\n                const T* xp",
+      "if ((unsigned)ih <= (unsigned)H && (unsigned)iw < (unsigned)W) {\n                const T* xp",
+      "bound: direct input row < H made <="),
     M("k-fwd-13", FWD, "    const int g = m / Mg;\n    const int b = p / (OH * OW)",
       "    const int g = m / Cg;\n    const int b = p / (OH * OW)", "index: group of an output channel (Cg for Mg)"),
     M("k-fwd-14", FWD, "const T* wp = w + (k1 * KW + k2) * Cg * M + m;", "const T* wp = w + (k2 * KW + k1) * Cg * M + m;",
       "swapped: tap row and column in the direct weight index"),
-    M("k-fwd-15", FWD, "for (int n = 0; n < Cg; ++n) z +=", "for (int n = 0; n < Cg - 1; ++n) z +=",
+    M("k-fwd-15", FWD, "for (int n = 0; n < Cg; ++n) z += gpuconv_to_acc(xp[n])",
+      "for (int n = 0; n < Cg - 1; ++n) z += gpuconv_to_acc(xp[n])",
       "bound: the last input channel skipped"),
     M("k-fwd-16", FWD, "const T* xp = x + (gpuconv_i64)((b * H + ih) * W + iw) * C + g * Cg;",
       "const T* xp = x + ((b * H + ih) * W + iw) * C + g * Cg;", "32-bit element offset in the direct forward",
@@ -116,8 +118,8 @@ MUTANTS = [
     # ---------------------------------------------------------------- shared helpers (every kernel)
     M("k-com-01", COMMON, "case GPUCONV_ACT_RELU: return z < Acc(0) ? Acc(0) : z;",
       "case GPUCONV_ACT_RELU: return z > Acc(0) ? z : Acc(0);", "relu that turns NaN into 0"),
-    M("k-com-02", COMMON, "case GPUCONV_ACT_RELU: return u > Acc(0) ? dy : Acc(0);",
-      "case GPUCONV_ACT_RELU: return u >= Acc(0) ? dy : Acc(0);", "derivative: relu' at the kink"),
+    M("k-com-02", COMMON, "case GPUCONV_ACT_RELU: return u <= Acc(0) ? Acc(0) : dy;",
+      "case GPUCONV_ACT_RELU: return u < Acc(0) ? Acc(0) : dy;", "derivative: relu' at the kink"),
     M("k-com-03", COMMON, "case GPUCONV_ACT_SIGMOID: return dy * u * (Acc(1) - u);",
       "case GPUCONV_ACT_SIGMOID: return dy * u * (Acc(1) + u);", "derivative: sigmoid' sign"),
     M("k-com-04", COMMON, "case GPUCONV_ACT_TANH: return dy * (Acc(1) - u * u);",
@@ -146,9 +148,10 @@ MUTANTS = [
     M("k-com-16", COMMON, "        i2 = rem - i1 * n2;", "        i2 = rem - i1 * n1;", "index walk: low digit radix"),
     # ---------------------------------------------------------------- activation gradient (alone)
     M("k-bwd-01", BWD, "const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;",
-      "const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x * 2;", "grid-stride loop: wrong stride"),
+      "const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x * 2;", "grid-stride loop: wrong stride",
+      nth=1),
     M("k-bwd-02", BWD, "threadIdx.x; i < size; i += stride)", "threadIdx.x; i <= size; i += stride)",
-      "bound: activation gradient i < size made <= (writes past the end)"),
+      "bound: activation gradient i < size made <= (writes past the end)", nth=1),
     # ---------------------------------------------------------------- dx: tiled
     M("k-bwd-03", BWD, "        if (row < P) {\n            const int b = row / (Hp * Wp)",
       "        if (row <= P) {\n            const int b = row / (Hp * Wp)", "bound: dx loader row < P made <="),
@@ -217,11 +220,11 @@ MUTANTS = [
       "bound: sum_partials writes one past the end"),
     M("k-bwd-33", BWD, "        const int g = m / Mg;\n        const T* xg = x + g * Cg + n;",
       "        const int g = m / Cg;\n        const T* xg = x + g * Cg + n;", "index: small dw group (Cg for Mg)"),
-    M("k-bwd-34", BWD, "v += gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) *",
-      "v += gpuconv_to_acc(xg[((px.i0 * H + ih) * W + iw) * C]) *", "32-bit element offset in the small dw loader",
+    M("k-bwd-34", BWD, "? gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) : Acc(0);",
+      "? gpuconv_to_acc(xg[((px.i0 * H + ih) * W + iw) * C]) : Acc(0);", "32-bit element offset in the small dw loader",
       gpu_only=True),
-    M("k-bwd-35", BWD, "            if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)\n                v +=",
-      "            if ((unsigned)ih < (unsigned)H && (unsigned)iw <= (unsigned)W)\n                v +=",
+    M("k-bwd-35", BWD, "const Acc xv = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)",
+      "const Acc xv = ((unsigned)ih < (unsigned)H && (unsigned)iw <= (unsigned)W)",
       "bound: small dw input column < W made <="),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
@@ -234,19 +237,19 @@ MUTANTS = [
       "return i0 * s - p, (i1 - 1) * s + (k - 1) * d - p", "index off by one: input span"),
     M("n-dilation-swap", NP, "(sn, cfg.s1 * sh, cfg.s2 * sw, cfg.d1 * sh, cfg.d2 * sw, sc)",
       "(sn, cfg.s1 * sh, cfg.s2 * sw, cfg.d2 * sh, cfg.d1 * sw, sc)", "swapped: im2col dilations"),
-    M("n-db-row", NP, "d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)",
-      "d = dz.reshape(-1, dz.shape[-1])[1:].astype(ct, copy=False)", "db: the first row skipped"),
+    M("n-db-row", NP, "d = np.ascontiguousarray(dz.reshape(-1, dz.shape[-1]), dtype=ct)",
+      "d = np.ascontiguousarray(dz.reshape(-1, dz.shape[-1])[1:], dtype=ct)", "db: the first row skipped"),
     M("n-dw-chunks", NP, "dw = part if dw is None else np.add(dw, part, out=dw)", "dw = part",
       "dw: only the last chunk kept (a split skipped)"),
-    M("n-dx-path", NP, "if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):",
-      "if cfg.s1 == 1 and not _tapmajor(cfg):", "dx: the stride-1 path taken with a column stride"),
+    M("n-dx-path", NP, "if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg)",
+      "if cfg.s1 == 1 and not _tapmajor(cfg)", "dx: the stride-1 path taken with a column stride"),
     M("n-transposed-pad", NP, "pt=ph - cfg.pt, pb=ph - cfg.pb, pl=pw - cfg.pl, pr=pw - cfg.pr",
       "pt=ph - cfg.pt, pb=ph - cfg.pb, pl=pw - cfg.pr, pr=pw - cfg.pl", "swapped: dx's left and right padding"),
     M("n-bias-sign", NP, "np.add(rows, bias_row, out=rows)", "np.subtract(rows, bias_row, out=rows)",
       "forward bias subtracted"),
     M("n-relu-fmax", REG, "np.maximum(rows, np.zeros(rows.shape[1], z.dtype), out=rows)",
       "np.fmax(rows, np.zeros(rows.shape[1], z.dtype), out=rows)", "relu by fmax (NaN dropped)"),
-    M("n-relu-kink", REG, "np.greater(u, 0, out=keep)", "np.greater_equal(u, 0, out=keep)",
+    M("n-relu-kink", REG, "np.less_equal(u, 0, out=keep)", "np.less(u, 0, out=keep)",
       "derivative: relu' at the kink"),
     M("n-sigmoid-f16", REG, "dz = np.subtract(1, u, dtype=accumulator(dy.dtype))",
       "dz = np.subtract(1, u, dtype=dy.dtype)", "float16 sigmoid gradient computed in float16"),
