@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from .._config import get_workspace_limit
+from . import cuda_tc
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2}  # GPUCONV_ACT_* in kernels/gpuconv_common.cuh
 
@@ -51,7 +52,8 @@ MAX_GRID_X = 2**31 - 1
 
 FORWARD_FILE = "conv_forward.cu"
 BACKWARD_FILE = "conv_backward.cu"
-_CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+           **cuda_tc.TC_CTYPES}
 # Kernel names are registered in each .cu file by `// gpuconv-name-expressions:` lines (every dtype of a file
 # compiles in one module); a name here is looked up as f"{name}<{ctype}>".
 
@@ -98,6 +100,15 @@ def check_limits(backend: str, cfg) -> None:
 
 def _contiguous(xp, *arrays):
     return tuple(None if a is None else xp.ascontiguousarray(a) for a in arrays)
+
+
+def _aligned16(*arrays) -> bool:
+    """Whether every array's data starts on a 16-byte boundary (the tensor-core kernels' 16-byte copies)."""
+    for a in arrays:
+        iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+        if iface["data"][0] % 16:
+            return False
+    return True
 
 
 def _dims(cfg) -> tuple:
@@ -163,30 +174,47 @@ class CudaBackend:
         self.xp = xp
         self._get_module = get_module  # None: gpuconv.cuda.modules.get_module (tests may inject another)
         self._kernels: dict = {}
+        self._arches: dict = {}
+
+    @property
+    def arch(self) -> tuple:
+        """Compute capability (major, minor) of the current device; the emulator counts as sm_90."""
+        if self.kind == "emulator":
+            return cuda_tc.EMULATOR_ARCH
+        device = self.xp.cuda.Device()
+        if device.id not in self._arches:
+            cc = str(device.compute_capability)
+            self._arches[device.id] = (int(cc[:-1]), int(cc[-1]))
+        return self._arches[device.id]
 
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
 
     def _kernel(self, fname: str, kernel: str, dtype, *template_ints):
-        """The kernel ``kernel<ctype, ints...>`` of kernels/``fname`` (compiled on first use, then cached)."""
+        """The kernel ``kernel<ctype, ints...>`` of kernels/``fname`` (compiled on first use, then cached;
+        bool template arguments are spelled true / false)."""
         key = (fname, kernel, np.dtype(dtype), template_ints)
         if key not in self._kernels:
             get_module = self._get_module
             if get_module is None:
                 from ..cuda.modules import get_module
             module = get_module(self.kind, fname)
-            args = ", ".join((_CTYPES[np.dtype(dtype)], *(str(i) for i in template_ints)))
+            args = cuda_tc.template_args(_CTYPES[np.dtype(dtype)], template_ints)
             self._kernels[key] = module.get_function(f"{kernel}<{args}>")
         return self._kernels[key]
 
     # -- forward ------------------------------------------------------------------------------------------
-    def forward(self, x, w, b, cfg, activation):
-        """y = act(conv(x, w) + b), one fused kernel."""
+    def forward(self, x, w, b, cfg, activation, precision="highest"):
+        """y = act(conv(x, w) + b), one fused kernel (on tensor cores where ``cuda_tc.forward_route`` says)."""
         check_limits(self.name, cfg)
         x, w, b = _contiguous(self.xp, x, w, b)
         y = self.xp.empty(cfg.y_shape, x.dtype)
         p = cfg.n * cfg.oh * cfg.ow
-        if cfg.mg < SMALL_CHANNELS:
+        tc = cuda_tc.forward_route(cfg, x.dtype, precision, self.arch, _aligned16(x, w))
+        if tc is not None:
+            kernel = self._kernel(tc.file, tc.kernel, x.dtype, *tc.template)
+            grid, block = tc.grid, tc.block
+        elif cfg.mg < SMALL_CHANNELS:
             kernel = self._kernel(FORWARD_FILE, "gpuconv_conv_fwd_direct", x.dtype)
             bx, by = _direct_block(cfg.m)
             grid, block = (_cdiv(p, by), _cdiv(cfg.m, bx), 1), (bx, by, 1)
@@ -213,31 +241,45 @@ class CudaBackend:
         kernel(grid, (THREADS, 1, 1), (dy, y, dz, np.int64(dz.size), np.int32(ACTIVATION_CODES[activation])))
         return dz
 
-    def backward_input(self, dz, w, cfg):
+    def backward_input(self, dz, w, cfg, precision="highest"):
         """dx: the transposed convolution of dz with w."""
-        return self.backward_input_fused(dz, None, w, cfg, "identity")
+        return self.backward_input_fused(dz, None, w, cfg, "identity", precision)
 
-    def backward_weight(self, dz, x, cfg):
+    def backward_weight(self, dz, x, cfg, precision="highest"):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
-        return self.backward_weight_fused(dz, None, x, cfg, "identity")
+        return self.backward_weight_fused(dz, None, x, cfg, "identity", precision)
 
     def backward_bias(self, dz):
         """db: dz summed over every axis but the last (deterministic)."""
         return self.backward_bias_fused(dz, None, "identity")
 
-    def backward(self, dy, y, x, w, cfg, activation, has_bias=True):
+    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
-        dx = self.backward_input_fused(dy, y, w, cfg, activation)
-        dw = self.backward_weight_fused(dy, y, x, cfg, activation)
+        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision)
+        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision)
         db = self.backward_bias_fused(dy, y, activation) if has_bias else None
         return dx, dw, db
 
-    def backward_input_fused(self, dy, y, w, cfg, activation):
+    def backward_input_fused(self, dy, y, w, cfg, activation, precision="highest"):
         """dx from dy (and the saved output y unless activation is identity): one launch per stride phase."""
         check_limits(self.name, cfg)
         dy, y, w = _contiguous(self.xp, dy, y, w)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
+        act = np.int32(ACTIVATION_CODES[activation])
+        tc = cuda_tc.backward_input_route(cfg, dy.dtype, precision, self.arch, _aligned16(dy, y, w))
+        if tc is not None:
+            kernel = self._kernel(tc.file, tc.kernel, dy.dtype, *tc.template)
+            # flag = 1 if w holds inf / NaN: the dx kernel then sums only the taps that reach an output pixel
+            # (the NaN rule), decided on the device, without a host sync.
+            flag = self.xp.zeros((1,), np.int32)
+            check = self._kernel(tc.file, "gpuconv_tc_nonfinite", dy.dtype)
+            check((max(1, min(_cdiv(w.size, THREADS), 1024)), 1, 1), (THREADS, 1, 1), (w, np.int32(w.size), flag))
+            for phase in stride_phases(cfg):
+                grid = cuda_tc.dx_grid(cfg, cfg.n * phase[1] * phase[4], tc.template[0], tc.template[1])
+                kernel(grid, tc.block, (dy, dy if y is None else y, w, flag, dx, *_dims(cfg),
+                                        *(np.int32(v) for v in phase), act))
+            return dx
         direct = cfg.cg < SMALL_CHANNELS
         bn = 32 if cfg.cg <= 32 else BN  # 128 x 32 tiles for 16..32 input channels per group
         if direct:
@@ -254,11 +296,10 @@ class CudaBackend:
             else:
                 grid = (_cdiv(pixels, 4 * THREADS // (bn // 4)), _cdiv(cfg.cg, bn), cfg.groups)
                 block = (THREADS, 1, 1)
-            kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), *(np.int32(v) for v in phase),
-                                 np.int32(ACTIVATION_CODES[activation])))
+            kernel(grid, block, (dy, dy if y is None else y, w, dx, *_dims(cfg), *(np.int32(v) for v in phase), act))
         return dx
 
-    def backward_weight_fused(self, dy, y, x, cfg, activation):
+    def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest"):
         """dw from dy (and y), x: partial sums per split in a workspace, then the splits added in order."""
         check_limits(self.name, cfg)
         dy, y, x = _contiguous(self.xp, dy, y, x)
@@ -267,13 +308,20 @@ class CudaBackend:
         p = cfg.n * cfg.oh * cfg.ow
         k = cfg.kh * cfg.kw * cfg.cg
         e = k * cfg.m
-        if cfg.mg < SMALL_CHANNELS:
+        workspace = min(WORKSPACE_BYTES, get_workspace_limit())
+        tc = cuda_tc.backward_weight_route(cfg, dy.dtype, precision, self.arch, _aligned16(dy, y, x), workspace,
+                                           TARGET_BLOCKS)
+        if tc is not None:
+            kernel = self._kernel(tc.file, tc.kernel, dy.dtype, *tc.template)
+            splits, chunk = tc.grid[2], tc.chunk
+            grid, block = tc.grid, tc.block
+        elif cfg.mg < SMALL_CHANNELS:
             splits, chunk = _splits(p, 8 * 32, _cdiv(e, 32), MAX_GRID_YZ)
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_weight_small", dy.dtype)
             grid, block = (_cdiv(e, 32), splits, 1), (32, 8, 1)
         else:
             tiles = _cdiv(k, BM) * _cdiv(cfg.mg, BN) * cfg.groups
-            cap = max(1, min(WORKSPACE_BYTES, get_workspace_limit()) // (e * acc.itemsize))
+            cap = max(1, workspace // (e * acc.itemsize))
             splits, chunk = _splits(p, 4 * BK, tiles, cap)
             kernel = self._kernel(BACKWARD_FILE, "gpuconv_conv_bwd_weight", dy.dtype)
             grid, block = (_cdiv(k, BM), _cdiv(cfg.mg, BN) * cfg.groups, splits), (THREADS, 1, 1)

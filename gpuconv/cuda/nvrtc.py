@@ -5,8 +5,9 @@ for one architecture with ``--ptxas-options=-v``; any error or warning raises ``
 program log, and ptxas's report gives registers, shared memory, spills and stack per kernel.
 
 ``cuda_fp16.h`` is not built into NVRTC 12.9: it comes from the CUDA runtime headers (the
-``nvidia-cuda-runtime-cu12`` wheel, or a CUDA toolkit). ``cuda_include_dirs()`` finds them (GPUCONV_CUDA_INCLUDE
-first) and both this module and the cupy module path pass that folder as ``-I``.
+``nvidia-cuda-runtime-cu12`` wheel, or a CUDA toolkit), and ``mma.h``'s ``crt/mma.h`` from a toolkit or the
+``nvidia-cuda-nvcc-cu12`` wheel. ``cuda_include_dirs()`` finds them (GPUCONV_CUDA_INCLUDE first) and both this
+module and the cupy module path pass those folders as ``-I``.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def version() -> tuple:
 
 
 def cuda_include_dirs() -> list:
-    """A folder holding cuda_fp16.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
+    """Folders holding cuda_fp16.h and crt/mma.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
     candidates = []
     if os.environ.get(ENV_INCLUDE):
         candidates.append(os.environ[ENV_INCLUDE])
@@ -68,6 +69,7 @@ def cuda_include_dirs() -> list:
 
         for base in getattr(nvidia, "__path__", []):
             candidates.append(os.path.join(base, "cuda_runtime", "include"))
+            candidates.append(os.path.join(base, "cuda_nvcc", "include"))
             candidates.append(os.path.join(base, "cu12", "include"))
             candidates.append(os.path.join(base, "cu13", "include"))  # CUDA 13 wheels' layout
     except ImportError:
@@ -84,10 +86,15 @@ def cuda_include_dirs() -> list:
         if os.environ.get(var):
             candidates.append(os.path.join(os.environ[var], "include"))
     candidates.append("/usr/local/cuda/include")
-    for d in candidates:
-        if os.path.isfile(os.path.join(d, "cuda_fp16.h")):
-            return [d]
-    return []
+    found = next((d for d in candidates if os.path.isfile(os.path.join(d, "cuda_fp16.h"))), None)
+    if found is None:
+        return []
+    # mma.h (the tensor-core kernels) includes crt/mma.h, which the runtime wheel lacks: a toolkit has it
+    # beside cuda_fp16.h, pip installs have it in the nvcc wheel (nvidia-cuda-nvcc-cu12).
+    if os.path.isfile(os.path.join(found, "crt", "mma.h")):
+        return [found]
+    crt = next((d for d in candidates if os.path.isfile(os.path.join(d, "crt", "mma.h"))), None)
+    return [found] if crt is None else [found, crt]
 
 
 def _check(result, what, log=""):

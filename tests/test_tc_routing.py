@@ -1,0 +1,169 @@
+"""Routing of the tensor-core kernels (gpuconv/backends/cuda_tc.py): pure functions, checked without compiling.
+
+float32 with precision="highest" (and float64) must never reach a tensor-core kernel; the launches the CUDA
+backend makes are recorded through an injected module, so the kernel names it asks for are checked exactly.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gpuconv._config import make_config
+from gpuconv.backends import cuda_tc
+from gpuconv.backends.cuda import CudaBackend
+
+ARCHES = [(7, 0), (7, 5), (8, 0), (8, 6), (9, 0), (10, 0)]
+SHAPES = [  # (x shape, w shape, options)
+    ((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1}),
+    ((1, 16, 16, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}),
+    ((1, 8, 8, 32), (1, 1, 32, 256), {}),
+    ((1, 8, 8, 256), (1, 1, 256, 64), {"stride": 2}),
+    ((1, 8, 8, 64), (3, 3, 16, 64), {"groups": 4, "padding": 1}),
+    ((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8, "padding": 1}),
+    ((1, 7, 9, 20), (3, 2, 20, 18), {"stride": (2, 3), "dilation": (2, 1), "padding": ((2, 1), (0, 1))}),
+]
+DTYPES = [np.float16, np.float32, np.float64] + ([cuda_tc.BFLOAT16] if cuda_tc.BFLOAT16 is not None else [])
+
+
+def _cfg(xs, ws, opts):
+    return make_config("test", xs, ws, **opts)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_float32_highest_and_float64_never_use_tensor_cores(shape, arch):
+    cfg = _cfg(*shape)
+    for aligned in (True, False):
+        assert cuda_tc.forward_route(cfg, np.float32, "highest", arch, aligned) is None
+        for precision in cuda_tc.PRECISIONS:
+            assert cuda_tc.forward_route(cfg, np.float64, precision, arch, aligned) is None
+    assert not cuda_tc.uses_tensor_cores(np.float32, "highest", arch)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_which_dtypes_use_tensor_cores(arch):
+    assert cuda_tc.uses_tensor_cores(np.float16, "highest", arch) == (arch >= (7, 0))
+    assert cuda_tc.uses_tensor_cores(np.float16, "tf32", arch) == (arch >= (7, 0))
+    assert cuda_tc.uses_tensor_cores(np.float32, "tf32", arch) == (arch >= (8, 0))
+    if cuda_tc.BFLOAT16 is not None:
+        assert cuda_tc.uses_tensor_cores(cuda_tc.BFLOAT16, "highest", arch) == (arch >= (8, 0))
+    assert not cuda_tc.uses_tensor_cores(np.float32, "tf32", (7, 5))
+
+
+def test_forward_variants():
+    big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
+    r = cuda_tc.forward_route(big, np.float16, "highest", (9, 0))
+    assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 2, True)
+    assert r.grid == (1, 2, 1) and r.block == (256, 1, 1)
+    narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
+    assert cuda_tc.forward_route(narrow, np.float32, "tf32", (8, 0)).template == (128, 64, 3, True)
+    # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic
+    assert cuda_tc.forward_route(narrow, np.float16, "highest", (8, 0), aligned=False).template == (128, 64, 2,
+                                                                                                   False)
+    stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
+    assert cuda_tc.forward_route(stem, np.float16, "highest", (8, 0)).template[-1] is False
+    cg16 = _cfg((1, 8, 8, 16), (3, 3, 16, 64), {})  # a whole step for float (16), not for half (32)
+    assert cuda_tc.forward_route(cg16, np.float32, "tf32", (8, 0)).template[-1] is True
+    assert cuda_tc.forward_route(cg16, np.float16, "highest", (8, 0)).template[-1] is False
+    odd_m = _cfg((1, 8, 8, 32), (3, 3, 32, 34), {})
+    assert cuda_tc.forward_route(odd_m, np.float16, "highest", (8, 0)).template[-1] is False
+    groups = _cfg((2, 8, 8, 64), (3, 3, 32, 96), {"groups": 2})
+    r = cuda_tc.forward_route(groups, np.float32, "tf32", (9, 0))
+    assert r.template == (128, 64, 3, True) and r.grid == (1, 1, 2)
+    depthwise = _cfg((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8})
+    assert cuda_tc.forward_route(depthwise, np.float16, "highest", (9, 0)) is None
+
+
+def test_routes_are_registered_instantiations():
+    """Every template a route can produce is one the kernel file instantiates."""
+    from gpuconv.cuda.modules import kernel_source, registered_name_expressions
+
+    registered = set()
+    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
+        registered |= set(registered_name_expressions(kernel_source(f)))
+    seen = set()
+    for (xs, ws, opts), dtype, aligned in itertools.product(SHAPES, DTYPES, (True, False)):
+        for precision in cuda_tc.PRECISIONS:
+            for name in cuda_tc.routes(_cfg(xs, ws, opts), dtype, precision, (9, 0), aligned).values():
+                if name is not None:
+                    seen.add(name)
+    assert {n.split("<")[0] for n in seen} == {"gpuconv_tc_fwd", "gpuconv_tc_bwd_input", "gpuconv_tc_bwd_weight"}
+    assert seen <= registered, seen - registered
+
+
+def test_backward_variants():
+    cfg = _cfg((2, 8, 8, 256), (3, 3, 256, 256), {"padding": 1})
+    assert cuda_tc.backward_input_route(cfg, np.float16, "highest", (9, 0)).template == (128, 128, 2, True)
+    assert cuda_tc.backward_input_route(cfg, np.float32, "tf32", (9, 0)).template == (128, 64, 3, True)
+    assert cuda_tc.backward_weight_route(cfg, np.float16, "highest", (9, 0)).template == (128, 128, 2, True)
+    assert cuda_tc.backward_weight_route(cfg, np.float32, "tf32", (9, 0)).template == (128, 64, 3, True)
+    assert cuda_tc.backward_input_route(cfg, np.float32, "highest", (9, 0)) is None
+    assert cuda_tc.backward_weight_route(cfg, np.float32, "highest", (9, 0)) is None
+    # dx steps through output channels: Mg must be a whole reduction step; dw needs 16-byte runs of both
+    odd = _cfg((1, 8, 8, 24), (3, 3, 24, 24), {})
+    assert cuda_tc.backward_input_route(odd, np.float16, "highest", (9, 0)).template[-1] is False
+    assert cuda_tc.backward_weight_route(odd, np.float16, "highest", (9, 0)).template[-1] is True
+    stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
+    assert cuda_tc.backward_input_route(stem, np.float16, "highest", (9, 0)) is None  # SIMT direct dx
+    assert cuda_tc.backward_weight_route(stem, np.float16, "highest", (9, 0)).template[-1] is False
+
+
+def test_dw_split_is_a_function_of_the_shape():
+    cfg = _cfg((64, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})
+    a = cuda_tc.backward_weight_route(cfg, np.float16, "highest", (9, 0))
+    b = cuda_tc.backward_weight_route(cfg, np.float16, "highest", (8, 0))
+    assert a == b and a.chunk % 32 == 0 and a.grid[2] * a.chunk >= 64 * 56 * 56 > (a.grid[2] - 1) * a.chunk
+    assert a.grid[2] * 576 * 64 * 4 <= 64 * 2**20
+    small = cuda_tc.backward_weight_route(cfg, np.float16, "highest", (9, 0), workspace_bytes=576 * 64 * 4 * 3)
+    assert small.grid[2] == 3
+
+
+@pytest.mark.parametrize("bad", ["TF32", "high", None, 32, ""])
+def test_bad_precision_names_the_argument(bad):
+    with pytest.raises(ValueError, match=r"conv2d: argument 'precision' must be one of"):
+        cuda_tc.check_precision("conv2d", bad)
+    assert cuda_tc.check_precision("conv2d", "tf32") == "tf32"
+
+
+class _Recorder:
+    """A module kind that records which kernels the backend asks for and what it launches, running nothing."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, kind, fname):
+        recorder = self
+
+        class Module:
+            def get_function(self, name):
+                def kernel(grid, block, args, **kw):
+                    recorder.launches.append((fname, name, tuple(grid), tuple(block)))
+
+                return kernel
+
+        return Module()
+
+
+@pytest.mark.parametrize("dtype,precision,expected", [
+    (np.float32, "highest", "gpuconv_conv_fwd<float, 64>"),
+    (np.float32, "tf32", "gpuconv_tc_fwd<float, 128, 64, 3, true>"),
+    (np.float16, "highest", "gpuconv_tc_fwd<__half, 128, 64, 3, true>"),
+    (np.float64, "tf32", "gpuconv_conv_fwd<double, 64>"),
+])
+def test_backend_launches(dtype, precision, expected):
+    rec = _Recorder()
+    be = CudaBackend("emulator", np, get_module=rec)
+    cfg = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
+    x = np.zeros(cfg.x_shape, dtype)
+    w = np.zeros(cfg.w_shape, dtype)
+    be.forward(x, w, None, cfg, "relu", precision=precision)
+    assert [name for _, name, _, _ in rec.launches] == [expected]
+    # an unaligned view of the same shape takes the generic tensor-core variant (or SIMT for highest)
+    buf = np.zeros(x.size + 1, dtype)
+    xu = buf[1:].reshape(x.shape)
+    rec.launches.clear()
+    be.forward(xu, w, None, cfg, "relu", precision=precision)
+    (name,) = [name for _, name, _, _ in rec.launches]
+    assert name == (expected if "tc" not in expected else expected.replace("64, 3, true", "64, 2, false"))
