@@ -17,7 +17,14 @@ from ._api import (
     conv2d_backward_weight,
     conv2d_info,
 )
-from ._config import ConvInfo, get_workspace_limit, set_workspace_limit
+from ._config import (
+    PRECISIONS,
+    ConvInfo,
+    get_float32_precision,
+    get_workspace_limit,
+    set_float32_precision,
+    set_workspace_limit,
+)
 from ._dispatch import get_array_module
 from ._show import show_config
 
@@ -27,6 +34,7 @@ __all__ = [
     "Conv2D",
     "Conv2DGrads",
     "ConvInfo",
+    "PRECISIONS",
     "activation_backward",
     "conv2d",
     "conv2d_backward",
@@ -35,7 +43,9 @@ __all__ = [
     "conv2d_backward_weight",
     "conv2d_info",
     "get_array_module",
+    "get_float32_precision",
     "get_workspace_limit",
+    "set_float32_precision",
     "set_workspace_limit",
     "show_config",
 ]

@@ -3,6 +3,12 @@
 Shapes (channels last): x (H,W) | (H,W,C) | (N,H,W,C); w (KH,KW) with a 2-D x, else (KH,KW,C/groups,M);
 bias (M,); output (OH,OW) | (OH,OW,M) | (N,OH,OW,M), following x. Results have the array type and dtype of
 the first array argument; a numpy array forced onto the cupy backend (or the reverse) comes back as it went in.
+
+``precision`` (every operation): None (the process default, ``gpuconv.get_float32_precision()``, "highest"
+unless changed), "highest" (strict FP32 products) or "tf32" (both operands of each product rounded to TF32, as
+tensor cores take them, float32 accumulation). It changes float32 only; float16 and bfloat16 always multiply
+exactly (their products fit in float32) and accumulate in float32, float64 is float64 throughout.
+gpuconv never uses TF32 unless asked.
 """
 from __future__ import annotations
 
@@ -39,15 +45,18 @@ def _prepare(fname: str, backend: str, named: dict):
     return be, {k: to_module(v, be.xp) for k, v in named.items()}
 
 
-def _check_dtypes(fname: str, arrays: dict) -> None:
-    """Every array float16/32/64 and all of one dtype (the first one's)."""
+def _check_dtypes(fname: str, arrays: dict, be=None) -> None:
+    """Every array float16/bfloat16/float32/float64, all of one dtype (the first one's), and one the backend
+    ``be`` computes in (a backend without kernels for a dtype says so in ``dtype_reason``)."""
     items = [(k, v) for k, v in arrays.items() if v is not None]
     ref_name, ref = items[0]
-    if ref.dtype in _config.FLOAT_DTYPES and all(v.dtype == ref.dtype for _, v in items[1:]):
-        return
-    _config.check_float_dtype(fname, ref_name, ref.dtype)
-    for k, v in items[1:]:
-        _config.check_same_dtype(fname, ref_name, ref.dtype, k, v.dtype)
+    if not (ref.dtype in _config.FLOAT_DTYPES and all(v.dtype == ref.dtype for _, v in items[1:])):
+        _config.check_float_dtype(fname, ref_name, ref.dtype)
+        for k, v in items[1:]:
+            _config.check_same_dtype(fname, ref_name, ref.dtype, k, v.dtype)
+    reason = None if be is None or not hasattr(be, "dtype_reason") else be.dtype_reason(ref.dtype)
+    if reason is not None:
+        raise TypeError(f"{fname}: argument '{ref_name}' has dtype {ref.dtype}: {reason}")
 
 
 def _check_shape(fname: str, argname: str, a, expected: tuple) -> None:
@@ -105,79 +114,92 @@ def _back(result, like):
     return xp.ascontiguousarray(to_module(result, xp))
 
 
-def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None, backend="auto"):
+def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None, backend="auto",
+           precision=None):
     """act(conv(x, w) + b), cross-correlation with channels last, fused in one pass.
 
     stride, dilation: int or (s1, s2). padding: "valid", "same" (output ceil(H/s), odd pixel bottom/right),
     "full", int, (ph, pw) or ((top, bottom), (left, right)). activation: None, "identity", "relu", "sigmoid".
     backend: "auto" (cupy arrays -> GPU, numpy arrays -> NumPy; GPUCONV_BACKEND overrides), "numpy",
-    "cupy" or "emulator".
+    "cupy" or "emulator". precision: None (the process default), "highest" or "tf32" (float32 only; see the
+    module docstring). dtypes: float16, bfloat16 (ml_dtypes.bfloat16), float32, float64.
     """
     fname = "conv2d"
+    prec = _config.resolve_precision(fname, precision)
     be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     act = _config.activation_name(fname, activation)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
     _check_bias(fname, a["b"], cfg)
     if cfg.n == 0:
         y = be.xp.zeros(cfg.y_shape, a["x"].dtype)
     else:
-        y = be.forward(a["x"].reshape(cfg.x_shape), a["w"].reshape(cfg.w_shape), a["b"], cfg, act)
+        y = be.forward(a["x"].reshape(cfg.x_shape), a["w"].reshape(cfg.w_shape), a["b"], cfg, act, precision=prec)
     return _back(y.reshape(_config.user_y_shape(cfg, a["x"].ndim)), x)
 
 
-def activation_backward(dy, y, activation, *, backend="auto"):
+def activation_backward(dy, y, activation, *, backend="auto", precision=None):
     """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y)); any shape.
 
-    y may be None for the identity (dz is then a copy of dy).
+    y may be None for the identity (dz is then a copy of dy). ``precision`` is checked and has no effect:
+    there are no products to round (accepted so that one set of options fits every operation).
     """
     fname = "activation_backward"
+    _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
     if y is None and act != "identity":
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
     be, a = _prepare(fname, backend, {"dy": dy, "y": y})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     if act == "identity":
         return _back(a["dy"].copy(), dy)
     _check_shape(fname, "y", a["y"], a["dy"].shape)
     return _back(be.activation_backward(a["dy"], a["y"], act), dy)
 
 
-def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto"):
-    """dx, the gradient with respect to the input: the transposed convolution of dz with w."""
+def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto",
+                          precision=None):
+    """dx, the gradient with respect to the input: the transposed convolution of dz with w (products of dz and
+    w in ``precision``)."""
     fname = "conv2d_backward_input"
+    prec = _config.resolve_precision(fname, precision)
     be, a = _prepare(fname, backend, {"dz": dz, "w": w})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     x_shape = tuple(int(v) for v in x_shape)
     cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups)
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, len(x_shape)))
     if cfg.n == 0:
         dx = be.xp.zeros(cfg.x_shape, a["dz"].dtype)
     else:
-        dx = be.backward_input(a["dz"].reshape(cfg.y_shape), a["w"].reshape(cfg.w_shape), cfg)
+        dx = be.backward_input(a["dz"].reshape(cfg.y_shape), a["w"].reshape(cfg.w_shape), cfg, precision=prec)
     return _back(dx.reshape(x_shape), dz)
 
 
-def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto"):
-    """dw, the gradient with respect to the weights: dz correlated with the input windows, summed over the batch."""
+def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto",
+                           precision=None):
+    """dw, the gradient with respect to the weights: dz correlated with the input windows, summed over the batch
+    (products of dz and x in ``precision``)."""
     fname = "conv2d_backward_weight"
+    prec = _config.resolve_precision(fname, precision)
     be, a = _prepare(fname, backend, {"dz": dz, "x": x})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     w_shape = tuple(int(v) for v in w_shape)
     cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups)
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, a["x"].ndim))
     if cfg.n == 0:
         dw = be.xp.zeros(cfg.w_shape, a["dz"].dtype)
     else:
-        dw = be.backward_weight(a["dz"].reshape(cfg.y_shape), a["x"].reshape(cfg.x_shape), cfg)
+        dw = be.backward_weight(a["dz"].reshape(cfg.y_shape), a["x"].reshape(cfg.x_shape), cfg, precision=prec)
     return _back(dw.reshape(w_shape), dz)
 
 
-def conv2d_backward_bias(dz, *, backend="auto"):
-    """db, dz summed over every axis but the last (shape (M,))."""
+def conv2d_backward_bias(dz, *, backend="auto", precision=None):
+    """db, dz summed over every axis but the last (shape (M,)). ``precision`` is checked and has no effect (a sum
+    has no products): db is the same in every precision."""
     fname = "conv2d_backward_bias"
+    _config.resolve_precision(fname, precision)
     be, a = _prepare(fname, backend, {"dz": dz})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     if a["dz"].ndim < 1:
         raise ValueError(f"{fname}: argument 'dz' must have at least 1 dimension, got a scalar")
     return _back(_bias_grad(be, a["dz"], a["dz"].shape[-1]), dz)
@@ -191,19 +213,21 @@ def _bias_grad(be, dz, m: int):
 
 def conv2d_backward(
     dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", dilation=1, groups=1, activation=None,
-    backend="auto",
+    backend="auto", precision=None,
 ):
     """All gradients of ``conv2d`` from dy = dJ/dy: returns Conv2DGrads(dx, dw, db).
 
     ``y``, the forward output, is needed for relu and sigmoid (their derivative is taken from it).
-    db is None when ``has_bias`` is False; with a 2-D x it has shape (1,).
+    db is None when ``has_bias`` is False; with a 2-D x it has shape (1,). ``precision`` applies to the
+    products of dx and dw (dz = dy * act'(z) and db are float32 sums in every precision).
     """
     fname = "conv2d_backward"
+    prec = _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
     if y is None and act != "identity":
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
     be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
-    _check_dtypes(fname, a)
+    _check_dtypes(fname, a, be)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
     y_shape = _config.user_y_shape(cfg, a["x"].ndim)
     _check_shape(fname, "dy", a["dy"], y_shape)
@@ -216,11 +240,11 @@ def conv2d_backward(
         db = be.xp.zeros((cfg.m,), dtype) if has_bias else None
     elif fused is not None:  # the backend applies act' as it reads dy: dz never goes to memory
         y4 = None if act == "identity" else a["y"].reshape(cfg.y_shape)
-        dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias)
+        dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias, precision=prec)
     else:
         dz = a["dy"] if act == "identity" else be.activation_backward(a["dy"], a["y"], act)
         dz4 = dz.reshape(cfg.y_shape)
-        dx, dw = be.backward_input(dz4, w4, cfg), be.backward_weight(dz4, x4, cfg)
+        dx, dw = be.backward_input(dz4, w4, cfg, precision=prec), be.backward_weight(dz4, x4, cfg, precision=prec)
         db = _bias_grad(be, dz4, cfg.m) if has_bias else None
     return Conv2DGrads(_back(dx.reshape(a["x"].shape), dy), _back(dw.reshape(a["w"].shape), dy), _back(db, dy))
 
@@ -229,15 +253,17 @@ class Conv2D:
     """A convolution layer: ``layer(x)`` runs the fused forward pass and keeps what backward needs;
     ``layer.backward(dy)`` returns dx and sets ``layer.dw`` and ``layer.db``.
 
-    The options are those of ``conv2d``; they are checked when the layer is built.
+    The options are those of ``conv2d``; they are checked when the layer is built. ``precision=None`` follows
+    the process default at each call (``gpuconv.set_float32_precision``); a name fixes it for this layer.
     """
 
     def __init__(self, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None,
-                 backend="auto"):
+                 backend="auto", precision=None):
         self.w, self.b = w, b
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
         self.backend = backend
+        self.precision = None if precision is None else _config.check_precision("Conv2D", precision)
         self._check_options()
         self.dw = self.db = None
         self._x = self._y = None
@@ -264,7 +290,7 @@ class Conv2D:
 
     def _options(self) -> dict:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
-                "groups": self.groups, "backend": self.backend}
+                "groups": self.groups, "backend": self.backend, "precision": self.precision}
 
     def forward(self, x):
         y = conv2d(x, self.w, self.b, activation=self.activation, **self._options())
@@ -289,7 +315,8 @@ class Conv2D:
     def __repr__(self) -> str:
         return (f"Conv2D(w={tuple(self.w.shape)}, bias={self.b is not None}, stride={self.stride!r}, "
                 f"padding={self.padding!r}, dilation={self.dilation!r}, groups={self.groups}, "
-                f"activation={self.activation!r})")
+                f"activation={self.activation!r}"
+                + ("" if self.precision is None else f", precision={self.precision!r}") + ")")
 
 
 conv2d_info = _config.conv2d_info

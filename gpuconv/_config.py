@@ -20,8 +20,12 @@ import numpy as np
 ACTIVATIONS = ("identity", "relu", "sigmoid")
 PADDING_MODES = ("valid", "same", "full")
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# How float32 products are computed: "highest" (strict FP32, the default) or "tf32" (operands rounded to TF32,
+# float32 accumulation). Other dtypes ignore it. gpuconv never uses TF32 unless asked.
+PRECISIONS = ("highest", "tf32")
 
 _workspace_limit = 256 * 2**20
+_float32_precision = "highest"
 
 
 def set_workspace_limit(nbytes: int) -> None:
@@ -35,6 +39,35 @@ def set_workspace_limit(nbytes: int) -> None:
 def get_workspace_limit() -> int:
     """The current workspace cap in bytes (default 256 MiB)."""
     return _workspace_limit
+
+
+def check_precision(fname: str, precision, argname: str = "precision") -> str:
+    """One of PRECISIONS; anything else is a ValueError naming the function and the argument."""
+    if isinstance(precision, str) and precision.lower() in PRECISIONS:
+        return precision.lower()
+    raise ValueError(f"{fname}: argument '{argname}' must be one of {PRECISIONS}, got {precision!r}")
+
+
+def set_float32_precision(precision: str) -> None:
+    """The process-wide precision of float32 convolutions when a call does not pass ``precision=``.
+
+    "highest" (the default): strict FP32 products. "tf32": both operands of every product rounded to TF32
+    (10 explicit mantissa bits, as the GPU's tensor cores take them), float32 accumulation: on a GPU with TF32
+    tensor cores (sm_80+) several times faster, with about 1e-3 relative error instead of 1e-6. Other dtypes are
+    unaffected. gpuconv never uses TF32 unless asked, here or with ``precision=``.
+    """
+    global _float32_precision
+    _float32_precision = check_precision("set_float32_precision", precision)
+
+
+def get_float32_precision() -> str:
+    """The process-wide float32 precision: "highest" unless changed with ``set_float32_precision``."""
+    return _float32_precision
+
+
+def resolve_precision(fname: str, precision) -> str:
+    """``precision=`` of a public call: None means the process-wide default."""
+    return _float32_precision if precision is None else check_precision(fname, precision)
 
 
 @dataclass(frozen=True)
@@ -177,11 +210,39 @@ def activation_name(fname: str, activation) -> str:
     )
 
 
+def bfloat16() -> np.dtype:
+    """The numpy dtype of ``ml_dtypes.bfloat16`` (an optional dependency, imported only when asked for)."""
+    try:
+        import ml_dtypes
+    except ImportError as exc:
+        raise ImportError(
+            "gpuconv: bfloat16 arrays are ml_dtypes.bfloat16, and the ml_dtypes package is not installed "
+            "(pip install ml_dtypes, or pip install 'gpuconv[bf16]')"
+        ) from exc
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def dtype_from_name(name: str) -> np.dtype:
+    """'float16', 'bfloat16', 'float32' or 'float64' -> the numpy dtype (bfloat16 through ml_dtypes)."""
+    return bfloat16() if name == "bfloat16" else np.dtype(name)
+
+
+def is_bfloat16(dtype) -> bool:
+    # ml_dtypes registers its dtypes with numpy as kind 'V' (no numpy type to compare with): the name tells,
+    # and ml_dtypes is importable whenever an array of its bfloat16 exists
+    return dtype.name == "bfloat16" and dtype == bfloat16()
+
+
+def is_float_dtype(dtype) -> bool:
+    """One of the dtypes gpuconv computes in: float16, bfloat16, float32, float64."""
+    return dtype in FLOAT_DTYPES or is_bfloat16(dtype)
+
+
 def check_float_dtype(fname: str, argname: str, dtype) -> np.dtype:
     dtype = np.dtype(dtype)
-    if dtype not in FLOAT_DTYPES:
+    if not is_float_dtype(dtype):
         raise TypeError(
-            f"{fname}: argument '{argname}' must have dtype float16, float32 or float64, got {dtype}"
+            f"{fname}: argument '{argname}' must have dtype float16, bfloat16, float32 or float64, got {dtype}"
         )
     return dtype
 

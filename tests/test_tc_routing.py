@@ -14,7 +14,7 @@ from gpuconv._config import make_config
 from gpuconv.backends import cuda_tc
 from gpuconv.backends.cuda import CudaBackend
 
-ARCHES = [(7, 0), (7, 5), (8, 0), (8, 6), (9, 0), (10, 0)]
+ARCHES = [70, 75, 80, 86, 90, 100, None]  # None: the emulator
 SHAPES = [  # (x shape, w shape, options)
     ((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1}),
     ((1, 16, 16, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}),
@@ -44,36 +44,41 @@ def test_float32_highest_and_float64_never_use_tensor_cores(shape, arch):
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_which_dtypes_use_tensor_cores(arch):
-    assert cuda_tc.uses_tensor_cores(np.float16, "highest", arch) == (arch >= (7, 0))
-    assert cuda_tc.uses_tensor_cores(np.float16, "tf32", arch) == (arch >= (7, 0))
-    assert cuda_tc.uses_tensor_cores(np.float32, "tf32", arch) == (arch >= (8, 0))
+    at_least = lambda v: arch is None or arch >= v
+    assert cuda_tc.uses_tensor_cores(np.float16, "highest", arch) == at_least(70)
+    assert cuda_tc.uses_tensor_cores(np.float16, "tf32", arch) == at_least(70)
+    assert cuda_tc.uses_tensor_cores(np.float32, "tf32", arch) == at_least(80)
     if cuda_tc.BFLOAT16 is not None:
-        assert cuda_tc.uses_tensor_cores(cuda_tc.BFLOAT16, "highest", arch) == (arch >= (8, 0))
-    assert not cuda_tc.uses_tensor_cores(np.float32, "tf32", (7, 5))
+        assert cuda_tc.uses_tensor_cores(cuda_tc.BFLOAT16, "highest", arch) == at_least(80)
+    assert not cuda_tc.uses_tensor_cores(np.float32, "tf32", 75)
 
 
 def test_forward_variants():
     big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
-    r = cuda_tc.forward_route(big, np.float16, "highest", (9, 0))
+    r = cuda_tc.forward_route(big, np.float16, "highest", 90)
     assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 2, True)
     assert r.grid == (1, 2, 1) and r.block == (256, 1, 1)
     narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
-    assert cuda_tc.forward_route(narrow, np.float32, "tf32", (8, 0)).template == (128, 64, 3, True)
+    assert cuda_tc.forward_route(narrow, np.float32, "tf32", 80).template == (128, 64, 3, True)
     # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic
-    assert cuda_tc.forward_route(narrow, np.float16, "highest", (8, 0), aligned=False).template == (128, 64, 2,
+    assert cuda_tc.forward_route(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2,
                                                                                                    False)
     stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
-    assert cuda_tc.forward_route(stem, np.float16, "highest", (8, 0)).template[-1] is False
+    assert cuda_tc.forward_route(stem, np.float16, "highest", 80).template[-1] is False
     cg16 = _cfg((1, 8, 8, 16), (3, 3, 16, 64), {})  # a whole step for float (16), not for half (32)
-    assert cuda_tc.forward_route(cg16, np.float32, "tf32", (8, 0)).template[-1] is True
-    assert cuda_tc.forward_route(cg16, np.float16, "highest", (8, 0)).template[-1] is False
+    assert cuda_tc.forward_route(cg16, np.float32, "tf32", 80).template[-1] is True
+    assert cuda_tc.forward_route(cg16, np.float16, "highest", 80).template[-1] is False
     odd_m = _cfg((1, 8, 8, 32), (3, 3, 32, 34), {})
-    assert cuda_tc.forward_route(odd_m, np.float16, "highest", (8, 0)).template[-1] is False
+    assert cuda_tc.forward_route(odd_m, np.float16, "highest", 80).template[-1] is False
     groups = _cfg((2, 8, 8, 64), (3, 3, 32, 96), {"groups": 2})
-    r = cuda_tc.forward_route(groups, np.float32, "tf32", (9, 0))
+    r = cuda_tc.forward_route(groups, np.float32, "tf32", 90)
     assert r.template == (128, 64, 3, True) and r.grid == (1, 1, 2)
+    # few channels per group: SIMT for float16; TF32 and bfloat16 always on tensor cores (generic variant)
     depthwise = _cfg((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8})
-    assert cuda_tc.forward_route(depthwise, np.float16, "highest", (9, 0)) is None
+    assert cuda_tc.forward_route(depthwise, np.float16, "highest", 90) is None
+    assert cuda_tc.forward_route(depthwise, np.float32, "tf32", 90).template == (128, 64, 2, False)
+    if cuda_tc.BFLOAT16 is not None:
+        assert cuda_tc.forward_route(depthwise, cuda_tc.BFLOAT16, "highest", 90).template[-1] is False
 
 
 def test_routes_are_registered_instantiations():
@@ -86,7 +91,7 @@ def test_routes_are_registered_instantiations():
     seen = set()
     for (xs, ws, opts), dtype, aligned in itertools.product(SHAPES, DTYPES, (True, False)):
         for precision in cuda_tc.PRECISIONS:
-            for name in cuda_tc.routes(_cfg(xs, ws, opts), dtype, precision, (9, 0), aligned).values():
+            for name in cuda_tc.routes(_cfg(xs, ws, opts), dtype, precision, 90, aligned).values():
                 if name is not None:
                     seen.add(name)
     assert {n.split("<")[0] for n in seen} == {"gpuconv_tc_fwd", "gpuconv_tc_bwd_input", "gpuconv_tc_bwd_weight"}
@@ -95,28 +100,29 @@ def test_routes_are_registered_instantiations():
 
 def test_backward_variants():
     cfg = _cfg((2, 8, 8, 256), (3, 3, 256, 256), {"padding": 1})
-    assert cuda_tc.backward_input_route(cfg, np.float16, "highest", (9, 0)).template == (128, 128, 2, True)
-    assert cuda_tc.backward_input_route(cfg, np.float32, "tf32", (9, 0)).template == (128, 64, 3, True)
-    assert cuda_tc.backward_weight_route(cfg, np.float16, "highest", (9, 0)).template == (128, 128, 2, True)
-    assert cuda_tc.backward_weight_route(cfg, np.float32, "tf32", (9, 0)).template == (128, 64, 3, True)
-    assert cuda_tc.backward_input_route(cfg, np.float32, "highest", (9, 0)) is None
-    assert cuda_tc.backward_weight_route(cfg, np.float32, "highest", (9, 0)) is None
+    assert cuda_tc.backward_input_route(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
+    assert cuda_tc.backward_input_route(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    assert cuda_tc.backward_weight_route(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
+    assert cuda_tc.backward_weight_route(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    assert cuda_tc.backward_input_route(cfg, np.float32, "highest", 90) is None
+    assert cuda_tc.backward_weight_route(cfg, np.float32, "highest", 90) is None
     # dx steps through output channels: Mg must be a whole reduction step; dw needs 16-byte runs of both
     odd = _cfg((1, 8, 8, 24), (3, 3, 24, 24), {})
-    assert cuda_tc.backward_input_route(odd, np.float16, "highest", (9, 0)).template[-1] is False
-    assert cuda_tc.backward_weight_route(odd, np.float16, "highest", (9, 0)).template[-1] is True
+    assert cuda_tc.backward_input_route(odd, np.float16, "highest", 90).template[-1] is False
+    assert cuda_tc.backward_weight_route(odd, np.float16, "highest", 90).template[-1] is True
     stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
-    assert cuda_tc.backward_input_route(stem, np.float16, "highest", (9, 0)) is None  # SIMT direct dx
-    assert cuda_tc.backward_weight_route(stem, np.float16, "highest", (9, 0)).template[-1] is False
+    assert cuda_tc.backward_input_route(stem, np.float16, "highest", 90) is None  # SIMT direct dx
+    assert cuda_tc.backward_input_route(stem, np.float32, "tf32", 90).template[-1] is True  # dx steps through Mg = 64
+    assert cuda_tc.backward_weight_route(stem, np.float16, "highest", 90).template[-1] is False
 
 
 def test_dw_split_is_a_function_of_the_shape():
     cfg = _cfg((64, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})
-    a = cuda_tc.backward_weight_route(cfg, np.float16, "highest", (9, 0))
-    b = cuda_tc.backward_weight_route(cfg, np.float16, "highest", (8, 0))
+    a = cuda_tc.backward_weight_route(cfg, np.float16, "highest", 90)
+    b = cuda_tc.backward_weight_route(cfg, np.float16, "highest", 80)
     assert a == b and a.chunk % 32 == 0 and a.grid[2] * a.chunk >= 64 * 56 * 56 > (a.grid[2] - 1) * a.chunk
     assert a.grid[2] * 576 * 64 * 4 <= 64 * 2**20
-    small = cuda_tc.backward_weight_route(cfg, np.float16, "highest", (9, 0), workspace_bytes=576 * 64 * 4 * 3)
+    small = cuda_tc.backward_weight_route(cfg, np.float16, "highest", 90, workspace_bytes=576 * 64 * 4 * 3)
     assert small.grid[2] == 3
 
 

@@ -5,17 +5,23 @@ A backend lives in ``gpuconv/backends/<name>.py`` and exposes ``load() -> Backen
 validated everything and normalized shapes when it calls a backend, so a backend only computes:
 
   xp                                          the array module its arrays live in (numpy or cupy)
-  forward(x, w, b, cfg, activation)           y = act(conv(x, w) + b); x (N,H,W,C), w (KH,KW,C/G,M), b (M,) or None
+  forward(x, w, b, cfg, activation, precision="highest")
+                                              y = act(conv(x, w) + b); x (N,H,W,C), w (KH,KW,C/G,M), b (M,) or None
   activation_backward(dy, y, activation)      dz = dy * act'(z), from the saved output y
-  backward_input(dz, w, cfg)                  dx (N,H,W,C)
-  backward_weight(dz, x, cfg)                 dw (KH,KW,C/G,M)
+  backward_input(dz, w, cfg, precision="highest")   dx (N,H,W,C)
+  backward_weight(dz, x, cfg, precision="highest")  dw (KH,KW,C/G,M)
   backward_bias(dz)                           db (M,) = dz summed over (N, OH, OW)
 
-A backend may also offer the fused ``backward(dy, y, x, w, cfg, activation, has_bias) -> (dx, dw, db)``
-(y None for the identity; db None without a bias); ``conv2d_backward`` then uses it instead of the five.
+A backend may also offer the fused ``backward(dy, y, x, w, cfg, activation, has_bias, precision="highest")
+-> (dx, dw, db)`` (y None for the identity; db None without a bias); ``conv2d_backward`` then uses it instead of
+the five. ``precision`` is always passed by keyword: "highest" (strict, today's results bit for bit) or "tf32"
+(float32 only: both operands of each product rounded to TF32, float32 accumulation); other dtypes ignore it.
+A backend without kernels for some dtype offers ``dtype_reason(dtype) -> None | str`` (the public API raises
+the reason as a TypeError before calling it).
 
-Arrays arrive 4-D in the right array module with one float dtype (float16, float32 or float64), possibly
-non-contiguous; results have that same dtype (float16 is computed in float32 and rounded once).
+Arrays arrive 4-D in the right array module with one float dtype (float16, bfloat16, float32 or float64),
+possibly non-contiguous; results have that same dtype (float16 and bfloat16 are computed in float32 and rounded
+once, to nearest even).
 ``cfg`` is a ``gpuconv._config.ConvConfig``; ``activation`` is one of "identity", "relu", "sigmoid".
 """
 from typing import Protocol
@@ -25,12 +31,12 @@ class Backend(Protocol):
     name: str
     xp: object
 
-    def forward(self, x, w, b, cfg, activation): ...
+    def forward(self, x, w, b, cfg, activation, precision="highest"): ...
 
     def activation_backward(self, dy, y, activation): ...
 
-    def backward_input(self, dz, w, cfg): ...
+    def backward_input(self, dz, w, cfg, precision="highest"): ...
 
-    def backward_weight(self, dz, x, cfg): ...
+    def backward_weight(self, dz, x, cfg, precision="highest"): ...
 
     def backward_bias(self, dz): ...

@@ -19,6 +19,12 @@ shape only (and, for dw, on ``gpuconv.set_workspace_limit`` when that is below 6
 
 Paths: few channels per group (< SMALL_CHANNELS, e.g. depthwise) take direct kernels, the rest tiled implicit
 GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``stride_phases``).
+
+Precision: forward, backward_input, backward_weight and backward take ``precision`` ("highest" or "tf32").
+float16, bfloat16 and float32 with "tf32" run the tensor-core kernels of kernels/conv_tc_*.cu where the device
+has them; the routing is ``gpuconv/backends/cuda_tc.py`` (pure functions of config, dtype, precision, arch).
+float32 with "highest" and float64 always take the SIMT kernels. ``math_path`` (what ``gpuconv info`` prints)
+and ``rounds_tf32`` say which path a dtype and precision take.
 """
 from __future__ import annotations
 
@@ -165,6 +171,34 @@ def _splits(total: int, per_split_min: int, blocks_per_split: int, cap: int) -> 
     return _cdiv(total, chunk), chunk
 
 
+# Which modes of product run on tensor cores, and from which compute capability: gpuconv/backends/cuda_tc.py.
+TENSOR_CORE_ARCH = cuda_tc.TENSOR_CORE_ARCH
+TENSOR_CORE_MODES = cuda_tc.TENSOR_CORE_MODES
+_mode = cuda_tc.mode
+uses_tensor_cores = cuda_tc.uses_tensor_cores
+
+
+def math_path(dtype, precision: str, arch) -> str:
+    """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
+    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
+    dtype = np.dtype(dtype)
+    if dtype not in _CTYPES:
+        return f"no {dtype.name} kernels in this build (use backend='numpy')"
+    mode = _mode(dtype, precision)
+    where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
+    if uses_tensor_cores(dtype, precision, arch):
+        return f"{where}: tensor cores, {mode.upper()} products, float32 accumulation"
+    what = {"float16": "float16 products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
+    text = f"{where}: CUDA cores, {what}"
+    if mode == "tf32":
+        why = ("this build has no TF32 kernels" if mode not in TENSOR_CORE_MODES
+               else f"sm_{arch} has no TF32 tensor cores (sm_80 and later have)")
+        text += f"; tf32 asked for, but {why}: the results are the 'highest' ones"
+    elif arch is not None and mode in TENSOR_CORE_ARCH and arch >= TENSOR_CORE_ARCH[mode]:
+        text += f" (this GPU has {mode} tensor cores; this build does not use them)"
+    return text
+
+
 class CudaBackend:
     """The five operations of a convolution layer on gpuconv's CUDA kernels (GPU or emulator alike)."""
 
@@ -174,21 +208,33 @@ class CudaBackend:
         self.xp = xp
         self._get_module = get_module  # None: gpuconv.cuda.modules.get_module (tests may inject another)
         self._kernels: dict = {}
-        self._arches: dict = {}
-
-    @property
-    def arch(self) -> tuple:
-        """Compute capability (major, minor) of the current device; the emulator counts as sm_90."""
-        if self.kind == "emulator":
-            return cuda_tc.EMULATOR_ARCH
-        device = self.xp.cuda.Device()
-        if device.id not in self._arches:
-            cc = str(device.compute_capability)
-            self._arches[device.id] = (int(cc[:-1]), int(cc[-1]))
-        return self._arches[device.id]
 
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
+
+    def _arch(self):
+        """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
+        return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
+
+    def math_path(self, dtype, precision: str) -> str:
+        """``math_path`` on this backend's device."""
+        return math_path(dtype, precision, self._arch())
+
+    def rounds_tf32(self) -> bool:
+        """Whether precision="tf32" really rounds float32 operands to TF32 here (else it runs strict FP32)."""
+        return uses_tensor_cores(np.float32, "tf32", self._arch())
+
+    def dtype_reason(self, dtype):
+        """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""
+        dtype = np.dtype(dtype)
+        if dtype not in _CTYPES:
+            return (f"the {self.name} backend has no {dtype.name} kernels in this build; "
+                    "use backend='numpy', or float16 / float32")
+        arch = self._arch()
+        if dtype == cuda_tc.BFLOAT16 and not uses_tensor_cores(dtype, "highest", arch):
+            return (f"the {self.name} backend runs bfloat16 on tensor cores only (sm_80 and later), and this GPU "
+                    f"is sm_{arch}; use backend='numpy', or float16 / float32")
+        return None
 
     def _kernel(self, fname: str, kernel: str, dtype, *template_ints):
         """The kernel ``kernel<ctype, ints...>`` of kernels/``fname`` (compiled on first use, then cached;
@@ -210,7 +256,7 @@ class CudaBackend:
         x, w, b = _contiguous(self.xp, x, w, b)
         y = self.xp.empty(cfg.y_shape, x.dtype)
         p = cfg.n * cfg.oh * cfg.ow
-        tc = cuda_tc.forward_route(cfg, x.dtype, precision, self.arch, _aligned16(x, w))
+        tc = cuda_tc.forward_route(cfg, x.dtype, precision, self._arch(), _aligned16(x, w))
         if tc is not None:
             kernel = self._kernel(tc.file, tc.kernel, x.dtype, *tc.template)
             grid, block = tc.grid, tc.block
@@ -267,7 +313,7 @@ class CudaBackend:
         dy, y, w = _contiguous(self.xp, dy, y, w)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
         act = np.int32(ACTIVATION_CODES[activation])
-        tc = cuda_tc.backward_input_route(cfg, dy.dtype, precision, self.arch, _aligned16(dy, y, w))
+        tc = cuda_tc.backward_input_route(cfg, dy.dtype, precision, self._arch(), _aligned16(dy, y, w))
         if tc is not None:
             kernel = self._kernel(tc.file, tc.kernel, dy.dtype, *tc.template)
             # flag = 1 if w holds inf / NaN: the dx kernel then sums only the taps that reach an output pixel
@@ -309,7 +355,7 @@ class CudaBackend:
         k = cfg.kh * cfg.kw * cfg.cg
         e = k * cfg.m
         workspace = min(WORKSPACE_BYTES, get_workspace_limit())
-        tc = cuda_tc.backward_weight_route(cfg, dy.dtype, precision, self.arch, _aligned16(dy, y, x), workspace,
+        tc = cuda_tc.backward_weight_route(cfg, dy.dtype, precision, self._arch(), _aligned16(dy, y, x), workspace,
                                            TARGET_BLOCKS)
         if tc is not None:
             kernel = self._kernel(tc.file, tc.kernel, dy.dtype, *tc.template)

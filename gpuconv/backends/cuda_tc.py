@@ -1,13 +1,16 @@
-"""Which convolutions run on tensor cores: pure functions of (ConvConfig, dtype, precision, device), no compiling.
+"""Which convolutions run on tensor cores: pure functions of (ConvConfig, dtype, precision, arch), no compiling.
 
-The CUDA backend asks these before each launch; tests call them directly. The rules:
+``arch`` is the device's compute capability as an int (e.g. 90), or None for the CPU emulator, which runs every
+tensor-core kernel. The CUDA backend asks these before each launch; tests call them directly. The rules:
 
 - float64 never, and float32 only with ``precision="tf32"``: float32 with ``"highest"`` always takes today's
   SIMT kernels, bit for bit.
-- float16 from sm_70 (compute capability 7.0), bfloat16 and TF32 from sm_80 (the emulator counts as sm_90).
-- Few channels per group (below ``SMALL_CHANNELS`` output channels for the forward and dw, input channels for
-  dx), as in depthwise layers, stay on the SIMT direct kernels where the dtype has them (bfloat16 has none):
-  a 64-wide tile would mostly multiply padding.
+- float16 from sm_70, bfloat16 and TF32 from sm_80 (TENSOR_CORE_ARCH).
+- With "tf32" (and for bfloat16, which has no SIMT kernels) every shape runs on tensor cores, so that "tf32"
+  always means TF32-rounded operands. float16 with few channels per group (below ``SMALL_CHANNELS`` output
+  channels for the forward and dw, input channels for dx; depthwise layers) stays on the SIMT direct kernels
+  (float32 products of the float16 values, as exact as the tensor cores' products): a 64-wide tile would mostly
+  multiply padding there.
 - The fast (``vec``) variants copy 16-byte runs with cp.async: they need the channel runs to be whole 16-byte
   chunks (Cg a multiple of one reduction step, Mg a multiple of 16 bytes) and 16-byte aligned arrays; other
   shapes (the C = 3 stem, odd channel counts) take the generic variant, which loads element by element.
@@ -26,7 +29,6 @@ TC_BACKWARD_FILE = "conv_tc_backward.cu"
 TC_THREADS = 256
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
 SMALL_CHANNELS = 16  # the same threshold as gpuconv/backends/cuda.py
-EMULATOR_ARCH = (9, 0)
 
 try:  # bfloat16 is ml_dtypes' type; without ml_dtypes there is no bfloat16 array to route
     import ml_dtypes
@@ -40,10 +42,11 @@ TC_CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
 if BFLOAT16 is not None:
     TC_CTYPES[BFLOAT16] = "__nv_bfloat16"
 
-# Minimum compute capability of each tensor-core type.
-_MIN_ARCH = {np.dtype(np.float16): (7, 0), np.dtype(np.float32): (8, 0)}
-if BFLOAT16 is not None:
-    _MIN_ARCH[BFLOAT16] = (8, 0)
+# The first compute capability with tensor cores for each mode of product: "float16" (from Volta), "bfloat16"
+# and "tf32" (float32 with precision="tf32"; both from Ampere).
+TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
+# The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
+TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
 
 
 class TcLaunch(NamedTuple):
@@ -66,13 +69,22 @@ def check_precision(fname: str, precision) -> str:
     return precision
 
 
-def uses_tensor_cores(dtype, precision: str, arch: tuple) -> bool:
-    """Whether this dtype and precision run on tensor cores on a device of compute capability ``arch``."""
+def mode(dtype, precision: str) -> str:
+    """The mode of product: "tf32" for float32 with precision="tf32", else the dtype's name."""
     dtype = np.dtype(dtype)
-    if dtype == np.float32 and precision != "tf32":
-        return False
-    need = _MIN_ARCH.get(dtype)
-    return need is not None and tuple(arch) >= need
+    return "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
+
+
+def uses_tensor_cores(dtype, precision: str, arch) -> bool:
+    """Whether ``dtype`` in ``precision`` runs tensor-core kernels on compute capability ``arch`` (None: the
+    emulator, which runs whatever this build routes to tensor cores)."""
+    m = mode(dtype, precision)
+    return m in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[m])
+
+
+def _simt_small(dtype, channels: int) -> bool:
+    """float16 with few channels per group: the SIMT direct / small-channel kernels."""
+    return np.dtype(dtype) == np.float16 and channels < SMALL_CHANNELS
 
 
 def _template_bool(v: bool) -> str:
@@ -84,13 +96,11 @@ def template_args(ctype: str, template: tuple) -> str:
     return ", ".join([ctype, *(_template_bool(v) if isinstance(v, bool) else str(v) for v in template)])
 
 
-def forward_route(cfg, dtype, precision: str, arch: tuple, aligned: bool = True) -> Optional[TcLaunch]:
+def forward_route(cfg, dtype, precision: str, arch, aligned: bool = True) -> Optional[TcLaunch]:
     """The tensor-core launch of the forward pass, or None for the SIMT kernels."""
-    if not uses_tensor_cores(dtype, precision, arch):
+    if not uses_tensor_cores(dtype, precision, arch) or _simt_small(dtype, cfg.mg):
         return None
     dtype = np.dtype(dtype)
-    if cfg.mg < SMALL_CHANNELS and dtype != BFLOAT16:  # depthwise-like: the SIMT direct kernel
-        return None
     bk = TC_BYTES_K // dtype.itemsize
     vec = 16 // dtype.itemsize
     fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
@@ -112,14 +122,12 @@ def _backward_tile(dtype, columns: int, fast: bool) -> tuple:
     return 128, 64, 3
 
 
-def backward_input_route(cfg, dtype, precision: str, arch: tuple, aligned: bool = True) -> Optional[TcLaunch]:
+def backward_input_route(cfg, dtype, precision: str, arch, aligned: bool = True) -> Optional[TcLaunch]:
     """The tensor-core dx launch (its grid is that of the first stride phase's pixel count N*Hp*Wp taken as
     N*H*W; the backend computes each phase's grid with ``dx_grid``), or None for the SIMT kernels."""
-    if not uses_tensor_cores(dtype, precision, arch):
+    if not uses_tensor_cores(dtype, precision, arch) or _simt_small(dtype, cfg.cg):
         return None
     dtype = np.dtype(dtype)
-    if cfg.cg < SMALL_CHANNELS and dtype != BFLOAT16:  # the SIMT direct dx kernel
-        return None
     fast = aligned and cfg.mg % (TC_BYTES_K // dtype.itemsize) == 0
     bm, bn, stages = _backward_tile(dtype, cfg.cg, fast)
     grid = dx_grid(cfg, cfg.n * cfg.h * cfg.w, bm, bn)
@@ -131,15 +139,13 @@ def dx_grid(cfg, pixels: int, bm: int, bn: int) -> tuple:
     return (_cdiv(pixels, bm), _cdiv(cfg.cg, bn), cfg.groups)
 
 
-def backward_weight_route(cfg, dtype, precision: str, arch: tuple, aligned: bool = True,
+def backward_weight_route(cfg, dtype, precision: str, arch, aligned: bool = True,
                           workspace_bytes: int = 64 * 2**20, target_blocks: int = 264) -> Optional[TcLaunch]:
     """The tensor-core dw launch (grid z = the fixed number of pixel splits), or None for the SIMT kernels.
     The split, and so the summation order, depends on the shape, dtype and ``workspace_bytes`` only."""
-    if not uses_tensor_cores(dtype, precision, arch):
+    if not uses_tensor_cores(dtype, precision, arch) or _simt_small(dtype, cfg.mg):
         return None
     dtype = np.dtype(dtype)
-    if cfg.mg < SMALL_CHANNELS and dtype != BFLOAT16:  # the SIMT small-channel dw kernel
-        return None
     vec = 16 // dtype.itemsize
     fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
     bm, bn, stages = _backward_tile(dtype, cfg.mg, fast)
@@ -162,7 +168,7 @@ def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: 
     return _cdiv(pixels, chunk), chunk
 
 
-def routes(cfg, dtype, precision: str, arch: tuple, aligned: bool = True) -> dict:
+def routes(cfg, dtype, precision: str, arch, aligned: bool = True) -> dict:
     """{operation: kernel name with template arguments, or None for SIMT}: what `gpuconv info` can print."""
     ctype = TC_CTYPES.get(np.dtype(dtype))
     out = {}

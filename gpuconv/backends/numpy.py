@@ -24,7 +24,15 @@ How every operation is computed:
   work buffer reused between calls (fresh memory costs page faults on every call).
 - Big calls run their chunks on worker threads when threadpoolctl can hold BLAS at one thread (see "worker
   threads" below); the results are the same bits as running the same chunks in turn.
-float16 is computed in float32 and rounded once at the end; float32 and float64 are computed in their own type.
+float16 and bfloat16 are computed in float32 and rounded once at the end (round to nearest even); float32 and
+float64 are computed in their own type.
+
+Precision (the ``precision`` keyword of forward, backward_input, backward_weight and backward): "highest"
+computes as above. "tf32" changes float32 only: both operands of every product (x and w; dz and w; dz and x)
+are first rounded to TF32 exactly as the GPU's conversion cvt.rna.tf32.f32 does (``tf32_round``), then the same
+float32 GEMMs run. A product of two TF32 values has at most 22 significant bits, so it is exact in float32: the
+result is what a tensor core computes, up to the order of the float32 additions. Bias, activation, dz and db
+stay float32 (they are not products of two operands).
 """
 from __future__ import annotations
 
@@ -163,8 +171,36 @@ def _work_buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
 
 
 def _compute_dtype(dtype) -> np.dtype:
-    # float16 is computed in float32 and rounded once at the end.
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    # float16 and bfloat16 (the two 2-byte float dtypes) are computed in float32 and rounded once at the end.
+    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
+
+
+_TF32_HALF = np.uint32(0x1000)  # half of the lowest kept mantissa bit (bit 13)
+_TF32_KEEP = np.uint32(0xFFFFE000)  # sign, exponent and the 10 explicit mantissa bits TF32 keeps
+
+
+def tf32_round(a) -> np.ndarray:
+    """float32 ``a`` with every value rounded to TF32 as the GPU's cvt.rna.tf32.f32 does (a new array).
+
+    On the bit pattern u of a finite value: u = (u + 0x1000) & 0xFFFFE000, i.e. round to nearest with ties away
+    from zero, keeping 10 explicit mantissa bits (a value near the float32 maximum may round to inf, as on the
+    GPU). NaN and inf are unchanged. The result is float32 with the low 13 mantissa bits zero.
+    """
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    u = a.view(np.uint32)
+    r = u + _TF32_HALF  # wraps only for NaN patterns, which are put back below
+    r &= _TF32_KEEP
+    finite = np.isfinite(a)
+    if not finite.all():
+        np.copyto(r, u, where=~finite)
+    return r.view(np.float32)
+
+
+def _operands(precision: str, *arrays) -> tuple:
+    """The operands of the products in ``precision``: float32 rounded to TF32 for "tf32", else unchanged."""
+    if precision != "tf32" or arrays[0].dtype != np.float32:
+        return arrays
+    return tuple(tf32_round(a) for a in arrays)
 
 
 def _tapmajor(cfg: ConvConfig) -> bool:
@@ -437,7 +473,21 @@ class NumpyBackend:
     name = "numpy"
     xp = np
 
-    def forward(self, x, w, b, cfg, activation):
+    def rounds_tf32(self) -> bool:
+        """precision="tf32" rounds float32 operands to TF32 here (this backend is the oracle of that mode)."""
+        return True
+
+    def math_path(self, dtype, precision: str) -> str:
+        """What computes the products of ``dtype`` in ``precision`` here, in words (for ``gpuconv info``)."""
+        dtype = np.dtype(dtype)
+        if dtype.itemsize == 2:
+            return "CPU, float32 BLAS GEMMs (the products are exact), rounded once to nearest even on store"
+        if dtype == np.float32 and precision == "tf32":
+            return "CPU, both operands rounded to TF32 (as cvt.rna.tf32.f32), then float32 BLAS GEMMs"
+        return f"CPU, {dtype.name} BLAS GEMMs"
+
+    def forward(self, x, w, b, cfg, activation, precision="highest"):
+        x, w = _operands(precision, x, w)
         y = _conv(x, w, cfg, _compute_dtype(x.dtype), b, activation)
         return y.astype(x.dtype, copy=False)
 
@@ -452,13 +502,14 @@ class NumpyBackend:
         dz *= dy
         return dz.astype(dy.dtype, copy=False)
 
-    def backward(self, dy, y, x, w, cfg, activation, has_bias=True):
+    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) from dy: activation_backward, backward_input, backward_weight, backward_bias in turn
         (the public API calls this when a backend has it), with the same results.
 
         The one difference: a relu's dZ goes to a work buffer kept between calls, not to a new array. Fresh
         memory is page-faulted on first write, which made relu backward cost ~4 ms instead of ~0.5 on b's
         fwd+bwd (docs/performance.md). dZ never leaves this method, so reusing its memory is safe.
+        With "tf32", db is summed from the float32 dz and dz, x, w are rounded once for both GEMMs.
         """
         if activation == "identity":
             dz = dy
@@ -467,9 +518,11 @@ class NumpyBackend:
         else:
             dz = self.activation_backward(dy, y, activation)
         db = self.backward_bias(dz) if has_bias else None
+        dz, x, w = _operands(precision, dz, x, w)
         return self.backward_input(dz, w, cfg), self.backward_weight(dz, x, cfg), db
 
-    def backward_input(self, dz, w, cfg):
+    def backward_input(self, dz, w, cfg, precision="highest"):
+        dz, w = _operands(precision, dz, w)
         ct = _compute_dtype(dz.dtype)
         # stride 1: a forward convolution of dZ, unless x has few channels (tap-major), where the col2im adds run
         # channel-major along whole rows and beat building KH*KW*M-wide columns of dZ (measured: 2.0 vs 4.6 ms
@@ -481,7 +534,8 @@ class NumpyBackend:
             dx = _col2im_backward_input(dz, w, cfg, ct)
         return np.ascontiguousarray(dx, dtype=dz.dtype)
 
-    def backward_weight(self, dz, x, cfg):
+    def backward_weight(self, dz, x, cfg, precision="highest"):
+        dz, x = _operands(precision, dz, x)
         ct = _compute_dtype(dz.dtype)
         g = cfg.groups
 
