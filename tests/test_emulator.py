@@ -472,3 +472,284 @@ def test_compile_error_points_at_the_kernel_file(tmp_path):
     bad.write_text('extern "C" __global__ void k(float* x) {\n    x[0] = undefined_name;\n}\n')
     with pytest.raises(CompileError, match=r"broken.cu:2:.*undefined_name"):
         get_module("emulator", str(bad))
+
+
+# ---- tensor cores (nvcuda::wmma), TF32, bfloat16 ---------------------------------------------------------
+ALL_SCHEDULES = ("forward", "reverse", "shuffle")
+TF32_MASK = np.uint32(0xFFFFE000)
+
+
+@pytest.fixture(params=ALL_SCHEDULES)
+def any_schedule(request):
+    from gpuconv.cuda.emulator import schedule as use
+
+    with use(request.param):
+        yield request.param
+
+
+def _ml_dtypes():
+    return pytest.importorskip("ml_dtypes")
+
+
+def tf32(x):
+    """The hardware's cvt.rna.tf32.f32 on float32 values (the formula every gpuconv path uses)."""
+    u = np.asarray(x, np.float32).view(np.uint32)
+    finite = (u & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+    r = np.where(finite, (u + np.uint32(0x1000)) & TF32_MASK, u)
+    return r.astype(np.uint32).view(np.float32)
+
+
+def _wmma_operands(kind, rng, m, n, k):
+    """A (m x k), B (k x n) as the kernel's element dtype, and their exact float32 values."""
+    if kind == "half":
+        a, b = (rng.standard_normal(s).astype(np.float16) for s in ((m, k), (k, n)))
+    elif kind == "bf16":
+        bf = _ml_dtypes().bfloat16
+        a, b = (rng.standard_normal(s).astype(np.float32).astype(bf) for s in ((m, k), (k, n)))
+    else:
+        a, b = (rng.standard_normal(s).astype(np.float32) for s in ((m, k), (k, n)))
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    if kind == "tf32":
+        fa, fb = tf32(fa), tf32(fb)
+    return a, b, fa, fb
+
+
+def _in_memory(x, col, pad):
+    """x stored row- or column-major with leading dimension (width + pad): the padded buffer."""
+    t = x.T if col else x
+    buf = np.zeros((t.shape[0], t.shape[1] + pad), x.dtype)
+    buf[:, :t.shape[1]] = t
+    return buf
+
+
+def _wmma_reference(c0, fa, fb, ktile, acc_dtype):
+    """0.5 * C, then per k tile: the exact products summed in float32 in k order, rounded to acc_dtype."""
+    acc = (c0.astype(np.float32) * np.float32(0.5)).astype(acc_dtype)
+    for k0 in range(0, fa.shape[1], ktile):
+        s = acc.astype(np.float32)
+        for kk in range(k0, k0 + ktile):
+            s = s + fa[:, kk, None] * fb[None, kk, :]  # exact products; float32 sums in a fixed order
+        acc = s.astype(acc_dtype)
+    return acc
+
+
+WMMA_CASES = [
+    ("half", "row_major", "row_major", "float"), ("half", "col_major", "col_major", "float"),
+    ("half", "row_major", "col_major", "__half"), ("half", "col_major", "row_major", "__half"),
+    ("bf16", "row_major", "row_major", "float"), ("bf16", "col_major", "col_major", "float"),
+    ("bf16", "row_major", "col_major", "float"),
+    ("tf32", "row_major", "row_major", "float"), ("tf32", "col_major", "col_major", "float"),
+    ("tf32", "col_major", "row_major", "float"),
+]
+_WMMA_CTYPE = {"half": "__half", "bf16": "__nv_bfloat16", "tf32": "nvcuda::wmma::precision::tf32"}
+
+
+def _run_wmma_gemm(kind, la, lb, tc, c_col, seed=0, convert=1, a=None, b=None):
+    m = n = 32
+    k = 32
+    rng = np.random.default_rng(seed)
+    a0, b0, fa, fb = _wmma_operands(kind, rng, m, n, k)
+    a = a0 if a is None else a
+    b = b0 if b is None else b
+    acc_dtype = np.float16 if tc == "__half" else np.float32
+    c0 = rng.standard_normal((m, n)).astype(acc_dtype)
+    pad = 8
+    amem, bmem = _in_memory(a, la == "col_major", pad), _in_memory(b, lb == "col_major", pad)
+    cmem = _in_memory(c0, bool(c_col), pad)
+    name = (f"wmma_gemm<{_WMMA_CTYPE[kind]}, nvcuda::wmma::{la}, nvcuda::wmma::{lb}, {tc}>")
+    kern = module("wmma.cu").get_function(name)
+    ints = map(np.int32, (m, n, k, amem.shape[1], bmem.shape[1], cmem.shape[1], c_col, convert))
+    kern((2,), (64,), (amem, bmem, cmem, *ints))  # 4 tiles: 2 blocks of 2 warps
+    out = cmem[:, :(m if c_col else n)]
+    out = out.T if c_col else out
+    return out, _wmma_reference(c0, fa, fb, 8 if kind == "tf32" else 16, acc_dtype)
+
+
+@pytest.mark.parametrize("kind,la,lb,tc", WMMA_CASES)
+@pytest.mark.parametrize("c_col", [0, 1])
+def test_wmma_gemm_matches_numpy(any_schedule, kind, la, lb, tc, c_col):
+    out, ref = _run_wmma_gemm(kind, la, lb, tc, c_col, seed=len(kind) + c_col)
+    np.testing.assert_array_equal(out, ref)  # same products, same order of sums: bit for bit
+
+
+def test_wmma_results_do_not_depend_on_the_fragment_layout(monkeypatch):
+    """Layout-agnostic code gives identical results in both layouts; layout-dependent code does not."""
+    a = np.random.default_rng(5).standard_normal((16, 16)).astype(np.float16)
+    b = np.random.default_rng(6).standard_normal((16, 16)).astype(np.float16)
+    results = {}
+    for layout in ("forward", "permuted"):
+        monkeypatch.setenv("GPUCONV_EMULATOR_WMMA_LAYOUT", layout)
+        out, ref = _run_wmma_gemm("half", "row_major", "row_major", "float", 0, seed=9)
+        np.testing.assert_array_equal(out, ref)
+        raw, c = np.zeros(256, np.float32), np.zeros((16, 16), np.float32)
+        module("wmma.cu").get_function("wmma_layout_dependent")((1,), (32,), (a, b, raw, c))
+        results[layout] = (raw, c)
+    product = a.astype(np.float32) @ b.astype(np.float32)
+    for raw, _ in results.values():  # each lane's elements are some permutation of the product
+        np.testing.assert_allclose(np.sort(raw), np.sort(product.ravel()), rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(results["forward"][0], results["permuted"][0])
+    assert not np.array_equal(results["forward"][1], results["permuted"][1])
+
+
+def test_wmma_layout_follows_the_schedule(monkeypatch):
+    from gpuconv.cuda.emulator import wmma_layout
+
+    monkeypatch.delenv("GPUCONV_EMULATOR_WMMA_LAYOUT", raising=False)
+    assert [wmma_layout(s) for s in ALL_SCHEDULES] == ["forward", "permuted", "permuted"]
+    monkeypatch.setenv("GPUCONV_EMULATOR_WMMA_LAYOUT", "sideways")
+    with pytest.raises(ValueError, match="GPUCONV_EMULATOR_WMMA_LAYOUT"):
+        wmma_layout("forward")
+
+
+def test_unconverted_tf32_operand_is_caught(any_schedule):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    with pytest.raises(EmulatorError, match=r"wmma_gemm<nvcuda::wmma::precision::tf32.*not a TF32 value"):
+        _run_wmma_gemm("tf32", "row_major", "row_major", "float", 0, convert=0)
+    # Operands that are TF32 values already need no conversion.
+    rng = np.random.default_rng(0)
+    a0, b0, _, _ = _wmma_operands("tf32", rng, 32, 32, 32)
+    out, ref = _run_wmma_gemm("tf32", "row_major", "row_major", "float", 0, convert=0, a=tf32(a0), b=tf32(b0))
+    np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("mode,message", [
+    (1, r"warp-collective: all 32 lanes .* only lanes 0x7fffffff"),
+    (2, r"lanes of the warp passed different arguments"),
+    (3, r"not 256-bit \(32-byte\) aligned"),
+    (4, r"ldm=12 elements \(24 bytes\) is not a multiple of 16 bytes"),
+    (5, r"lanes of warp 0 wait at different warp barriers: .*a wmma operation on line"),
+])
+def test_wmma_misuse_is_reported(any_schedule, mode, message):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    a = np.ones(1024, np.float16)
+    c = np.zeros(256, np.float32)
+    with pytest.raises(EmulatorError, match=r"kernel 'wmma_misuse'.*" + message) as info:
+        module("wmma.cu").get_function("wmma_misuse")((1,), (32,), (a, c, np.int32(mode)))
+    assert "line" in str(info.value)
+
+
+def test_tf32_rounding_matches_the_formula(any_schedule):
+    special = np.array([
+        0x3F800000, 0x3F801000, 0x3F800FFF, 0x3F803000, 0x3F802000, 0xBF801000, 0xBF800FFF, 0xBF803000,  # ties
+        0x7F7FFFFF, 0xFF7FFFFF, 0x7F7FF000, 0x7F7FEFFF,  # max float rounds to inf
+        0x7F800000, 0xFF800000, 0x7FC00000, 0x7FC00001, 0x7F800001, 0xFFFFFFFF, 0x7FBFFFFF,  # inf, NaN
+        0x00000001, 0x00000FFF, 0x00001000, 0x00001FFF, 0x007FFFFF, 0x807FF000, 0x80001000, 0x00000000, 0x80000000,
+    ], np.uint32)
+    rand = np.random.default_rng(7).integers(0, 2**32, 4000, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate([special, rand]).view(np.float32)
+    y = np.zeros_like(x)
+    n = x.size
+    module("wmma.cu").get_function("tf32_round")(((n + 255) // 256,), (256,), (x, y, np.int32(n)))
+    np.testing.assert_array_equal(y.view(np.uint32), tf32(x).view(np.uint32))
+    # The ties round away from zero; the largest float rounds to inf; NaN payloads are kept.
+    assert y.view(np.uint32)[1] == 0x3F802000 and y.view(np.uint32)[5] == 0xBF802000
+    assert np.isposinf(y[8]) and np.isneginf(y[9]) and y.view(np.uint32)[15] == 0x7FC00001
+
+
+def test_bfloat16_arithmetic_and_conversions(any_schedule):
+    bf = _ml_dtypes().bfloat16
+    rng = np.random.default_rng(8)
+    n = 300
+    x = (rng.standard_normal(n) * 10).astype(np.float32)
+    x[:6] = np.array([0x3F808000, 0x3F818000, 0x7F7FFFFF, 0x7FC00001, 0xFF800000, 0x00000001],
+                     np.uint32).view(np.float32)  # ties to even, overflow, NaN, -inf, a denormal
+    y = (rng.standard_normal(n) * 3).astype(np.float32)
+    z = rng.standard_normal(n).astype(np.float32).astype(bf)
+    out = np.zeros(8 * n, np.float32)
+    zout = np.zeros(n, bf)
+    s = bf(1.3)
+    module("wmma.cu").get_function("bf16_ops")((2,), (256,), (x, y, z, out, zout, s, np.int32(n)))
+    f32 = np.float32
+    a, b = x.astype(bf), y.astype(bf)
+    fa, fb, fz = a.astype(f32), b.astype(f32), z.astype(f32)
+    r = lambda v: np.asarray(v, f32).astype(bf).astype(f32)  # noqa: E731 - one rounding to bfloat16
+    with np.errstate(all="ignore"):
+        expected = np.stack([
+            fa, r(fa + fb), r(fa - fb), r(fa * fb), r(fa / fb),
+            (fa.astype(np.float64) * fb + fz).astype(bf).astype(f32),
+            r(np.fmax(fa, fb)) + np.where(fa < fb, f32(1000), f32(0)), -fa + np.abs(fb),
+        ], axis=1).ravel()
+    np.testing.assert_array_equal(out, expected)
+    assert out.view(np.uint32)[8 * 0] == 0x3F800000 and out.view(np.uint32)[8 * 1] == 0x3F820000
+    assert np.isinf(out[8 * 2]) and np.isnan(out[8 * 3])
+    zs = (fz + f32(s)).astype(bf).astype(f32)
+    np.testing.assert_array_equal(zout.astype(f32), r(zs * f32(s)))
+
+
+def test_argument_tags_tell_element_types_apart():
+    bf = _ml_dtypes().bfloat16
+    k = module("wmma.cu").get_function("bf16_ops")
+    assert k.param_types == ("float*", "float*", "__nv_bfloat16*", "float*", "__nv_bfloat16*", "__nv_bfloat16",
+                             "int")
+    x = np.zeros(4, np.float32)
+    good = [x, x, np.zeros(4, bf), np.zeros(32, np.float32), np.zeros(4, bf), bf(1), np.int32(4)]
+    k((1,), (32,), tuple(good))
+    for i, bad, what in [(2, np.zeros(4, np.float16), "float16"), (2, np.zeros(4, np.int16), "int16"),
+                         (4, np.zeros(4, np.uint16), "uint16"), (5, np.float16(1), "float16"),
+                         (0, np.zeros(4, bf), "bfloat16")]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(TypeError, match=rf"bf16_ops: argument {i} is .*; got a numpy .*{what}"):
+            k((1,), (32,), tuple(args))
+    with pytest.raises(TypeError, match=r"argument 2 is __nv_bfloat16\*, so it takes an array of __nv_bfloat16 "
+                                        r"\(ml_dtypes.bfloat16\)"):
+        k((1,), (32,), (x, x, x, x, x, bf(1), np.int32(4)))
+    half = module("templates.cu").get_function("axpy<__half>")
+    with pytest.raises(TypeError, match=r"argument 0 is __half\*, so it takes an array of __half \(numpy float16\)"):
+        half((1,), (32,), (np.zeros(4, bf), np.zeros(4, np.float16), np.float16(1), np.int32(4)))
+
+
+@pytest.mark.skipif(bool(SANITIZE), reason="NVRTC cannot load its builtins with libasan preloaded")
+def test_wmma_kernels_compile_with_nvrtc_for_sm80_and_sm90():
+    """The emulated API has the real headers' names and signatures: the same test source compiles with NVRTC."""
+    from gpuconv.cuda import nvrtc
+
+    if nvrtc.unavailable_reason():
+        pytest.skip(nvrtc.unavailable_reason())
+    dirs = nvrtc.cuda_include_dirs()
+    extra = []
+    if not any(Path(d, "crt", "mma.h").is_file() for d in dirs):
+        try:
+            import nvidia
+
+            crt = [Path(b, "cuda_nvcc", "include") for b in nvidia.__path__]
+        except ImportError:
+            crt = []
+        crt = [d for d in crt if (d / "crt" / "mma.h").is_file()]
+        if not crt:
+            pytest.skip("crt/mma.h not found (pip install nvidia-cuda-nvcc-cu12)")
+        extra = [f"-I{crt[0]}"]
+    for name in ("wmma.cu",):
+        for arch in ("sm_80", "sm_90"):
+            rows = nvrtc.compile_report(str(KERNELS / name), arch, options=extra)
+            assert rows and all(r.spill_stores == 0 for r in rows), rows
+
+
+# ---- out-of-bounds writes (default build: guard bytes around every argument buffer) ------------------------
+@pytest.mark.skipif(bool(SANITIZE), reason="under ASan, AddressSanitizer reports the write itself")
+@pytest.mark.parametrize("offset,where", [(0, "0 bytes past the end"), (100, "400 bytes past the end"),
+                                          (-101, "4 bytes before the start")])
+def test_out_of_bounds_write_is_reported(offset, where):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    n = 100
+    y = np.zeros(n, np.float32)
+    with pytest.raises(EmulatorError, match=rf"kernel 'write_out_of_bounds'.*wrote out of bounds: {where} of the "
+                                            rf"400-byte buffer of argument\(s\) 0"):
+        module("faults.cu").get_function("write_out_of_bounds")((1,), (128,), (y, np.int32(n), np.int32(offset)))
+    np.testing.assert_array_equal(y, 1.0)  # the in-bounds results still arrive
+
+
+def test_aliased_arguments_share_one_buffer(any_schedule):
+    """The same array twice (in place) and overlapping views see one memory, as on a GPU."""
+    n = 300
+    a = np.arange(n, dtype=np.float32)
+    b = np.ones(n, np.float32)
+    add = module("vector_add.cu").get_function("vector_add")
+    add((3,), (128,), (a, b, a, np.int32(n)))
+    np.testing.assert_array_equal(a, np.arange(n) + 1)
+    buf = np.zeros(n + 1, np.float32)
+    add((3,), (128,), (buf[1:], b, buf[:-1], np.int32(n)))  # c[i] = a[i] + b[i] with c = a shifted by one
+    assert buf[:-1].min() >= 1  # every c[i] saw a real a[i] (1 + earlier sums), none a stray copy

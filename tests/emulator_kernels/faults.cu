@@ -61,3 +61,10 @@ extern "C" __global__ void spin_wait(int* __restrict__ flag) {
         atomicExch(flag, 1);
     }
 }
+
+// Writes y[n + offset] (offset >= 0: past the end; offset < -n: before the start) besides y[0..n).
+extern "C" __global__ void write_out_of_bounds(float* __restrict__ y, int n, int offset) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = 1.0f;
+    if (i == 0) y[n + offset] = 2.0f;
+}

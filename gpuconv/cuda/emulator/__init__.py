@@ -12,6 +12,9 @@ launch unless said otherwise):
   GPUCONV_EMULATOR_SCHEDULE   forward (default) | reverse | shuffle: the order the threads of a block run in
                               between barriers (also ``with schedule("reverse"): ...``)
   GPUCONV_EMULATOR_SEED       seed of the shuffle schedule (default 0)
+  GPUCONV_EMULATOR_WMMA_LAYOUT  forward | permuted: the element <-> (row, col) mapping of wmma fragments
+                              (default: forward under the forward schedule, permuted under the others), so
+                              that code relying on the unspecified layout gives other results there
   GPUCONV_EMULATOR_WORKERS    worker threads per launch (default: CPU count, at most 8)
   GPUCONV_EMULATOR_TIMEOUT    seconds a launch may run before the process is aborted with a message naming the
                               kernel (default 300; 0: no limit). Threads are never preempted, so a kernel that
@@ -32,6 +35,7 @@ import threading
 import numpy
 
 from . import _compile
+from ._buffers import ArgBuffers
 from ._compile import CompileError, sanitize_mode, unavailable_reason
 
 __all__ = [
@@ -48,6 +52,8 @@ ENV_SCHEDULE = "GPUCONV_EMULATOR_SCHEDULE"
 ENV_SEED = "GPUCONV_EMULATOR_SEED"
 ENV_WORKERS = "GPUCONV_EMULATOR_WORKERS"
 ENV_TIMEOUT = "GPUCONV_EMULATOR_TIMEOUT"
+ENV_WMMA_LAYOUT = "GPUCONV_EMULATOR_WMMA_LAYOUT"
+WMMA_LAYOUTS = ("forward", "permuted")
 DEFAULT_TIMEOUT_S = 300.0
 MAX_THREADS_PER_BLOCK = 1024
 MAX_BLOCK = (1024, 1024, 64)
@@ -83,6 +89,16 @@ def current_schedule() -> str:
     return name
 
 
+def wmma_layout(schedule_name: str) -> str:
+    """The wmma fragment layout of a launch: GPUCONV_EMULATOR_WMMA_LAYOUT, else permuted off the forward schedule."""
+    value = os.environ.get(ENV_WMMA_LAYOUT, "").strip().lower()
+    if not value:
+        return "forward" if schedule_name == "forward" else "permuted"
+    if value not in WMMA_LAYOUTS:
+        raise ValueError(f"{ENV_WMMA_LAYOUT}={value!r}: must be one of {WMMA_LAYOUTS} or empty")
+    return value
+
+
 def _workers() -> int:
     value = os.environ.get(ENV_WORKERS, "").strip()
     if value:
@@ -100,7 +116,7 @@ def _timeout() -> float:
 
 class _ArgInfo(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_char), ("elem_kind", ctypes.c_char), ("size", ctypes.c_ushort),
-                ("elem_size", ctypes.c_ushort)]
+                ("elem_size", ctypes.c_ushort), ("type", ctypes.c_char_p)]
 
 
 class _Entry(ctypes.Structure):
@@ -108,51 +124,79 @@ class _Entry(ctypes.Structure):
                 ("args", ctypes.POINTER(_ArgInfo))]
 
 
+# Argument tags (gpuconv_emu.h kind_of): every element type has its own, so that a float16 array never passes
+# for a bfloat16 or a short one.
 _C_TYPES = {
     ("i", 1): "signed char", ("i", 2): "short", ("i", 4): "int", ("i", 8): "long long",
     ("u", 1): "unsigned char", ("u", 2): "unsigned short", ("u", 4): "unsigned int", ("u", 8): "unsigned long long",
-    ("f", 2): "__half", ("f", 4): "float", ("f", 8): "double", ("b", 1): "bool", ("v", 0): "void",
+    ("f", 4): "float", ("f", 8): "double", ("h", 2): "__half", ("r", 2): "__nv_bfloat16", ("b", 1): "bool",
+    ("v", 0): "void",
 }
 
 
-def _ctype(kind: str, size: int) -> str:
-    return _C_TYPES.get((kind, size), f"a {size}-byte struct")
+def _type_name(pretty) -> str:
+    """The C type out of gpuconv_emu::type_name's "... [with T = const float4]", without cv-qualifiers."""
+    text = pretty.decode(errors="replace") if pretty else ""
+    name = text.split("T = ", 1)[1].rstrip("]").split(";")[0].strip() if "T = " in text else ""
+    words = [w for w in name.split(" ") if w not in ("const", "volatile")]
+    return " ".join(words) or "a struct"
 
 
-def _describe_param(kind, size, elem_kind, elem_size) -> str:
+def _ctype(kind: str, size: int, name: str = "") -> str:
+    return _C_TYPES.get((kind, size)) or name or f"a {size}-byte struct"
+
+
+def _describe_param(kind, size, elem_kind, elem_size, name="") -> str:
     if kind == "p":
-        return _ctype(elem_kind, elem_size) + "*"
-    return _ctype(kind, size)
+        return _ctype(elem_kind, elem_size, name) + "*"
+    return _ctype(kind, size, name)
 
 
-def _same_kind(param_kind: str, dtype_kind: str) -> bool:
-    if param_kind in "iu":
-        return dtype_kind in "iu"
-    if param_kind == "o":
+_bf16 = None
+
+
+def _bfloat16_dtype():
+    """numpy.dtype(ml_dtypes.bfloat16), or None when ml_dtypes is not installed (imported on first need)."""
+    global _bf16
+    if _bf16 is None:
+        try:
+            import ml_dtypes
+        except ImportError:
+            _bf16 = False
+        else:
+            _bf16 = numpy.dtype(ml_dtypes.bfloat16)
+    return _bf16 or None
+
+
+def _dtype_matches(kind: str, size: int, dtype: numpy.dtype) -> bool:
+    """Whether numpy dtype is the C type of tag (kind, size): exact, except that signedness may differ."""
+    if kind == "v":
         return True
-    return param_kind == dtype_kind
+    if dtype.itemsize != size:
+        return False
+    if kind in "iu":
+        return dtype.kind in "iu"
+    if kind == "f":
+        return dtype.kind == "f"
+    if kind == "h":
+        return dtype == numpy.float16
+    if kind == "r":
+        return dtype.name == "bfloat16" and dtype == _bfloat16_dtype()
+    if kind == "b":
+        return dtype.kind == "b"
+    # A struct: a numpy void (structured or raw) dtype of its size.
+    return dtype.kind == "V" and issubclass(dtype.type, numpy.void)
 
 
-_libc = None
-
-
-def _malloc(nbytes: int) -> int:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None)
-        _libc.malloc.restype = ctypes.c_void_p
-        _libc.malloc.argtypes = [ctypes.c_size_t]
-        _libc.free.argtypes = [ctypes.c_void_p]
-    return _libc.malloc(nbytes)
-
-
-def _byte_span(a: numpy.ndarray):
-    """(offset of the lowest byte from a's data pointer, bytes spanned) for any strides."""
-    if a.size == 0:
-        return 0, 0
-    lo = sum((n - 1) * s for n, s in zip(a.shape, a.strides) if s < 0)
-    hi = sum((n - 1) * s for n, s in zip(a.shape, a.strides) if s > 0)
-    return lo, hi - lo + a.itemsize
+def _wanted(kind: str, size: int, name: str, what: str) -> str:
+    """What a parameter takes, in words ('an array of __half (numpy float16)')."""
+    ctype = _ctype(kind, size, name)
+    extra = {"h": " (numpy float16)", "r": " (ml_dtypes.bfloat16)", "f": f" (numpy float{8 * size})"}.get(kind, "")
+    if kind == "o":
+        extra = f" (a numpy void or structured dtype of {size} bytes)"
+    if kind == "r" and _bfloat16_dtype() is None:
+        extra = " (ml_dtypes.bfloat16: pip install ml_dtypes)"
+    return f"{what} {ctype}{extra}"
 
 
 class EmulatorKernel:
@@ -167,6 +211,7 @@ class EmulatorKernel:
              entry.args[i].elem_size)
             for i in range(entry.nargs)
         ]
+        self._names = [_type_name(entry.args[i].type) for i in range(entry.nargs)]
         self.max_dynamic_shared_size_bytes = DEFAULT_MAX_DYNAMIC_SHARED
         self._entry_address = ctypes.addressof(entry)
         n = max(len(self._params), 1)
@@ -177,7 +222,7 @@ class EmulatorKernel:
     @property
     def param_types(self) -> tuple:
         """The C types of the kernel's parameters, as the launcher checks them."""
-        return tuple(_describe_param(*p) for p in self._params)
+        return tuple(_describe_param(*p, n) for p, n in zip(self._params, self._names))
 
     def __repr__(self):
         return f"<EmulatorKernel {self.name}({', '.join(self.param_types)})>"
@@ -217,35 +262,26 @@ class EmulatorKernel:
                 f"{self.name} takes {len(params)} arguments ({', '.join(self.param_types)}), got {len(args)}"
             )
         module = self.module
-        sched = SCHEDULES.index(current_schedule())
+        sched_name = current_schedule()
+        sched = SCHEDULES.index(sched_name) | (256 if wmma_layout(sched_name) == "permuted" else 0)
         seed = int(os.environ.get(ENV_SEED, "0") or 0) & 0xFFFFFFFF
         workers, timeout = _workers(), _timeout()
         # One launch at a time per module (the C side serializes them too): the argument buffers are reused.
         with module._lock:
             slots, argv, base = self._slots, self._argv, self._base
             keep = []
-            copies = []  # sanitize mode: (array, malloc'd pointer, offset, nbytes)
+            arrays = []  # (argument index, array): copied into guarded, aligned buffers (_buffers.py)
             for i, (a, (kind, size, ekind, esize)) in enumerate(zip(args, params)):
                 if kind == "p":
                     if not isinstance(a, numpy.ndarray):
                         raise TypeError(self._arg_error(i, a, "a numpy array"))
-                    dtype = a.dtype
-                    if ekind != "v" and (dtype.itemsize != esize or not _same_kind(ekind, dtype.kind)):
-                        raise TypeError(self._arg_error(i, a, f"an array of {_ctype(ekind, esize)}"))
-                    ptr = a.__array_interface__["data"][0]
-                    if module.sanitize:
-                        lo, span = _byte_span(a)
-                        buf = _malloc(span)
-                        ctypes.memmove(buf, ptr + lo, span)
-                        copies.append((a, buf, lo, span))
-                        ptr = buf - lo
-                    slots[i] = ptr
+                    if not _dtype_matches(ekind, esize, a.dtype):
+                        raise TypeError(self._arg_error(i, a, _wanted(ekind, esize, self._names[i], "an array of")))
+                    arrays.append((i, a))
                     argv[i] = base + 8 * i
                 else:
-                    if not isinstance(a, numpy.generic):
-                        raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
-                    if a.dtype.itemsize != size or not _same_kind(kind, a.dtype.kind):
-                        raise TypeError(self._arg_error(i, a, f"a numpy scalar of {_ctype(kind, size)}"))
+                    if not isinstance(a, numpy.generic) or not _dtype_matches(kind, size, a.dtype):
+                        raise TypeError(self._arg_error(i, a, _wanted(kind, size, self._names[i], "a numpy scalar of")))
                     raw = a.tobytes()
                     if size <= 8:
                         slots[i] = int.from_bytes(raw, "little")
@@ -257,16 +293,21 @@ class EmulatorKernel:
             grid3, block3, err = module._grid3, module._block3, module._err
             grid3[0], grid3[1], grid3[2] = g
             block3[0], block3[1], block3[2] = b
+            buffers = ArgBuffers(guards=not module.sanitize)
             try:
+                for (i, _), ptr in zip(arrays, buffers.place(arrays)):
+                    slots[i] = ptr
                 rc = module._launch(self._entry_address, grid3, block3, int(shared_mem), argv, sched, seed,
                                     workers, timeout, err, _ERRLEN)
             finally:
-                for a, buf, lo, span in copies:
-                    if a.flags.writeable and a.size:
-                        ctypes.memmove(a.__array_interface__["data"][0] + lo, buf, span)
-                    _libc.free(buf)
+                oob = buffers.finish()
             if rc != 0:
-                raise EmulatorError(err.value.decode(errors="replace"))
+                msg = err.value.decode(errors="replace")
+                raise EmulatorError(msg + (f"; it also wrote out of bounds: {oob}" if oob else ""))
+            if oob:
+                raise EmulatorError(
+                    f"kernel '{self.name}' (grid {g}, block {b}, shared_mem {shared_mem}) wrote out of bounds: {oob}"
+                )
 
     def _arg_error(self, i, a, wanted) -> str:
         if isinstance(a, numpy.ndarray):
@@ -278,7 +319,7 @@ class EmulatorKernel:
                    f"{'long long' if isinstance(a, int) else 'double'}: give it an explicit numpy dtype)")
         else:
             got = f"{type(a).__module__}.{type(a).__name__}"
-        param = _describe_param(*self._params[i])
+        param = _describe_param(*self._params[i], self._names[i])
         return f"{self.name}: argument {i} is {param}, so it takes {wanted}; got {got}"
 
 

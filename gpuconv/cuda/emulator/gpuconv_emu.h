@@ -93,6 +93,10 @@ GPUCONV_EMU_HIDDEN void warp_barrier(unsigned mask, unsigned line, int kind);
 GPUCONV_EMU_HIDDEN unsigned char* warp_slot(unsigned lane);  // 16-byte exchange slot of a lane of my warp
 GPUCONV_EMU_HIDDEN unsigned warp_group(unsigned mask);       // lanes of my warp in mask that still run
 [[noreturn]] GPUCONV_EMU_HIDDEN void fail(const char* what, unsigned line);
+// The warp barrier kinds (for the messages): 0 __syncwarp, 1 shuffle, 2 vote, 3 wmma (mma.h).
+enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3 };
+// Whether this launch uses the permuted wmma fragment layout (GPUCONV_EMULATOR_WMMA_LAYOUT; mma.h).
+GPUCONV_EMU_HIDDEN bool wmma_permuted();
 
 inline unsigned linear_tid() {
     return tl.thread_idx.x + tl.block_dim.x * (tl.thread_idx.y + tl.block_dim.y * tl.thread_idx.z);
@@ -343,6 +347,7 @@ inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
 // __half: a 16-bit IEEE float; arithmetic goes through float and rounds once (nearest even), as cuda_fp16.h
 // does for these operators. The same names as cuda_fp16.h, so kernels use __half on both sides.
 struct __half {
+    static constexpr char gpuconv_emu_kind = 'h';  // the launcher's tag: an array of float16 exactly
     _Float16 __x;
     __half() = default;
     constexpr __half(float f) : __x(static_cast<_Float16>(f)) {}
@@ -415,9 +420,10 @@ inline __half __high2half(__half2 h) { return h.y; }
 // Kernel entries: the generated epilogue lists one per kernel (extern "C" names and name expressions).
 namespace gpuconv_emu {
 // How the launcher checks an argument: kind 'p' pointer, 'i' signed integer, 'u' unsigned integer,
-// 'f' floating point (float16 included), 'b' bool, 'o' anything else (passed by its bytes); for pointers,
-// elem_kind/elem_size describe the pointee ('v' for void).
-struct ArgInfo { char kind; char elem_kind; unsigned short size; unsigned short elem_size; };
+// 'f' float or double, 'h' __half, 'r' __nv_bfloat16, 'b' bool, 'o' any other type (a struct: passed by its
+// bytes); for pointers, elem_kind/elem_size describe the pointee ('v' for void). type is the C type's name
+// (the pointee's for pointers), for messages.
+struct ArgInfo { char kind; char elem_kind; unsigned short size; unsigned short elem_size; const char* type; };
 struct KernelEntry {
     const char* name;
     void (*call)(void** args);
@@ -425,12 +431,16 @@ struct KernelEntry {
     const ArgInfo* args;
 };
 
+// "... [with T = float]": the launcher keeps what follows "T = ".
+template <class T>
+constexpr const char* type_name() { return __PRETTY_FUNCTION__; }
+
 template <class T>
 constexpr char kind_of() {
     using U = std::remove_cv_t<T>;
     if constexpr (std::is_void_v<U>) return 'v';
     else if constexpr (std::is_same_v<U, bool>) return 'b';
-    else if constexpr (std::is_same_v<U, __half>) return 'f';
+    else if constexpr (requires { U::gpuconv_emu_kind; }) return U::gpuconv_emu_kind;  // __half, bfloat16
     else if constexpr (std::is_floating_point_v<U>) return 'f';
     else if constexpr (std::is_integral_v<U>) return std::is_signed_v<U> ? 'i' : 'u';
     else if constexpr (std::is_pointer_v<U>) return 'p';
@@ -446,16 +456,16 @@ constexpr ArgInfo arg_info() {
     using U = std::remove_cvref_t<T>;
     if constexpr (std::is_pointer_v<U>) {
         using E = std::remove_pointer_t<U>;
-        return ArgInfo{'p', kind_of<E>(), sizeof(U), size_of<E>()};
+        return ArgInfo{'p', kind_of<E>(), sizeof(U), size_of<E>(), type_name<E>()};
     } else {
-        return ArgInfo{kind_of<U>(), 0, sizeof(U), 0};
+        return ArgInfo{kind_of<U>(), 0, sizeof(U), 0, type_name<U>()};
     }
 }
 
 template <class... A>
 struct Signature {
     static constexpr int nargs = sizeof...(A);
-    static constexpr ArgInfo infos[sizeof...(A) + 1] = {arg_info<A>()..., ArgInfo{0, 0, 0, 0}};
+    static constexpr ArgInfo infos[sizeof...(A) + 1] = {arg_info<A>()..., ArgInfo{0, 0, 0, 0, nullptr}};
     template <void (*F)(A...), size_t... I>
     static void call_with(void** args, std::index_sequence<I...>) {
         (void)args;

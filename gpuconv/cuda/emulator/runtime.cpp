@@ -83,7 +83,7 @@ __thread State tl;
 // The runtime uses only C and pthreads (no <thread>, <string>, <vector>): it compiles in a fraction of the time.
 enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
 enum Schedule { FORWARD = 0, REVERSE = 1, SHUFFLE = 2 };
-const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote"};
+const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote", "a wmma operation"};
 constexpr int kMaxThreads = 1024;
 constexpr int kErrLen = 1024;
 
@@ -111,6 +111,7 @@ struct Launch {
     unsigned long long shmem;
     void** args;
     int schedule;
+    bool wmma_permuted;  // the wmma fragment layout (mma.h): forward or permuted
     unsigned seed;
     long nblocks;
     long next;         // next block to take (__atomic)
@@ -440,7 +441,12 @@ void work(Launch& L) {
     w.launch = &L;
     w.failed = false;
     w.error[0] = 0;
-    void* dyn = L.shmem ? malloc(L.shmem) : nullptr;  // exactly the requested size (ASan sees overflows)
+    // Exactly the requested size (ASan sees overflows), 128-byte aligned (wmma and cp.async check alignment).
+    void* dyn = nullptr;
+    if (L.shmem && posix_memalign(&dyn, 128, L.shmem) != 0) {
+        fprintf(stderr, "gpuconv emulator: cannot allocate %llu bytes of dynamic shared memory\n", L.shmem);
+        abort();
+    }
     while (!__atomic_load_n(&L.failed, __ATOMIC_RELAXED)) {
         long i = __atomic_fetch_add(&L.next, 1, __ATOMIC_RELAXED);
         if (i >= L.nblocks) break;
@@ -663,6 +669,8 @@ void warp_barrier(unsigned mask, unsigned line, int kind) {
     yield(w, f);
 }
 
+bool wmma_permuted() { return tl.worker->launch->wmma_permuted; }
+
 unsigned char* warp_slot(unsigned lane) { return tl.worker->warps[tl.fiber >> 5].slots[lane]; }
 
 unsigned warp_group(unsigned mask) {
@@ -722,7 +730,8 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     L.block = dim3(block[0], block[1], block[2]);
     L.shmem = shmem;
     L.args = args;
-    L.schedule = schedule;
+    L.schedule = schedule & 0xFF;              // bits 0-7: the schedule
+    L.wmma_permuted = ((schedule >> 8) & 1) != 0;  // bit 8: the permuted wmma fragment layout
     L.seed = seed;
     L.nblocks = long(grid[0]) * grid[1] * grid[2];
     L.timeout_s = timeout_s;
