@@ -19,7 +19,9 @@
 // Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
-// gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>
+// bfloat16 has the elementwise and reduction kernels only (act_bwd, bias_grad, sum_partials): its convolutions
+// always run on tensor cores (kernels/conv_tc_*.cu).
+// gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>, gpuconv_act_bwd<__nv_bfloat16>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 64>, gpuconv_conv_bwd_input<float, 64>, gpuconv_conv_bwd_input<double, 64>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 32>, gpuconv_conv_bwd_input<float, 32>, gpuconv_conv_bwd_input<double, 32>
 // gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 1, 4>, gpuconv_conv_bwd_input_direct<float, 1, 4>, gpuconv_conv_bwd_input_direct<double, 1, 4>
@@ -27,8 +29,8 @@
 // gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 15, 1>, gpuconv_conv_bwd_input_direct<float, 15, 1>, gpuconv_conv_bwd_input_direct<double, 15, 1>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
 // gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
-// gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>
-// gpuconv-name-expressions: gpuconv_sum_partials<__half>, gpuconv_sum_partials<float>, gpuconv_sum_partials<double>
+// gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>, gpuconv_bias_grad<__nv_bfloat16>
+// gpuconv-name-expressions: gpuconv_sum_partials<__half>, gpuconv_sum_partials<float>, gpuconv_sum_partials<double>, gpuconv_sum_partials<__nv_bfloat16>
 #include "gpuconv_common.cuh"
 
 template <typename T>

@@ -11,7 +11,8 @@
 //       in HWIO). VEC: Mg a multiple of BK (one reduction step in one tap), 16-byte aligned dy, y, w.
 //       NaN rule: a tap that reaches no output pixel reads a zero dz, and 0 * (inf or NaN weight) would put a NaN
 //       into dx that the chain rule does not have. When gpuconv_tc_nonfinite has set the flag, the block takes
-//       an exact loop instead of the GEMM, summing only the taps that reach an output pixel.
+//       an exact loop instead of the GEMM, summing only the taps that reach an output pixel (of the operands
+//       as the MMA path rounds them; slow, for a case that is a bug upstream anyway).
 //   gpuconv_tc_bwd_weight<T, BM, BN, STAGES, VEC>
 //       dw partial sums, one fixed split of the N*OH*OW pixels per blockIdx.z (split count and chunk from the
 //       shape only): rows = KH*KW*Cg taps (k1, k2, n), columns = Mg, reduction = the split's pixels. A (x) is
@@ -88,8 +89,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                     const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M;
                     const T* wk = wg + ((k1 * KW + k2) * Cg + col) * M;
                     for (int mm = 0; mm < Mg; ++mm)
-                        v += gpuconv_to_acc(gpuconv_tc_cast<T>(gpuconv_load_dz(dyg, yg, o + mm, act))) *
-                             gpuconv_to_acc(wk[mm]);
+                        v += gpuconv_tc_operand(gpuconv_tc_cast<T>(gpuconv_load_dz(dyg, yg, o + mm, act))) *
+                             gpuconv_tc_operand(wk[mm]);
                 }
             }
             gpuconv_store(dx + pixel_of(row) + col, v);
@@ -166,7 +167,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
         __syncthreads();
         const int ak = t % BK;
         gpuconv_walk3 kr;  // reduction index kt * BK + ak as digits (tap row i1, tap column i2, mm)
-        kr.init(ak, BK, T2, Mg);
+        kr.init(ak, BK, T2 > 0 ? T2 : 1, Mg);  // T2 = 0: a phase no tap reaches (K = 0, nothing issued)
         auto issue = [&](int kt, int s) {
             const bool k_ok = kt * BK + ak < K;
             const int i1 = kr.i0, i2 = kr.i1, mm = kr.i2;

@@ -47,10 +47,6 @@
 #define GPUCONV_TC_BYTES_K 64   // bytes of one reduction step of a tile row (BK = 64 / sizeof(T))
 #define GPUCONV_TC_SCRATCH 20   // row stride (floats) of a warp's 16 x 16 epilogue scratch
 
-// bfloat16 <-> float: conversions of cuda_bf16.h, round to nearest even on the store.
-__device__ __forceinline__ float gpuconv_to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void gpuconv_store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
 // Per storage type: whether this target has the tensor-core path, the fragment depth FK and wmma's element type.
 template <typename T> struct gpuconv_tc;
 template <> struct gpuconv_tc<__half> {
@@ -87,6 +83,15 @@ __device__ __forceinline__ void gpuconv_tc_round(Frag& f, const float*) {
 }
 template <typename Frag, typename T>
 __device__ __forceinline__ void gpuconv_tc_round(Frag&, const T*) {}
+
+// A storage value as the tensor cores multiply it, in float: TF32-rounded for float, exact otherwise (the
+// exact fallback loops use it, so that they compute what the MMA path would).
+template <typename T>
+__device__ __forceinline__ float gpuconv_tc_operand(T v) { return gpuconv_to_acc(v); }
+#if GPUCONV_TC_SM80
+template <>
+__device__ __forceinline__ float gpuconv_tc_operand<float>(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+#endif
 
 // The compile-time shape of a block tile and its shared-memory layout. A is BM x BK, B is BK x BN; each is
 // stored either "row" (the reduction index fastest for A, the column index fastest for B) or "col"

@@ -111,6 +111,8 @@ def _contiguous(xp, *arrays):
 def _aligned16(*arrays) -> bool:
     """Whether every array's data starts on a 16-byte boundary (the tensor-core kernels' 16-byte copies)."""
     for a in arrays:
+        if a is None:
+            continue
         iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
         if iface["data"][0] % 16:
             return False
