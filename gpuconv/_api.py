@@ -119,7 +119,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
     """act(conv(x, w) + b), cross-correlation with channels last, fused in one pass.
 
     stride, dilation: int or (s1, s2). padding: "valid", "same" (output ceil(H/s), odd pixel bottom/right),
-    "full", int, (ph, pw) or ((top, bottom), (left, right)). activation: None, "identity", "relu", "sigmoid".
+    "full", int, (ph, pw) or ((top, bottom), (left, right)). activation: None or a name of gpuconv._registry.ACTIVATIONS
+    ("identity", "relu", "sigmoid", "tanh").
     backend: "auto" (cupy arrays -> GPU, numpy arrays -> NumPy; GPUCONV_BACKEND overrides), "numpy",
     "cupy" or "emulator". precision: None (the process default), "highest" or "tf32" (float32 only; see the
     module docstring). dtypes: float16, bfloat16 (ml_dtypes.bfloat16), float32, float64.
@@ -139,7 +140,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
 
 
 def activation_backward(dy, y, activation, *, backend="auto", precision=None):
-    """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y)); any shape.
+    """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y); tanh: 1 - y * y);
+    any shape.
 
     y may be None for the identity (dz is then a copy of dy). ``precision`` is checked and has no effect:
     there are no products to round (accepted so that one set of options fits every operation).
@@ -147,11 +149,11 @@ def activation_backward(dy, y, activation, *, backend="auto", precision=None):
     fname = "activation_backward"
     _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
-    if y is None and act != "identity":
+    if y is None and _config.needs_output(act):
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
     be, a = _prepare(fname, backend, {"dy": dy, "y": y})
     _check_dtypes(fname, a, be)
-    if act == "identity":
+    if not _config.needs_output(act):
         return _back(a["dy"].copy(), dy)
     _check_shape(fname, "y", a["y"], a["dy"].shape)
     return _back(be.activation_backward(a["dy"], a["y"], act), dy)
@@ -217,14 +219,14 @@ def conv2d_backward(
 ):
     """All gradients of ``conv2d`` from dy = dJ/dy: returns Conv2DGrads(dx, dw, db).
 
-    ``y``, the forward output, is needed for relu and sigmoid (their derivative is taken from it).
+    ``y``, the forward output, is needed for every activation but identity (the derivative is taken from it).
     db is None when ``has_bias`` is False; with a 2-D x it has shape (1,). ``precision`` applies to the
     products of dx and dw (dz = dy * act'(z) and db are float32 sums in every precision).
     """
     fname = "conv2d_backward"
     prec = _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
-    if y is None and act != "identity":
+    if y is None and _config.needs_output(act):
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
     be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
     _check_dtypes(fname, a, be)
@@ -239,10 +241,10 @@ def conv2d_backward(
         dx, dw = be.xp.zeros(cfg.x_shape, dtype), be.xp.zeros(cfg.w_shape, dtype)
         db = be.xp.zeros((cfg.m,), dtype) if has_bias else None
     elif fused is not None:  # the backend applies act' as it reads dy: dz never goes to memory
-        y4 = None if act == "identity" else a["y"].reshape(cfg.y_shape)
+        y4 = a["y"].reshape(cfg.y_shape) if _config.needs_output(act) else None
         dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias, precision=prec)
     else:
-        dz = a["dy"] if act == "identity" else be.activation_backward(a["dy"], a["y"], act)
+        dz = be.activation_backward(a["dy"], a["y"], act) if _config.needs_output(act) else a["dy"]
         dz4 = dz.reshape(cfg.y_shape)
         dx, dw = be.backward_input(dz4, w4, cfg, precision=prec), be.backward_weight(dz4, x4, cfg, precision=prec)
         db = _bias_grad(be, dz4, cfg.m) if has_bias else None

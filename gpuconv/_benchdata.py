@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuconv import _dispatch, conv2d_info
+from gpuconv import _dispatch, _registry, conv2d_info
 
 # Spelled out rather than taken from _dispatch: asv matches parameters by position, so the lists must not change
-# with the commit being measured (a backend a commit lacks is skipped there).
+# with the commit being measured (a backend a commit lacks is skipped there). Dtypes and activations follow the
+# registry's order, where entries are only ever appended.
 BACKENDS = ("numpy", "cupy", "emulator")
-DTYPES = ("float32", "float16", "float64")
-ACTIVATIONS = ("identity", "relu", "sigmoid")
+DTYPES = _registry.dtype_names()
+ACTIVATIONS = _registry.activation_names()
 SEED = 20261126
 
 # The CPU emulator runs CUDA threads one at a time on the CPU: only small layers are worth timing there.
@@ -273,7 +274,8 @@ class TorchLayer:
         self.b = torch.from_numpy(arrays["b"]).to(dev).requires_grad_()
         dy = torch.from_numpy(np.ascontiguousarray(arrays["dy"].transpose(0, 3, 1, 2)))
         self.dy = dy.to(dev).contiguous(memory_format=torch.channels_last)
-        act = {"identity": None, "relu": torch.relu, "sigmoid": torch.sigmoid}[activation]
+        peer = _registry.activation(activation, "bench").torch
+        act = None if peer is None else getattr(torch, peer)
         stride, padding = shape.stride, shape.padding
 
         def layer():

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ACTIVATIONS = ("identity", "relu", "sigmoid")
+from . import _registry
+
+ACTIVATIONS = _registry.activation_names()
 PADDING_MODES = ("valid", "same", "full")
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = tuple(d.numpy for d in _registry.DTYPES.values())
 # How float32 products are computed: "highest" (strict FP32, the default) or "tf32" (operands rounded to TF32,
 # float32 accumulation). Other dtypes ignore it. gpuconv never uses TF32 unless asked.
 PRECISIONS = ("highest", "tf32")
@@ -208,6 +210,11 @@ def activation_name(fname: str, activation) -> str:
     raise ValueError(
         f"{fname}: argument 'activation' must be None or one of {ACTIVATIONS}, got {activation!r}"
     )
+
+
+def needs_output(activation: str) -> bool:
+    """Whether the gradient of a (checked) activation reads the saved forward output."""
+    return _registry.activation(activation).uses_output
 
 
 def bfloat16() -> np.dtype:

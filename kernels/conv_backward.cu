@@ -1,4 +1,4 @@
-// Backward pass. Every gradient kernel reads dy (and, for relu/sigmoid, the saved output y) and applies the
+// Backward pass. Every gradient kernel reads dy (and, but for identity, the saved output y) and applies the
 // activation gradient as it loads: dz = dy * act'(z) is never written to memory. With act = identity, dy is dz.
 //
 //   gpuconv_act_bwd               dz = dy * act'(z) alone, elementwise (the backend's activation_backward)
@@ -19,18 +19,9 @@
 // Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
-// bfloat16 has the elementwise and reduction kernels only (act_bwd, bias_grad, sum_partials): its convolutions
-// always run on tensor cores (kernels/conv_tc_*.cu).
-// gpuconv-name-expressions: gpuconv_act_bwd<__half>, gpuconv_act_bwd<float>, gpuconv_act_bwd<double>, gpuconv_act_bwd<__nv_bfloat16>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 64>, gpuconv_conv_bwd_input<float, 64>, gpuconv_conv_bwd_input<double, 64>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input<__half, 32>, gpuconv_conv_bwd_input<float, 32>, gpuconv_conv_bwd_input<double, 32>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 1, 4>, gpuconv_conv_bwd_input_direct<float, 1, 4>, gpuconv_conv_bwd_input_direct<double, 1, 4>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 4, 4>, gpuconv_conv_bwd_input_direct<float, 4, 4>, gpuconv_conv_bwd_input_direct<double, 4, 4>
-// gpuconv-name-expressions: gpuconv_conv_bwd_input_direct<__half, 15, 1>, gpuconv_conv_bwd_input_direct<float, 15, 1>, gpuconv_conv_bwd_input_direct<double, 15, 1>
-// gpuconv-name-expressions: gpuconv_conv_bwd_weight<__half>, gpuconv_conv_bwd_weight<float>, gpuconv_conv_bwd_weight<double>
-// gpuconv-name-expressions: gpuconv_conv_bwd_weight_small<__half>, gpuconv_conv_bwd_weight_small<float>, gpuconv_conv_bwd_weight_small<double>
-// gpuconv-name-expressions: gpuconv_bias_grad<__half>, gpuconv_bias_grad<float>, gpuconv_bias_grad<double>, gpuconv_bias_grad<__nv_bfloat16>
-// gpuconv-name-expressions: gpuconv_sum_partials<__half>, gpuconv_sum_partials<float>, gpuconv_sum_partials<double>, gpuconv_sum_partials<__nv_bfloat16>
+// bfloat16 (not in the dtype registry's instantiations yet) has the elementwise and reduction kernels only: its
+// convolutions always run on tensor cores (kernels/conv_tc_*.cu).
+// gpuconv-name-expressions: gpuconv_act_bwd<__nv_bfloat16>, gpuconv_bias_grad<__nv_bfloat16>, gpuconv_sum_partials<__nv_bfloat16>
 #include "gpuconv_common.cuh"
 
 template <typename T>
@@ -341,13 +332,13 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
     int chunk,                   // output pixels per split; split = blockIdx.y
     int act)                     // GPUCONV_ACT_* of the forward pass
 {
-    // Block (32, 8): threadIdx.x = weight element (HWIO order, so m fastest and dz loads coalesce),
-    // threadIdx.y = pixel phase; the 8 phases are added in order at the end.
+    // Block (GPUCONV_RED_X, GPUCONV_RED_Y) = (32, 8): threadIdx.x = weight element (HWIO order, so m fastest
+    // and dz loads coalesce), threadIdx.y = pixel phase; the 8 phases are added in order at the end.
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc red[8][33];
+    __shared__ Acc red[GPUCONV_RED_Y][GPUCONV_RED_X + 1];
     const int Cg = C / G, Mg = M / G;
     const int E = KH * KW * Cg * M;
-    const int e = blockIdx.x * 32 + threadIdx.x;  // weight element (k1, k2, n, m)
+    const int e = blockIdx.x * GPUCONV_RED_X + threadIdx.x;  // weight element (k1, k2, n, m)
     const int P = N * OH * OW;
     const int p_begin = blockIdx.y * chunk;
     const int p_end = min(P, p_begin + chunk);
@@ -361,8 +352,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
         const int dh = k1 * d1 - pt, dw = k2 * d2 - pl;
         // Pixel p = p_begin + threadIdx.y + 8 k, decoded once and then advanced without divisions.
         gpuconv_walk3 px;  // digits (b, oi, oj)
-        px.init(p_begin + threadIdx.y, 8, OH, OW);
-        for (int p = p_begin + threadIdx.y; p < p_end; p += 8) {
+        px.init(p_begin + threadIdx.y, GPUCONV_RED_Y, OH, OW);
+        for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) {
             const int ih = px.i1 * s1 + dh, iw = px.i2 * s2 + dw;
             if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
                 v += gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) *
@@ -375,7 +366,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
     if (threadIdx.y == 0 && e < E) {
         Acc s = red[0][threadIdx.x];
 #pragma unroll
-        for (int k = 1; k < 8; ++k) s += red[k][threadIdx.x];
+        for (int k = 1; k < GPUCONV_RED_Y; ++k) s += red[k][threadIdx.x];
         ws[(gpuconv_i64)blockIdx.y * E + e] = s;
     }
 }
@@ -390,21 +381,22 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
     int chunk,                 // rows per split; split = blockIdx.y
     int act)                   // GPUCONV_ACT_* of the forward pass
 {
-    // Block (32, 8): threadIdx.x = channel within the block's 32, threadIdx.y = row phase.
+    // Block (GPUCONV_RED_X, GPUCONV_RED_Y) = (32, 8): threadIdx.x = channel within the block's 32,
+    // threadIdx.y = row phase.
     typedef typename gpuconv_acc<T>::type Acc;
-    __shared__ Acc red[8][33];
-    const int m = blockIdx.x * 32 + threadIdx.x;
+    __shared__ Acc red[GPUCONV_RED_Y][GPUCONV_RED_X + 1];
+    const int m = blockIdx.x * GPUCONV_RED_X + threadIdx.x;
     const int p_begin = blockIdx.y * chunk;
     const int p_end = min(P, p_begin + chunk);
     Acc v = Acc(0);
     if (m < M)
-        for (int p = p_begin + threadIdx.y; p < p_end; p += 8) v += gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+        for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) v += gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
     red[threadIdx.y][threadIdx.x] = v;
     __syncthreads();
     if (threadIdx.y == 0 && m < M) {
         Acc s = red[0][threadIdx.x];
 #pragma unroll
-        for (int k = 1; k < 8; ++k) s += red[k][threadIdx.x];
+        for (int k = 1; k < GPUCONV_RED_Y; ++k) s += red[k][threadIdx.x];
         ws[(gpuconv_i64)blockIdx.y * M + m] = s;
     }
 }

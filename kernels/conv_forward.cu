@@ -8,9 +8,6 @@
 //                            tiles of 64 x 64 (BN = 64) or, for at most 32 output channels per group, 128 x 32.
 //   gpuconv_conv_fwd_direct  one thread per output element, for few output channels per group (depthwise):
 //                            a 64-wide column tile would mostly compute padding there.
-// gpuconv-name-expressions: gpuconv_conv_fwd<__half, 64>, gpuconv_conv_fwd<float, 64>, gpuconv_conv_fwd<double, 64>
-// gpuconv-name-expressions: gpuconv_conv_fwd<__half, 32>, gpuconv_conv_fwd<float, 32>, gpuconv_conv_fwd<double, 32>
-// gpuconv-name-expressions: gpuconv_conv_fwd_direct<__half>, gpuconv_conv_fwd_direct<float>, gpuconv_conv_fwd_direct<double>
 #include "gpuconv_common.cuh"
 
 template <typename T, int BN>

@@ -32,8 +32,8 @@
 template <typename T>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS) gpuconv_tc_nonfinite(
     const T* __restrict__ w,  // weights, any shape, contiguous
-    int size,                 // number of elements
-    int* __restrict__ flag)   // set to 1 if any element is inf or NaN (zeroed by the caller; never cleared here)
+    int* __restrict__ flag,   // set to 1 if any element is inf or NaN (zeroed by the caller; never cleared here)
+    int size)                 // number of elements
 {
     const int stride = gridDim.x * blockDim.x;
     bool bad = false;

@@ -20,30 +20,30 @@
 
 typedef long long gpuconv_i64;
 
-// Activation codes, the same numbers as gpuconv/backends/cuda.py ACTIVATION_CODES.
-#define GPUCONV_ACT_IDENTITY 0
-#define GPUCONV_ACT_RELU 1
-#define GPUCONV_ACT_SIGMOID 2
-
+// Activation codes GPUCONV_ACT_<NAME> and launch constants come from Python as -D macros, named once there:
+// gpuconv/_registry.py ACTIVATIONS and gpuconv/backends/_plans.py kernel_defines() (every way of compiling a
+// package kernel, cupy, the emulator and the NVRTC checks, passes them).
+//
 // Implicit-GEMM tiles: a block of GPUCONV_THREADS threads computes a GPUCONV_BM x GPUCONV_BN tile of the
 // output, stepping through the reduction GPUCONV_BK at a time; each thread holds a 4 x 4 micro-tile whose rows
 // are 4*ty + i and columns 4*tx + j (tx = thread % 16, ty = thread / 16). The forward and dx kernels also have a
-// 128 x 32 tile (tx = thread % 8, ty = thread / 8) for 16..32 channels per group.
-#define GPUCONV_BM 64
-#define GPUCONV_BN 64
-#define GPUCONV_BK 16
-#define GPUCONV_THREADS 256
-#define GPUCONV_PAD 4  // shared tile row padding (elements)
+// 128 x 32 tile (tx = thread % 8, ty = thread / 8) for 16..32 channels per group. GPUCONV_PAD: shared tile row
+// padding (elements). Column reductions (small-channel dw, db) run blocks of (GPUCONV_RED_X, GPUCONV_RED_Y).
+#if !defined(GPUCONV_ACT_IDENTITY) || !defined(GPUCONV_ACT_RELU) || !defined(GPUCONV_ACT_SIGMOID) || \
+    !defined(GPUCONV_ACT_TANH) || !defined(GPUCONV_BM) || !defined(GPUCONV_BN) || !defined(GPUCONV_BK) ||  \
+    !defined(GPUCONV_THREADS) || !defined(GPUCONV_PAD) || !defined(GPUCONV_RED_X) || !defined(GPUCONV_RED_Y)
+#error "compile gpuconv kernels through gpuconv.cuda.modules (it passes gpuconv.backends._plans.kernel_defines())"
+#endif
 
 // The shape arguments of every convolution kernel: the same 16 ints in this order, which the launch wrappers
-// pass with gpuconv/backends/cuda.py _dims(cfg). N, H, W, C input shape; KH, KW, M kernel height, width and
+// pass with gpuconv/backends/_plans.py dims(cfg). N, H, W, C input shape; KH, KW, M kernel height, width and
 // output channels; G groups (C and M divisible by G); OH, OW output height, width; s1, s2 strides (rows,
 // columns); d1, d2 dilations; pt, pl top and left padding (bottom and right follow from OH, OW).
 #define GPUCONV_CONV_SHAPE_PARAMS                                                                     \
     int N, int H, int W, int C, int KH, int KW, int M, int G, int OH, int OW, int s1, int s2, int d1, int d2, \
         int pt, int pl
 
-// One stride phase (ph, pw) of dx, as gpuconv/backends/cuda.py stride_phases lists it (the dx kernels read
+// One stride phase (ph, pw) of dx, as gpuconv/backends/_plans.py stride_phases lists it (the dx kernels read
 // d1, d2, pt, pl only through these):
 //   h0, Hp, qh0            the phase's rows: h = h0 + s1 * hp for hp < Hp; (h0 + pt - ph) / s1 = qh0
 //   w0, Wp, qw0            the phase's columns, the same way
@@ -73,22 +73,31 @@ __device__ __forceinline__ void gpuconv_store(double* p, double v) { *p = v; }
 
 __device__ __forceinline__ float gpuconv_exp(float v) { return expf(v); }
 __device__ __forceinline__ double gpuconv_exp(double v) { return exp(v); }
+__device__ __forceinline__ float gpuconv_tanh(float v) { return tanhf(v); }
+__device__ __forceinline__ double gpuconv_tanh(double v) { return tanh(v); }
 
-// y = act(z). relu keeps NaN (as np.maximum); sigmoid's exp overflow gives 1 / inf = 0.
+// y = act(z), one case per activation of gpuconv/_registry.py ACTIVATIONS. relu keeps NaN (as np.maximum);
+// sigmoid's exp overflow gives 1 / inf = 0.
 template <typename Acc>
 __device__ __forceinline__ Acc gpuconv_act_forward(Acc z, int act) {
-    if (act == GPUCONV_ACT_RELU) return z < Acc(0) ? Acc(0) : z;
-    if (act == GPUCONV_ACT_SIGMOID) return Acc(1) / (Acc(1) + gpuconv_exp(-z));
-    return z;
+    switch (act) {
+        case GPUCONV_ACT_RELU: return z < Acc(0) ? Acc(0) : z;
+        case GPUCONV_ACT_SIGMOID: return Acc(1) / (Acc(1) + gpuconv_exp(-z));
+        case GPUCONV_ACT_TANH: return gpuconv_tanh(z);
+        default: return z;  // GPUCONV_ACT_IDENTITY (the wrappers pass registered codes only)
+    }
 }
 
-// dz = dy * act'(z) from the saved output u = act(z): relu -> a select (dy = inf with u <= 0 gives 0, as
-// np.where), sigmoid -> dy * u * (1 - u), never through exp.
+// dz = dy * act'(z) from the saved output u = act(z), never through exp: relu -> a select (dy = inf with
+// u <= 0 gives 0, as np.where), sigmoid -> dy * u * (1 - u), tanh -> dy * (1 - u * u).
 template <typename Acc>
 __device__ __forceinline__ Acc gpuconv_act_backward(Acc dy, Acc u, int act) {
-    if (act == GPUCONV_ACT_RELU) return u > Acc(0) ? dy : Acc(0);
-    if (act == GPUCONV_ACT_SIGMOID) return dy * u * (Acc(1) - u);
-    return dy;
+    switch (act) {
+        case GPUCONV_ACT_RELU: return u > Acc(0) ? dy : Acc(0);
+        case GPUCONV_ACT_SIGMOID: return dy * u * (Acc(1) - u);
+        case GPUCONV_ACT_TANH: return dy * (Acc(1) - u * u);
+        default: return dy;  // GPUCONV_ACT_IDENTITY
+    }
 }
 
 // dz[i] read from dy (and the saved output y when act != identity): the activation gradient fused into the

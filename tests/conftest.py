@@ -4,7 +4,9 @@ Every numerical test takes the ``backend`` fixture and passes ``backend=backend`
 name to ``BACKENDS`` runs the whole suite on that backend too. A backend that cannot run here is skipped with
 the reason ``gpuconv._dispatch.backend_status`` gives.
 
-Tolerances live here, once, per dtype (see ``tolerance``); no test loosens them.
+Tolerances, dtypes and activations come from the package's registries (``gpuconv._registry``): the tolerance
+table serves this suite, tests/test_kernels.py and tools/gpu_check.py alike, and every parametrization over
+dtypes or activations derives from ``DTYPES`` / ``ACTIVATIONS`` here. No test loosens a tolerance.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from hypothesis import HealthCheck, settings
 # The helpers next to this file (reference.py) import as top-level modules, whatever pytest's import mode.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpuconv import _dispatch
+from gpuconv import _dispatch, _registry
 
-# Backends the suite runs on. The next issue adds "emulator" and "cupy" here; nothing else needs to change.
+# Backends the suite runs on; a new backend is one more name here.
 BACKENDS = ["numpy", "emulator", "cupy"]
 
 # Backends where one call is expensive (the CPU emulator: ~10 ms a call). Tests size their work with
@@ -29,18 +31,16 @@ BACKENDS = ["numpy", "emulator", "cupy"]
 SLOW_BACKENDS = {"emulator"}
 
 # ---------------------------------------------------------------------------------------------- tolerances
-# Relative tolerances, against the float64 reference computed from the same (already rounded) inputs.
-# float64: ~1e-10. float32: 1e-5 for reductions up to REDUCTION_UNIT terms, growing linearly with the
-# reduction length beyond it (rounding error of a sum grows with its length). float16 (computed in float32,
-# rounded once): 1e-2.
-RTOL = {
-    np.dtype(np.float64): 1e-10,
-    np.dtype(np.float32): 1e-5,
-    np.dtype(np.float16): 1e-2,
-}
-REDUCTION_UNIT = 100
-DTYPES = [np.float16, np.float32, np.float64]
-DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+# Relative tolerances, against the float64 reference computed from the same (already rounded) inputs: the
+# registry's DType.rtol (float32's grows linearly with the reduction length past REDUCTION_UNIT terms).
+REDUCTION_UNIT = _registry.REDUCTION_UNIT
+DTYPES = [d.numpy.type for d in _registry.DTYPES.values()]
+DTYPE_IDS = list(_registry.DTYPES)
+# Every activation name, and those whose gradient reads the saved output.
+ACTIVATIONS = list(_registry.ACTIVATIONS)
+OUTPUT_ACTIVATIONS = [a.name for a in _registry.ACTIVATIONS.values() if a.uses_output]
+# The dtypes below float64 (rounded results: their tolerances are far above float64's).
+LOW_PRECISION_DTYPES = [t for t in DTYPES if np.dtype(t) != np.float64]
 
 # Finite-difference gradient checks (float64 only): central differences with step FD_STEP, compared with this
 # relative tolerance (truncation error ~ h^2 * f''' and cancellation ~ eps / h, both far below it).
@@ -48,13 +48,7 @@ FD_STEP = 1e-6
 FD_RTOL = 1e-6
 
 
-def tolerance(dtype, reduction: int = 1) -> float:
-    """Relative tolerance for results of ``dtype`` that sum ``reduction`` products each."""
-    dtype = np.dtype(dtype)
-    rtol = RTOL[dtype]
-    if dtype == np.float32:
-        rtol *= max(1.0, reduction / REDUCTION_UNIT)
-    return rtol
+tolerance = _registry.tolerance  # (dtype, reduction=1) -> relative tolerance
 
 
 def to_numpy(a):

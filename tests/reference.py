@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from gpuconv import _registry
+
 
 # ------------------------------------------------------------------------------------------------ options
 def as_pair(v) -> tuple:
@@ -113,29 +115,16 @@ class _Geometry:
 
 
 # ------------------------------------------------------------------------------------------------ activations
+# The registry's NumPy functions, in float64 (tests/test_gradcheck.py checks each gradient against finite
+# differences of its forward; tests/test_forward.py and test_backward.py check values independently).
 def activate(z, activation):
-    z = np.asarray(z, np.float64)
-    if activation in (None, "identity"):
-        return z.copy()
-    if activation == "relu":
-        return np.where(z > 0, z, 0.0)
-    if activation == "sigmoid":
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-z))
-    raise ValueError(activation)
+    return _registry.activation(activation or "identity").forward(np.array(z, np.float64))
 
 
 def activation_backward(dy, y, activation):
     """dZ from dU and the saved output U."""
-    dy = np.asarray(dy, np.float64)
-    y = np.asarray(y, np.float64)
-    if activation in (None, "identity"):
-        return dy.copy()
-    if activation == "relu":
-        return dy * (y > 0)
-    if activation == "sigmoid":
-        return dy * y * (1.0 - y)
-    raise ValueError(activation)
+    dy = np.array(dy, np.float64)
+    return _registry.activation(activation or "identity").backward(dy, np.asarray(y, np.float64))
 
 
 # ------------------------------------------------------------------------------------------------ forward

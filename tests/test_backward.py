@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import DTYPE_IDS, DTYPES, to_numpy, tolerance
+from conftest import ACTIVATIONS, DTYPE_IDS, DTYPES, OUTPUT_ACTIVATIONS, to_numpy, tolerance
 from reference import OPTION_CASES, OPTION_IDS, geometry, reduction_lengths
 
 import gpuconv
@@ -26,7 +26,7 @@ def case_arrays(rand, c, dtype):
 
 # -------------------------------------------------------------------------------------- activation_backward
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("activation", [None, "identity", "relu", "sigmoid"])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 @pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 4, 5)])
 def test_activation_backward(backend, to_xp, check, rand, dtype, activation, shape):
     dy = rand(shape, dtype)
@@ -52,6 +52,13 @@ def test_activation_backward_sigmoid_values(backend, to_xp, asnumpy):
     y = np.array([0.5, 0.25, 1.0])
     dz = asnumpy(gpuconv.activation_backward(to_xp(dy), to_xp(y), "sigmoid", backend=backend))
     np.testing.assert_allclose(dz, [0.5, 0.1875, 0.0], rtol=1e-15, atol=0)
+
+
+def test_activation_backward_tanh_values(backend, to_xp, asnumpy):
+    dy = np.array([2.0, 1.0, -4.0, 3.0])
+    y = np.array([0.5, -0.25, 1.0, 0.0])
+    dz = asnumpy(gpuconv.activation_backward(to_xp(dy), to_xp(y), "tanh", backend=backend))
+    np.testing.assert_allclose(dz, [1.5, 0.9375, 0.0, 3.0], rtol=1e-15, atol=0)
 
 
 # ------------------------------------------------------------------------------------------ the separate ops
@@ -91,7 +98,7 @@ def test_conv2d_backward_vs_reference(backend, to_xp, check, rand, c, dtype):
     x, w, b, dy = case_arrays(rand, c, dtype)
     act = c["activation"]
     y = ref.conv2d(x, w, b, activation=act, **c["options"]).astype(dtype)
-    y_arg = to_xp(y) if act in ("relu", "sigmoid") else None
+    y_arg = to_xp(y) if act in OUTPUT_ACTIVATIONS else None
     grads = gpuconv.conv2d_backward(
         to_xp(dy),
         to_xp(x),
@@ -176,7 +183,7 @@ def test_backward_is_adjoint_of_forward(backend, to_xp, asnumpy, rand):
     assert np.isclose(np.vdot(w, dw), lhs, rtol=rtol, atol=0)
 
 
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 def test_backward_empty_batch(backend, xp, to_xp, asnumpy, rand, activation):
     x, w = np.zeros((0, 5, 6, 2)), rand((3, 2, 2, 4))
     dy = np.zeros((0, 3, 5, 4))

@@ -237,7 +237,7 @@ def _gpuconv_classes(asv_benchmarks):
 
 def _args(cls, backend, dtype="float32", shape="tiny"):
     values = {"backend": backend, "device": backend, "dtype": dtype, "shape": shape}
-    if "activation" in cls.param_names:  # the last one, sigmoid (relu goes through the layer benchmark)
+    if "activation" in cls.param_names:  # the last one (relu goes through the layer benchmark)
         values["activation"] = cls.params[cls.param_names.index("activation")][-1]
     return [values[n] for n in cls.param_names]
 

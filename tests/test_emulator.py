@@ -701,32 +701,6 @@ def test_argument_tags_tell_element_types_apart():
         half((1,), (32,), (np.zeros(4, bf), np.zeros(4, np.float16), np.float16(1), np.int32(4)))
 
 
-@pytest.mark.skipif(bool(SANITIZE), reason="NVRTC cannot load its builtins with libasan preloaded")
-def test_wmma_kernels_compile_with_nvrtc_for_sm80_and_sm90():
-    """The emulated API has the real headers' names and signatures: the same test source compiles with NVRTC."""
-    from gpuconv.cuda import nvrtc
-
-    if nvrtc.unavailable_reason():
-        pytest.skip(nvrtc.unavailable_reason())
-    dirs = nvrtc.cuda_include_dirs()
-    extra = []
-    if not any(Path(d, "crt", "mma.h").is_file() for d in dirs):
-        try:
-            import nvidia
-
-            crt = [Path(b, "cuda_nvcc", "include") for b in nvidia.__path__]
-        except ImportError:
-            crt = []
-        crt = [d for d in crt if (d / "crt" / "mma.h").is_file()]
-        if not crt:
-            pytest.skip("crt/mma.h not found (pip install nvidia-cuda-nvcc-cu12)")
-        extra = [f"-I{crt[0]}"]
-    for name in ("wmma.cu",):
-        for arch in ("sm_80", "sm_90"):
-            rows = nvrtc.compile_report(str(KERNELS / name), arch, options=extra)
-            assert rows and all(r.spill_stores == 0 for r in rows), rows
-
-
 # ---- out-of-bounds writes (default build: guard bytes around every argument buffer) ------------------------
 @pytest.mark.skipif(bool(SANITIZE), reason="under ASan, AddressSanitizer reports the write itself")
 @pytest.mark.parametrize("offset,where", [(0, "0 bytes past the end"), (100, "400 bytes past the end"),
@@ -753,3 +727,85 @@ def test_aliased_arguments_share_one_buffer(any_schedule):
     buf = np.zeros(n + 1, np.float32)
     add((3,), (128,), (buf[1:], b, buf[:-1], np.int32(n)))  # c[i] = a[i] + b[i] with c = a shifted by one
     assert buf[:-1].min() >= 1  # every c[i] saw a real a[i] (1 + earlier sums), none a stray copy
+
+
+# ---- asynchronous copies (cuda_pipeline.h) ----------------------------------------------------------------
+def test_cp_async_with_wait_and_barrier(any_schedule):
+    x = np.random.default_rng(10).standard_normal(256).astype(np.float32)
+    y = np.zeros(256, np.float32)
+    module("pipeline.cu").get_function("cp_async_shift")((1,), (64,), (x, y, np.int32(0)))
+    np.testing.assert_array_equal(y, np.roll(x, -4))
+
+
+def test_cp_async_read_before_the_wait_sees_poison(any_schedule):
+    x = np.random.default_rng(11).standard_normal(256).astype(np.float32)
+    y = np.zeros(256, np.float32)
+    module("pipeline.cu").get_function("cp_async_shift")((1,), (64,), (x, y, np.int32(1)))
+    assert np.isnan(y).all()
+
+
+def test_cp_async_missing_barrier_is_a_wrong_result_under_some_schedule():
+    from gpuconv.cuda.emulator import schedule as use
+
+    x = np.random.default_rng(12).standard_normal(256).astype(np.float32)
+    wrong = []
+    for name in ALL_SCHEDULES:
+        y = np.zeros(256, np.float32)
+        with use(name):
+            module("pipeline.cu").get_function("cp_async_shift")((1,), (64,), (x, y, np.int32(2)))
+        if not np.array_equal(y, np.roll(x, -4)):
+            wrong.append(name)
+    assert wrong == list(ALL_SCHEDULES)  # each thread reads another's copy before that thread has waited
+
+
+def test_cp_async_never_waited_is_reported(any_schedule):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    x = np.ones(256, np.float32)
+    source = (KERNELS / "pipeline.cu").read_text().splitlines()
+    line = 1 + next(i for i, t in enumerate(source) if "__pipeline_memcpy_async(&tile[4 * t]" in t)
+    with pytest.raises(EmulatorError, match=rf"kernel 'cp_async_shift'.*exited with 1 asynchronous copies never "
+                                            rf"waited for \(the first from __pipeline_memcpy_async on line {line}\)"):
+        module("pipeline.cu").get_function("cp_async_shift")((1,), (64,), (x, np.zeros(256, np.float32),
+                                                                            np.int32(3)))
+
+
+def test_cp_async_groups_and_zfill(any_schedule):
+    x = np.random.default_rng(13).standard_normal(256).astype(np.float32)
+    y = np.zeros(384, np.float32)
+    module("pipeline.cu").get_function("cp_async_groups")((1,), (32,), (x, y))
+    np.testing.assert_array_equal(y[:128], x[:128])
+    zfilled = x[128:].reshape(32, 4).copy()
+    zfilled[:, 2:] = 0
+    np.testing.assert_array_equal(y[128:256], zfilled.ravel())
+    assert (y[256:].view(np.uint32) == 0xFFFFFFFF).all()  # the second group was still pending: poison
+
+
+def test_cp_async_double_buffered_pipeline(any_schedule):
+    blocks, chunks = 3, 5
+    x = np.random.default_rng(14).standard_normal((blocks, chunks, 256)).astype(np.float32)
+    y = np.zeros((blocks, 256), np.float32)
+    module("pipeline.cu").get_function("cp_async_pipeline_sum")((blocks,), (64,), (x, y, np.int32(chunks)))
+    expected = np.zeros((blocks, 256), np.float32)
+    for c in range(chunks):  # the kernel's order of sums
+        expected += np.roll(x[:, c], -64, axis=1)
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("mode,message", [
+    (1, "size_and_align must be 4, 8 or 16"),
+    (2, "must be aligned to size_and_align"),
+    (3, "the destination is not in shared memory"),
+    (4, "not inside global memory"),
+    (5, "zfill is larger than size_and_align"),
+    (6, "not inside global memory"),
+])
+def test_cp_async_misuse_is_reported(mode, message):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    n = 256
+    x = np.ones(n, np.float32)
+    with pytest.raises(EmulatorError, match=rf"kernel 'cp_async_misuse'.*__pipeline_memcpy_async\(.*\) on line \d+: .*"
+                                            rf"{message}"):
+        module("pipeline.cu").get_function("cp_async_misuse")((1,), (16,), (x, np.zeros(n, np.float32),
+                                                                             np.int32(mode), np.int32(n)))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import reference as ref
-from conftest import DTYPE_IDS, DTYPES
+from conftest import ACTIVATIONS, DTYPE_IDS, DTYPES
 from reference import OPTION_CASES, OPTION_IDS, reduction_lengths
 from scipy import signal
 
@@ -125,7 +127,7 @@ def test_output_shape_matches_info(backend, to_xp, rand, c):
     )
 
 
-@pytest.mark.parametrize("activation", [None, "identity", "relu", "sigmoid"])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 def test_activation_names(backend, to_xp, check, rand, activation):
     x, w, b = rand((2, 5, 5, 3)), rand((2, 2, 3, 4)), rand((4,))
     y = gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), activation=activation, backend=backend)
@@ -149,6 +151,18 @@ def test_sigmoid_range_and_midpoint(backend, to_xp, asnumpy, rand):
         gpuconv.conv2d(to_xp(np.zeros((1, 3, 3, 2))), to_xp(w), activation="sigmoid", backend=backend)
     )
     np.testing.assert_array_equal(u0, 0.5)
+
+
+def test_tanh_values(backend, to_xp, asnumpy, rand):
+    """tanh of the linear convolution (math.tanh element by element), odd, saturating to +-1 without NaN."""
+    x, w = rand((1, 5, 5, 2)), rand((2, 2, 2, 3))
+    x[0, 0, 0] = 200.0
+    u = asnumpy(gpuconv.conv2d(to_xp(x), to_xp(w), activation="tanh", backend=backend))
+    z = ref.conv2d_linear(x, w)
+    np.testing.assert_allclose(u, np.vectorize(math.tanh)(z), rtol=1e-14, atol=1e-15)
+    assert np.all(np.abs(u) <= 1) and not np.isnan(u).any()
+    neg = asnumpy(gpuconv.conv2d(to_xp(-x), to_xp(w), activation="tanh", backend=backend))
+    np.testing.assert_array_equal(neg, -u)
 
 
 # ------------------------------------------------------------------------------------------ dtypes, arrays
@@ -202,7 +216,7 @@ def test_empty_batch(backend, xp, to_xp, rand, padding):
     assert y.dtype == np.float64 and isinstance(y, xp.ndarray)
 
 
-@pytest.mark.parametrize("activation", [None, "sigmoid"])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 def test_nan_propagates(backend, to_xp, check, rand, activation):
     x, w, b = rand((2, 6, 6, 2)), rand((3, 3, 2, 3)), rand((3,))
     x[1, 2, 3, 1] = np.nan
@@ -212,7 +226,7 @@ def test_nan_propagates(backend, to_xp, check, rand, activation):
     check(y, expected, np.float64, reduction=19)
 
 
-@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
 def test_inf_propagates(backend, to_xp, check, rand, activation):
     x, w = rand((1, 5, 5, 2)), rand((2, 2, 2, 3))
     x[0, 2, 2, 0] = np.inf

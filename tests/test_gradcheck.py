@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import FD_RTOL, FD_STEP, fd_gradient, sample_coordinates, to_numpy
+from conftest import ACTIVATIONS, FD_RTOL, FD_STEP, fd_gradient, sample_coordinates, to_numpy
 
 import gpuconv
 
@@ -21,7 +21,6 @@ CONFIGS = {
     },
     "2d": {"x": (6, 5), "w": (3, 2), "opts": {"padding": "full"}},
 }
-ACTIVATIONS = ["identity", "relu", "sigmoid"]
 KINK_MARGIN = 1e-3  # relu: every pre-activation at least this far from 0 (far beyond FD_STEP * |dZ/dparam|)
 
 

@@ -11,17 +11,16 @@ import os
 
 import numpy as np
 import pytest
+from conftest import ACTIVATIONS, LOW_PRECISION_DTYPES
 
-from gpuconv import _api
+from gpuconv import _api, _registry
 from gpuconv._config import make_config
 from gpuconv._dispatch import BackendUnavailable, load_backend, to_module
-from gpuconv.backends import cuda as cuda_backend
+from gpuconv.backends import _plans
 from gpuconv.backends.numpy import NumpyBackend
 
 BACKEND = os.environ.get("GPUCONV_KERNEL_BACKEND", "emulator")
 REF = NumpyBackend()
-# Largest |error| allowed, relative to the largest |reference| value of the array.
-RTOL = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 1e-2}
 
 # (id, x shape NHWC, w shape HWIO, options, activation). Mg >= 16 takes the tiled GEMM forward and dw kernels
 # (forward tiles 128 x 32 up to Mg = 32, 64 x 64 above), Mg < 16 the direct / small ones; Cg >= 16 the tiled
@@ -71,20 +70,19 @@ def _data(case, dtype, seed=0):
 
 
 def _ref_act_backward(dy, y, act):
-    """dz = dy * act'(z) from the saved output, computed in float32 for float16 and rounded once."""
-    ct = np.float32 if dy.dtype == np.float16 else dy.dtype
-    d, u = dy.astype(ct), y.astype(ct)
-    dz = {"identity": d, "relu": np.where(u > 0, d, 0), "sigmoid": d * u * (1 - u)}[act]
-    return dz.astype(dy.dtype)
+    """dz = dy * act'(z) from the saved output: the registry's NumPy gradient (the NumPy backend's)."""
+    return _registry.activation(act).backward(dy, y)
 
 
 def _close(name, got, want, dtype):
+    """Largest |error| at most the registry's tolerance, relative to the largest |reference| of the array."""
     got = np.asarray(to_module(got, np), np.float64)
     want = np.asarray(want, np.float64)
     assert got.shape == want.shape, (name, got.shape, want.shape)
     assert np.all(np.isfinite(got)), name
     err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
-    assert err <= RTOL[np.dtype(dtype).type], f"{name}: relative error {err:.3g} > {RTOL[np.dtype(dtype).type]}"
+    rtol = _registry.tolerance(dtype)
+    assert err <= rtol, f"{name}: relative error {err:.3g} > {rtol}"
 
 
 def _dev(be, a):
@@ -129,18 +127,30 @@ def test_kernels_match_numpy_float64(be, case):
         assert np.all(dx[:, ~mask] != 0)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("dtype", LOW_PRECISION_DTYPES)
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in DTYPE_CASES], ids=DTYPE_CASES)
 def test_kernels_match_numpy_low_precision(be, case, dtype):
     _check_case(be, case, dtype)
+
+
+# One case per kernel path (tiled: both tile widths; direct / small-channel), run with every activation.
+ACTIVATION_CASES = ["gemm-64wide", "gemm-relu-pad1", "direct-groups-cg10"]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("name", ACTIVATION_CASES)
+def test_every_activation_on_every_path(be, name, act):
+    case = next(c for c in CASES if c[0] == name)
+    _check_case(be, (*case[:4], act), np.float64)
+
 
 
 def test_both_paths_are_exercised():
     paths = set()
     for _, xs, ws, opts, _ in CASES:
         cfg = make_config("test", xs, ws, **opts)
-        paths.add(("fwd/dw", cfg.mg < cuda_backend.SMALL_CHANNELS))
-        paths.add(("dx", cfg.cg < cuda_backend.SMALL_CHANNELS))
+        paths.add(("fwd/dw", cfg.mg < _plans.SMALL_CHANNELS))
+        paths.add(("dx", cfg.cg < _plans.SMALL_CHANNELS))
     assert len(paths) == 4
 
 
@@ -149,14 +159,9 @@ def test_reductions_use_several_splits():
     for name in ("gemm-split", "small-split"):
         _, xs, ws, opts, _ = next(c for c in CASES if c[0] == name)
         cfg = make_config("test", xs, ws, **opts)
-        p = cfg.n * cfg.oh * cfg.ow
-        small = cfg.mg < cuda_backend.SMALL_CHANNELS
-        e = cfg.kh * cfg.kw * cfg.cg * cfg.m
-        tiles = -(-cfg.kh * cfg.kw * cfg.cg // cuda_backend.BM) * -(-cfg.mg // cuda_backend.BN) * cfg.groups
-        splits, _ = cuda_backend._splits(p, 8 * 32 if small else 4 * cuda_backend.BK,
-                                         -(-e // 32) if small else tiles, 1 << 20)
-        assert splits > 1, name
-        db_splits, _ = cuda_backend._splits(p, 8 * 32, -(-cfg.m // 32), 1 << 20)
+        dw_splits, _ = _plans.partials_shape(_plans.backward_weight(cfg, np.float32, "identity")[1])
+        assert dw_splits > 1, name
+        db_splits, _ = _plans.partials_shape(_plans.backward_bias(cfg.n * cfg.oh * cfg.ow, cfg.m, "identity")[1])
         assert db_splits > 1, name
 
 
@@ -246,11 +251,14 @@ def test_refuses_past_int32_indices(be, x_shape, w_shape):
 
 
 def test_refuses_direct_dx_grid_past_cuda_limit(be):
-    # 2**20 pixels x 2**15 groups of one channel: the direct dx kernel's (pixel, group) rows need a grid of 2**32
-    # blocks along x, over CUDA's 2**31 - 1, while every int32 count stays below 2**30.
-    cfg = make_config("test", (1, 1024, 1024, 2**15), (1, 1, 1, 2**15), groups=2**15)
+    # 2**29 pixels x 2**8 groups of 5 channels (one pixel per row), 8 lanes a row: the direct dx kernel's
+    # (pixel, group) rows need 2**37 / 32 = 2**32 blocks along x, over CUDA's 2**31 - 1, while every int32 count
+    # stays below 2**30. The refusal comes from the same launch plan the wrapper would run.
+    cfg = make_config("test", (1, 2**14, 2**15, 5 * 2**8), (1, 1, 5, 8 * 2**8), groups=2**8)
+    (launch, *_) = _plans.backward_input(cfg, "identity")
+    assert launch.kernel == "gpuconv_conv_bwd_input_direct" and launch.grid[0] == 2**32
     tiny = be.xp.ones((1, 1, 1, 1), np.float32)
-    with pytest.raises(ValueError, match="rows of dx exceed CUDA.s grid limit"):
+    with pytest.raises(ValueError, match="gpuconv_conv_bwd_input_direct.* along x exceed CUDA.s grid limit"):
         be.backward_input(tiny, tiny, cfg)
 
 
@@ -300,7 +308,7 @@ def test_stride_phases_cover_every_pixel_and_tap_once(opts):
     for it are exactly the taps through which some output position reads it."""
     cfg = make_config("test", (1, 11, 13, 1), (4, 3, 1, 1), **opts)
     seen = {}
-    for h0, hp_n, qh0, w0, wp_n, qw0, k1f, k1s, t1, k1b, k1i, k2f, k2s, t2, k2b, k2i in cuda_backend.stride_phases(cfg):
+    for h0, hp_n, qh0, w0, wp_n, qw0, k1f, k1s, t1, k1b, k1i, k2f, k2s, t2, k2b, k2i in _plans.stride_phases(cfg):
         for hp in range(hp_n):
             for wp in range(wp_n):
                 h, w = h0 + hp * cfg.s1, w0 + wp * cfg.s2

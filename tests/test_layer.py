@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import DTYPE_IDS, DTYPES, FD_RTOL, fd_gradient, sample_coordinates, to_numpy
+from conftest import ACTIVATIONS, DTYPE_IDS, DTYPES, FD_RTOL, fd_gradient, sample_coordinates, to_numpy
 from reference import OPTION_CASES, OPTION_IDS, geometry, reduction_lengths
 
 import gpuconv
@@ -83,7 +83,7 @@ def test_backward_before_forward_fails(backend, to_xp, rand):
         layer.backward(to_xp(rand((1, 3, 3, 3))))
 
 
-@pytest.mark.parametrize("activation", ["identity", "relu", "sigmoid"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_layer_gradcheck(backend, to_xp, rng, work_scale, activation):
     """Finite differences of sum(layer(x) * R) in float64 for dX, dW, db through the layer."""
     opts = {"stride": (1, 2), "padding": ((0, 1), (2, 1)), "dilation": (2, 1), "groups": 2}

@@ -10,6 +10,8 @@ import threading
 
 import numpy as np
 import pytest
+import reference as ref
+from conftest import ACTIVATIONS, DTYPES, LOW_PRECISION_DTYPES
 
 import gpuconv
 from gpuconv._config import make_config
@@ -44,11 +46,7 @@ def _ref_forward(x, w, b, cfg, activation):
                 y[..., g * cfg.mg : (g + 1) * cfg.mg] += xs @ w[a, bb, :, g * cfg.mg : (g + 1) * cfg.mg]
     if b is not None:
         y += b.astype(np.float64)
-    if activation == "relu":
-        y = np.maximum(y, 0)
-    elif activation == "sigmoid":
-        y = 1 / (1 + np.exp(-y))
-    return y
+    return ref.activate(y, activation)
 
 
 def _ref_backward_input(dz, w, cfg):
@@ -120,14 +118,14 @@ def _tol(dtype, k):
     return eps * (k + 4)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_every_option_against_reference(case, dtype):
     x_shape, w_shape, opts = case
     cfg = make_config("test", x_shape, w_shape, **opts)
     x, w, b, dz = _inputs(x_shape, w_shape, cfg, dtype)
     k = cfg.kh * cfg.kw * cfg.cg
-    for act in ("identity", "relu", "sigmoid"):
+    for act in ACTIVATIONS:
         y = BE.forward(x, w, b, cfg, act)
         assert y.dtype == dtype and y.shape == cfg.y_shape
         np.testing.assert_allclose(y, _ref_forward(x, w, b, cfg, act), rtol=0, atol=_tol(dtype, k))
@@ -144,7 +142,7 @@ def test_every_option_against_reference(case, dtype):
     np.testing.assert_allclose(db, dz.astype(np.float64).sum(axis=(0, 1, 2)), rtol=0, atol=_tol(dtype, p))
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_activation_backward(dtype):
     rng = np.random.default_rng(1)
     dy = rng.uniform(-1, 1, (2, 5, 6, 3)).astype(dtype)
@@ -245,8 +243,8 @@ def test_work_buffers_do_not_leak_between_calls():
                                atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "identity"])
+@pytest.mark.parametrize("dtype", LOW_PRECISION_DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_fused_backward_equals_the_separate_calls(activation, dtype):
     """backward() (used by the public API) gives the bits of activation_backward + the three gradient calls, and
     its dZ buffer, reused between calls, never reaches a result."""

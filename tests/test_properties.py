@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
-from conftest import assert_close, random_array, to_numpy, tolerance
+from conftest import ACTIVATIONS, DTYPES, assert_close, random_array, to_numpy, tolerance
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
@@ -52,7 +52,7 @@ def conv_problems(draw, ndim=None, batch=None):
         "groups": groups,
     }
     bias = nd > 2 and draw(st.booleans())
-    activation = draw(st.sampled_from([None, "identity", "relu", "sigmoid"]))
+    activation = draw(st.sampled_from([None, *ACTIVATIONS]))
     seed = draw(st.integers(0, 2**32 - 1))
     return {"x_shape": x_shape, "w_shape": w_shape, "opts": opts, "bias": bias, "activation": activation, "seed": seed}
 
@@ -85,7 +85,7 @@ def _reduction(p):
 
 def test_forward_property(backend, to_xp, n_examples):
     @settings(max_examples=n_examples(80, 15))
-    @given(p=conv_problems(), dtype=st.sampled_from([np.float64, np.float32, np.float16]))
+    @given(p=conv_problems(), dtype=st.sampled_from(DTYPES))
     def run(p, dtype):
         note(repr(p))
         _rng, x, w, b = _arrays(p, dtype)

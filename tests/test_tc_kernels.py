@@ -45,7 +45,7 @@ CASES = [
      "sigmoid"),
     ("dx-empty-phases", (1, 9, 10, 32), (3, 3, 32, 32), {"stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))},
      "relu"),
-    ("rows-3-tiles-1x1", (2, 12, 11, 16), (1, 1, 16, 16), {}, "identity"),
+    ("rows-3-tiles-1x1", (2, 12, 11, 16), (1, 1, 16, 16), {}, "tanh"),
     ("dx-wide-stride2", (1, 6, 7, 80), (3, 3, 80, 32), {"stride": 2, "padding": 1}, "relu"),
     ("depthwise", (1, 6, 6, 4), (3, 3, 1, 4), {"groups": 4, "padding": 1}, "sigmoid"),
 ]
@@ -80,6 +80,9 @@ def kernel_dz(dy, y, act, dtype):
     elif act == "sigmoid":
         u = y.astype(np.float32)
         d = d * u * (np.float32(1) - u)
+    elif act == "tanh":
+        u = y.astype(np.float32)
+        d = d * (np.float32(1) - u * u)
     return d.astype(dtype)
 
 
@@ -109,6 +112,12 @@ def _data(case, dtype, seed):
 
 def _routes(cfg, dtype, precision):
     return cuda_tc.routes(cfg, dtype, precision, None)
+
+
+def test_cases_cover_every_activation():
+    from gpuconv import _registry
+
+    assert {c[4] for c in CASES} == set(_registry.ACTIVATIONS)
 
 
 def test_cases_cover_every_variant():
@@ -143,7 +152,7 @@ def test_forward_and_backward_against_float64(be, case, mode):
         z = ref.conv2d_linear(xr, wr, b64, **opts)
         s = ref.conv2d_linear(np.abs(xr), np.abs(wr), np.abs(b64), **opts)
         want = ref.activate(z, act)
-        lip, extra = (0.25, 2.0**-20) if act == "sigmoid" else (1.0, 0.0)
+        lip, extra = {"sigmoid": (0.25, 2.0**-20), "tanh": (1.0, 2.0**-20)}.get(act, (1.0, 0.0))
         assert_within(out, want, bound(dt, case[2][0] * case[2][1] * case[2][2], s, want, lip, extra),
                       f"{routes['forward']} forward")
 
@@ -223,7 +232,7 @@ def test_unaligned_arrays_take_the_generic_variant(be, mode):
     buf = rng.uniform(-1, 1, int(np.prod(cfg.x_shape)) + 1).astype(np.float32).astype(dt)
     x = buf[1:].reshape(cfg.x_shape)
     w = rng.uniform(-1, 1, cfg.w_shape).astype(np.float32).astype(dt)
-    assert cuda_tc.forward_route(cfg, dt, precision, None, aligned=False).template[-1] is False
+    assert cuda_tc.forward_plan(cfg, dt, precision, None, "identity", False, aligned=False)[0].template[-1] is False
     out = np.asarray(be.forward(x, w, None, cfg, "identity", precision=precision))
     xr, wr = operand(x, name), operand(w, name)
     want = ref.conv2d_linear(xr, wr, padding=1)

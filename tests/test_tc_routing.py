@@ -1,4 +1,4 @@
-"""Routing of the tensor-core kernels (gpuconv/backends/cuda_tc.py): pure functions, checked without compiling.
+"""Tensor-core launch plans (gpuconv/backends/cuda_tc.py): pure functions, checked without compiling.
 
 float32 with precision="highest" (and float64) must never reach a tensor-core kernel; the launches the CUDA
 backend makes are recorded through an injected module, so the kernel names it asks for are checked exactly.
@@ -10,7 +10,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gpuconv._config import make_config
+from gpuconv._config import PRECISIONS, make_config
 from gpuconv.backends import cuda_tc
 from gpuconv.backends.cuda import CudaBackend
 
@@ -31,14 +31,35 @@ def _cfg(xs, ws, opts):
     return make_config("test", xs, ws, **opts)
 
 
+def fwd(cfg, dtype, precision, arch, aligned=True):
+    plan = cuda_tc.forward_plan(cfg, dtype, precision, arch, "relu", True, aligned)
+    return None if plan is None else plan[0]
+
+
+def dx(cfg, dtype, precision, arch, aligned=True):
+    plan = cuda_tc.backward_input_plan(cfg, dtype, precision, arch, "relu", 9, aligned)
+    if plan is None:
+        return None
+    assert plan[0].kernel == "gpuconv_tc_nonfinite" and {p.kernel for p in plan[1:]} == {"gpuconv_tc_bwd_input"}
+    return plan[-1]
+
+
+def dw(cfg, dtype, precision, arch, aligned=True, **kw):
+    plan = cuda_tc.backward_weight_plan(cfg, dtype, precision, arch, "relu", aligned, **kw)
+    if plan is None:
+        return None
+    assert plan[1].kernel == "gpuconv_sum_partials"
+    return plan[0]
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("arch", ARCHES)
 def test_float32_highest_and_float64_never_use_tensor_cores(shape, arch):
     cfg = _cfg(*shape)
     for aligned in (True, False):
-        assert cuda_tc.forward_route(cfg, np.float32, "highest", arch, aligned) is None
-        for precision in cuda_tc.PRECISIONS:
-            assert cuda_tc.forward_route(cfg, np.float64, precision, arch, aligned) is None
+        assert fwd(cfg, np.float32, "highest", arch, aligned) is None
+        for precision in PRECISIONS:
+            assert fwd(cfg, np.float64, precision, arch, aligned) is None
     assert not cuda_tc.uses_tensor_cores(np.float32, "highest", arch)
 
 
@@ -55,30 +76,30 @@ def test_which_dtypes_use_tensor_cores(arch):
 
 def test_forward_variants():
     big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
-    r = cuda_tc.forward_route(big, np.float16, "highest", 90)
+    r = fwd(big, np.float16, "highest", 90)
     assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 2, True)
     assert r.grid == (1, 2, 1) and r.block == (256, 1, 1)
     narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
-    assert cuda_tc.forward_route(narrow, np.float32, "tf32", 80).template == (128, 64, 3, True)
+    assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 3, True)
     # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic
-    assert cuda_tc.forward_route(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2,
+    assert fwd(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2,
                                                                                                    False)
     stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
-    assert cuda_tc.forward_route(stem, np.float16, "highest", 80).template[-1] is False
+    assert fwd(stem, np.float16, "highest", 80).template[-1] is False
     cg16 = _cfg((1, 8, 8, 16), (3, 3, 16, 64), {})  # a whole step for float (16), not for half (32)
-    assert cuda_tc.forward_route(cg16, np.float32, "tf32", 80).template[-1] is True
-    assert cuda_tc.forward_route(cg16, np.float16, "highest", 80).template[-1] is False
+    assert fwd(cg16, np.float32, "tf32", 80).template[-1] is True
+    assert fwd(cg16, np.float16, "highest", 80).template[-1] is False
     odd_m = _cfg((1, 8, 8, 32), (3, 3, 32, 34), {})
-    assert cuda_tc.forward_route(odd_m, np.float16, "highest", 80).template[-1] is False
+    assert fwd(odd_m, np.float16, "highest", 80).template[-1] is False
     groups = _cfg((2, 8, 8, 64), (3, 3, 32, 96), {"groups": 2})
-    r = cuda_tc.forward_route(groups, np.float32, "tf32", 90)
+    r = fwd(groups, np.float32, "tf32", 90)
     assert r.template == (128, 64, 3, True) and r.grid == (1, 1, 2)
     # few channels per group: SIMT for float16; TF32 and bfloat16 always on tensor cores (generic variant)
     depthwise = _cfg((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8})
-    assert cuda_tc.forward_route(depthwise, np.float16, "highest", 90) is None
-    assert cuda_tc.forward_route(depthwise, np.float32, "tf32", 90).template == (128, 64, 2, False)
+    assert fwd(depthwise, np.float16, "highest", 90) is None
+    assert fwd(depthwise, np.float32, "tf32", 90).template == (128, 64, 2, False)
     if cuda_tc.BFLOAT16 is not None:
-        assert cuda_tc.forward_route(depthwise, cuda_tc.BFLOAT16, "highest", 90).template[-1] is False
+        assert fwd(depthwise, cuda_tc.BFLOAT16, "highest", 90).template[-1] is False
 
 
 def test_routes_are_registered_instantiations():
@@ -90,7 +111,7 @@ def test_routes_are_registered_instantiations():
         registered |= set(registered_name_expressions(kernel_source(f)))
     seen = set()
     for (xs, ws, opts), dtype, aligned in itertools.product(SHAPES, DTYPES, (True, False)):
-        for precision in cuda_tc.PRECISIONS:
+        for precision in PRECISIONS:
             for name in cuda_tc.routes(_cfg(xs, ws, opts), dtype, precision, 90, aligned).values():
                 if name is not None:
                     seen.add(name)
@@ -100,37 +121,31 @@ def test_routes_are_registered_instantiations():
 
 def test_backward_variants():
     cfg = _cfg((2, 8, 8, 256), (3, 3, 256, 256), {"padding": 1})
-    assert cuda_tc.backward_input_route(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
-    assert cuda_tc.backward_input_route(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
-    assert cuda_tc.backward_weight_route(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
-    assert cuda_tc.backward_weight_route(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
-    assert cuda_tc.backward_input_route(cfg, np.float32, "highest", 90) is None
-    assert cuda_tc.backward_weight_route(cfg, np.float32, "highest", 90) is None
+    assert dx(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
+    assert dx(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    assert dw(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
+    assert dw(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    assert dx(cfg, np.float32, "highest", 90) is None
+    assert dw(cfg, np.float32, "highest", 90) is None
     # dx steps through output channels: Mg must be a whole reduction step; dw needs 16-byte runs of both
     odd = _cfg((1, 8, 8, 24), (3, 3, 24, 24), {})
-    assert cuda_tc.backward_input_route(odd, np.float16, "highest", 90).template[-1] is False
-    assert cuda_tc.backward_weight_route(odd, np.float16, "highest", 90).template[-1] is True
+    assert dx(odd, np.float16, "highest", 90).template[-1] is False
+    assert dw(odd, np.float16, "highest", 90).template[-1] is True
     stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
-    assert cuda_tc.backward_input_route(stem, np.float16, "highest", 90) is None  # SIMT direct dx
-    assert cuda_tc.backward_input_route(stem, np.float32, "tf32", 90).template[-1] is True  # dx steps through Mg = 64
-    assert cuda_tc.backward_weight_route(stem, np.float16, "highest", 90).template[-1] is False
+    assert dx(stem, np.float16, "highest", 90) is None  # SIMT direct dx
+    assert dx(stem, np.float32, "tf32", 90).template[-1] is True  # dx steps through Mg = 64
+    assert dw(stem, np.float16, "highest", 90).template[-1] is False
 
 
 def test_dw_split_is_a_function_of_the_shape():
     cfg = _cfg((64, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})
-    a = cuda_tc.backward_weight_route(cfg, np.float16, "highest", 90)
-    b = cuda_tc.backward_weight_route(cfg, np.float16, "highest", 80)
-    assert a == b and a.chunk % 32 == 0 and a.grid[2] * a.chunk >= 64 * 56 * 56 > (a.grid[2] - 1) * a.chunk
+    a = dw(cfg, np.float16, "highest", 90)
+    b = dw(cfg, np.float16, "highest", 80)
+    chunk = int(a.scalars[-2])
+    assert a == b and chunk % 32 == 0 and a.grid[2] * chunk >= 64 * 56 * 56 > (a.grid[2] - 1) * chunk
     assert a.grid[2] * 576 * 64 * 4 <= 64 * 2**20
-    small = cuda_tc.backward_weight_route(cfg, np.float16, "highest", 90, workspace_bytes=576 * 64 * 4 * 3)
+    small = dw(cfg, np.float16, "highest", 90, workspace_bytes=576 * 64 * 4 * 3)
     assert small.grid[2] == 3
-
-
-@pytest.mark.parametrize("bad", ["TF32", "high", None, 32, ""])
-def test_bad_precision_names_the_argument(bad):
-    with pytest.raises(ValueError, match=r"conv2d: argument 'precision' must be one of"):
-        cuda_tc.check_precision("conv2d", bad)
-    assert cuda_tc.check_precision("conv2d", "tf32") == "tf32"
 
 
 class _Recorder:

@@ -67,8 +67,9 @@ ACCURACY_CASES = [
     ((4, 15, 15, 8), (3, 3, 1, 8), {"groups": 8, "padding": 1, "stride": 2}, "relu"),
     ((8, 28, 28, 1), (5, 5, 1, 8), {"padding": 2}, "relu"),
     ((2, 30, 30, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}, "relu"),
+    ((2, 13, 11, 20), (3, 3, 10, 24), {"groups": 2, "padding": 1}, "tanh"),
 ]
-LIMITS = {"float32": 1e-5, "float16": 1e-2, "float64": 1e-12}
+# Limits: gpuconv._registry's test tolerances (DType.rtol), the same the test suite uses.
 
 
 class _HostXp:
@@ -145,11 +146,12 @@ def _reference(cfg, act, x, w, b, dy, y_saved):
     """NumPy float64 reference from the same (already rounded) inputs and the kernel's saved output."""
     import numpy as np
 
+    from gpuconv import _registry
     from gpuconv.backends.numpy import NumpyBackend
 
     ref = NumpyBackend()
     x, w, b, dy, y = (a.astype(np.float64) for a in (x, w, b, dy, y_saved))
-    dz = {"identity": dy, "relu": np.where(y > 0, dy, 0.0), "sigmoid": dy * y * (1 - y)}[act]
+    dz = _registry.activation(act).backward(dy, y)
     dx, dw, db = ref.backward_input(dz, w, cfg), ref.backward_weight(dz, x, cfg), ref.backward_bias(dz)
     return {"forward": ref.forward(x, w, b, cfg, act), "act_backward": dz, "dx": dx, "dw": dw, "db": db,
             "fused dx": dx, "fused dw": dw, "fused db": db}
@@ -158,6 +160,7 @@ def _reference(cfg, act, x, w, b, dy, y_saved):
 def accuracy():
     import numpy as np
 
+    from gpuconv import _registry
     from gpuconv._config import make_config
 
     be = _cupy_backend()
@@ -166,7 +169,7 @@ def accuracy():
     print(f"{'case':48s} {'dtype':8s} {'kernel':13s} {'rel err':>9s}  limit")
     for i, (xs, ws, opts, act) in enumerate(ACCURACY_CASES):
         cfg = make_config("gpu_check", xs, ws, **opts)
-        for dtype in ("float64", "float32", "float16"):
+        for dtype in _registry.DTYPES:
             rng = np.random.default_rng(i)
             x, w = rng.uniform(-1, 1, xs).astype(dtype), rng.uniform(-1, 1, ws).astype(dtype)
             b, dy = rng.uniform(-1, 1, ws[3]).astype(dtype), rng.uniform(-1, 1, cfg.y_shape).astype(dtype)
@@ -175,10 +178,11 @@ def accuracy():
             want = _reference(cfg, act, x, w, b, dy, got["forward"])
             for k, value in got.items():
                 err = _rel_err(value, want[k])
-                ok = err < LIMITS[dtype]
+                limit = _registry.tolerance(dtype)
+                ok = err < limit
                 failures += not ok
                 print(f"{str(xs) + '*' + str(ws) + ' ' + act:48s} {dtype:8s} {k:13s} {err:9.2e}  "
-                      f"{LIMITS[dtype]:.0e}{'' if ok else '  FAIL'}")
+                      f"{limit:.0e}{'' if ok else '  FAIL'}")
     print("accuracy:", "all within limits" if not failures else f"{failures} FAILED")
     return 1 if failures else 0
 
@@ -213,6 +217,7 @@ def sanitize():
     """One pass of every kernel (both paths, every dtype) on small shapes; meant to run under compute-sanitizer."""
     import numpy as np
 
+    from gpuconv import _registry
     from gpuconv._config import make_config
 
     be = _cupy_backend()
@@ -221,7 +226,7 @@ def sanitize():
         cp.cuda.set_allocator(None)  # one cudaMalloc per array, so memcheck sees each array's true bounds
     for xs, ws, opts, act in ACCURACY_CASES[:5]:
         cfg = make_config("gpu_check", xs, ws, **opts)
-        for dtype in ("float32", "float16", "float64"):
+        for dtype in _registry.DTYPES:
             rng = np.random.default_rng(0)
             arrays = [cp.asarray(rng.uniform(-1, 1, s).astype(dtype)) for s in (xs, ws, (ws[3],), cfg.y_shape)]
             _all_grads(be, cfg, act, *arrays)

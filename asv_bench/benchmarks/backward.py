@@ -1,7 +1,7 @@
 """The gradients of conv2d, one class per operation: activation_backward (dz from dy), conv2d_backward_input
 (dx), conv2d_backward_weight (dw), conv2d_backward_bias (db). The upstream gradient is the seeded dy of the
 shared inputs."""
-from .common import BACKENDS, DTYPES, GFLOPS, SHAPES, Case, gpuconv
+from .common import BACKENDS, DTYPES, GFLOPS, OUTPUT_ACTIVATIONS, SHAPES, Case, gpuconv
 
 
 class _Gradient:
@@ -59,7 +59,7 @@ class Conv2dBackwardBias(_Gradient):
 class ActivationBackward:
     """dz = dy * act'(z) from the saved forward output y."""
 
-    params = [BACKENDS, DTYPES, SHAPES, ["relu", "sigmoid"]]
+    params = [BACKENDS, DTYPES, SHAPES, OUTPUT_ACTIVATIONS]
     param_names = ["backend", "dtype", "shape", "activation"]
     timeout = 120
 

@@ -40,6 +40,8 @@ BACKENDS = list(bd.BACKENDS)
 DTYPES = list(bd.DTYPES)
 SHAPES = list(bd.SHAPE_NAMES)
 ACTIVATIONS = list(bd.ACTIVATIONS)
+# The activations whose gradient reads the saved output: every one but identity, in the registry's order.
+OUTPUT_ACTIVATIONS = [a for a in bd.ACTIVATIONS if bd._registry.activation(a).uses_output]
 TORCH_DEVICES = ["cpu", "cuda"]
 
 GFLOPS = "GFLOP/s"
@@ -86,6 +88,7 @@ class TorchCase:
 
 __all__ = [
     "ACTIVATIONS",
+    "OUTPUT_ACTIVATIONS",
     "BACKENDS",
     "DTYPES",
     "GFLOPS",

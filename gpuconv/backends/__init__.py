@@ -19,10 +19,11 @@ the five. ``precision`` is always passed by keyword: "highest" (strict, today's 
 A backend without kernels for some dtype offers ``dtype_reason(dtype) -> None | str`` (the public API raises
 the reason as a TypeError before calling it).
 
-Arrays arrive 4-D in the right array module with one float dtype (float16, bfloat16, float32 or float64),
-possibly non-contiguous; results have that same dtype (float16 and bfloat16 are computed in float32 and rounded
-once, to nearest even).
-``cfg`` is a ``gpuconv._config.ConvConfig``; ``activation`` is one of "identity", "relu", "sigmoid".
+Arrays arrive 4-D in the right array module with one float dtype (one of ``gpuconv._registry.DTYPES``, or
+bfloat16), possibly non-contiguous; results have that same dtype (float16 and bfloat16 are computed in float32
+and rounded once, to nearest even).
+``cfg`` is a ``gpuconv._config.ConvConfig``; ``activation`` is a name of ``gpuconv._registry.ACTIVATIONS``;
+an unknown one raises ValueError in every backend.
 """
 from typing import Protocol
 

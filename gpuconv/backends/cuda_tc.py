@@ -1,72 +1,70 @@
-"""Which convolutions run on tensor cores: pure functions of (ConvConfig, dtype, precision, arch), no compiling.
+"""Tensor-core launch plans: pure functions of (ConvConfig, dtype, precision, arch), no compiling.
 
 ``arch`` is the device's compute capability as an int (e.g. 90), or None for the CPU emulator, which runs every
-tensor-core kernel. The CUDA backend asks these before each launch; tests call them directly. The rules:
+tensor-core kernel. Each ``*_plan`` returns a list of ``gpuconv.backends._plans.Launch`` (the same form as the
+SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run. The rules:
 
-- float64 never, and float32 only with ``precision="tf32"``: float32 with ``"highest"`` always takes today's
-  SIMT kernels, bit for bit.
+- float64 never, and float32 only with ``precision="tf32"``: float32 with ``"highest"`` always takes the SIMT
+  kernels, bit for bit as before.
 - float16 from sm_70, bfloat16 and TF32 from sm_80 (TENSOR_CORE_ARCH).
-- With "tf32" (and for bfloat16, which has no SIMT kernels) every shape runs on tensor cores, so that "tf32"
-  always means TF32-rounded operands. float16 with few channels per group (below ``SMALL_CHANNELS`` output
-  channels for the forward and dw, input channels for dx; depthwise layers) stays on the SIMT direct kernels
-  (float32 products of the float16 values, as exact as the tensor cores' products): a 64-wide tile would mostly
+- With "tf32" (and for bfloat16, which has no SIMT convolution kernels) every shape runs on tensor cores, so
+  "tf32" always means TF32-rounded operands. float16 with few channels per group (below ``SMALL_CHANNELS``
+  output channels for the forward and dw, input channels for dx; depthwise layers) stays on the SIMT direct
+  kernels (float32 products of the float16 values, as exact as the tensor cores'): a 64-wide tile would mostly
   multiply padding there.
-- The fast (``vec``) variants copy 16-byte runs with cp.async: they need the channel runs to be whole 16-byte
-  chunks (Cg a multiple of one reduction step, Mg a multiple of 16 bytes) and 16-byte aligned arrays; other
-  shapes (the C = 3 stem, odd channel counts) take the generic variant, which loads element by element.
-
-A route is a ``TcLaunch``: the kernel file, name and template arguments (the kernels' own order), and the grid.
+- The fast (``vec``) variants copy 16-byte runs with cp.async: they need whole 16-byte runs of channels (see
+  each plan) and 16-byte aligned arrays; other shapes (the C = 3 stem, odd channel counts) take the generic
+  variant, which loads element by element into the same tiles.
+- Tiles 128 x 128 (2 stages) for more than 64 columns, else 128 x 64 (3 stages); the TF32 dx / dw kernels
+  keep to 128 x 64 (register budget); generic variants 128 x 64 (2 stages).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import numpy as np
 
-PRECISIONS = ("highest", "tf32")
+from .. import _registry
+from .._config import get_workspace_limit
+from . import _plans
+from ._plans import Launch, cdiv, dims, stride_phases
+
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
 TC_THREADS = 256
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
-SMALL_CHANNELS = 16  # the same threshold as gpuconv/backends/cuda.py
+NONFINITE_MAX_BLOCKS = 1024
+SMALL_CHANNELS = _plans.SMALL_CHANNELS
 
 try:  # bfloat16 is ml_dtypes' type; without ml_dtypes there is no bfloat16 array to route
     import ml_dtypes
 
     BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is installed with the test extra
+except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
     BFLOAT16 = None
-
-# Storage dtype -> the C type of the kernels' template argument.
-TC_CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
-if BFLOAT16 is not None:
-    TC_CTYPES[BFLOAT16] = "__nv_bfloat16"
 
 # The first compute capability with tensor cores for each mode of product: "float16" (from Volta), "bfloat16"
 # and "tf32" (float32 with precision="tf32"; both from Ampere).
 TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
 TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
+# The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
+# reductions of kernels/conv_backward.cu are built for it).
+TC_CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
+if BFLOAT16 is not None:
+    TC_CTYPES[BFLOAT16] = "__nv_bfloat16"
 
 
-class TcLaunch(NamedTuple):
-    file: str
-    kernel: str
-    template: tuple  # template arguments after the storage type, e.g. (128, 128, 2, True)
-    grid: tuple
-    block: tuple
-    chunk: int = 0  # dw: output pixels per split
+def ctype(dtype) -> str:
+    """The kernels' template argument T of ``dtype``."""
+    dtype = np.dtype(dtype)
+    return TC_CTYPES[dtype] if dtype == BFLOAT16 else _registry.dtype(dtype, "CUDA backend").ctype
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def check_precision(fname: str, precision) -> str:
-    """``precision`` itself if it is one of PRECISIONS, else a ValueError naming the function and argument."""
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"{fname}: argument 'precision' must be one of {PRECISIONS}, got {precision!r}")
-    return precision
+def name_expression(kernel: str, dtype, template=()) -> str:
+    """The C++ name of an instantiation, as the kernel files spell it: bools as true / false."""
+    args = ("true" if t is True else "false" if t is False else str(t) for t in template)
+    return f"{kernel}<{', '.join((ctype(dtype), *args))}>"
 
 
 def mode(dtype, precision: str) -> str:
@@ -82,98 +80,105 @@ def uses_tensor_cores(dtype, precision: str, arch) -> bool:
     return m in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[m])
 
 
-def _simt_small(dtype, channels: int) -> bool:
-    """float16 with few channels per group: the SIMT direct / small-channel kernels."""
+def _simt(dtype, precision: str, arch, channels: int) -> bool:
+    """Whether the SIMT kernels take this operation: no tensor cores for the mode here, or float16 with few
+    channels per group."""
+    if not uses_tensor_cores(dtype, precision, arch):
+        return True
     return np.dtype(dtype) == np.float16 and channels < SMALL_CHANNELS
 
 
-def _template_bool(v: bool) -> str:
-    return "true" if v else "false"
+def _steps(dtype) -> tuple:
+    """(BK, VEC): elements of one reduction step of a tile row, and of one 16-byte copy."""
+    size = np.dtype(dtype).itemsize
+    return TC_BYTES_K // size, 16 // size
 
 
-def template_args(ctype: str, template: tuple) -> str:
-    """The template argument list as the kernel files' name expressions spell it."""
-    return ", ".join([ctype, *(_template_bool(v) if isinstance(v, bool) else str(v) for v in template)])
-
-
-def forward_route(cfg, dtype, precision: str, arch, aligned: bool = True) -> Optional[TcLaunch]:
-    """The tensor-core launch of the forward pass, or None for the SIMT kernels."""
-    if not uses_tensor_cores(dtype, precision, arch) or _simt_small(dtype, cfg.mg):
-        return None
-    dtype = np.dtype(dtype)
-    bk = TC_BYTES_K // dtype.itemsize
-    vec = 16 // dtype.itemsize
-    fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
-    if fast:
-        bm, bn, stages = (128, 128, 2) if cfg.mg > 64 else (128, 64, 3)
-    else:
-        bm, bn, stages = 128, 64, 2
-    p = cfg.n * cfg.oh * cfg.ow
-    grid = (_cdiv(p, bm), _cdiv(cfg.mg, bn), cfg.groups)
-    return TcLaunch(TC_FORWARD_FILE, "gpuconv_tc_fwd", (bm, bn, stages, fast), grid, (TC_THREADS, 1, 1))
-
-
-def _backward_tile(dtype, columns: int, fast: bool) -> tuple:
-    """(BM, BN, STAGES) of the dx / dw kernels: TF32 keeps to 128 x 64 (register budget), see the kernel file."""
+def _tile(dtype, columns: int, fast: bool, backward: bool) -> tuple:
+    """(BM, BN, STAGES) of a kernel variant."""
     if not fast:
         return 128, 64, 2
-    if np.dtype(dtype) != np.float32 and columns > 64:
+    if columns > 64 and not (backward and np.dtype(dtype) == np.float32):
         return 128, 128, 2
     return 128, 64, 3
 
 
-def backward_input_route(cfg, dtype, precision: str, arch, aligned: bool = True) -> Optional[TcLaunch]:
-    """The tensor-core dx launch (its grid is that of the first stride phase's pixel count N*Hp*Wp taken as
-    N*H*W; the backend computes each phase's grid with ``dx_grid``), or None for the SIMT kernels."""
-    if not uses_tensor_cores(dtype, precision, arch) or _simt_small(dtype, cfg.cg):
+def _act(activation: str) -> np.int32:
+    return np.int32(_registry.activation(activation, "CUDA backend").code)
+
+
+def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bool,
+                 aligned: bool = True) -> Optional[list]:
+    """y = act(conv(x, w) + b) on tensor cores (arrays x, w, b, y), or None. vec: Cg a multiple of BK (one
+    reduction step inside one tap) and Mg of VEC (whole 16-byte runs of w)."""
+    if _simt(dtype, precision, arch, cfg.mg):
         return None
-    dtype = np.dtype(dtype)
-    fast = aligned and cfg.mg % (TC_BYTES_K // dtype.itemsize) == 0
-    bm, bn, stages = _backward_tile(dtype, cfg.cg, fast)
-    grid = dx_grid(cfg, cfg.n * cfg.h * cfg.w, bm, bn)
-    return TcLaunch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid, (TC_THREADS, 1, 1))
+    bk, vec = _steps(dtype)
+    fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
+    bm, bn, stages = _tile(dtype, cfg.mg, fast, backward=False)
+    grid = (cdiv(cfg.n * cfg.oh * cfg.ow, bm), cdiv(cfg.mg, bn), cfg.groups)
+    return [Launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", (bm, bn, stages, fast), grid, (TC_THREADS, 1, 1),
+                   (*dims(cfg), np.int32(has_bias), _act(activation)))]
 
 
-def dx_grid(cfg, pixels: int, bm: int, bn: int) -> tuple:
-    """Grid of one stride phase of dx holding ``pixels`` input pixels."""
-    return (_cdiv(pixels, bm), _cdiv(cfg.cg, bn), cfg.groups)
-
-
-def backward_weight_route(cfg, dtype, precision: str, arch, aligned: bool = True,
-                          workspace_bytes: int = 64 * 2**20, target_blocks: int = 264) -> Optional[TcLaunch]:
-    """The tensor-core dw launch (grid z = the fixed number of pixel splits), or None for the SIMT kernels.
-    The split, and so the summation order, depends on the shape, dtype and ``workspace_bytes`` only."""
-    if not uses_tensor_cores(dtype, precision, arch) or _simt_small(dtype, cfg.mg):
+def backward_input_plan(cfg, dtype, precision: str, arch, activation: str, w_size: int,
+                        aligned: bool = True) -> Optional[list]:
+    """dx on tensor cores, or None: first gpuconv_tc_nonfinite (arrays w, flag: w holds inf / NaN), then one
+    launch per stride phase (arrays dy, y, w, flag, dx). vec: Mg a multiple of BK (dz and w runs along m)."""
+    if _simt(dtype, precision, arch, cfg.cg):
         return None
-    dtype = np.dtype(dtype)
-    vec = 16 // dtype.itemsize
-    fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
-    bm, bn, stages = _backward_tile(dtype, cfg.mg, fast)
-    bk = TC_BYTES_K // dtype.itemsize
-    k = cfg.kh * cfg.kw * cfg.cg
-    tiles = _cdiv(k, bm) * _cdiv(cfg.mg, bn) * cfg.groups
-    splits, chunk = dw_splits(cfg.n * cfg.oh * cfg.ow, bk, tiles, k * cfg.m, workspace_bytes, target_blocks)
-    grid = (_cdiv(k, bm), _cdiv(cfg.mg, bn) * cfg.groups, splits)
-    return TcLaunch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", (bm, bn, stages, fast), grid, (TC_THREADS, 1, 1),
-                    chunk)
+    bk, _ = _steps(dtype)
+    fast = aligned and cfg.mg % bk == 0
+    bm, bn, stages = _tile(dtype, cfg.cg, fast, backward=True)
+    out = [Launch(TC_BACKWARD_FILE, "gpuconv_tc_nonfinite", (),
+                  (max(1, min(cdiv(w_size, TC_THREADS), NONFINITE_MAX_BLOCKS)), 1, 1), (TC_THREADS, 1, 1),
+                  (np.int32(w_size),))]
+    for phase in stride_phases(cfg):
+        grid = (cdiv(cfg.n * phase[1] * phase[4], bm), cdiv(cfg.cg, bn), cfg.groups)
+        out.append(Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid,
+                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase), _act(activation))))
+    return out
 
 
-def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: int, target_blocks: int) -> tuple:
+def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: int) -> tuple:
     """(splits, chunk): the pixels cut into splits of ``chunk`` pixels (a multiple of bk, at least 4 steps)
-    so that about target_blocks blocks run, the float32 partial sums within workspace_bytes."""
+    so that about TARGET_BLOCKS blocks run, the float32 partial sums within workspace_bytes. A function of the
+    shape (and the workspace cap) only, so the summation order is the same on every device."""
     cap = max(1, workspace_bytes // (4 * elements))
-    want = _cdiv(target_blocks, max(1, tiles))
-    splits = max(1, min(want, pixels // (4 * bk), cap, 65535))
-    chunk = _cdiv(_cdiv(pixels, splits), bk) * bk
-    return _cdiv(pixels, chunk), chunk
+    want = cdiv(_plans.TARGET_BLOCKS, max(1, tiles))
+    n = max(1, min(want, pixels // (4 * bk), cap, _plans.MAX_GRID_YZ))
+    chunk = cdiv(cdiv(pixels, n), bk) * bk
+    return cdiv(pixels, chunk), chunk
+
+
+def backward_weight_plan(cfg, dtype, precision: str, arch, activation: str, aligned: bool = True,
+                         workspace_bytes: Optional[int] = None) -> Optional[list]:
+    """dw on tensor cores, or None: partial sums per split (arrays dy, y, x, ws), then gpuconv_sum_partials
+    adds the splits in order (arrays ws, dw), as the SIMT plan. vec: Cg and Mg multiples of VEC."""
+    if _simt(dtype, precision, arch, cfg.mg):
+        return None
+    if workspace_bytes is None:
+        workspace_bytes = min(_plans.WORKSPACE_BYTES, get_workspace_limit())
+    bk, vec = _steps(dtype)
+    fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
+    bm, bn, stages = _tile(dtype, cfg.mg, fast, backward=True)
+    k = cfg.kh * cfg.kw * cfg.cg
+    e = k * cfg.m
+    tiles = cdiv(k, bm) * cdiv(cfg.mg, bn) * cfg.groups
+    n, chunk = dw_splits(cfg.n * cfg.oh * cfg.ow, bk, tiles, e, workspace_bytes)
+    first = Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", (bm, bn, stages, fast),
+                   (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (TC_THREADS, 1, 1),
+                   (*dims(cfg), np.int32(chunk), _act(activation)))
+    return [first, _plans._sum_partials(e, n)]
 
 
 def routes(cfg, dtype, precision: str, arch, aligned: bool = True) -> dict:
-    """{operation: kernel name with template arguments, or None for SIMT}: what `gpuconv info` can print."""
-    ctype = TC_CTYPES.get(np.dtype(dtype))
-    out = {}
-    for op, route in (("forward", forward_route), ("backward_input", backward_input_route),
-                      ("backward_weight", backward_weight_route)):
-        r = route(cfg, dtype, precision, arch, aligned)
-        out[op] = None if r is None else f"{r.kernel}<{template_args(ctype, r.template)}>"
-    return out
+    """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests)."""
+    plans = {
+        "forward": forward_plan(cfg, dtype, precision, arch, "identity", True, aligned),
+        "backward_input": backward_input_plan(cfg, dtype, precision, arch, "identity", 1, aligned),
+        "backward_weight": backward_weight_plan(cfg, dtype, precision, arch, "identity", aligned),
+    }
+    return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,
+                                                          plan[-1 if op == "backward_input" else 0].template)
+            for op, plan in plans.items()}

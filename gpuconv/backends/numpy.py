@@ -18,10 +18,10 @@ How every operation is computed:
 - dX: when both strides are 1 (and the columns are pixel-major), a forward convolution of dZ with the flipped,
   transposed kernel (padding d*(k-1) - p; a negative padding crops); otherwise a GEMM into column space
   followed by KH*KW shifted adds (col2im), into a buffer ordered by stride phase so that each add is contiguous.
-- dW: one GEMM cols^T @ dZ per chunk, summed over the chunks in chunk order. db: ones @ dZ. relu backward:
-  dy's bits under a mask (exactly where(y > 0, dy, 0)); sigmoid backward: dy * y * (1 - y).
-- ``backward`` (what the public API's conv2d_backward calls) runs those steps in turn; a relu's dZ goes to a
-  work buffer reused between calls (fresh memory costs page faults on every call).
+- dW: one GEMM cols^T @ dZ per chunk, summed over the chunks in chunk order. db: ones @ dZ. Activations and
+  their gradients (from the saved output y) are the NumPy functions of ``gpuconv._registry.ACTIVATIONS``.
+- ``backward`` (what the public API's conv2d_backward calls) runs those steps in turn; dZ goes to a work buffer
+  reused between calls (fresh memory costs page faults on every call).
 - Big calls run their chunks on worker threads when threadpoolctl can hold BLAS at one thread (see "worker
   threads" below); the results are the same bits as running the same chunks in turn.
 float16 and bfloat16 are computed in float32 and rounded once at the end (round to nearest even); float32 and
@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import _registry
 from .._config import ConvConfig, get_workspace_limit
 
 # Work buffers of one chunk aim at this size (bytes), below the workspace limit: small enough to stay in cache
@@ -171,8 +172,8 @@ def _work_buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
 
 
 def _compute_dtype(dtype) -> np.dtype:
-    # float16 and bfloat16 (the two 2-byte float dtypes) are computed in float32 and rounded once at the end.
-    return np.dtype(np.float32) if np.dtype(dtype).itemsize == 2 else np.dtype(dtype)
+    # the registry's accumulator dtype: float16 and bfloat16 are computed in float32 and rounded once at the end
+    return _registry.accumulator(dtype, "numpy backend")
 
 
 _TF32_HALF = np.uint32(0x1000)  # half of the lowest kept mantissa bit (bit 13)
@@ -302,6 +303,7 @@ def _weight_matrix(w, cfg: ConvConfig, ct):
 
 def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
     """act(conv(x, w) + b) as a new (N,OH,OW,M) array of dtype ct, one GEMM per chunk written in place."""
+    activate = _registry.activation(activation, "numpy backend").forward
     y = np.empty(cfg.y_shape, ct)
     wmat = _weight_matrix(w, cfg, ct)
     # the bias repeated along one output row: adding it to (rows, OW*M) runs in long contiguous strips, where a
@@ -320,43 +322,12 @@ def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
         if bias_row is not None:
             rows = yc.reshape(-1, bias_row.size)
             np.add(rows, bias_row, out=rows)
-        _activate(yc, activation)
+        activate(yc)
 
     workers = _workers()
     for _ in _map(chunk, _chunks(cfg, ct.itemsize, workers), workers):
         pass
     return y
-
-
-def _activate(z, activation):
-    """act(z), in place; z is a contiguous (..., OW, M) block of the output."""
-    if activation == "relu":
-        # against a row of zeros, not the scalar 0: numpy's maximum runs no SIMD loop with a scalar operand
-        # (40 vs 11 us on shape a's output); the bits are the same (NaN kept, -0 becomes +0 either way)
-        rows = z.reshape(-1, z.shape[-2] * z.shape[-1])
-        np.maximum(rows, np.zeros(rows.shape[1], z.dtype), out=rows)
-    elif activation == "sigmoid":
-        # 1 / (1 + exp(-z)); exp overflows to inf for very negative z and 1/inf = 0 is the right answer
-        with np.errstate(over="ignore"):
-            np.negative(z, out=z)
-            np.exp(z, out=z)
-            z += 1
-            np.reciprocal(z, out=z)
-    return z
-
-
-def _relu_backward(dy, y, out=None):
-    """where(y > 0, dy, 0), bit for bit, without branches: dy's bits ANDed with all-ones where y > 0.
-
-    np.where is ~3x slower here on real data (a mask of random signs defeats the branch predictor).
-    Written into ``out`` (contiguous, dy's shape and dtype) if given, else into a new array.
-    """
-    uint = np.dtype(f"u{dy.dtype.itemsize}")
-    keep = np.empty(dy.shape, uint) if out is None else out.view(uint)
-    np.greater(y, 0, out=keep)  # 1 where y > 0, else 0
-    np.negative(keep, out=keep)  # all ones where y > 0
-    np.bitwise_and(keep, np.ascontiguousarray(dy).view(uint), out=keep)
-    return keep.view(dy.dtype)
 
 
 def _transposed_config(cfg: ConvConfig) -> ConvConfig:
@@ -492,31 +463,24 @@ class NumpyBackend:
         return y.astype(x.dtype, copy=False)
 
     def activation_backward(self, dy, y, activation):
-        if activation == "identity":
-            return dy.copy()
-        if activation == "relu":
-            return _relu_backward(dy, y)
-        ct = _compute_dtype(dy.dtype)
-        dz = np.subtract(1, y, dtype=ct)  # sigmoid' = y * (1 - y), from the saved output
-        dz *= y
-        dz *= dy
-        return dz.astype(dy.dtype, copy=False)
+        return _registry.activation(activation, "numpy backend").backward(dy, y)
 
     def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) from dy: activation_backward, backward_input, backward_weight, backward_bias in turn
         (the public API calls this when a backend has it), with the same results.
 
-        The one difference: a relu's dZ goes to a work buffer kept between calls, not to a new array. Fresh
-        memory is page-faulted on first write, which made relu backward cost ~4 ms instead of ~0.5 on b's
-        fwd+bwd (docs/performance.md). dZ never leaves this method, so reusing its memory is safe.
+        The one difference: dZ goes to a work buffer kept between calls, not to a new array. Fresh memory is
+        page-faulted on first write, which made relu backward cost ~4 ms instead of ~0.5 on b's fwd+bwd
+        (docs/performance.md). dZ never leaves this method, so reusing its memory is safe.
         With "tf32", db is summed from the float32 dz and dz, x, w are rounded once for both GEMMs.
         """
-        if activation == "identity":
+        act = _registry.activation(activation, "numpy backend")
+        if not act.uses_output:
             dz = dy
-        elif activation == "relu" and dy.nbytes <= get_workspace_limit() // 4:
-            dz = _relu_backward(dy, y, out=_work_buffer("dz", dy.shape, dy.dtype))
+        elif dy.nbytes <= get_workspace_limit() // 4:
+            dz = act.backward(dy, y, out=_work_buffer("dz", dy.shape, dy.dtype))
         else:
-            dz = self.activation_backward(dy, y, activation)
+            dz = act.backward(dy, y)
         db = self.backward_bias(dz) if has_bias else None
         dz, x, w = _operands(precision, dz, x, w)
         return self.backward_input(dz, w, cfg), self.backward_weight(dz, x, cfg), db

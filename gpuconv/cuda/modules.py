@@ -8,12 +8,16 @@ Nothing is compiled until ``get_module`` is first called for a (kind, device, fi
 options) combination; the module is then kept for the life of the process (CuPy also keeps binaries on disk in
 CUPY_CACHE_DIR, the emulator in GPUCONV_CACHE_DIR).
 
-Name expressions: a kernel file registers the template instantiations it needs in comment lines
+Name expressions and options: the package's kernel files (kernels/) are compiled with the instantiations that
+``gpuconv.backends._plans`` generates from the dtype registry (as CuPy builds ``name_expressions`` in Python)
+and with its -D macros (activation codes, launch constants): ``package_build`` gives both, and ``get_module``,
+the NVRTC checks and ``gpuconv info --kernels`` all go through it. Any other kernel file may register the
+instantiations it needs in comment lines
 
-    // gpuconv-name-expressions: gpuconv_conv_fwd<float>, gpuconv_conv_fwd<double>, gpuconv_conv_fwd<__half>
+    // gpuconv-name-expressions: axpy<float>, axpy<double>, axpy<__half>
 
-(several such lines add up; commas inside <> or () do not split). ``get_module`` adds them to the ones it is
-given, so callers need not repeat them; the NVRTC checks and the emulator tests read the same lines.
+(several such lines add up; commas inside <> or () do not split). ``get_module`` adds both to the ones it is
+given, so callers need not repeat them.
 """
 from __future__ import annotations
 
@@ -95,6 +99,24 @@ def registered_name_expressions(source: str) -> tuple:
     return tuple(found)
 
 
+def package_build(path) -> tuple:
+    """(name expressions, options) a kernel file of the package is always compiled with; ((), ()) for others."""
+    path = Path(path)
+    if path.parent.resolve() not in {d.resolve() for d in kernel_dirs()}:
+        return (), ()
+    from ..backends import _plans
+
+    return _plans.name_expressions(path.name), _plans.kernel_defines()
+
+
+def build_inputs(path, name_expressions=(), options=()) -> tuple:
+    """All the name expressions and options ``path`` compiles with: the caller's, the package's, its own."""
+    source = Path(path).read_text()
+    exprs, defines = package_build(path)
+    exprs = tuple(dict.fromkeys((*name_expressions, *exprs, *registered_name_expressions(source))))
+    return source, exprs, (*defines, *options)
+
+
 def emulator_unavailable_reason():
     """None if the CPU emulator can compile and run kernels here, else why not."""
     from .emulator import unavailable_reason
@@ -102,8 +124,9 @@ def emulator_unavailable_reason():
     return unavailable_reason()
 
 
-def _device_id(kind):
-    """The CUDA device for "cupy"; for the emulator, its compile mode (GPUCONV_EMULATOR_SANITIZE)."""
+def device_id(kind):
+    """The current CUDA device for "cupy"; for the emulator, its compile mode (GPUCONV_EMULATOR_SANITIZE).
+    Every cache of compiled kernels is keyed by it."""
     if kind == "cupy":
         from .._dispatch import import_cupy
 
@@ -120,7 +143,7 @@ def get_module(kind: str, filename: str, *, name_expressions=(), options=()):
     if isinstance(name_expressions, str) or isinstance(options, str):
         raise TypeError("name_expressions and options must be sequences of strings, not a string")
     options = tuple(options)
-    device = _device_id(kind)
+    device = device_id(kind)
     # Fast path for the launch wrappers, which ask on every call: same arguments and an unchanged file.
     fast_key = (kind, device, filename, tuple(name_expressions), options)
     hit = _fast.get(fast_key)
@@ -134,9 +157,8 @@ def get_module(kind: str, filename: str, *, name_expressions=(), options=()):
             return module
     path = kernel_path(filename)
     st = os.stat(path)
-    source = path.read_text()
-    exprs = tuple(dict.fromkeys((*name_expressions, *registered_name_expressions(source))))
-    key = (kind, device, str(path), hashlib.sha256(source.encode()).hexdigest(), exprs, options)
+    source, exprs, all_options = build_inputs(path, name_expressions, options)
+    key = (kind, device, str(path), hashlib.sha256(source.encode()).hexdigest(), exprs, all_options)
     with _lock:
         module = _cache.get(key)
     if module is not None:
@@ -145,10 +167,10 @@ def get_module(kind: str, filename: str, *, name_expressions=(), options=()):
     if kind == "emulator":
         from . import emulator
 
-        module = emulator.load_module(source, filename=str(path), name_expressions=exprs, options=options,
+        module = emulator.load_module(source, filename=str(path), name_expressions=exprs, options=all_options,
                                       include_dirs=(str(path.parent),))
     else:
-        module = _cupy_module(source, path, exprs, options)
+        module = _cupy_module(source, path, exprs, all_options)
     with _lock:
         module = _cache.setdefault(key, module)
     _fast[fast_key] = (path, (st.st_mtime_ns, st.st_size), module)

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from .modules import kernel_dirs, kernel_files, kernel_path, registered_name_expressions
+from .modules import build_inputs, kernel_dirs, kernel_files, kernel_path
 
 ARCHES = ("sm_70", "sm_80", "sm_90")
 ENV_INCLUDE = "GPUCONV_CUDA_INCLUDE"
@@ -165,15 +165,15 @@ def _warnings(log: str) -> list:
 def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     """Compiles a kernel file (name in kernels/ or absolute path) for ``arch``; one KernelResources per kernel.
 
-    The file's registered name expressions (``// gpuconv-name-expressions: ...``) are added to the given ones.
+    The name expressions and options of ``modules.build_inputs`` (the package's generated instantiations and -D
+    macros for kernels/, a file's own ``// gpuconv-name-expressions:`` lines) are added to the given ones.
     Raises NvrtcError on any compile error or warning.
     """
     if arch not in ARCHES and not re.fullmatch(r"sm_\d+a?", arch):
         raise ValueError(f"arch must look like 'sm_80' (checked: {ARCHES}), got {arch!r}")
     nvrtc = _nvrtc()
     path = kernel_path(filename)
-    source = path.read_text()
-    exprs = tuple(dict.fromkeys((*name_expressions, *registered_name_expressions(source))))
+    source, exprs, options = build_inputs(path, name_expressions, options)
     opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", "-std=c++17", f"-I{path.parent}"]
     opts += [f"-I{d}" for d in cuda_include_dirs()]
     opts += list(options)

@@ -1,5 +1,6 @@
 // Tensor-core fragments (nvcuda::wmma) and bfloat16 under the emulator; the same text compiles with NVRTC for
-// sm_80 and sm_90 (tests/test_emulator.py checks both).
+// sm_80 and sm_90 (tests/test_nvrtc.py; bfloat16 and TF32 fragments need sm_80).
+// gpuconv-nvrtc-arches: sm_80 sm_90
 #include <mma.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

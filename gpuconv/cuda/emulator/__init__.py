@@ -297,8 +297,9 @@ class EmulatorKernel:
             try:
                 for (i, _), ptr in zip(arrays, buffers.place(arrays)):
                     slots[i] = ptr
+                ranges, nranges = buffers.ranges()
                 rc = module._launch(self._entry_address, grid3, block3, int(shared_mem), argv, sched, seed,
-                                    workers, timeout, err, _ERRLEN)
+                                    workers, timeout, ranges, nranges, err, _ERRLEN)
             finally:
                 oob = buffers.finish()
             if rc != 0:
@@ -339,7 +340,8 @@ class EmulatorModule:
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                  ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint,
-                                 ctypes.c_int, ctypes.c_double, ctypes.c_char_p, ctypes.c_ulonglong]
+                                 ctypes.c_int, ctypes.c_double, ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_int,
+                                 ctypes.c_char_p, ctypes.c_ulonglong]
         count = ctypes.c_int.in_dll(self._lib, "gpuconv_emu_num_entries").value
         entries = (_Entry * max(count, 1)).in_dll(self._lib, "gpuconv_emu_entries")
         self._kernels = {}

@@ -122,6 +122,11 @@ class ArgBuffers:
         return [region_of[j].base + (spans[j][3].__array_interface__["data"][0] - region_of[j].start)
                 for j in range(len(spans))]
 
+    def ranges(self):
+        """(ctypes array of [start, end) address pairs of the buffers, count): global memory for cp.async checks."""
+        flat = [x for r in self.regions for x in (r.base, r.base + (r.end - r.start))]
+        return (ctypes.c_ulonglong * max(len(flat), 1))(*flat), len(self.regions)
+
     def _check(self, r) -> str | None:
         span = r.end - r.start
         front = r.base - r.raw

@@ -97,6 +97,10 @@ GPUCONV_EMU_HIDDEN unsigned warp_group(unsigned mask);       // lanes of my warp
 enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3 };
 // Whether this launch uses the permuted wmma fragment layout (GPUCONV_EMULATOR_WMMA_LAYOUT; mma.h).
 GPUCONV_EMU_HIDDEN bool wmma_permuted();
+// cuda_pipeline_primitives.h: asynchronous copies (runtime.cpp).
+GPUCONV_EMU_HIDDEN void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line);
+GPUCONV_EMU_HIDDEN void pipeline_commit();
+GPUCONV_EMU_HIDDEN void pipeline_wait_prior(size_t prior, unsigned line);
 
 inline unsigned linear_tid() {
     return tl.thread_idx.x + tl.block_dim.x * (tl.thread_idx.y + tl.block_dim.y * tl.thread_idx.z);

@@ -87,6 +87,14 @@ const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vot
 constexpr int kMaxThreads = 1024;
 constexpr int kErrLen = 1024;
 
+// An asynchronous copy (cuda_pipeline.h) not performed yet: it happens at the __pipeline_wait_prior that
+// covers its group; until then the destination holds poison.
+struct PendingCopy {
+    void* dst;
+    const void* src;
+    unsigned size, zfill, group, line;
+};
+
 struct Fiber {
     void* sp;
     char* stack_lo;  // usable stack [stack_lo, stack_lo + stack_size); guard page just below
@@ -98,6 +106,9 @@ struct Fiber {
     unsigned gen;                  // block barrier generation waited on
     unsigned wmask, wline, bline;  // warp barrier mask/line, block barrier line
     int wkind;
+    PendingCopy* copies;  // this thread's pending asynchronous copies, in issue order
+    int ncopies, capcopies;
+    unsigned commits;     // __pipeline_commit calls so far: the group the next copy joins
 };
 
 struct Warp {
@@ -118,6 +129,8 @@ struct Launch {
     int failed;        // set once (__atomic) by the first block that fails, whose worker writes error
     int helpers_left;  // pool threads that may still join (__atomic)
     double timeout_s;
+    const unsigned long long* ranges;  // the argument buffers [start, end) pairs: global memory
+    int nranges;
     char error[kErrLen];
 };
 
@@ -400,6 +413,8 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
         f.state = RUNNABLE;
         f.gen = 0;
         f.asan_fake = nullptr;
+        f.ncopies = 0;
+        f.commits = 0;
         init_fiber_stack(f);
         w.order[i] = L.schedule == REVERSE ? n - 1 - i : i;
     }
@@ -684,6 +699,73 @@ void fail(const char* what, unsigned line) {
     fail_here(*tl.worker, buf);
 }
 
+// ---- cuda_pipeline.h: asynchronous copies, deferred to the wait that covers them ----
+bool inside(const void* p, size_t n, const void* lo, size_t size) {
+    auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(lo);
+    return a >= b && a + n <= b + size && a + n >= a;
+}
+
+void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line) {
+    Worker& w = *tl.worker;
+    Fiber& f = w.fibers[tl.fiber];
+    const Launch& L = *w.launch;
+    char buf[300];
+    const char* bad = nullptr;
+    if (size != 4 && size != 8 && size != 16) {
+        bad = "size_and_align must be 4, 8 or 16";
+    } else if (zfill > size) {
+        bad = "zfill is larger than size_and_align";
+    } else if (reinterpret_cast<uintptr_t>(dst) % size || reinterpret_cast<uintptr_t>(src) % size) {
+        bad = "the destination and the source must be aligned to size_and_align";
+    } else if (!inside(dst, size, w.tls_lo, w.tls_size) && !(L.shmem && inside(dst, size, tl.dyn_smem, L.shmem))) {
+        bad = "the destination is not in shared memory (a __shared__ variable or the dynamic shared memory)";
+    } else if (size > zfill) {
+        bool global = false;
+        for (int i = 0; i < L.nranges && !global; ++i)
+            global = inside(src, size - zfill, reinterpret_cast<const void*>(L.ranges[2 * i]),
+                            L.ranges[2 * i + 1] - L.ranges[2 * i]);
+        if (!global) bad = "the bytes read are not inside global memory (one kernel argument's array)";
+    }
+    if (bad) {
+        snprintf(buf, sizeof buf, "__pipeline_memcpy_async(dst=%p, src=%p, size_and_align=%zu, zfill=%zu) on line %u: %s",
+                 dst, src, size, zfill, line, bad);
+        fail_here(w, buf);
+    }
+    if (f.ncopies == f.capcopies) {
+        int cap = f.capcopies ? 2 * f.capcopies : 16;
+        auto* grown = static_cast<PendingCopy*>(realloc(f.copies, sizeof(PendingCopy) * size_t(cap)));
+        if (!grown) {
+            fprintf(stderr, "gpuconv emulator: out of memory\n");
+            abort();
+        }
+        f.copies = grown;
+        f.capcopies = cap;
+    }
+    f.copies[f.ncopies++] = PendingCopy{dst, src, unsigned(size), unsigned(zfill), f.commits, line};
+    memset(dst, 0xFF, size);  // poison until the wait: a read before it gives NaN / -1
+}
+
+void pipeline_commit() { tl.worker->fibers[tl.fiber].commits++; }
+
+void pipeline_wait_prior(size_t prior, unsigned line) {
+    (void)line;
+    Fiber& f = tl.worker->fibers[tl.fiber];
+    // Complete every copy of a committed group older than the `prior` most recent ones, in issue order.
+    long long limit = (long long)f.commits - (long long)prior;
+    int kept = 0;
+    for (int i = 0; i < f.ncopies; ++i) {
+        PendingCopy& c = f.copies[i];
+        if ((long long)c.group < limit) {
+            char* d = static_cast<char*>(c.dst);
+            memcpy(d, c.src, c.size - c.zfill);
+            memset(d + (c.size - c.zfill), 0, c.zfill);
+        } else {
+            f.copies[kept++] = c;
+        }
+    }
+    f.ncopies = kept;
+}
+
 }  // namespace gpuconv_emu
 
 using namespace gpuconv_emu;
@@ -709,6 +791,15 @@ extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
     __sanitizer_finish_switch_fiber(nullptr, &w.sched_bottom, &w.sched_size);
 #endif
     w.launch->kernel->call(w.launch->args);
+    if (w.fibers[me].ncopies) {
+        char buf[300];
+        const PendingCopy& c = w.fibers[me].copies[0];
+        snprintf(buf, sizeof buf,
+                 "the thread exited with %d asynchronous copies never waited for (the first from "
+                 "__pipeline_memcpy_async on line %u%s): every copy needs a __pipeline_wait_prior that covers it",
+                 w.fibers[me].ncopies, c.line, c.group == w.fibers[me].commits ? ", never committed" : "");
+        fail_here(w, buf);
+    }
     w.fibers[me].state = DONE;
     w.live--;
     Warp& W = w.warps[me >> 5];
@@ -721,7 +812,8 @@ extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
 // Runs kernel `entry` over the grid. Returns 0, or 1 with a message in err.
 extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     const KernelEntry* entry, const unsigned* grid, const unsigned* block, unsigned long long shmem, void** args,
-    int schedule, unsigned seed, int nworkers, double timeout_s, char* err, unsigned long long errlen) {
+    int schedule, unsigned seed, int nworkers, double timeout_s, const unsigned long long* ranges, int nranges,
+    char* err, unsigned long long errlen) {
     pthread_mutex_lock(&launch_mu);
     pthread_once(&handlers_once, install_crash_handlers_once);
     Launch L{};
@@ -735,6 +827,8 @@ extern "C" __attribute__((visibility("default"))) int gpuconv_emu_launch(
     L.seed = seed;
     L.nblocks = long(grid[0]) * grid[1] * grid[2];
     L.timeout_s = timeout_s;
+    L.ranges = ranges;
+    L.nranges = nranges;
     watch_begin(L);
     int helpers = nworkers - 1;
     if (helpers > L.nblocks - 1) helpers = int(L.nblocks - 1);
