@@ -19,9 +19,6 @@
 // Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
-// bfloat16 (not in the dtype registry's instantiations yet) has the elementwise and reduction kernels only: its
-// convolutions always run on tensor cores (kernels/conv_tc_*.cu).
-// gpuconv-name-expressions: gpuconv_act_bwd<__nv_bfloat16>, gpuconv_bias_grad<__nv_bfloat16>, gpuconv_sum_partials<__nv_bfloat16>
 #include "gpuconv_common.cuh"
 
 template <typename T>

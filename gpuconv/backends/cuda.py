@@ -134,13 +134,14 @@ class CudaBackend:
         if device_id is None:
             from ..cuda.modules import device_id
         expr = cuda_tc.name_expression(launch.kernel, dtype, launch.template)
-        key = (device_id(self.kind), launch.file, expr)
+        file = cuda_tc.kernel_file(launch.file, dtype)
+        key = (device_id(self.kind), file, expr)
         fn = self._kernels.get(key)
         if fn is None:
             get_module = self._get_module
             if get_module is None:
                 from ..cuda.modules import get_module
-            fn = self._kernels[key] = get_module(self.kind, launch.file).get_function(expr)
+            fn = self._kernels[key] = get_module(self.kind, file).get_function(expr)
         return fn
 
     def _run(self, launch, dtype, *arrays):

@@ -31,6 +31,7 @@ from ._plans import Launch, cdiv, dims, stride_phases
 
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
+BF16_REDUCTIONS_FILE = "conv_bf16_reductions.cu"
 TC_THREADS = 256
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
 NONFINITE_MAX_BLOCKS = 1024
@@ -59,6 +60,14 @@ def ctype(dtype) -> str:
     """The kernels' template argument T of ``dtype``."""
     dtype = np.dtype(dtype)
     return TC_CTYPES[dtype] if dtype == BFLOAT16 else _registry.dtype(dtype, "CUDA backend").ctype
+
+
+def kernel_file(filename: str, dtype) -> str:
+    """The file a launch's kernel is compiled from for ``dtype``: bfloat16's reductions come from
+    BF16_REDUCTIONS_FILE (conv_backward.cu's instantiations are generated for the registered dtypes only)."""
+    if filename == _plans.BACKWARD_FILE and np.dtype(dtype) == BFLOAT16:
+        return BF16_REDUCTIONS_FILE
+    return filename
 
 
 def name_expression(kernel: str, dtype, template=()) -> str:

@@ -177,6 +177,11 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", "-std=c++17", f"-I{path.parent}"]
     opts += [f"-I{d}" for d in cuda_include_dirs()]
     opts += list(options)
+    # The same compile (source, folder it includes from, names, options) is done once per process: the NVRTC
+    # test and the resource table ask for every file and architecture.
+    key = (str(path), source, _folder_stamp(path.parent), exprs, tuple(opts))
+    if key in _reports:
+        return list(_reports[key])
     (prog,) = _check(nvrtc.nvrtcCreateProgram(source.encode(), path.name.encode(), 0, [], []),
                      "nvrtcCreateProgram")
     try:
@@ -205,7 +210,17 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     for mangled, r in sorted(parse_ptxas(log).items()):
         rows.append(KernelResources(lowered.get(mangled, mangled), arch, r["registers"], r["shared_mem_bytes"],
                                     r["spill_stores"], r["spill_loads"], r["stack_bytes"]))
+    _reports[key] = tuple(rows)
     return rows
+
+
+_reports: dict = {}
+
+
+def _folder_stamp(folder) -> tuple:
+    """(name, size, mtime) of every file of a kernel folder: what an #include there could read."""
+    return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in Path(folder).iterdir() if p.is_file()
+                        for st in (p.stat(),)))
 
 
 def resource_table(files=None, arches=ARCHES) -> list:
