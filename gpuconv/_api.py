@@ -16,9 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _config
-from ._config import ConvConfig
+from . import _config, _interop, _layout
+from ._config import ConvConfig, ConvInfo
 from ._dispatch import module_of, select_backend, to_module
+from ._interop import public
+from ._layout import Roles
+
+GRADS = ("dx", "dw", "db")  # what conv2d_backward can compute
 
 
 class Conv2DGrads(NamedTuple):
@@ -114,6 +118,7 @@ def _back(result, like):
     return xp.ascontiguousarray(to_module(result, xp))
 
 
+@public(arrays=("x", "w", "b"), like="x", layout=Roles({"x": "x", "w": "w"}, {}, "y"))
 def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None, backend="auto",
            precision=None):
     """act(conv(x, w) + b), cross-correlation with channels last, fused in one pass.
@@ -139,6 +144,7 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
     return _back(y.reshape(_config.user_y_shape(cfg, a["x"].ndim)), x)
 
 
+@public(arrays=("dy", "y"), like="dy")
 def activation_backward(dy, y, activation, *, backend="auto", precision=None):
     """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y); tanh: 1 - y * y);
     any shape.
@@ -159,6 +165,7 @@ def activation_backward(dy, y, activation, *, backend="auto", precision=None):
     return _back(be.activation_backward(a["dy"], a["y"], act), dy)
 
 
+@public(arrays=("dz", "w"), like="dz", layout=Roles({"dz": "y", "w": "w"}, {"x_shape": "x"}, "x"))
 def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto",
                           precision=None):
     """dx, the gradient with respect to the input: the transposed convolution of dz with w (products of dz and
@@ -177,6 +184,7 @@ def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation
     return _back(dx.reshape(x_shape), dz)
 
 
+@public(arrays=("dz", "x"), like="dz", layout=Roles({"dz": "y", "x": "x"}, {"w_shape": "w"}, "w"))
 def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto",
                            precision=None):
     """dw, the gradient with respect to the weights: dz correlated with the input windows, summed over the batch
@@ -195,6 +203,7 @@ def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilatio
     return _back(dw.reshape(w_shape), dz)
 
 
+@public(arrays=("dz",), like="dz", layout=Roles({"dz": "y"}, {}, None, padding=False))
 def conv2d_backward_bias(dz, *, backend="auto", precision=None):
     """db, dz summed over every axis but the last (shape (M,)). ``precision`` is checked and has no effect (a sum
     has no products): db is the same in every precision."""
@@ -213,17 +222,22 @@ def _bias_grad(be, dz, m: int):
     return be.backward_bias(dz.reshape(1, 1, -1, m))
 
 
+@public(arrays=("dy", "x", "w", "y"), like="dy",
+        layout=Roles({"dy": "y", "x": "x", "w": "w", "y": "y"}, {}, ("x", "w", None)))
 def conv2d_backward(
     dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", dilation=1, groups=1, activation=None,
-    backend="auto", precision=None,
+    backend="auto", precision=None, grads=GRADS,
 ):
     """All gradients of ``conv2d`` from dy = dJ/dy: returns Conv2DGrads(dx, dw, db).
 
     ``y``, the forward output, is needed for every activation but identity (the derivative is taken from it).
     db is None when ``has_bias`` is False; with a 2-D x it has shape (1,). ``precision`` applies to the
-    products of dx and dw (dz = dy * act'(z) and db are float32 sums in every precision).
+    products of dx and dw (dz = dy * act'(z) and db are float32 sums in every precision). ``grads``: the
+    gradients wanted, any of ("dx", "dw", "db") (default all); the others come back None and are not computed
+    (a subset without both dx and dw runs activation_backward once, then only the gradients asked for).
     """
     fname = "conv2d_backward"
+    want = _grads_wanted(fname, grads)
     prec = _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
     if y is None and _config.needs_output(act):
@@ -236,19 +250,33 @@ def conv2d_backward(
     if a["y"] is not None:
         _check_shape(fname, "y", a["y"], y_shape)
     dtype, x4, w4 = a["dy"].dtype, a["x"].reshape(cfg.x_shape), a["w"].reshape(cfg.w_shape)
+    has_bias = has_bias and "db" in want
     fused = getattr(be, "backward", None)
     if cfg.n == 0:
         dx, dw = be.xp.zeros(cfg.x_shape, dtype), be.xp.zeros(cfg.w_shape, dtype)
         db = be.xp.zeros((cfg.m,), dtype) if has_bias else None
-    elif fused is not None:  # the backend applies act' as it reads dy: dz never goes to memory
+    elif fused is not None and {"dx", "dw"} <= want:  # act' applied as dy is read: dz never goes to memory
         y4 = a["y"].reshape(cfg.y_shape) if _config.needs_output(act) else None
         dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias, precision=prec)
     else:
         dz = be.activation_backward(a["dy"], a["y"], act) if _config.needs_output(act) else a["dy"]
         dz4 = dz.reshape(cfg.y_shape)
-        dx, dw = be.backward_input(dz4, w4, cfg, precision=prec), be.backward_weight(dz4, x4, cfg, precision=prec)
+        dx = be.backward_input(dz4, w4, cfg, precision=prec) if "dx" in want else None
+        dw = be.backward_weight(dz4, x4, cfg, precision=prec) if "dw" in want else None
         db = _bias_grad(be, dz4, cfg.m) if has_bias else None
-    return Conv2DGrads(_back(dx.reshape(a["x"].shape), dy), _back(dw.reshape(a["w"].shape), dy), _back(db, dy))
+    dx = _back(dx.reshape(a["x"].shape), dy) if "dx" in want else None
+    dw = _back(dw.reshape(a["w"].shape), dy) if "dw" in want else None
+    return Conv2DGrads(dx, dw, _back(db, dy))
+
+
+def _grads_wanted(fname: str, grads) -> frozenset:
+    """The ``grads`` option -> a non-empty set of names from GRADS."""
+    if isinstance(grads, str) or not isinstance(grads, (tuple, list, set, frozenset)):
+        raise TypeError(f"{fname}: argument 'grads' must be a tuple of names from {GRADS}, got {grads!r}")
+    bad = [g for g in grads if g not in GRADS]
+    if bad or not grads:
+        raise ValueError(f"{fname}: argument 'grads' must name at least one of {GRADS}, got {grads!r}")
+    return frozenset(grads)
 
 
 class Conv2D:
@@ -260,11 +288,15 @@ class Conv2D:
     """
 
     def __init__(self, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None,
-                 backend="auto", precision=None):
+                 backend="auto", precision=None, data_format="NHWC", filter_format="HWIO",
+                 padding_mode="zeros"):
         self.w, self.b = w, b
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
         self.backend = backend
+        self.data_format = _layout.check_choice("Conv2D", "data_format", data_format, _layout.DATA_FORMATS)
+        self.filter_format = _layout.check_choice("Conv2D", "filter_format", filter_format, _layout.FILTER_FORMATS)
+        self.padding_mode = _layout.check_choice("Conv2D", "padding_mode", padding_mode, _layout.PADDING_MODES)
         self.precision = None if precision is None else _config.check_precision("Conv2D", precision)
         self._check_options()
         self.dw = self.db = None
@@ -273,7 +305,7 @@ class Conv2D:
     def _check_options(self) -> None:
         """Fail at construction, not at the first forward, on anything checkable without an input."""
         fname = "Conv2D"
-        w_shape = tuple(self.w.shape)
+        w_shape = tuple(_layout.to_hwio(_interop.host_view(self.w), self.filter_format).shape)
         if len(w_shape) not in (2, 4):
             raise ValueError(f"{fname}: argument 'w' must be 2-D (KH, KW) or 4-D (KH, KW, C/groups, M), "
                              f"got shape {w_shape}")
@@ -287,12 +319,15 @@ class Conv2D:
         x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
         cfg = _config.make_config(fname, x4, w4, stride=self.stride, padding=self.padding, dilation=d,
                                   groups=self.groups)
-        _check_dtypes(fname, {"w": _as_array(self.w), "b": None if self.b is None else _as_array(self.b)})
-        _check_bias(fname, self.b, cfg)
+        b = None if self.b is None else _interop.host_view(self.b)
+        _check_dtypes(fname, {"w": _interop.host_view(self.w), "b": b})
+        _check_bias(fname, b, cfg)
 
     def _options(self) -> dict:
         return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
-                "groups": self.groups, "backend": self.backend, "precision": self.precision}
+                "groups": self.groups, "backend": self.backend, "precision": self.precision,
+                "data_format": self.data_format, "filter_format": self.filter_format,
+                "padding_mode": self.padding_mode}
 
     def forward(self, x):
         y = conv2d(x, self.w, self.b, activation=self.activation, **self._options())
@@ -301,18 +336,21 @@ class Conv2D:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy, *, grads=GRADS):
+        """dx from dy = dJ/dy (None unless "dx" is in ``grads``); sets ``self.dw`` and ``self.db`` (each None
+        when not asked for in ``grads``, as ``conv2d_backward``)."""
         if self._x is None:
             raise RuntimeError("Conv2D.backward: call forward(x) first; backward needs its saved input and output")
         grads = conv2d_backward(dy, self._x, self.w, self._y, has_bias=self.b is not None,
-                                activation=self.activation, **self._options())
+                                activation=self.activation, grads=grads, **self._options())
         self.dw, self.db = grads.dw, grads.db
         return grads.dx
 
     def info(self, x_shape):
         """conv2d_info of this layer for an input of shape ``x_shape``."""
         return conv2d_info(x_shape, self.w.shape, stride=self.stride, padding=self.padding,
-                           dilation=self.dilation, groups=self.groups, bias=self.b is not None)
+                           dilation=self.dilation, groups=self.groups, bias=self.b is not None,
+                           data_format=self.data_format, filter_format=self.filter_format)
 
     def __repr__(self) -> str:
         return (f"Conv2D(w={tuple(self.w.shape)}, bias={self.b is not None}, stride={self.stride!r}, "
@@ -321,4 +359,14 @@ class Conv2D:
                 + ("" if self.precision is None else f", precision={self.precision!r}") + ")")
 
 
-conv2d_info = _config.conv2d_info
+def conv2d_info(x_shape, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, bias=True,
+                data_format="NHWC", filter_format="HWIO") -> ConvInfo:
+    """Output shape, channels, multiply count and parameter count of a layer, computed from shapes alone.
+
+    ``x_shape`` is (H, W), (H, W, C) or (N, H, W, C) (with data_format "NCHW": (C, H, W) or (N, C, H, W));
+    ``w_shape`` is (KH, KW) with a 2-D x, else (KH, KW, C/G, M) (filter_format "OIHW": (M, C/G, KH, KW)).
+    The shapes in the result are in the same layouts.
+    """
+    return _layout.conv2d_info(_config.conv2d_info, x_shape, w_shape, stride=stride, padding=padding,
+                               dilation=dilation, groups=groups, bias=bias, data_format=data_format,
+                               filter_format=filter_format)

@@ -11,6 +11,7 @@ import os
 import sys
 
 from . import _benchdata as bd
+from .backends._threads import blas_description
 
 
 def add_arguments(parser) -> None:
@@ -78,20 +79,6 @@ def _fmt_gflops(flops, seconds) -> str:
 
 def _fmt_ratio(a, b) -> str:
     return "n/a" if a is None or b is None else f"{a / b:.2f}"
-
-
-def _blas_line():
-    """Which BLAS kernel numpy runs (through threadpoolctl, when installed), for quoting CPU numbers."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    if not infos:
-        return None
-    i = infos[0]
-    return (f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}), "
-            f"{i.get('num_threads')} threads")
 
 
 def run(args) -> int:
@@ -214,7 +201,7 @@ def _print_header(out, backend, args, activation, peer_device):
     print(f"gpuconv {gpuconv.__version__} bench: backend {backend}, {args.dtype}, activation {activation}; "
           f"median of {args.repeat} timed runs after warm-up", file=out)
     libs = f"numpy {numpy.__version__}"
-    blas = _blas_line()
+    blas = blas_description()
     if blas:
         libs += f" [{blas}]"
     if peer_device:

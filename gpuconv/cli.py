@@ -96,6 +96,11 @@ def _cmd_info(args) -> int:
             print(f"kernel resource table unavailable: {exc}")
             return 1
         print(format_resource_table())
+    if args.sass:
+        from .cuda.sass import format_sass_table
+
+        print()
+        print(format_sass_table())
     return 0
 
 
@@ -132,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, and which backends can run here and why not")
     p.add_argument("--kernels", action="store_true",
                    help="also compile every kernel with NVRTC and print registers, shared memory and spills")
+    p.add_argument("--sass", action="store_true",
+                   help="also disassemble every kernel (nvdisasm): its instruction mix and main loop")
     p.set_defaults(func=_cmd_info)
 
     from . import _bench

@@ -15,6 +15,7 @@ from conftest import ACTIVATIONS, DTYPES, LOW_PRECISION_DTYPES
 
 import gpuconv
 from gpuconv._config import make_config
+from gpuconv.backends import _threads
 from gpuconv.backends import numpy as npb
 
 BE = npb.load()
@@ -336,13 +337,13 @@ def test_worker_threads_give_the_serial_results(case, monkeypatch):
     monkeypatch.setattr(npb, "_CHUNK_MIN", 1)
     monkeypatch.setattr(npb, "_PARALLEL_MIN", 0)
     monkeypatch.setattr(npb, "_CHUNK_TARGET", 2000)
-    monkeypatch.setattr(npb, "_workers", lambda: 3)
+    monkeypatch.setattr(_threads, "workers", lambda: 3)
     assert len(npb._chunks(cfg, 4, 3)) > 1
-    if npb._blas_controller() is None:
+    if _threads.blas_controller() is None:
         pytest.skip("threadpoolctl cannot control this BLAS: the backend runs single-threaded")
     threaded = run()
-    parallel_map = npb._map
-    monkeypatch.setattr(npb, "_map", lambda fn, tasks, workers: parallel_map(fn, tasks, 1))  # same chunks, in turn
+    parallel_map = _threads.map_tasks
+    monkeypatch.setattr(_threads, "map_tasks", lambda fn, tasks, workers: parallel_map(fn, tasks, 1))  # same chunks, in turn
     for got, want in zip(threaded, run()):
         np.testing.assert_array_equal(got, want)
 

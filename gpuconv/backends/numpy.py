@@ -22,8 +22,8 @@ How every operation is computed:
   their gradients (from the saved output y) are the NumPy functions of ``gpuconv._registry.ACTIVATIONS``.
 - ``backward`` (what the public API's conv2d_backward calls) runs those steps in turn; dZ goes to a work buffer
   reused between calls (fresh memory costs page faults on every call).
-- Big calls run their chunks on worker threads when threadpoolctl can hold BLAS at one thread (see "worker
-  threads" below); the results are the same bits as running the same chunks in turn.
+- Big calls run their chunks on worker threads when threadpoolctl can hold BLAS at one thread
+  (``gpuconv.backends._threads``); the results are the same bits as running the same chunks in turn.
 float16 and bfloat16 are computed in float32 and rounded once at the end (round to nearest even); float32 and
 float64 are computed in their own type.
 
@@ -36,16 +36,14 @@ stay float32 (they are not products of two operands).
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .. import _registry
+from . import _threads
 from .._config import ConvConfig, get_workspace_limit
 
 # Work buffers of one chunk aim at this size (bytes), below the workspace limit: small enough to stay in cache
@@ -59,101 +57,6 @@ _CHUNK_MIN = 256 * 2**10
 _PARALLEL_MIN = 8 * 2**20
 
 _local = threading.local()
-# os.cpu_count() reads /sys on every call (~20 us here): once is enough
-_CPUS = os.cpu_count() or 1
-
-# ---- worker threads ----------------------------------------------------------------------------------------
-# Chunks are independent, so they run on worker threads, each calling BLAS single-threaded: the im2col copies,
-# bias, activation and col2im adds (single-threaded in numpy) then run in parallel too, and there is no
-# BLAS-thread barrier per chunk (costly when the machine is shared). As many workers as BLAS had threads
-# (OPENBLAS_NUM_THREADS / threadpoolctl limits are respected). This needs threadpoolctl to set BLAS to one
-# thread; without it, or with one BLAS thread, chunks run one after another in the calling thread.
-_pool_lock = threading.Lock()
-_pool = None
-_controller = None
-_blas_users = 0  # calls now inside _single_threaded_blas, from any thread
-_blas_limiter = None
-
-
-def _blas_controller():
-    """threadpoolctl's controller of the BLAS numpy uses, or None (threadpoolctl missing, BLAS not found)."""
-    global _controller
-    if _controller is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            ctl = ThreadpoolController().select(user_api="blas")
-            _controller = ctl if ctl.lib_controllers else False
-        except Exception:  # noqa: BLE001 - not installed, or a BLAS it does not know: run serially
-            _controller = False
-    return _controller or None
-
-
-def _workers() -> int:
-    """How many chunks to run at once: the BLAS thread count, when BLAS can be made single-threaded."""
-    ctl = _blas_controller()
-    if ctl is None:
-        return 1
-    with _pool_lock:
-        if _blas_users:  # another call holds BLAS at one thread: it knows the real count, and has the pool
-            return 1
-        threads = max(lib.num_threads for lib in ctl.lib_controllers)
-    return max(1, min(threads, _CPUS))
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """BLAS at one thread while worker threads run; counted, so that overlapping calls restore it once.
-
-    Calls each library's set_num_threads directly: threadpoolctl's limit() costs ~0.05 ms more per call.
-    """
-    global _blas_users, _blas_limiter
-    with _pool_lock:
-        if _blas_users == 0:
-            _blas_limiter = [(lib, lib.num_threads) for lib in _blas_controller().lib_controllers]
-            for lib, _ in _blas_limiter:
-                lib.set_num_threads(1)
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _pool_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                for lib, threads in _blas_limiter:
-                    lib.set_num_threads(threads)
-
-
-def _map(fn, tasks, workers: int):
-    """fn(task) for every task, results in task order: on worker threads when there are several.
-
-    With workers > 1, every BLAS call runs single-threaded, a lone task (in the calling thread) included: once
-    BLAS has run its own threads they spin for a while after the call, and take the cores from the workers.
-    """
-    global _pool
-    if workers <= 1:
-        yield from map(fn, tasks)
-        return
-    with _single_threaded_blas():
-        if len(tasks) == 1:
-            yield fn(tasks[0])
-            return
-        with _pool_lock:
-            if _pool is None or _pool._max_workers < workers:
-                _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpuconv-numpy")
-            pool = _pool
-        yield from pool.map(fn, tasks)
-
-
-def _after_fork_in_child():
-    # the pool's threads do not exist in a forked child: start afresh there (a new pool on first use)
-    global _pool, _pool_lock, _blas_users
-    _pool, _pool_lock, _blas_users = None, threading.Lock(), 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 def _work_buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
     """An uninitialized array from this thread's buffer cache; ``slot`` names one buffer in use at a time."""
@@ -324,8 +227,8 @@ def _conv(x, w, cfg: ConvConfig, ct, b=None, activation="identity"):
             np.add(rows, bias_row, out=rows)
         activate(yc)
 
-    workers = _workers()
-    for _ in _map(chunk, _chunks(cfg, ct.itemsize, workers), workers):
+    workers = _threads.workers()
+    for _ in _threads.map_tasks(chunk, _chunks(cfg, ct.itemsize, workers), workers):
         pass
     return y
 
@@ -422,12 +325,12 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
         for c in bands:
             chunk(c)
 
-    workers = _workers()
+    workers = _threads.workers()
     chunks = _chunks(cfg, ct.itemsize, workers)
     tasks = [[c] for c in chunks]
     if chunks[0][1] - chunks[0][0] == 1 and len(chunks) > cfg.n:  # row bands: one task per image
         tasks = [[c for c in chunks if c[0] == n] for n in range(cfg.n)]
-    for _ in _map(image, tasks, workers):
+    for _ in _threads.map_tasks(image, tasks, workers):
         pass
     if s1 == s2 == 1:  # one phase: the buffer is dX already (channel-major if tap-major; with C = 1 no copy)
         return dxp[:, :, 0, 0].transpose(1, 2, 3, 0) if tapmajor else dxp[:, 0, 0]
@@ -512,9 +415,9 @@ class NumpyBackend:
                 return (cols @ dzc)[None]
             return np.matmul(cols.transpose(0, 2, 1), dzc.reshape(p, g, cfg.mg).transpose(1, 0, 2))
 
-        workers = _workers()
+        workers = _threads.workers()
         dw = None
-        for part in _map(chunk, _chunks(cfg, ct.itemsize, workers), workers):  # summed in chunk order
+        for part in _threads.map_tasks(chunk, _chunks(cfg, ct.itemsize, workers), workers):  # summed in chunk order
             dw = part if dw is None else np.add(dw, part, out=dw)
         dw = dw.reshape(g, cfg.kh, cfg.kw, cfg.cg, cfg.mg).transpose(1, 2, 3, 0, 4)
         return np.ascontiguousarray(dw, dtype=dz.dtype).reshape(cfg.w_shape)
@@ -523,7 +426,7 @@ class NumpyBackend:
         ct = _compute_dtype(dz.dtype)
         d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)
         # ones @ dz: a BLAS GEMV, 5-20x faster here than d.sum(axis=0), which adds one M-wide row at a time
-        (db,) = _map(lambda ones: ones @ d, [np.ones(d.shape[0], ct)], _workers())
+        (db,) = _threads.map_tasks(lambda ones: ones @ d, [np.ones(d.shape[0], ct)], _threads.workers())
         return db.astype(dz.dtype, copy=False)
 
 

@@ -162,12 +162,25 @@ def _warnings(log: str) -> list:
             if re.search(r"\bwarning\b", line, re.IGNORECASE) and not any(p.search(line) for p in _TARGET_NOTICES)]
 
 
-def compile_report(filename, arch, name_expressions=(), options=()) -> list:
-    """Compiles a kernel file (name in kernels/ or absolute path) for ``arch``; one KernelResources per kernel.
+class Compiled(NamedTuple):
+    """One NVRTC compile of a kernel file for one architecture."""
+    path: Path
+    arch: str
+    log: str       # the program log (ptxas -v report included)
+    lowered: dict  # {mangled name: name expression}
+    cubin: bytes   # the SASS binary (nvdisasm reads it: see sass.py)
+
+
+_compiled: dict = {}  # successful compiles of this process, keyed by everything that goes into them
+
+
+def compile_program(filename, arch, name_expressions=(), options=()) -> Compiled:
+    """Compiles a kernel file (name in kernels/ or absolute path) for ``arch`` to a cubin.
 
     The name expressions and options of ``modules.build_inputs`` (the package's generated instantiations and -D
     macros for kernels/, a file's own ``// gpuconv-name-expressions:`` lines) are added to the given ones.
-    Raises NvrtcError on any compile error or warning.
+    Raises NvrtcError on any compile error or warning. A compile is kept for the life of the process, keyed by
+    the source text, architecture, name expressions and options (the resource and SASS tables share it).
     """
     if arch not in ARCHES and not re.fullmatch(r"sm_\d+a?", arch):
         raise ValueError(f"arch must look like 'sm_80' (checked: {ARCHES}), got {arch!r}")
@@ -177,11 +190,9 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     opts = [f"--gpu-architecture={arch}", "--ptxas-options=-v", "-std=c++17", f"-I{path.parent}"]
     opts += [f"-I{d}" for d in cuda_include_dirs()]
     opts += list(options)
-    # The same compile (source, folder it includes from, names, options) is done once per process: the NVRTC
-    # test and the resource table ask for every file and architecture.
-    key = (str(path), source, _folder_stamp(path.parent), exprs, tuple(opts))
-    if key in _reports:
-        return list(_reports[key])
+    key = (str(path), source, arch, exprs, tuple(opts))
+    if key in _compiled:
+        return _compiled[key]
     (prog,) = _check(nvrtc.nvrtcCreateProgram(source.encode(), path.name.encode(), 0, [], []),
                      "nvrtcCreateProgram")
     try:
@@ -204,23 +215,23 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
         for expr in exprs:
             (name,) = _check(nvrtc.nvrtcGetLoweredName(prog, expr.encode()), f"nvrtcGetLoweredName({expr!r})")
             lowered[name.decode() if isinstance(name, bytes) else name] = expr
+        (size,) = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+    _compiled[key] = Compiled(path, arch, log, lowered, cubin)
+    return _compiled[key]
+
+
+def compile_report(filename, arch, name_expressions=(), options=()) -> list:
+    """Compiles a kernel file (see ``compile_program``) for ``arch``; one KernelResources per kernel."""
+    c = compile_program(filename, arch, name_expressions, options)
     rows = []
-    for mangled, r in sorted(parse_ptxas(log).items()):
-        rows.append(KernelResources(lowered.get(mangled, mangled), arch, r["registers"], r["shared_mem_bytes"],
+    for mangled, r in sorted(parse_ptxas(c.log).items()):
+        rows.append(KernelResources(c.lowered.get(mangled, mangled), arch, r["registers"], r["shared_mem_bytes"],
                                     r["spill_stores"], r["spill_loads"], r["stack_bytes"]))
-    _reports[key] = tuple(rows)
     return rows
-
-
-_reports: dict = {}
-
-
-def _folder_stamp(folder) -> tuple:
-    """(name, size, mtime) of every file of a kernel folder: what an #include there could read."""
-    return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in Path(folder).iterdir() if p.is_file()
-                        for st in (p.stat(),)))
 
 
 def resource_table(files=None, arches=ARCHES) -> list:

@@ -1,0 +1,282 @@
+"""The kernels' machine code, read without a GPU: NVRTC's cubins disassembled by nvdisasm (gpuconv/cuda/sass.py).
+
+- every tensor-core kernel (kernels/conv_tc*.cu, kernels gpuconv_tc_*; and the wmma kernel of
+  tests/sass_kernels/, which proves the parsing until those land) holds HMMA of its precision on sm_80 and sm_90
+  (`float` instantiations TF32, `__half` FP16, `__nv_bfloat16` BF16), in its main loop, whose copies are
+  asynchronous (LDGSTS) where the design says so;
+- strict FP32 never touches tensor cores: no HMMA in any kernel of the SIMT files, and none in the kernels that
+  float32 calls with precision="highest" launch (recorded on the emulator);
+- no kernel has local-memory traffic (LDL/STL) on any architecture (sm_70 from ptxas's report: nvdisasm 13
+  does not read sm_70);
+- the strict-FP32 GEMM main loops keep their 4x4 micro-tile: 16 FFMA per 2 LDS.128.
+
+Compiles are cached per process (nvrtc.compile_program), so this file and test_nvrtc.py compile each file once.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuconv.cuda import nvrtc, sass
+from gpuconv.cuda.modules import kernel_files
+
+REASON = sass.unavailable_reason()
+needs_sass = pytest.mark.skipif(REASON is not None, reason=f"SASS checks unavailable: {REASON}")
+
+SASS_KERNELS = Path(__file__).resolve().parent / "sass_kernels"
+TC_FILES = [p for p in kernel_files() if p.name.startswith("conv_tc")]
+SIMT_FILES = [p for p in kernel_files() if not p.name.startswith("conv_tc")]
+TC_ARCHES = ("sm_80", "sm_90")
+# The precision of a tensor-core kernel's HMMA, from its first template argument.
+TC_PRECISION = {"float": "tf32", "__half": "fp16", "__nv_bfloat16": "bf16"}
+# GEMM kernels of the SIMT files whose main loop is gpuconv_gemm_mainloop (the 4x4 micro-tile).
+SIMT_GEMMS = ("gpuconv_conv_fwd<", "gpuconv_conv_bwd_input<", "gpuconv_conv_bwd_weight<")
+
+
+def _rows(path, arch):
+    try:
+        return sass.kernel_sass(str(path), arch)
+    except nvrtc.NvrtcError as exc:
+        if "crt/mma.h" in str(exc) and path.parent == SASS_KERNELS:
+            pytest.skip("mma.h needs crt/mma.h (pip install nvidia-cuda-nvcc-cu12, or a CUDA toolkit)")
+        raise
+
+
+def _template_args(kernel: str) -> list:
+    inner = kernel[kernel.index("<") + 1:kernel.rindex(">")] if "<" in kernel else ""
+    return [a.strip() for a in inner.split(",")] if inner else []
+
+
+def _is_tc(kernel: str) -> bool:
+    return kernel.startswith(("gpuconv_tc_", "tc_test_"))
+
+
+# ------------------------------------------------------------------------- the parser, on a listing by hand
+LISTING = """
+//--------------------- .text._Z1kPf --------------------------
+.text._Z1kPf:
+_Z1kPf:
+        /*0000*/                   IMAD.MOV.U32 R1, RZ, RZ, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   LDG.E R2, [R4.64] ;
+        /*0020*/                   STS [R3], R2 ;
+        /*0030*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_1:
+        /*0040*/                   LDS.128 R8, [R3] ;
+        /*0050*/                   FFMA R9, R8, R8, R9 ;
+        /*0060*/                   FFMA R10, R8, R8, R10 ;
+        /*0070*/              @!PT LDS RZ, [RZ] ;
+        /*0080*/                   HMMA.1684.F32.TF32 R12, R8, R10, R12 ;
+        /*0090*/               @P0 BRA `(.L_x_1) ;
+        /*00a0*/                   LDGSTS.E.BYPASS.128 [R3], [R4.64] ;
+        /*00b0*/               @P1 BRA `(.L_x_0) ;
+        /*00c0*/                   STG.E [R4.64], R9 ;
+        /*00d0*/                   EXIT ;
+.L_x_2:
+        /*00e0*/                   BRA `(.L_x_2);
+//--------------------- .text._Z1gv --------------------------
+.text._Z1gv:
+        /*0000*/                   HMMA.16816.F32.BF16 R0, R2, R4, R0 ;
+        /*0010*/                   HMMA.16816.F32 R0, R2, R4, R0 ;
+        /*0020*/                   EXIT ;
+"""
+
+
+def test_parse_sass_counts_loops_and_main_loop():
+    functions = sass.parse_sass(LISTING)
+    assert set(functions) == {"_Z1kPf", "_Z1gv"}
+    instrs, labels = functions["_Z1kPf"]
+    assert labels == {".L_x_0": 0x10, ".L_x_1": 0x40, ".L_x_2": 0xE0}
+    assert sass.loops(instrs, labels) == [sass.Loop(0x10, 0xB0), sass.Loop(0x40, 0x90), sass.Loop(0xE0, 0xE0)]
+    assert sass.main_loop(instrs, labels) == sass.Loop(0x40, 0x90)  # the innermost loop holding math
+    r = sass.analyze(instrs, labels, "k", "sm_80")
+    # the @!PT LDS (never executed) is not counted
+    assert r.counts == {"HMMA": 1, "FFMA": 2, "DFMA": 0, "LDS": 1, "STS": 1, "LDSM": 0, "LDG": 1, "STG": 1,
+                        "LDGSTS": 1, "LDL": 0, "STL": 0, "LD": 0, "ST": 0, "BAR": 1}
+    assert r.hmma == {"HMMA.1684.F32.TF32": 1}
+    assert (r.loop_math, r.loop_shared_loads, r.loop_ratio) == (3, 1, 3.0)
+    assert r.loop_opcodes == {"BRA": 1, "FFMA": 2, "HMMA.1684.F32.TF32": 1, "LDS.128": 1}
+    g = sass.analyze(*functions["_Z1gv"], "g", "sm_80")
+    assert g.loop is None and g.loop_ratio is None
+    assert {sass.hmma_precision(op) for op in g.hmma} == {"bf16", "fp16"}
+
+
+def test_hmma_precision_names():
+    assert sass.hmma_precision("HMMA.1684.F32.TF32") == "tf32"
+    assert sass.hmma_precision("HMMA.16816.F32.BF16") == "bf16"
+    assert sass.hmma_precision("HMMA.16816.F32") == "fp16"
+    assert sass.hmma_precision("HMMA.16816.F16") == "fp16"
+    assert sass.instruction_class("LDS.U.128") == "LDS"
+    assert sass.instruction_class("LDGSTS.E.BYPASS.128") == "LDGSTS"
+
+
+def test_missing_nvdisasm_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(sass, "nvdisasm_path", lambda: None)
+    reason = sass.unavailable_reason()
+    if nvrtc.unavailable_reason() is None:
+        assert "pip install nvidia-cuda-nvdisasm" in reason
+    assert sass.format_sass_table().startswith("kernel SASS: unavailable (")
+    with pytest.raises(sass.NvdisasmError, match="pip install nvidia-cuda-nvdisasm"):
+        sass.disassemble(b"", "sm_80")
+
+
+# --------------------------------------------------------------------------------- the kernels' machine code
+@needs_sass
+@pytest.mark.parametrize("arch", TC_ARCHES)
+@pytest.mark.parametrize("path", [*TC_FILES, SASS_KERNELS / "wmma_tc.cu"], ids=lambda p: p.name)
+def test_tensor_core_kernels_hold_hmma_of_their_precision(path, arch):
+    rows = [r for r in _rows(path, arch) if _is_tc(r.kernel)]
+    assert rows, f"{path.name}: no tensor-core kernel (gpuconv_tc_*) compiled for {arch}"
+    for r in rows:
+        want = TC_PRECISION[_template_args(r.kernel)[0]]
+        got = {sass.hmma_precision(op) for op in r.hmma}
+        assert got == {want}, f"{r.kernel} on {arch}: HMMA {r.hmma}, expected only {want}"
+        assert r.loop is not None and r.loop_counts["HMMA"], f"{r.kernel} on {arch}: no HMMA in a loop"
+        assert not r.loop_counts["FFMA"], f"{r.kernel} on {arch}: FFMA in the tensor-core main loop"
+
+
+def _async_by_design(kernel: str) -> bool:
+    """The tensor-core kernels copy with cp.async when their last template argument (VEC) is true; the test
+    kernel always does."""
+    return kernel.startswith("tc_test_") or _template_args(kernel)[-1:] == ["true"]
+
+
+@needs_sass
+@pytest.mark.parametrize("arch", TC_ARCHES)
+@pytest.mark.parametrize("path", [*TC_FILES, SASS_KERNELS / "wmma_tc.cu"], ids=lambda p: p.name)
+def test_tensor_core_main_loops_copy_asynchronously(path, arch):
+    rows = [r for r in _rows(path, arch) if _is_tc(r.kernel) and _async_by_design(r.kernel)]
+    for r in rows:
+        assert r.loop_counts.get("LDGSTS"), f"{r.kernel} on {arch}: no LDGSTS (cp.async) in the main loop"
+        assert not r.loop_counts["LDG"], f"{r.kernel} on {arch}: register-staged global loads in the main loop"
+
+
+@needs_sass
+@pytest.mark.parametrize("arch", TC_ARCHES)
+@pytest.mark.parametrize("path", SIMT_FILES, ids=lambda p: p.name)
+def test_simt_kernels_hold_no_hmma(path, arch):
+    rows = _rows(path, arch)
+    assert rows
+    with_hmma = {r.kernel: r.hmma for r in rows if r.hmma or _is_tc(r.kernel)}
+    assert not with_hmma, f"tensor-core instructions in the strict kernels: {with_hmma}"
+
+
+@needs_sass
+@pytest.mark.parametrize("arch", nvrtc.ARCHES)
+@pytest.mark.parametrize("path", [*kernel_files(), SASS_KERNELS / "wmma_tc.cu"], ids=lambda p: p.name)
+def test_no_local_memory(path, arch):
+    if path.parent == SASS_KERNELS and arch not in TC_ARCHES:
+        pytest.skip("the wmma test kernel's TF32 and BF16 fragments need sm_80")
+    if sass.disassembles(arch):
+        local = {r.kernel: (r.counts["LDL"], r.counts["STL"]) for r in _rows(path, arch)
+                 if r.counts["LDL"] or r.counts["STL"]}
+        assert not local, f"local-memory loads/stores (LDL, STL) on {arch}: {local}"
+    else:  # this nvdisasm cannot read the cubin: ptxas's report (a stack frame is where LDL/STL go)
+        rows = nvrtc.compile_report(str(path), arch)
+        local = [r for r in rows if r.stack_bytes or r.spill_stores or r.spill_loads]
+        assert not local, f"a stack frame (local memory) on {arch}: {local}"
+
+
+@needs_sass
+@pytest.mark.parametrize("arch", TC_ARCHES)
+@pytest.mark.parametrize("path", SIMT_FILES, ids=lambda p: p.name)
+def test_strict_gemm_main_loop_keeps_its_micro_tile(path, arch):
+    rows = [r for r in _rows(path, arch) if r.kernel.startswith(SIMT_GEMMS)]
+    assert rows
+    for r in rows:
+        ctype = _template_args(r.kernel)[0]
+        loop = r.loop_opcodes
+        # One 16-step tile of the 4x4 micro-tile: 16 multiply-adds per 2 LDS.128 (4 for double), 16 times. The
+        # dz loads of the gradient kernels add the activation's derivative (a few FFMA) to the same loop.
+        fma, other, lds = ("DFMA", "FFMA", 64) if ctype == "double" else ("FFMA", "DFMA", 32)
+        assert r.loop_counts[fma] >= 256 and r.loop_counts[other] == 0, (r.kernel, arch, loop)
+        assert loop.get("LDS.128") == r.loop_counts["LDS"] == lds, (r.kernel, arch, loop)
+        assert r.loop_ratio >= 256 / lds, (r.kernel, arch, loop)
+        assert r.loop_counts["LDSM"] == 0 and r.loop_counts["BAR"] == 1, (r.kernel, arch, loop)
+
+
+@needs_sass
+def test_format_sass_table():
+    text = sass.format_sass_table(files=[str(SASS_KERNELS.parent / "emulator_kernels" / "matmul_tiled.cu")],
+                                  arches=("sm_70", "sm_80"))
+    assert text.startswith("kernel SASS") and "matmul_tiled" in text and "loop math:smem ld" in text
+    if not sass.disassembles("sm_70"):
+        assert "sm_70: not disassembled" in text
+
+
+# ------------------------------------------------------------------- what strict float32 calls actually run
+def _launched_kernels(calls) -> set:
+    """(file, kernel) of every kernel the CUDA backend asks for while running ``calls`` on the emulator."""
+    from gpuconv.backends.cuda import CudaBackend
+    from gpuconv.cuda.modules import get_module
+
+    seen = set()
+
+    class Recorder:
+        def __init__(self, fname, module):
+            self.fname, self.module = fname, module
+
+        def get_function(self, name):
+            seen.add((self.fname, name))
+            return self.module.get_function(name)
+
+    be = CudaBackend("emulator", np, get_module=lambda kind, fname: Recorder(fname, get_module(kind, fname)))
+    calls(be)
+    return seen
+
+
+@needs_sass
+def test_strict_float32_runs_no_tensor_core_kernel():
+    from gpuconv._config import make_config
+    from gpuconv.cuda.modules import emulator_unavailable_reason
+
+    if emulator_unavailable_reason() is not None:
+        pytest.skip(f"emulator unavailable: {emulator_unavailable_reason()}")
+    rng = np.random.default_rng(5)
+    # tiled (16+ channels per group) and direct paths, every operation
+    shapes = [((1, 6, 6, 16), (3, 3, 16, 20), {"padding": 1}), ((1, 5, 5, 3), (3, 3, 3, 4), {"stride": 2})]
+
+    def calls(be):
+        for xs, ws, opts in shapes:
+            cfg = make_config("test", xs, ws, **opts)
+            x, w = rng.standard_normal(xs).astype(np.float32), rng.standard_normal(ws).astype(np.float32)
+            b = rng.standard_normal(ws[3]).astype(np.float32)
+            strict = {"precision": "highest"} if "precision" in inspect.signature(be.forward).parameters else {}
+            y = be.forward(x, w, b, cfg, "relu", **strict)
+            be.backward(np.ones_like(y), y, x, w, cfg, "relu", **strict)
+
+    launched = _launched_kernels(calls)
+    assert any(k.startswith("gpuconv_conv_fwd<float") for _, k in launched), launched
+    for fname, kernel in sorted(launched):
+        assert not _is_tc(kernel) and re.search(r"<float\b", kernel), (fname, kernel)
+        for arch in TC_ARCHES:
+            rows = {r.kernel: r for r in _rows(fname, arch)}
+            assert kernel in rows, f"{kernel} not among {fname}'s compiled kernels"
+            assert not rows[kernel].hmma, f"{kernel} on {arch} holds HMMA: {rows[kernel].hmma}"
+
+
+# ------------------------------------------------------------------------------------------ the command line
+def test_info_sass_without_nvdisasm_says_what_to_install(monkeypatch, capsys):
+    from gpuconv import cli
+
+    monkeypatch.setattr(sass, "nvdisasm_path", lambda: None)
+    assert cli.main(["info", "--sass"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel SASS: unavailable (" in out
+    if nvrtc.unavailable_reason() is None:
+        assert "pip install nvidia-cuda-nvdisasm" in out
+
+
+@needs_sass
+def test_info_kernels_sass_prints_the_table(capsys):
+    from gpuconv import cli
+
+    assert cli.main(["info", "--kernels", "--sass"]) == 0  # the compiles are this session's (cached)
+    out = capsys.readouterr().out
+    assert "kernel resources (NVRTC" in out and "kernel SASS (NVRTC" in out
+    assert re.search(r"gpuconv_conv_fwd<float, 64>\s+sm_90\s+-\s+\d+", out)
+    assert "256:32 = 8.0" in out
