@@ -1,16 +1,16 @@
 // Backward pass on tensor cores: dx and the dw partial sums, the same implicit GEMMs as gpuconv_conv_bwd_input
 // and gpuconv_conv_bwd_weight (kernels/conv_backward.cu), with wmma fragments. Design: kernels/gpuconv_tc.cuh.
-// The activation gradient is fused into the loads of dz (dz = dy * act'(z) from the saved output y, rounded to
-// the storage type in the shared tile, as a separate activation-backward pass would store it).
+// They read dz itself: for relu / sigmoid / tanh the backend first runs gpuconv_act_bwd once (dz = dy * act'(z),
+// rounded to the storage type) for both, so the main loops stay pure asynchronous copies and MMAs.
 //
-//   gpuconv_tc_nonfinite       flag = 1 if w holds an inf or NaN (one launch before the dx kernels, no host sync)
+//   gpuconv_any_nonfinite       flag = 1 if w holds an inf or NaN (one launch before the dx kernels, no host sync)
 //   gpuconv_tc_bwd_input<T, BM, BN, STAGES, VEC>
 //       dx of one stride phase (one launch per phase, as the SIMT kernel): rows = the phase's input pixels,
 //       columns = Cg, reduction = the phase's taps x Mg (ordered tap row, tap column, output channel). A (dz) is
 //       stored row-major (output channels fastest, as in NHWC), B (w) column-major (output channels fastest, as
-//       in HWIO). VEC: Mg a multiple of BK (one reduction step in one tap), 16-byte aligned dy, y, w.
+//       in HWIO). VEC: Mg a multiple of BK (one reduction step in one tap), 16-byte aligned dz, w.
 //       NaN rule: a tap that reaches no output pixel reads a zero dz, and 0 * (inf or NaN weight) would put a NaN
-//       into dx that the chain rule does not have. When gpuconv_tc_nonfinite has set the flag, the block takes
+//       into dx that the chain rule does not have. When gpuconv_any_nonfinite has set the flag, the block takes
 //       an exact loop instead of the GEMM, summing only the taps that reach an output pixel (of the operands
 //       as the MMA path rounds them; slow, for a case that is a bug upstream anyway).
 //   gpuconv_tc_bwd_weight<T, BM, BN, STAGES, VEC>
@@ -20,17 +20,22 @@
 //       in order, so dw is bitwise the same on every run. VEC: Cg and Mg multiples of 16 bytes, aligned arrays.
 // Tiles: 128 x 128 (2 stages) for FP16 / BF16 with more than 64 columns, else 128 x 64 (3 stages); TF32 always
 // 128 x 64 (its 128 x 128 backward tiles need more than the 128 registers of 2 blocks per SM).
-// gpuconv-name-expressions: gpuconv_tc_nonfinite<float>, gpuconv_tc_nonfinite<__half>, gpuconv_tc_nonfinite<__nv_bfloat16>
+// gpuconv-name-expressions: gpuconv_any_nonfinite<float>, gpuconv_any_nonfinite<__half>, gpuconv_any_nonfinite<__nv_bfloat16>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 3, true>, gpuconv_tc_bwd_input<__half, 128, 64, 3, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 2, false>, gpuconv_tc_bwd_input<__half, 128, 64, 2, false>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 2, false>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<__half, 128, 128, 2, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 3, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 3, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 2, false>
+// The bfloat16 instantiations of three kernels of conv_backward.cu (included below): gpuconv_act_bwd (dz for these
+// kernels), gpuconv_bias_grad and gpuconv_sum_partials (the deterministic db / dw reductions). bfloat16 has no
+// entry in gpuconv/_registry.py DTYPES yet, so conv_backward.cu's generated instantiations do not cover it.
+// gpuconv-name-expressions: gpuconv_act_bwd<__nv_bfloat16>, gpuconv_bias_grad<__nv_bfloat16>, gpuconv_sum_partials<__nv_bfloat16>
 #include "gpuconv_tc.cuh"
+#include "conv_backward.cu"
 
 template <typename T>
-__global__ void __launch_bounds__(GPUCONV_TC_THREADS) gpuconv_tc_nonfinite(
+__global__ void __launch_bounds__(GPUCONV_TC_THREADS) gpuconv_any_nonfinite(
     const T* __restrict__ w,  // weights, any shape, contiguous
     int* __restrict__ flag,   // set to 1 if any element is inf or NaN (zeroed by the caller; never cleared here)
     int size)                 // number of elements
@@ -46,8 +51,8 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS) gpuconv_tc_nonfinite(
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
-    const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ w, const int* __restrict__ wflag,
-    T* __restrict__ dx, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int act) {
+    const T* __restrict__ dz, const T* __restrict__ w, const int* __restrict__ wflag, T* __restrict__ dx,
+    GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
     __shared__ __align__(128) unsigned char smem_bytes[Tile::SMEM_BYTES];
@@ -61,8 +66,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const int t = threadIdx.x, warp = t / 32;
     const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * 32;
     const int KT = (K + BK - 1) / BK;
-    const T* dyg = dy + g * Mg;
-    const T* yg = y + g * Mg;
+    const T* dzg = dz + g * Mg;
     const T* wg = w + g * Mg;
 
     // The input pixel of phase row `row`: offset of its first channel of group g in dx.
@@ -89,8 +93,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                     const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M;
                     const T* wk = wg + ((k1 * KW + k2) * Cg + col) * M;
                     for (int mm = 0; mm < Mg; ++mm)
-                        v += gpuconv_tc_operand(gpuconv_tc_cast<T>(gpuconv_load_dz(dyg, yg, o + mm, act))) *
-                             gpuconv_tc_operand(wk[mm]);
+                        v += gpuconv_tc_operand(dzg[o + mm]) * gpuconv_tc_operand(wk[mm]);
                 }
             }
             gpuconv_store(dx + pixel_of(row) + col, v);
@@ -128,7 +131,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                 T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, kc * V);
                 const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
                 if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
-                    gpuconv_tc_dz16(dst, dyg, yg, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V, act);
+                    __pipeline_memcpy_async(dst, dzg + (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V, 16);
                 else
                     gpuconv_tc_zero16(dst);
             }
@@ -180,7 +183,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                 const int b = rinfo[0][r], oi = rinfo[1][r] - di, oj = rinfo[2][r] - dj;
                 T v = T(0.0f);
                 if (k_ok && b >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
-                    v = gpuconv_tc_cast<T>(gpuconv_load_dz(dyg, yg, (gpuconv_i64)((b * OH + oi) * OW + oj) * M + mm, act));
+                    v = dzg[(gpuconv_i64)((b * OH + oi) * OW + oj) * M + mm];
                 *Tile::a_at(smem, s, r, ak) = v;
             }
 #pragma unroll
@@ -202,26 +205,24 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
-    const T* __restrict__ dy,    // output gradient (N, OH, OW, M), contiguous
-    const T* __restrict__ y,     // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO
-    const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_tc_nonfinite), take the exact path
+    const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_any_nonfinite), take the exact path
     T* __restrict__ dx,          // written: input gradient (N, H, W, C), the pixels of this stride phase
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
-    GPUCONV_DX_PHASE_PARAMS,     // one stride phase of dx (gpuconv_common.cuh)
-    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+    GPUCONV_DX_PHASE_PARAMS)     // one stride phase of dx (gpuconv_common.cuh)
 {
     // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block 256. Empty on targets without this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
-        gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dy, y, w, wflag, dx, N, H, W, C, KH, KW, M, G, OH, OW, s1,
+        gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dz, w, wflag, dx, N, H, W, C, KH, KW, M, G, OH, OW, s1,
                                                            s2, d1, d2, pt, pl, h0, Hp, qh0, w0, Wp, qw0, k1f, k1s,
-                                                           T1, k1b, k1i, k2f, k2s, T2, k2b, k2i, act);
+                                                           T1, k1b, k1i, k2f, k2s, T2, k2b, k2i);
 }
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
-    const T* __restrict__ dy, const T* __restrict__ y, const T* __restrict__ x, float* __restrict__ ws,
-    GPUCONV_CONV_SHAPE_PARAMS, int chunk, int act) {
+    const T* __restrict__ dz, const T* __restrict__ x, float* __restrict__ ws, GPUCONV_CONV_SHAPE_PARAMS,
+    int chunk) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, false, true> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
     __shared__ __align__(128) unsigned char smem_bytes[Tile::SMEM_BYTES];
@@ -287,7 +288,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
                 const int pk = t / NCH + (TH / NCH) * j, p = p0 + pk;
                 T* dst = Tile::b_at(smem, s, pk, bn);
                 if (p < p_end && c_ok)
-                    gpuconv_tc_dz16(dst, dy, y, (gpuconv_i64)p * M + dzcol + bn, act);
+                    __pipeline_memcpy_async(dst, dz + (gpuconv_i64)p * M + dzcol + bn, 16);
                 else
                     gpuconv_tc_zero16(dst);
             }
@@ -331,7 +332,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
             for (int j = 0; j < RB; ++j) {
                 const int pk = t / BN + BR * j, p = p0 + pk;
                 T v = T(0.0f);
-                if (p < p_end && bcol_ok) v = gpuconv_tc_cast<T>(gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + dzcol + bcol, act));
+                if (p < p_end && bcol_ok) v = dz[(gpuconv_i64)p * M + dzcol + bcol];
                 *Tile::b_at(smem, s, pk, bcol) = v;
             }
         };
@@ -348,16 +349,14 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_weight(
-    const T* __restrict__ dy,    // output gradient (N, OH, OW, M), contiguous
-    const T* __restrict__ y,     // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ x,     // input (N, H, W, C)
     float* __restrict__ ws,      // written: partial sums (splits, KH*KW*Cg, M)
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
-    int chunk,                   // output pixels per split (a multiple of BK); split = blockIdx.z
-    int act)                     // GPUCONV_ACT_* of the forward pass
+    int chunk)                   // output pixels per split (a multiple of BK); split = blockIdx.z
 {
     // grid (ceil(KH*KW*Cg / BM), ceil(Mg / BN) * G, splits), block 256. Empty on targets without this type.
     if constexpr (gpuconv_tc<T>::enabled)
-        gpuconv_tc_bwd_weight_body<T, BM, BN, STAGES, VEC>(dy, y, x, ws, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2,
-                                                            d1, d2, pt, pl, chunk, act);
+        gpuconv_tc_bwd_weight_body<T, BM, BN, STAGES, VEC>(dz, x, ws, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2,
+                                                            d1, d2, pt, pl, chunk);
 }

@@ -216,35 +216,6 @@ __device__ __forceinline__ void gpuconv_tc_epilogue(unsigned char* smem_bytes, g
     }
 }
 
-// float -> storage type, rounded to nearest even once (a tile element computed in float, e.g. a fused dz).
-template <typename T>
-__device__ __forceinline__ T gpuconv_tc_cast(float v) {
-    T out;
-    gpuconv_store(&out, v);
-    return out;
-}
-
-// 16 bytes of dz = dy * act'(z) at element offset off into shared memory: a cp.async copy of dy for the
-// identity, else dy and the saved output y loaded as 16-byte vectors, the gradient applied in float and
-// rounded to the storage type (as a separate activation-backward pass would store it).
-template <typename T>
-__device__ __forceinline__ void gpuconv_tc_dz16(T* dst, const T* __restrict__ dy, const T* __restrict__ y,
-                                                gpuconv_i64 off, int act) {
-    if (act == GPUCONV_ACT_IDENTITY) {
-        __pipeline_memcpy_async(dst, dy + off, 16);
-        return;
-    }
-    constexpr int V = 16 / sizeof(T);
-    union Chunk { int4 v; T e[V]; };
-    Chunk d, u;
-    d.v = *reinterpret_cast<const int4*>(dy + off);
-    u.v = *reinterpret_cast<const int4*>(y + off);
-#pragma unroll
-    for (int e = 0; e < V; ++e)
-        d.e[e] = gpuconv_tc_cast<T>(gpuconv_act_backward(gpuconv_to_acc(d.e[e]), gpuconv_to_acc(u.e[e]), act));
-    *reinterpret_cast<int4*>(dst) = d.v;
-}
-
 // A 16-byte chunk of zeros into shared memory (a tile chunk in padding or past the tile's edge).
 template <typename T>
 __device__ __forceinline__ void gpuconv_tc_zero16(T* dst) {

@@ -185,38 +185,61 @@ class CudaBackend:
     def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
-        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision)
-        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision)
+        dz = None  # the tensor-core kernels read dz: computed once here for both when they take dx or dw
+        if (_registry.activation(activation, f"{self.name} backend").uses_output
+                and uses_tensor_cores(dy.dtype, precision, self._arch())):
+            dz = self.activation_backward(dy, y, activation)
+        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision, dz)
+        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz)
         db = self.backward_bias_fused(dy, y, activation) if has_bias else None
         return dx, dw, db
 
-    def backward_input_fused(self, dy, y, w, cfg, activation, precision="highest"):
-        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase."""
+    def _dz(self, dy, y, activation, dz):
+        """dz for the tensor-core kernels: dy itself for activations without a gradient factor, else the given
+        dz or one gpuconv_act_bwd pass."""
+        if not _registry.activation(activation, f"{self.name} backend").uses_output:
+            return dy
+        return self.activation_backward(dy, y, activation) if dz is None else self.xp.ascontiguousarray(dz)
+
+    def backward_input_fused(self, dy, y, w, cfg, activation, precision="highest", dz=None):
+        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase
+        (tensor cores: from dz, the given one or dy * act'(z) computed here)."""
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, w = _contiguous(self.xp, dy, y, w)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
-        plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), activation, w.size,
-                                           _aligned16(dy, y, w))
+        plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size)
         if plan is not None:
+            dz = self._dz(dy, y, activation, dz)
+            if not _aligned16(dz, w):
+                plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, aligned=False)
             # The first launch sets flag if w holds inf / NaN; the dx launches then sum only the taps that
             # reach an output pixel (the NaN rule), decided on the device without a host sync.
             flag = self.xp.zeros((1,), np.int32)
             self._run(plan[0], dy.dtype, w, flag)
             for launch in plan[1:]:
-                self._run(launch, dy.dtype, dy, dy if y is None else y, w, flag, dx)
+                self._run(launch, dy.dtype, dz, w, flag, dx)
             return dx
         for launch in _plans.backward_input(cfg, activation):
             self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx)
         return dx
 
-    def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest"):
-        """dw from dy (and y), x: partial sums per split in a workspace, then the splits added in order."""
+    def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest", dz=None):
+        """dw from dy (and y), x: partial sums per split in a workspace, then the splits added in order
+        (tensor cores: from dz, the given one or dy * act'(z) computed here)."""
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, x = _contiguous(self.xp, dy, y, x)
         dw = self.xp.empty(cfg.w_shape, dy.dtype)
-        plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch(), activation,
-                                            _aligned16(dy, y, x))
-        partial, total = plan or _plans.backward_weight(cfg, dy.dtype, activation)
+        plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch())
+        if plan is not None:
+            dz = self._dz(dy, y, activation, dz)
+            if not _aligned16(dz, x):
+                plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch(), aligned=False)
+            partial, total = plan
+            ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
+            self._run(partial, dy.dtype, dz, x, ws)
+            self._run(total, dy.dtype, ws, dw)
+            return dw
+        partial, total = _plans.backward_weight(cfg, dy.dtype, activation)
         ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
         self._run(partial, dy.dtype, dy, dy if y is None else y, x, ws)
         self._run(total, dy.dtype, ws, dw)

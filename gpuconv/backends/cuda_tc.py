@@ -31,7 +31,7 @@ from ._plans import Launch, cdiv, dims, stride_phases
 
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
-BF16_REDUCTIONS_FILE = "conv_bf16_reductions.cu"
+BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates three of its kernels
 TC_THREADS = 256
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
 NONFINITE_MAX_BLOCKS = 1024
@@ -130,22 +130,22 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
                    (*dims(cfg), np.int32(has_bias), _act(activation)))]
 
 
-def backward_input_plan(cfg, dtype, precision: str, arch, activation: str, w_size: int,
-                        aligned: bool = True) -> Optional[list]:
-    """dx on tensor cores, or None: first gpuconv_tc_nonfinite (arrays w, flag: w holds inf / NaN), then one
-    launch per stride phase (arrays dy, y, w, flag, dx). vec: Mg a multiple of BK (dz and w runs along m)."""
+def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True) -> Optional[list]:
+    """dx from dz on tensor cores, or None: first gpuconv_any_nonfinite (arrays w, flag: w holds inf / NaN), then
+    one launch per stride phase (arrays dz, w, flag, dx). vec: Mg a multiple of BK (dz and w runs along m).
+    dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw."""
     if _simt(dtype, precision, arch, cfg.cg):
         return None
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
     bm, bn, stages = _tile(dtype, cfg.cg, fast, backward=True)
-    out = [Launch(TC_BACKWARD_FILE, "gpuconv_tc_nonfinite", (),
+    out = [Launch(TC_BACKWARD_FILE, "gpuconv_any_nonfinite", (),
                   (max(1, min(cdiv(w_size, TC_THREADS), NONFINITE_MAX_BLOCKS)), 1, 1), (TC_THREADS, 1, 1),
                   (np.int32(w_size),))]
     for phase in stride_phases(cfg):
         grid = (cdiv(cfg.n * phase[1] * phase[4], bm), cdiv(cfg.cg, bn), cfg.groups)
         out.append(Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid,
-                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase), _act(activation))))
+                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase))))
     return out
 
 
@@ -160,9 +160,9 @@ def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: 
     return cdiv(pixels, chunk), chunk
 
 
-def backward_weight_plan(cfg, dtype, precision: str, arch, activation: str, aligned: bool = True,
+def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
                          workspace_bytes: Optional[int] = None) -> Optional[list]:
-    """dw on tensor cores, or None: partial sums per split (arrays dy, y, x, ws), then gpuconv_sum_partials
+    """dw from dz on tensor cores, or None: partial sums per split (arrays dz, x, ws), then gpuconv_sum_partials
     adds the splits in order (arrays ws, dw), as the SIMT plan. vec: Cg and Mg multiples of VEC."""
     if _simt(dtype, precision, arch, cfg.mg):
         return None
@@ -177,7 +177,7 @@ def backward_weight_plan(cfg, dtype, precision: str, arch, activation: str, alig
     n, chunk = dw_splits(cfg.n * cfg.oh * cfg.ow, bk, tiles, e, workspace_bytes)
     first = Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", (bm, bn, stages, fast),
                    (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (TC_THREADS, 1, 1),
-                   (*dims(cfg), np.int32(chunk), _act(activation)))
+                   (*dims(cfg), np.int32(chunk)))
     return [first, _plans._sum_partials(e, n)]
 
 
@@ -185,8 +185,8 @@ def routes(cfg, dtype, precision: str, arch, aligned: bool = True) -> dict:
     """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests)."""
     plans = {
         "forward": forward_plan(cfg, dtype, precision, arch, "identity", True, aligned),
-        "backward_input": backward_input_plan(cfg, dtype, precision, arch, "identity", 1, aligned),
-        "backward_weight": backward_weight_plan(cfg, dtype, precision, arch, "identity", aligned),
+        "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned),
+        "backward_weight": backward_weight_plan(cfg, dtype, precision, arch, aligned),
     }
     return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,
                                                           plan[-1 if op == "backward_input" else 0].template)
