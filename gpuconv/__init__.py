@@ -25,16 +25,18 @@ from ._config import (
     set_float32_precision,
     set_workspace_limit,
 )
+from ._transpose import Conv2DTranspose, conv2d_transpose, conv2d_transpose_backward
 from ._dispatch import get_array_module
 from ._show import show_config
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRECISIONS",
     "Conv2D",
     "Conv2DGrads",
+    "Conv2DTranspose",
     "ConvInfo",
-    "PRECISIONS",
     "activation_backward",
     "conv2d",
     "conv2d_backward",
@@ -42,6 +44,8 @@ __all__ = [
     "conv2d_backward_input",
     "conv2d_backward_weight",
     "conv2d_info",
+    "conv2d_transpose",
+    "conv2d_transpose_backward",
     "get_array_module",
     "get_float32_precision",
     "get_workspace_limit",

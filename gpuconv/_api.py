@@ -12,7 +12,7 @@ gpuconv never uses TF32 unless asked.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ._config import ConvConfig, ConvInfo
 from ._dispatch import module_of, select_backend, to_module
 from ._interop import public
 from ._layout import Roles
+from ._types import Array, ArrayLike, IntPair, Padding, Shape
 
 GRADS = ("dx", "dw", "db")  # what conv2d_backward can compute
 
@@ -28,9 +29,9 @@ GRADS = ("dx", "dw", "db")  # what conv2d_backward can compute
 class Conv2DGrads(NamedTuple):
     """Gradients of a convolution layer: dx like x, dw like w, db like the bias (None without one)."""
 
-    dx: object
-    dw: object
-    db: object
+    dx: Array
+    dw: Array
+    db: Array
 
 
 def _as_array(a):
@@ -119,8 +120,9 @@ def _back(result, like):
 
 
 @public(arrays=("x", "w", "b"), like="x", layout=Roles({"x": "x", "w": "w"}, {}, "y"))
-def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None, backend="auto",
-           precision=None):
+def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, *, stride: IntPair = 1,
+           padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1, activation: str | None = None,
+           backend: str = "auto", precision: str | None = None) -> Array:
     """act(conv(x, w) + b), cross-correlation with channels last, fused in one pass.
 
     stride, dilation: int or (s1, s2). padding: "valid", "same" (output ceil(H/s), odd pixel bottom/right),
@@ -145,7 +147,8 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
 
 
 @public(arrays=("dy", "y"), like="dy")
-def activation_backward(dy, y, activation, *, backend="auto", precision=None):
+def activation_backward(dy: ArrayLike, y: ArrayLike | None, activation: str | None, *, backend: str = "auto",
+                        precision: str | None = None) -> Array:
     """dz = dy * act'(z), computed from the saved output y (relu: y > 0; sigmoid: y * (1 - y); tanh: 1 - y * y);
     any shape.
 
@@ -166,8 +169,9 @@ def activation_backward(dy, y, activation, *, backend="auto", precision=None):
 
 
 @public(arrays=("dz", "w"), like="dz", layout=Roles({"dz": "y", "w": "w"}, {"x_shape": "x"}, "x"))
-def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto",
-                          precision=None):
+def conv2d_backward_input(dz: ArrayLike, w: ArrayLike, x_shape: Shape, *, stride: IntPair = 1,
+                          padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1,
+                          backend: str = "auto", precision: str | None = None) -> Array:
     """dx, the gradient with respect to the input: the transposed convolution of dz with w (products of dz and
     w in ``precision``)."""
     fname = "conv2d_backward_input"
@@ -185,8 +189,9 @@ def conv2d_backward_input(dz, w, x_shape, *, stride=1, padding="valid", dilation
 
 
 @public(arrays=("dz", "x"), like="dz", layout=Roles({"dz": "y", "x": "x"}, {"w_shape": "w"}, "w"))
-def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, backend="auto",
-                           precision=None):
+def conv2d_backward_weight(dz: ArrayLike, x: ArrayLike, w_shape: Shape, *, stride: IntPair = 1,
+                           padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1,
+                           backend: str = "auto", precision: str | None = None) -> Array:
     """dw, the gradient with respect to the weights: dz correlated with the input windows, summed over the batch
     (products of dz and x in ``precision``)."""
     fname = "conv2d_backward_weight"
@@ -204,7 +209,7 @@ def conv2d_backward_weight(dz, x, w_shape, *, stride=1, padding="valid", dilatio
 
 
 @public(arrays=("dz",), like="dz", layout=Roles({"dz": "y"}, {}, None, padding=False))
-def conv2d_backward_bias(dz, *, backend="auto", precision=None):
+def conv2d_backward_bias(dz: ArrayLike, *, backend: str = "auto", precision: str | None = None) -> Array:
     """db, dz summed over every axis but the last (shape (M,)). ``precision`` is checked and has no effect (a sum
     has no products): db is the same in every precision."""
     fname = "conv2d_backward_bias"
@@ -225,9 +230,11 @@ def _bias_grad(be, dz, m: int):
 @public(arrays=("dy", "x", "w", "y"), like="dy",
         layout=Roles({"dy": "y", "x": "x", "w": "w", "y": "y"}, {}, ("x", "w", None)))
 def conv2d_backward(
-    dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", dilation=1, groups=1, activation=None,
-    backend="auto", precision=None, grads=GRADS,
-):
+    dy: ArrayLike, x: ArrayLike, w: ArrayLike, y: ArrayLike | None = None, *, has_bias: bool = True,
+    stride: IntPair = 1, padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1,
+    activation: str | None = None, backend: str = "auto", precision: str | None = None,
+    grads: Sequence[str] = GRADS,
+) -> Conv2DGrads:
     """All gradients of ``conv2d`` from dy = dJ/dy: returns Conv2DGrads(dx, dw, db).
 
     ``y``, the forward output, is needed for every activation but identity (the derivative is taken from it).
@@ -287,9 +294,10 @@ class Conv2D:
     the process default at each call (``gpuconv.set_float32_precision``); a name fixes it for this layer.
     """
 
-    def __init__(self, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, activation=None,
-                 backend="auto", precision=None, data_format="NHWC", filter_format="HWIO",
-                 padding_mode="zeros"):
+    def __init__(self, w: ArrayLike, b: ArrayLike | None = None, *, stride: IntPair = 1,
+                 padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1, activation: str | None = None,
+                 backend: str = "auto", precision: str | None = None, data_format: str = "NHWC",
+                 filter_format: str = "HWIO", padding_mode: str = "zeros") -> None:
         self.w, self.b = w, b
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
@@ -329,14 +337,15 @@ class Conv2D:
                 "data_format": self.data_format, "filter_format": self.filter_format,
                 "padding_mode": self.padding_mode}
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Array:
+        """y = act(conv(x, w) + b) for this layer; keeps x and y for ``backward``."""
         y = conv2d(x, self.w, self.b, activation=self.activation, **self._options())
         self._x, self._y = x, y
         return y
 
     __call__ = forward
 
-    def backward(self, dy, *, grads=GRADS):
+    def backward(self, dy: ArrayLike, *, grads: Sequence[str] = GRADS) -> Array | None:
         """dx from dy = dJ/dy (None unless "dx" is in ``grads``); sets ``self.dw`` and ``self.db`` (each None
         when not asked for in ``grads``, as ``conv2d_backward``)."""
         if self._x is None:
@@ -346,7 +355,7 @@ class Conv2D:
         self.dw, self.db = grads.dw, grads.db
         return grads.dx
 
-    def info(self, x_shape):
+    def info(self, x_shape: Shape) -> ConvInfo:
         """conv2d_info of this layer for an input of shape ``x_shape``."""
         return conv2d_info(x_shape, self.w.shape, stride=self.stride, padding=self.padding,
                            dilation=self.dilation, groups=self.groups, bias=self.b is not None,
@@ -359,8 +368,9 @@ class Conv2D:
                 + ("" if self.precision is None else f", precision={self.precision!r}") + ")")
 
 
-def conv2d_info(x_shape, w_shape, *, stride=1, padding="valid", dilation=1, groups=1, bias=True,
-                data_format="NHWC", filter_format="HWIO") -> ConvInfo:
+def conv2d_info(x_shape: Shape, w_shape: Shape, *, stride: IntPair = 1, padding: Padding = "valid",
+                dilation: IntPair = 1, groups: int = 1, bias: bool = True, data_format: str = "NHWC",
+                filter_format: str = "HWIO") -> ConvInfo:
     """Output shape, channels, multiply count and parameter count of a layer, computed from shapes alone.
 
     ``x_shape`` is (H, W), (H, W, C) or (N, H, W, C) (with data_format "NCHW": (C, H, W) or (N, C, H, W));

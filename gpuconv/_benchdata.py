@@ -29,10 +29,23 @@ from gpuconv import _dispatch, _registry, conv2d_info
 BACKENDS = ("numpy", "cupy", "emulator")
 DTYPES = _registry.dtype_names()
 ACTIVATIONS = _registry.activation_names()
+PRECISIONS = _registry.precision_names()
+# asv's dtype parameter: a dtype, or a dtype and a precision other than "highest" ("float32-tf32": float32
+# arrays, precision="tf32"). Spelled out and only appended to (asv matches parameters by position); a test
+# checks that it covers every dtype and precision of the registry.
+MODES = ("float32", "float16", "float64", "bfloat16", "float32-tf32")
 SEED = 20261126
+# Layouts a benchmark can run in: "NHWC" (x, dy NHWC; w HWIO: the kernels' own) or "NCHW" (x, dy NCHW; w OIHW,
+# as PyTorch callers hold them: the wrapper's transposes are part of the time).
+DATA_FORMATS = ("NHWC", "NCHW")
 
 # The CPU emulator runs CUDA threads one at a time on the CPU: only small layers are worth timing there.
 EMULATOR_MAX_MULTIPLICATIONS = 20_000_000
+# Layers above this many multiplications (the training-size ones) are skipped on the CPU backends unless asked
+# for by name (gpuconv bench --shape NAME) or with GPUCONV_BENCH_LARGE=1 (asv): they would take minutes there.
+SLOW_BACKENDS = ("numpy", "emulator", "cpu")  # "cpu": the PyTorch peer on the CPU
+LARGE_MULTIPLICATIONS = 2_000_000_000
+ENV_LARGE = "GPUCONV_BENCH_LARGE"
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,17 @@ SHAPES = {
         BenchShape("resnet", 16, 56, 56, 64, 64, 3, 3),  # a ResNet stage-1 3x3 layer
         BenchShape("stem", 8, 112, 112, 3, 64, 7, 7, stride=2, padding=3),  # a ResNet stem
         BenchShape("mnist", 64, 28, 28, 1, 8, 5, 5),  # single-channel images
+        # ResNet-50 at training size (batch 64, 224x224 images): 6.6-15 GFLOP a forward pass, where tensor cores
+        # decide the speed
+        BenchShape("rn50-stem", 64, 224, 224, 3, 64, 7, 7, stride=2, padding=3),  # conv1
+        BenchShape("rn50-3x3-56", 64, 56, 56, 64, 64, 3, 3, padding=1),  # stage 1 (conv2_x)
+        BenchShape("rn50-3x3-28", 64, 28, 28, 128, 128, 3, 3, padding=1),  # stage 2 (conv3_x)
+        BenchShape("rn50-3x3-14", 64, 14, 14, 256, 256, 3, 3, padding=1),  # stage 3 (conv4_x)
+        BenchShape("rn50-3x3-7", 64, 7, 7, 512, 512, 3, 3, padding=1),  # stage 4 (conv5_x)
+        BenchShape("rn50-1x1-up", 64, 56, 56, 64, 256, 1, 1),  # bottleneck expansion, stage 1
+        BenchShape("rn50-1x1-down", 64, 56, 56, 256, 64, 1, 1),  # bottleneck reduction, stage 1
+        BenchShape("rn50-3x3s2", 64, 56, 56, 128, 128, 3, 3, stride=2, padding=1),  # downsampling 3x3 (v1.5)
+        BenchShape("rn50-1x1s2", 64, 56, 56, 256, 512, 1, 1, stride=2),  # projection shortcut, stage 2
     )
 }
 SHAPE_NAMES = tuple(SHAPES)
@@ -139,14 +163,59 @@ def parse_shape(text: str) -> BenchShape:
     return shape
 
 
+def split_mode(mode: str) -> tuple:
+    """An asv dtype parameter (MODES) -> (dtype name, precision): "float32-tf32" -> ("float32", "tf32")."""
+    dtype, _, precision = mode.partition("-")
+    return dtype, precision or "highest"
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The dtype called ``name``; bfloat16 is ml_dtypes.bfloat16 (an ImportError naming ml_dtypes without it)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError as exc:
+            raise ImportError("bfloat16 needs the ml_dtypes package (pip install ml_dtypes)") from exc
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def mode_reason(backend: str, dtype: str, precision: str = "highest"):
+    """None if the gpuconv being measured can run ``dtype`` in ``precision`` on ``backend``, else why not
+    (ml_dtypes missing, a gpuconv from before the option, a backend without kernels for the dtype)."""
+    import gpuconv
+
+    if precision != "highest" and not hasattr(gpuconv, "set_float32_precision"):
+        return f"this gpuconv ({gpuconv.__version__}) has no precision option"
+    try:
+        dt = numpy_dtype(dtype)
+    except ImportError as exc:
+        return str(exc)
+    if dtype == "bfloat16":
+        try:
+            be = _dispatch.load_backend(backend)
+        except _dispatch.BackendUnavailable as exc:
+            return str(exc)
+        reason = be.dtype_reason(dt) if hasattr(be, "dtype_reason") else None
+        if reason is None and not hasattr(gpuconv, "get_float32_precision"):
+            reason = f"this gpuconv ({gpuconv.__version__}) has no bfloat16"
+        return reason
+    return None
+
+
+def precision_options(precision: str) -> dict:
+    """The keyword to pass for ``precision``: none for "highest", so that gpuconv from before the option runs."""
+    return {} if precision == "highest" else {"precision": precision}
+
+
 def make_inputs(shape: BenchShape, dtype="float32", seed: int = SEED) -> dict:
     """Seeded random host arrays for one layer: x, w, b, and dy (an upstream gradient like the output).
 
     Values are standard normal (never zeros); w is scaled by 1/sqrt(KH*KW*C) so outputs stay near unit size
-    in every dtype (float16 included) and sigmoid/relu see both signs.
+    in every dtype (float16 and bfloat16 included) and sigmoid/relu see both signs.
     """
     rng = np.random.default_rng(seed)
-    dtype = np.dtype(dtype)
+    dtype = numpy_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     fan_in = shape.kh * shape.kw * shape.c
     x = rng.standard_normal(shape.x_shape, dtype=np.float32)
     w = rng.standard_normal(shape.w_shape, dtype=np.float32) / np.float32(math.sqrt(fan_in))
@@ -155,8 +224,28 @@ def make_inputs(shape: BenchShape, dtype="float32", seed: int = SEED) -> dict:
     return {k: v.astype(dtype) for k, v in {"x": x, "w": w, "b": b, "dy": dy}.items()}
 
 
+def in_layout(arrays: dict, data_format: str) -> dict:
+    """The host arrays of ``make_inputs`` (NHWC / HWIO) in ``data_format``: for "NCHW", x and dy NCHW and w OIHW,
+    each C-contiguous (as a PyTorch caller's tensors are)."""
+    if data_format == "NHWC":
+        return dict(arrays)
+    if data_format != "NCHW":
+        raise ValueError(f"data format must be one of {DATA_FORMATS}, got {data_format!r}")
+    out = dict(arrays)
+    for k in ("x", "dy"):
+        out[k] = np.ascontiguousarray(arrays[k].transpose(0, 3, 1, 2))
+    out["w"] = np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1))
+    return out
+
+
+def layout_options(data_format: str) -> dict:
+    """The gpuconv options for arrays from ``in_layout(..., data_format)``."""
+    return {} if data_format == "NHWC" else {"data_format": "NCHW", "filter_format": "OIHW"}
+
+
 def backend_reason(backend: str, shape: BenchShape | None = None):
-    """None if ``backend`` can run ``shape`` in a benchmark here, else why not (backend_status's reason)."""
+    """None if ``backend`` can run ``shape`` in a benchmark here, else why not (backend_status's reason, or
+    the shape being too large for a CPU backend: see large_reason)."""
     reason = _dispatch.backend_status(backend)
     if reason is None and backend == "emulator" and shape is not None:
         mults = shape.info.multiplications
@@ -165,7 +254,19 @@ def backend_reason(backend: str, shape: BenchShape | None = None):
                 f"the CPU emulator is benchmarked up to {EMULATOR_MAX_MULTIPLICATIONS:,} multiplications; "
                 f"shape {shape.name!r} has {mults:,}"
             )
+    if reason is None and shape is not None:
+        reason = large_reason(backend, shape)
     return reason
+
+
+def large_reason(where: str, shape: BenchShape):
+    """Why ``shape`` is skipped by default on ``where`` (a backend, or "cpu" for the PyTorch peer), or None:
+    training-size layers on the CPU. GPUCONV_BENCH_LARGE=1 lifts it."""
+    mults = shape.info.multiplications
+    if where in SLOW_BACKENDS and mults > LARGE_MULTIPLICATIONS and os.environ.get(ENV_LARGE, "") != "1":
+        return (f"shape {shape.name!r} ({mults:,} multiplications) is skipped on {where} by default "
+                f"(above {LARGE_MULTIPLICATIONS:,}); name it with --shape, or set {ENV_LARGE}=1")
+    return None
 
 
 def default_backend() -> str:
@@ -261,24 +362,33 @@ class TorchLayer:
     does the same work. ``sync()`` waits for the device.
     """
 
-    def __init__(self, shape: BenchShape, arrays: dict, activation: str = "identity", device: str = "cpu"):
+    def __init__(self, shape: BenchShape, arrays: dict, activation: str = "identity", device: str = "cpu",
+                 precision: str = "highest"):
         import torch
         import torch.nn.functional as F
 
         self.torch = torch
         dev = torch.device(device)
-        x = torch.from_numpy(np.ascontiguousarray(arrays["x"].transpose(0, 3, 1, 2)))
+
+        def tensor(a):  # torch.from_numpy knows no ml_dtypes.bfloat16: through float32 (exact both ways)
+            if a.dtype.name == "bfloat16":
+                return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(torch.bfloat16)
+            return torch.from_numpy(np.ascontiguousarray(a))
+
+        x = tensor(arrays["x"].transpose(0, 3, 1, 2))
         self.x = x.to(dev).contiguous(memory_format=torch.channels_last).requires_grad_()
-        w = torch.from_numpy(np.ascontiguousarray(arrays["w"].transpose(3, 2, 0, 1)))  # HWIO -> (M, C, KH, KW)
+        w = tensor(arrays["w"].transpose(3, 2, 0, 1))  # HWIO -> (M, C, KH, KW)
         self.w = w.to(dev).requires_grad_()
-        self.b = torch.from_numpy(arrays["b"]).to(dev).requires_grad_()
-        dy = torch.from_numpy(np.ascontiguousarray(arrays["dy"].transpose(0, 3, 1, 2)))
+        self.b = tensor(arrays["b"]).to(dev).requires_grad_()
+        dy = tensor(arrays["dy"].transpose(0, 3, 1, 2))
         self.dy = dy.to(dev).contiguous(memory_format=torch.channels_last)
         peer = _registry.activation(activation, "bench").torch
         act = None if peer is None else getattr(torch, peer)
         stride, padding = shape.stride, shape.padding
+        self.allow_tf32 = precision == "tf32"  # the same mode as gpuconv's, set explicitly either way
 
         def layer():
+            set_torch_tf32(torch, self.allow_tf32)  # global flags: set on every call (another layer may differ)
             z = F.conv2d(self.x, self.w, self.b, stride=stride, padding=padding)
             return z if act is None else act(z)
 
@@ -299,8 +409,21 @@ class TorchLayer:
         if self._y is None:
             self.record()
         self.x.grad = self.w.grad = self.b.grad = None
+        set_torch_tf32(self.torch, self.allow_tf32)
         self._y.backward(self.dy, retain_graph=True)
 
     def forward_backward(self):
         self.x.grad = self.w.grad = self.b.grad = None
         self._layer().backward(self.dy)
+
+
+def set_torch_tf32(torch, allow: bool) -> None:
+    """TF32 on or off for PyTorch's convolutions (cuDNN) and matmuls, both flags set explicitly."""
+    torch.backends.cudnn.allow_tf32 = allow
+    torch.backends.cuda.matmul.allow_tf32 = allow
+
+
+def torch_tf32_flags(torch) -> str:
+    """The two flags as they are now, for a table header."""
+    return (f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+            f"cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")

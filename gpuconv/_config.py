@@ -21,10 +21,11 @@ from . import _registry
 
 ACTIVATIONS = _registry.activation_names()
 PADDING_MODES = ("valid", "same", "full")
-FLOAT_DTYPES = tuple(d.numpy for d in _registry.DTYPES.values())
+# The registered dtypes that need no optional package (a fast first check; bfloat16 is found by name).
+FLOAT_DTYPES = tuple(d.spec for d in _registry.DTYPES.values() if isinstance(d.spec, np.dtype))
 # How float32 products are computed: "highest" (strict FP32, the default) or "tf32" (operands rounded to TF32,
 # float32 accumulation). Other dtypes ignore it. gpuconv never uses TF32 unless asked.
-PRECISIONS = ("highest", "tf32")
+PRECISIONS = _registry.precision_names()
 
 _workspace_limit = 256 * 2**20
 _float32_precision = "highest"
@@ -219,37 +220,30 @@ def needs_output(activation: str) -> bool:
 
 def bfloat16() -> np.dtype:
     """The numpy dtype of ``ml_dtypes.bfloat16`` (an optional dependency, imported only when asked for)."""
-    try:
-        import ml_dtypes
-    except ImportError as exc:
-        raise ImportError(
-            "gpuconv: bfloat16 arrays are ml_dtypes.bfloat16, and the ml_dtypes package is not installed "
-            "(pip install ml_dtypes, or pip install 'gpuconv[bf16]')"
-        ) from exc
-    return np.dtype(ml_dtypes.bfloat16)
+    return _registry.DTYPES["bfloat16"].numpy
 
 
 def dtype_from_name(name: str) -> np.dtype:
-    """'float16', 'bfloat16', 'float32' or 'float64' -> the numpy dtype (bfloat16 through ml_dtypes)."""
-    return bfloat16() if name == "bfloat16" else np.dtype(name)
-
-
-def is_bfloat16(dtype) -> bool:
-    # ml_dtypes registers its dtypes with numpy as kind 'V' (no numpy type to compare with): the name tells,
-    # and ml_dtypes is importable whenever an array of its bfloat16 exists
-    return dtype.name == "bfloat16" and dtype == bfloat16()
+    """A registered dtype's name -> its numpy dtype (bfloat16 through ml_dtypes: ImportError naming it if absent)."""
+    return _registry.dtype(name).numpy
 
 
 def is_float_dtype(dtype) -> bool:
-    """One of the dtypes gpuconv computes in: float16, bfloat16, float32, float64."""
-    return dtype in FLOAT_DTYPES or is_bfloat16(dtype)
+    """One of the registered dtypes gpuconv computes in (float16, bfloat16, float32, float64)."""
+    if dtype in FLOAT_DTYPES:
+        return True
+    try:
+        _registry.dtype(dtype)
+    except TypeError:
+        return False
+    return True
 
 
 def check_float_dtype(fname: str, argname: str, dtype) -> np.dtype:
     dtype = np.dtype(dtype)
     if not is_float_dtype(dtype):
         raise TypeError(
-            f"{fname}: argument '{argname}' must have dtype float16, bfloat16, float32 or float64, got {dtype}"
+            f"{fname}: argument '{argname}' must have dtype {', '.join(_registry.dtype_names())}, got {dtype}"
         )
     return dtype
 

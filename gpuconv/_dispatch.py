@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import ModuleType
+from typing import Any
 
 import numpy
 
@@ -59,7 +61,7 @@ def is_cupy_array(a) -> bool:
     return type(a).__module__.split(".")[0] == "cupy"
 
 
-def get_array_module(*arrays):
+def get_array_module(*arrays: Any) -> ModuleType:
     """numpy, or cupy if any argument is a cupy array (None and scalars are ignored)."""
     if any(is_cupy_array(a) for a in arrays):
         return import_cupy()

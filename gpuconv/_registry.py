@@ -1,4 +1,4 @@
-"""One table per axis of change: activations and dtypes (precisions follow the same pattern).
+"""One table per axis of change: activations, dtypes and precisions.
 
 Everything that varies with an activation or a dtype derives from these tables: the public checks
 (``gpuconv._config``), both backends, the kernels (activation codes handed to NVRTC and the emulator as -D macros,
@@ -14,6 +14,7 @@ An unknown name raises at every layer: ``activation(name)`` and ``dtype(dt)`` ar
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -27,7 +28,9 @@ class DType:
     """One storage dtype: how NumPy, the kernels and the tests see it."""
 
     name: str
-    numpy: np.dtype  # the array dtype
+    # the array dtype, or "package:attribute" for one an optional package provides (imported on first use of
+    # ``numpy``: importing gpuconv never imports it; ImportError naming the package where it is missing)
+    spec: np.dtype | str
     ctype: str  # the kernels' template argument T
     acc: np.dtype  # accumulator / workspace dtype (kernels' gpuconv_acc<T>, the NumPy backend's compute dtype)
     # Test tolerance relative to the largest |float64 reference| (the suite, the kernel tests and the GPU
@@ -36,43 +39,81 @@ class DType:
     # result once dominates.
     rtol: float
     rtol_grows: bool = False
+    # the CUDA kernels are instantiated for it (the NumPy backend computes every entry)
+    kernels: bool = True
+    # the first compute capability with tensor cores for its products (None: none are used for it)
+    tensor_core_arch: int | None = None
+
+    @property
+    def numpy(self) -> np.dtype:
+        if isinstance(self.spec, np.dtype):
+            return self.spec
+        if self.name not in _LOADED:
+            package, _, attr = self.spec.partition(":")
+            try:
+                module = importlib.import_module(package)
+            except ImportError as exc:
+                raise ImportError(
+                    f"gpuconv: {self.name} arrays are {package}.{attr}, and the {package} package is not "
+                    f"installed (pip install {package})"
+                ) from exc
+            _LOADED[self.name] = np.dtype(getattr(module, attr))
+        return _LOADED[self.name]
+
+    @property
+    def available(self) -> bool:
+        """Whether ``numpy`` can be had here (its optional package is installed)."""
+        try:
+            _ = self.numpy
+        except ImportError:
+            return False
+        return True
 
 
 REDUCTION_UNIT = 100
 
 _F32 = np.dtype(np.float32)
+_LOADED: dict = {}  # name -> numpy dtype of the entries an optional package provides, once imported
 DTYPES = {
     d.name: d
     for d in (
         DType("float32", _F32, "float", _F32, 1e-5, rtol_grows=True),
-        DType("float16", np.dtype(np.float16), "__half", _F32, 1e-2),
+        DType("float16", np.dtype(np.float16), "__half", _F32, 1e-2, tensor_core_arch=70),
         DType("float64", np.dtype(np.float64), "double", np.dtype(np.float64), 1e-12),
+        # ml_dtypes.bfloat16 (8 significant bits): computed in float32 and rounded once on store. Tolerance: 8
+        # units of its rounding (2^-8), for one rounding of the result, one of dz and their growth where a sum
+        # cancels (float16's 1e-2 is 20 of its 2^-11). No CUDA kernels for it yet.
+        DType("bfloat16", "ml_dtypes:bfloat16", "__nv_bfloat16", _F32, 3e-2, kernels=False, tensor_core_arch=80),
     )
 }
-_BY_NUMPY = {d.numpy: d for d in DTYPES.values()}
+# Lookup by numpy dtype of the entries that need no optional package (the others are found by name).
+_BY_NUMPY = {d.spec: d for d in DTYPES.values() if isinstance(d.spec, np.dtype)}
 
 
 def dtype(dt, where: str = "gpuconv") -> DType:
-    """The entry of a dtype (name, numpy dtype or DType); TypeError naming ``where`` for any other."""
+    """The entry of a dtype (name, numpy dtype or DType); TypeError naming ``where`` for any other.
+
+    An entry from an optional package is found by its name ("bfloat16"), or by its numpy dtype (whose name it
+    is): the package is imported only then.
+    """
     if isinstance(dt, DType):
         return dt
+    if isinstance(dt, str) and dt in DTYPES:
+        return DTYPES[dt]
     try:
-        entry = _BY_NUMPY.get(np.dtype(dt))
+        npdt = np.dtype(dt)
     except TypeError:
-        entry = None
+        npdt = None
+    entry = _BY_NUMPY.get(npdt)
+    if entry is None and npdt is not None and npdt.name in DTYPES and DTYPES[npdt.name].numpy == npdt:
+        entry = DTYPES[npdt.name]
     if entry is None:
         raise TypeError(f"{where}: dtype must be one of {dtype_names()}, got {dt!r}")
     return entry
 
 
 def accumulator(dt, where: str = "gpuconv") -> np.dtype:
-    """The accumulator dtype of ``dt``: its entry's; float32 for ml_dtypes' bfloat16, which the NumPy backend
-    computes but which has no entry (no kernels) yet."""
-    try:
-        if np.dtype(dt).name == "bfloat16":
-            return _F32
-    except TypeError:
-        pass
+    """The accumulator dtype of ``dt`` (its entry's)."""
     return dtype(dt, where).acc
 
 
@@ -80,10 +121,42 @@ def dtype_names() -> tuple:
     return tuple(DTYPES)
 
 
+def kernel_dtypes() -> tuple:
+    """The entries the CUDA kernels are instantiated for."""
+    return tuple(d for d in DTYPES.values() if d.kernels)
+
+
 def tolerance(dt, reduction: int = 1) -> float:
     """Test tolerance for results of ``dt`` that sum ``reduction`` products each (see DType.rtol)."""
     d = dtype(dt)
     return d.rtol * max(1.0, reduction / REDUCTION_UNIT) if d.rtol_grows else d.rtol
+
+
+# ------------------------------------------------------------------------------------------------- precisions
+@dataclass(frozen=True)
+class Precision:
+    """How the products of float32 are computed (``precision=``); the other dtypes are the same in every one."""
+
+    name: str
+    description: str
+    # the float32 operands are rounded to TF32 before each product (cvt.rna.tf32.f32)
+    tf32: bool
+    # the first compute capability with tensor cores for it (None: CUDA cores)
+    tensor_core_arch: int | None = None
+
+
+PRECISIONS = {
+    p.name: p
+    for p in (
+        Precision("highest", "strict FP32 products", tf32=False),
+        Precision("tf32", "both operands rounded to TF32 (10 explicit mantissa bits), float32 accumulation",
+                  tf32=True, tensor_core_arch=80),
+    )
+}
+
+
+def precision_names() -> tuple:
+    return tuple(PRECISIONS)
 
 
 # ------------------------------------------------------------------------------------------------- activations

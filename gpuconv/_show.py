@@ -25,18 +25,20 @@ def config_lines() -> list:
 
 
 def math_paths(backend) -> list:
-    """(mode, description) for every dtype and precision on ``backend``: float32 in each precision, the other
-    dtypes once (precision changes float32 only)."""
+    """(mode, description) for every dtype and precision of the registry on ``backend``: float32 in each
+    precision, the other dtypes once (precision changes float32 only)."""
+    from . import _registry
+
     out = []
-    for dtype_name in ("float32", "float16", "bfloat16", "float64"):
+    for entry in _registry.DTYPES.values():
         try:
-            dtype = _config.dtype_from_name(dtype_name)
-        except ImportError:
-            out.append((dtype_name, "needs the ml_dtypes package (not installed)"))
+            dtype = entry.numpy
+        except ImportError as exc:
+            out.append((entry.name, f"unavailable: {exc}"))
             continue
-        precisions = _config.PRECISIONS if dtype_name == "float32" else ("highest",)
+        precisions = _registry.precision_names() if entry.name == "float32" else ("highest",)
         for p in precisions:
-            mode = f"{dtype_name} {p}" if dtype_name == "float32" else dtype_name
+            mode = f"{entry.name} {p}" if entry.name == "float32" else entry.name
             reason = backend.dtype_reason(dtype) if hasattr(backend, "dtype_reason") else None
             out.append((mode, reason if reason is not None else backend.math_path(dtype, p)))
     return out

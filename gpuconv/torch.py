@@ -126,7 +126,8 @@ class Conv2d(torch.nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _IntPair, stride: _IntPair = 1,
                  padding: Union[str, _IntPair] = 0, dilation: _IntPair = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device=None, dtype=None, *, activation: Optional[str] = None,
+                 padding_mode: str = "zeros", device: Union[torch.device, str, None] = None,
+                 dtype: Optional[torch.dtype] = None, *, activation: Optional[str] = None,
                  backend: str = "auto", precision: Optional[str] = None) -> None:
         strided_same = padding == "same" and torch.nn.modules.utils._pair(stride) != (1, 1)
         super().__init__(in_channels, out_channels, kernel_size, stride, 0 if strided_same else padding,

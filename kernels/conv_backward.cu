@@ -16,6 +16,9 @@
 //   gpuconv_bias_grad             db partial sums per split
 //   gpuconv_sum_partials          out[e] = sum over splits s = 0, 1, ... of ws[s][e], in that order
 //
+// The two dx kernels also serve conv2d_transpose (the same operation): an epilogue then adds a bias and applies
+// an activation to dx as it is stored (has_bias = 0, out_act = identity for a gradient).
+//
 // Determinism: no floating-point atomics. dw and db are reduced in a fixed order that depends only on the
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
@@ -40,9 +43,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
     T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
+    const T* __restrict__ bias,  // bias (C,) of a transposed convolution; read only when has_bias != 0
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     GPUCONV_DX_PHASE_PARAMS,     // one stride phase of dx (gpuconv_common.cuh)
-    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+    int act,                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+    int has_bias,                // 1: add bias[c] to dx (conv2d_transpose); 0 for a gradient
+    int out_act)                 // GPUCONV_ACT_* applied to dx (+ bias) on the store; identity for a gradient
 {
     // One launch per stride phase (ph, pw): the input pixels whose padded row and column (h + pt, w + pl) are
     // (ph, pw) modulo the strides. The launch wrapper lists the taps that reach them, so the reduction runs
@@ -133,7 +139,10 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int col = col0 + 4 * tx + j;
-            if (col < Cg) gpuconv_store(dx + (gpuconv_i64)q * C + g * Cg + col, acc[i][j]);
+            if (col >= Cg) continue;
+            Acc z = acc[i][j];  // epilogue of a transposed convolution, as gpuconv_conv_fwd's
+            if (has_bias) z += gpuconv_to_acc(bias[g * Cg + col]);
+            gpuconv_store(dx + (gpuconv_i64)q * C + g * Cg + col, gpuconv_act_forward(z, out_act));
         }
     }
 }
@@ -146,9 +155,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 2) gpuconv_conv_bwd_input_dir
     const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
     const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
     T* __restrict__ dx,        // written: input gradient (N, H, W, C), the pixels of this stride phase
+    const T* __restrict__ bias,  // bias (C,) of a transposed convolution; read only when has_bias != 0
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     GPUCONV_DX_PHASE_PARAMS,     // one stride phase of dx (gpuconv_common.cuh)
-    int act)                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+    int act,                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+    int has_bias,                // 1: add bias[c] to dx (conv2d_transpose); 0 for a gradient
+    int out_act)                 // GPUCONV_ACT_* applied to dx (+ bias) on the store; identity for a gradient
 {
     // For few input channels per group (Cg <= CMAX < 16; the stem layer, depthwise). One launch per stride
     // phase, as gpuconv_conv_bwd_input. Block (L, 256 / L): the L = blockDim.x lanes (a power of two <= 32)
@@ -224,7 +236,11 @@ __global__ void __launch_bounds__(GPUCONV_THREADS, 2) gpuconv_conv_bwd_input_dir
         T* out = dx + (gpuconv_i64)pixel * C + g * Cg;
 #pragma unroll
         for (int n = 0; n < CMAX; ++n)
-            if (n < Cg && n % L == lane) gpuconv_store(out + n, v[j][n]);
+            if (n < Cg && n % L == lane) {
+                Acc z = v[j][n];  // epilogue of a transposed convolution, as gpuconv_conv_fwd's
+                if (has_bias) z += gpuconv_to_acc(bias[g * Cg + n]);
+                gpuconv_store(out + n, gpuconv_act_forward(z, out_act));
+            }
     }
 }
 

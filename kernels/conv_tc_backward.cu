@@ -12,7 +12,8 @@
 //       NaN rule: a tap that reaches no output pixel reads a zero dz, and 0 * (inf or NaN weight) would put a NaN
 //       into dx that the chain rule does not have. When gpuconv_any_nonfinite has set the flag, the block takes
 //       an exact loop instead of the GEMM, summing only the taps that reach an output pixel (of the operands
-//       as the MMA path rounds them; slow, for a case that is a bug upstream anyway).
+//       as the MMA path rounds them; slow, for a case that is a bug upstream anyway). A transposed convolution
+//       (conv2d_transpose) adds its bias and applies its activation in the epilogue, as the SIMT kernels do.
 //   gpuconv_tc_bwd_weight<T, BM, BN, STAGES, VEC>
 //       dw partial sums, one fixed split of the N*OH*OW pixels per blockIdx.z (split count and chunk from the
 //       shape only): rows = KH*KW*Cg taps (k1, k2, n), columns = Mg, reduction = the split's pixels. A (x) is
@@ -52,7 +53,7 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS) gpuconv_any_nonfinite(
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const T* __restrict__ dz, const T* __restrict__ w, const int* __restrict__ wflag, T* __restrict__ dx,
-    GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS) {
+    const T* __restrict__ bias, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int has_bias, int out_act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
     __shared__ __align__(128) unsigned char smem_bytes[Tile::SMEM_BYTES];
@@ -96,7 +97,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                         v += gpuconv_tc_operand(dzg[o + mm]) * gpuconv_tc_operand(wk[mm]);
                 }
             }
-            gpuconv_store(dx + pixel_of(row) + col, v);
+            if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col]);
+            gpuconv_store(dx + pixel_of(row) + col, gpuconv_act_forward(v, out_act));
         }
         return;
     }
@@ -198,7 +200,9 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
 
     auto row_of = [&](int r) -> gpuconv_i64 { return row0 + r < P ? pixel_of(row0 + r) : -1; };
     auto emit = [&](gpuconv_i64 base, int c, float v) {
-        if (col0 + c < Cg) gpuconv_store(dx + base + col0 + c, v);
+        if (col0 + c >= Cg) return;
+        if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col0 + c]);
+        gpuconv_store(dx + base + col0 + c, gpuconv_act_forward(v, out_act));
     };
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }
@@ -209,14 +213,18 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO
     const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_any_nonfinite), take the exact path
     T* __restrict__ dx,          // written: input gradient (N, H, W, C), the pixels of this stride phase
+    const T* __restrict__ bias,  // bias (C,) of a transposed convolution; read only when has_bias != 0
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
-    GPUCONV_DX_PHASE_PARAMS)     // one stride phase of dx (gpuconv_common.cuh)
+    GPUCONV_DX_PHASE_PARAMS,     // one stride phase of dx (gpuconv_common.cuh)
+    int has_bias,                // 1: add bias[c] to dx (conv2d_transpose); 0 for a gradient
+    int out_act)                 // GPUCONV_ACT_* applied to dx (+ bias) on the store; identity for a gradient
 {
     // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block 256. Empty on targets without this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
-        gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dz, w, wflag, dx, N, H, W, C, KH, KW, M, G, OH, OW, s1,
-                                                           s2, d1, d2, pt, pl, h0, Hp, qh0, w0, Wp, qw0, k1f, k1s,
-                                                           T1, k1b, k1i, k2f, k2s, T2, k2b, k2i);
+        gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dz, w, wflag, dx, bias, N, H, W, C, KH, KW, M, G, OH, OW,
+                                                           s1, s2, d1, d2, pt, pl, h0, Hp, qh0, w0, Wp, qw0, k1f,
+                                                           k1s, T1, k1b, k1i, k2f, k2s, T2, k2b, k2i, has_bias,
+                                                           out_act);
 }
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>

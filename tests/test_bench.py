@@ -54,7 +54,21 @@ def test_benchmark_set_is_the_documented_one():
         ((16, 56, 56, 64), 64, (3, 3), 1, 0),
         ((8, 112, 112, 3), 64, (7, 7), 2, 3),
         ((64, 28, 28, 1), 8, (5, 5), 1, 0),
+        # ResNet-50 at batch 64 (the training-size layers, appended)
+        ((64, 224, 224, 3), 64, (7, 7), 2, 3),
+        ((64, 56, 56, 64), 64, (3, 3), 1, 1),
+        ((64, 28, 28, 128), 128, (3, 3), 1, 1),
+        ((64, 14, 14, 256), 256, (3, 3), 1, 1),
+        ((64, 7, 7, 512), 512, (3, 3), 1, 1),
+        ((64, 56, 56, 64), 256, (1, 1), 1, 0),
+        ((64, 56, 56, 256), 64, (1, 1), 1, 0),
+        ((64, 56, 56, 128), 128, (3, 3), 2, 1),
+        ((64, 56, 56, 256), 512, (1, 1), 2, 0),
     ]
+    assert list(got)[:5] == ["tiny", "small", "resnet", "stem", "mnist"]  # names only appended
+    training = [s for s in bd.SHAPES.values() if s.name.startswith("rn50-")]
+    assert len(training) == 9
+    assert all(6.5e9 < s.forward_flops < 1.6e10 for s in training)  # 6.6-15 GFLOP a forward pass
 
 
 def test_every_backend_is_benchmarked():
@@ -122,7 +136,9 @@ def test_bench_prints_a_table(capsys):
                           capsys)
     assert rc == 0, out + err
     lines = out.splitlines()
-    assert lines[0].startswith("gpuconv ") and "backend numpy, float32, activation identity" in lines[0]
+    assert lines[0].startswith("gpuconv ") and "backend numpy, float32, precision highest, activation identity" \
+        in lines[0]
+    assert lines[2] == "products: CPU, float32 BLAS GEMMs"
     header = next(line for line in lines if line.startswith("shape"))
     for col in ("fwd ms", "fwd GF/s", "bwd ms", "bwd GF/s"):
         assert col in header
@@ -236,7 +252,7 @@ def _gpuconv_classes(asv_benchmarks):
 
 
 def _args(cls, backend, dtype="float32", shape="tiny"):
-    values = {"backend": backend, "device": backend, "dtype": dtype, "shape": shape}
+    values = {"backend": backend, "device": backend, "dtype": dtype, "shape": shape, "data_format": "NCHW"}
     if "activation" in cls.param_names:  # the last one (relu goes through the layer benchmark)
         values["activation"] = cls.params[cls.param_names.index("activation")][-1]
     return [values[n] for n in cls.param_names]
@@ -296,6 +312,141 @@ def test_asv_peer_bodies_run_on_cpu(asv_benchmarks):
         bench.setup(*args)
         for m in _benchmark_methods(cls):
             getattr(bench, m)(*args)
+
+
+# --- precisions, bfloat16 and the training-size layers -----------------------------------------------------
+
+def test_modes_are_dtypes_and_precisions():
+    assert bd.MODES[:3] == ("float32", "float16", "float64")  # asv matches parameters by position
+    assert bd.PRECISIONS == tuple(gpuconv.PRECISIONS)
+    assert [bd.split_mode(m) for m in bd.MODES] == [("float32", "highest"), ("float16", "highest"),
+                                                     ("float64", "highest"), ("bfloat16", "highest"),
+                                                     ("float32", "tf32")]
+
+
+@pytest.mark.parametrize("precision", bd.PRECISIONS)
+def test_bench_precision_is_passed_and_shown(capsys, monkeypatch, precision):
+    seen = []
+    real = gpuconv.conv2d
+    monkeypatch.setattr(gpuconv, "conv2d", lambda *a, **k: seen.append(k.get("precision", "highest")) or real(*a, **k))
+    rc, out, err = _bench(["--backend", "numpy", "--shape", TINY, "--repeat", "1", "--precision", precision,
+                           "--no-progress"], capsys)
+    assert rc == 0, out + err
+    assert f"precision {precision}," in out.splitlines()[0]
+    assert seen and set(seen) == {precision}
+    assert ("TF32" in out.splitlines()[2]) == (precision == "tf32")
+
+
+@pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
+@pytest.mark.parametrize("precision", bd.PRECISIONS)
+def test_bench_torch_peer_runs_in_the_same_mode(capsys, torch_flags, precision):
+    torch = torch_flags
+    rc, out, err = _bench(["--backend", "numpy", "--shape", TINY, "--repeat", "1", "--compare", "torch",
+                           "--precision", precision, "--no-progress"], capsys)
+    assert rc == 0, out + err
+    on = precision == "tf32"
+    assert f"cudnn.allow_tf32={on}, cuda.matmul.allow_tf32={on}" in out.splitlines()[1]
+    assert torch.backends.cudnn.allow_tf32 is on and torch.backends.cuda.matmul.allow_tf32 is on
+
+
+@pytest.fixture
+def torch_flags():
+    """PyTorch's two TF32 flags, put back as they were after the test."""
+    torch = pytest.importorskip("torch")
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield torch
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_torch_layer_sets_tf32_on_every_call(torch_flags):
+    torch = torch_flags
+    shape = bd.parse_shape(TINY)
+    host = bd.make_inputs(shape)
+    layers = {p: bd.TorchLayer(shape, host, "relu", "cpu", p) for p in bd.PRECISIONS}
+    for p, layer in layers.items():
+        layer.forward()
+        assert torch.backends.cudnn.allow_tf32 is (p == "tf32")
+        layer.backward()
+        assert torch.backends.cuda.matmul.allow_tf32 is (p == "tf32")
+
+
+def test_bench_bfloat16(capsys):
+    pytest.importorskip("ml_dtypes")
+    argv = ["--backend", "numpy", "--shape", TINY, "--repeat", "1", "--dtype", "bfloat16", "--no-progress"]
+    if _has_torch():
+        argv += ["--compare", "torch"]
+    rc, out, err = _bench(argv, capsys)
+    assert rc == 0, out + err
+    assert "bfloat16" in out.splitlines()[0]
+    row = next(line for line in out.splitlines() if line.startswith(TINY)).split()
+    assert all(float(v) > 0 for v in row[-4:])
+
+
+def test_bench_bfloat16_without_ml_dtypes(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    rc, out, err = _bench(["--backend", "numpy", "--shape", TINY, "--dtype", "bfloat16"], capsys)
+    assert rc == 2 and "ml_dtypes" in err and out == ""
+
+
+def test_bench_says_when_a_backend_lacks_the_dtype(capsys, monkeypatch):
+    pytest.importorskip("ml_dtypes")
+    be = bd._dispatch.load_backend("numpy")
+    monkeypatch.setattr(type(be), "dtype_reason", lambda self, dt: "no bfloat16 kernels (test)", raising=False)
+    rc, _, err = _bench(["--backend", "numpy", "--shape", TINY, "--dtype", "bfloat16"], capsys)
+    assert rc == 1 and "no bfloat16 kernels (test)" in err
+
+
+def test_training_layers_are_left_out_on_the_cpu_by_default(capsys, monkeypatch):
+    monkeypatch.delenv(bd.ENV_LARGE, raising=False)
+    big = [s for s in bd.SHAPES.values() if s.name.startswith("rn50-")]
+    for s in big:
+        for where in ("numpy", "emulator", "cpu"):
+            assert bd.large_reason(where, s) is not None
+        assert bd.large_reason("cupy", s) is None and bd.large_reason("cuda", s) is None
+        assert "skipped on numpy by default" in bd.backend_reason("numpy", s)
+    assert all(bd.large_reason("numpy", s) is None for s in bd.SHAPES.values() if s not in big)
+    monkeypatch.setenv(bd.ENV_LARGE, "1")
+    assert all(bd.large_reason("numpy", s) is None for s in big)
+    monkeypatch.delenv(bd.ENV_LARGE)
+    timed = []
+    monkeypatch.setattr(bd, "measure", lambda fn, sync, **k: timed.append(fn) or [1e-3])
+    rc, out, err = _bench(["--backend", "numpy", "--repeat", "1", "--no-progress"], capsys)
+    assert rc == 0, out + err
+    assert "rn50-" not in out and "training-size layers (rn50-stem" in err
+    assert [line.split()[0] for line in out.splitlines() if line.split()[:1] and line.split()[0] in bd.SHAPES] \
+        == [s for s in bd.SHAPE_NAMES if not s.startswith("rn50-")]
+
+
+def test_asv_skips_training_layers_on_the_cpu(asv_benchmarks, monkeypatch):
+    monkeypatch.delenv(bd.ENV_LARGE, raising=False)
+    for cls in _gpuconv_classes(asv_benchmarks):
+        with pytest.raises(NotImplementedError, match="by default"):
+            cls().setup(*_args(cls, "numpy", shape="rn50-3x3-7"))
+    for cls in _benchmark_classes(asv_benchmarks["peers"]):
+        with pytest.raises(NotImplementedError, match="by default|PyTorch"):
+            cls().setup(*_args(cls, "cpu", shape="rn50-3x3-7"))
+
+
+def test_asv_modes(asv_benchmarks, monkeypatch):
+    """The dtype parameter's modes: float32-tf32 passes precision="tf32"; bfloat16 runs where the backend has it
+    and is skipped with the backend's reason where it has not."""
+    common = asv_benchmarks["common"]
+    assert common.DTYPES == list(bd.MODES)
+    case = common.Case("numpy", "float32-tf32", "tiny")
+    assert case.options["precision"] == "tf32" and case.a["x"].dtype == np.float32
+    assert "precision" not in common.Case("numpy", "float32", "tiny").options
+    if bd.mode_reason("emulator", "bfloat16") is not None and bd.backend_reason("emulator") is None:
+        with pytest.raises(NotImplementedError, match="bfloat16"):
+            common.Case("emulator", "bfloat16", "tiny")
+    pytest.importorskip("ml_dtypes")
+    for cls in _gpuconv_classes(asv_benchmarks):
+        for mode in ("bfloat16", "float32-tf32"):
+            args = _args(cls, "numpy", dtype=mode)
+            bench = cls()
+            bench.setup(*args)
+            for m in _benchmark_methods(cls):
+                if m.startswith("time_"):
+                    getattr(bench, m)(*args)
 
 
 # --- GPU timing, checked without a GPU: a stand-in "cupy" backend that counts synchronizations ------------
@@ -369,3 +520,29 @@ def test_asv_gpu_bodies_synchronize(asv_benchmarks, fake_gpu):
             if m.startswith("time_"):
                 getattr(bench, m)(*args)
         assert fake_gpu.stream.syncs > before, cls.__name__
+
+
+def test_bench_data_format_nchw(capsys):
+    rc, out, err = _bench(["--backend", "numpy", "--shape", TINY, "--repeat", "1", "--data-format", "NCHW"],
+                          capsys)
+    assert rc == 0, out + err
+    assert "NCHW inputs, OIHW filters" in out.splitlines()[0]
+    assert next(line for line in out.splitlines() if line.startswith(TINY))
+
+
+def test_in_layout_gives_the_same_layer():
+    shape = bd.parse_shape(TINY)
+    host = bd.make_inputs(shape, "float64")
+    nchw = bd.in_layout(host, "NCHW")
+    assert nchw["x"].flags.c_contiguous and nchw["w"].shape == (shape.m, shape.c, shape.kh, shape.kw)
+    y = gpuconv.conv2d(nchw["x"], nchw["w"], nchw["b"], **shape.options, **bd.layout_options("NCHW"))
+    want = gpuconv.conv2d(host["x"], host["w"], host["b"], **shape.options)
+    np.testing.assert_array_equal(y, want.transpose(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="data format must be one of"):
+        bd.in_layout(host, "CHWN")
+
+
+def test_bench_bad_data_format(capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench(["--data-format", "NWHC"], capsys)
+    assert exc.value.code == 2

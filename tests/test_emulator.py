@@ -809,3 +809,147 @@ def test_cp_async_misuse_is_reported(mode, message):
                                             rf"{message}"):
         module("pipeline.cu").get_function("cp_async_misuse")((1,), (16,), (x, np.zeros(n, np.float32),
                                                                              np.int32(mode), np.int32(n)))
+
+
+# ---- the compile cache heals ------------------------------------------------------------------------------
+HEAL_SOURCE = ('extern "C" __global__ void add_one(float* x, int n) {\n'
+               '    int i = blockIdx.x * blockDim.x + threadIdx.x;\n'
+               '    if (i < n) x[i] += 1.0f;\n}\n')
+
+
+def _seed_files():
+    """The runtime object and precompiled header for the current flags, from the cache in use now."""
+    from gpuconv.cuda.emulator import _compile
+
+    rt = _compile.runtime_object()
+    pch = None if _compile.sanitize_mode() else _compile.precompiled_header().parent
+    return rt, pch
+
+
+def _seed(cache_emulator_dir, files=None):
+    """Copies the runtime object and precompiled header (content-keyed, as any shared cache holds them) into a
+    fresh cache folder, so that a test compiles only its own small kernel there."""
+    import shutil
+
+    rt, pch = files or _seed_files()
+    d = Path(cache_emulator_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(rt, d / rt.name)
+    if pch is not None:
+        shutil.copytree(pch, d / pch.name, dirs_exist_ok=True)
+    return d
+
+
+def _load_in_fresh_process(cache, token, extra_env=None):
+    """Compiles (or loads from the cache) a small kernel in a new process, runs it; returns (path, stderr)."""
+    proc = run_script(f"""
+        import numpy as np
+        from gpuconv.cuda.emulator import load_module
+        m = load_module({HEAL_SOURCE!r} + "// {token}\\n", filename="heal.cu")
+        x = np.zeros(40, np.float32)
+        m.get_function("add_one")((1,), (64,), (x, np.int32(40)))
+        assert (x == 1).all(), x
+        print(m.path)
+    """, {"GPUCONV_CACHE_DIR": str(cache), **(extra_env or {})})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Path(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_truncated_cached_library_is_rebuilt(tmp_path):
+    from gpuconv.cuda.emulator._compile import intact
+
+    _seed(tmp_path / "emulator")
+    path, _ = _load_in_fresh_process(tmp_path, "truncated")
+    assert intact(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    assert not intact(path)
+    again, err = _load_in_fresh_process(tmp_path, "truncated")
+    assert again == path and intact(path), err
+
+
+def test_foreign_library_at_a_cache_path_is_rebuilt(tmp_path):
+    from gpuconv.cuda.emulator._compile import compiler, intact
+
+    _seed(tmp_path / "emulator")
+    path, _ = _load_in_fresh_process(tmp_path, "foreign")
+    other, _ = _load_in_fresh_process(tmp_path, "another kernel")
+    for foreign in ("emulator library of another kernel", "plain shared library"):
+        if foreign.startswith("plain"):
+            src = tmp_path / "plain.cpp"
+            src.write_text('extern "C" int gpuconv_emu_num_entries = 7;\n')
+            subprocess.run([compiler()[0], "-shared", "-fPIC", str(src), "-o", str(path)], check=True)
+        else:
+            path.write_bytes(other.read_bytes())
+        assert not intact(path), foreign
+        again, err = _load_in_fresh_process(tmp_path, "foreign")
+        assert again == path and intact(path), (foreign, err)
+
+
+def _fallback_loads_and_runs(monkeypatch, cache, expected):
+    """With GPUCONV_CACHE_DIR=cache unusable: a warning naming it, a private folder, kernels that run."""
+    from gpuconv.cuda.emulator import _compile, load_module
+
+    seed = _seed_files()
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", str(cache))
+    monkeypatch.setattr(_compile, "_usable_dirs", {})
+    with pytest.warns(RuntimeWarning, match=expected):
+        d = _compile.cache_dir()
+    assert not str(d).startswith(str(cache)) and os.access(d, os.W_OK)
+    assert _compile.cache_dir() == d  # warned once, kept for the process
+    _seed(d, seed)
+    m = load_module(HEAL_SOURCE + f"// fallback {cache.name}\n", filename="heal.cu")
+    assert Path(m.path).parent == d
+    x = np.zeros(8, np.float32)
+    m.get_function("add_one")((1,), (32,), (x, np.int32(8)))
+    assert (x == 1).all()
+
+
+def test_cache_dir_that_is_a_file_falls_back_with_a_warning(tmp_path, monkeypatch):
+    not_a_dir = tmp_path / "cache-file"
+    not_a_dir.write_text("not a folder")
+    _fallback_loads_and_runs(monkeypatch, not_a_dir,
+                             rf"GPUCONV_CACHE_DIR='{not_a_dir}'.*(NotADirectoryError|FileExistsError).*private "
+                             r"temporary folder")
+
+
+def test_read_only_cache_dir_falls_back_with_a_warning(tmp_path, monkeypatch):
+    from gpuconv.cuda.emulator import _compile
+
+    cache = tmp_path / "ro"
+    (cache / "emulator").mkdir(parents=True)
+    (cache / "emulator").chmod(0o555)
+    if os.geteuid() == 0:  # root writes anywhere: make the probe see what a user would
+        real = _compile._probe_writable
+
+        def probe(d):
+            if Path(d) == cache / "emulator":
+                raise PermissionError(13, "Permission denied", str(d))
+            real(d)
+
+        monkeypatch.setattr(_compile, "_probe_writable", probe)
+    try:
+        _fallback_loads_and_runs(monkeypatch, cache, r"GPUCONV_CACHE_DIR=.*ro'.*PermissionError.*private temporary")
+    finally:
+        (cache / "emulator").chmod(0o755)
+
+
+def test_concurrent_processes_share_one_cache_entry(tmp_path):
+    code = f"""
+        import numpy as np
+        from gpuconv.cuda.emulator import load_module
+        m = load_module({HEAL_SOURCE!r} + "// concurrent\\n", filename="heal.cu")
+        x = np.zeros(40, np.float32)
+        m.get_function("add_one")((1,), (64,), (x, np.int32(40)))
+        assert (x == 1).all()
+    """
+    _seed(tmp_path / "emulator")
+    env = dict(os.environ, GPUCONV_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    leftovers = [f.name for f in (tmp_path / "emulator").iterdir() if f.name.endswith((".tmp", ".cpp"))]
+    assert not leftovers

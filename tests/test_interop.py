@@ -169,14 +169,18 @@ class FakeCupy:
         outer = self
         self.rec = rec
 
+        current = [0]  # the device stack: Device() is the current one, as in cupy
+
         class Device:
             def __init__(self, dev=None):
-                self.id = 0 if dev is None else dev
+                self.id = current[-1] if dev is None else dev
 
             def __enter__(self):
                 rec.events.append(("device", self.id))
+                current.append(self.id)
 
             def __exit__(self, *exc):
+                current.pop()
                 rec.events.append(("device-exit", self.id))
 
         class ExternalStream:
@@ -190,7 +194,10 @@ class FakeCupy:
                 rec.events.append(("stream-exit", self.ptr))
 
         class _Cuda:
-            pass
+            class runtime:
+                @staticmethod
+                def getDevice():
+                    return current[-1]
 
         self.cuda = _Cuda()
         self.cuda.Device, self.cuda.ExternalStream = Device, ExternalStream
@@ -300,3 +307,64 @@ def test_torch_bfloat16_round_trip(rand):
     assert isinstance(y, torch.Tensor) and y.dtype == torch.bfloat16
     want = gpuconv.conv2d(x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16))
     np.testing.assert_array_equal(y.float().numpy(), want.astype(np.float32))
+
+
+def test_kernel_caches_see_the_arrays_device(fake_cupy):
+    """Every kernel cache is keyed by gpuconv.cuda.modules.device_id, the current device: inside a call it is
+    the device of the arrays, whatever the caller's current device was."""
+    from gpuconv.cuda import modules
+
+    seen = []
+
+    @_interop.public(arrays=("a",), like="a")
+    def op(a):
+        seen.append(modules.device_id("cupy"))
+        return a
+
+    assert modules.device_id("cupy") == 0
+    op(FakeCupyArray(3))
+    op(FakeCupyArray(1))
+    assert seen == [3, 1] and modules.device_id("cupy") == 0
+
+
+def test_cupy_arrays_on_the_current_device_take_the_direct_path(fake_cupy):
+    events = fake_cupy.rec.events
+
+    @_interop.public(arrays=("a", "b"), like="a")
+    def op(a, b=None, *, k=1):
+        events.append(("op", k))
+        return a
+
+    a0 = FakeCupyArray(0)
+    assert op(a0, FakeCupyArray(0), k=2) is a0
+    assert events == [("op", 2)]  # no device set, no binding: the call goes straight through
+    events.clear()
+    with pytest.raises(ValueError, match="different CUDA devices"):  # two devices: the full path refuses them
+        op(a0, FakeCupyArray(1))
+    assert events == []
+
+
+class FakeJaxArray:
+    __module__ = "jax._src.array"
+
+    def __init__(self, a):
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_jax_in_jax_out(rand, monkeypatch):
+    import sys
+    import types
+
+    made = []
+    jnp = types.SimpleNamespace(from_dlpack=lambda a: made.append(a) or FakeJaxArray(np.from_dlpack(a)))
+    monkeypatch.setitem(sys.modules, "jax", types.SimpleNamespace(numpy=jnp))
+    x, w, _ = _inputs(rand)
+    y = gpuconv.conv2d(FakeJaxArray(x), FakeJaxArray(w))
+    assert isinstance(y, FakeJaxArray) and len(made) == 1
+    np.testing.assert_array_equal(y._a, gpuconv.conv2d(x, w))

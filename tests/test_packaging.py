@@ -50,12 +50,13 @@ def wheel_names(tmp_path_factory):
         REPO_ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", ".asv", "*.egg-info"
+            ".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", ".asv", "*.egg-info", ".venv"
         ),
     )
     wheel = _build_wheel(src, tmp_path_factory.mktemp("wheel"))
     with zipfile.ZipFile(wheel) as zf:
-        return {"names": zf.namelist(), "entry_points": _read_entry_points(zf)}
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        return {"names": zf.namelist(), "entry_points": _read_entry_points(zf), "metadata": metadata}
 
 
 def _read_entry_points(zf: zipfile.ZipFile) -> str:
@@ -84,3 +85,16 @@ def test_wheel_declares_console_script(wheel_names):
     entry_points = wheel_names["entry_points"]
     assert "[console_scripts]" in entry_points
     assert any(line.replace(" ", "") == "gpuconv=gpuconv.cli:main" for line in entry_points.splitlines())
+
+
+def test_wheel_is_typed_and_has_one_version(wheel_names):
+    import gpuconv
+
+    assert "gpuconv/py.typed" in wheel_names["names"]
+    meta = wheel_names["metadata"].splitlines()
+    assert f"Version: {gpuconv.__version__}" in meta  # read by hatch from gpuconv/__init__.py, the one place
+    assert "Classifier: Typing :: Typed" in meta
+    extras = {line.split(": ", 1)[1] for line in meta if line.startswith("Provides-Extra: ")}
+    assert {"cuda12", "cuda13", "torch", "test"} <= extras
+    text = (REPO_ROOT / "pyproject.toml").read_text()
+    assert "\nversion =" not in text and 'dynamic = ["version"]' in text

@@ -1,31 +1,12 @@
 """precision="highest" | "tf32", set_float32_precision, and the 2-byte dtypes (float16, bfloat16), on every backend.
 
-Error analysis (the bounds every accuracy test here uses, elementwise, from ``error_bound``). One result element
-is r = sum_k a_k b_k over K products (forward: K = KH*KW*Cg, and the bias as one more term; dx: K = KH*KW*Mg;
-dw: K = N*OH*OW), computed from the arrays as stored (the float64 reference reads the same rounded values), and
-S = sum_k |a_k| |b_k| (the same reference applied to |a| and |b|). With u_acc the unit of the float32 additions:
+Accuracy is checked elementwise against the float64 reference with the bounds of the error analysis in
+gpuconv/_accuracy.py (its docstring derives them): relative to sum |a||b| of each result element, per dtype and
+precision (TF32: 2^-10 per product plus float32 accumulation; float16 / bfloat16: exact inputs and products,
+float32 accumulation, one rounding on store).
 
-- "highest", float32: each product rounded (or fused), each addition rounded: |r^ - r| <= gamma_K * S,
-  gamma_K = K u / (1 - K u), u = 2^-24 (any order of summation: a binary tree over K terms, as BLAS, split-K
-  and the CUDA kernels do, has depth below K). float64 likewise with u = 2^-53.
-- "tf32", float32: each operand first rounded to TF32 (10 explicit mantissa bits, round to nearest:
-  relative error <= u_t = 2^-11), so each product is off by at most (2 u_t + u_t^2) |a b| (about 2^-10); a
-  product of two TF32 values has 22 significant bits and is exact in float32; then float32 accumulation:
-  |r^ - r| <= (2 u_t + u_t^2) S + gamma_K (1 + 2 u_t + u_t^2) S.
-- float16, bfloat16 (any precision): the inputs are exact as stored and their products are exact in float32
-  (11 + 11 and 8 + 8 significant bits), float32 accumulation, then one rounding to nearest even on store:
-  |out - r| <= gamma_K S + u_s (|r| + gamma_K S) + tiny, u_s = 2^-11 (float16) or 2^-8 (bfloat16), tiny = half
-  the smallest subnormal (an underflowing result).
-- Tensor cores (tf32, float16, bfloat16 on a GPU) add their products in blocks with truncation instead of
-  rounding to nearest (Fasi, Higham, Mikaitis, Pranesh 2021, "Numerical behavior of NVIDIA tensor cores"): an
-  error below one ulp per addition, so u_acc = 2^-23 for those modes, 2^-24 for strict FP32.
-
-The bound is relative to S = sum |a||b|, never to |result| (a sum that cancels has a tiny result and the same
-absolute error). Activations: relu is 1-Lipschitz, the sigmoid 1/4-Lipschitz, plus its own evaluation error
-(below 2^-20 absolute in float32, 2^-49 in float64). In the backward, dz = dy * act'(y) is exact for relu and
-within 3u (+ u_s when stored in a 2-byte dtype) relative for the sigmoid; db is a sum of K = N*OH*OW terms.
-
-Parametrizations over dtypes and precisions come from the tables DTYPE_NAMES and gpuconv.PRECISIONS.
+Parametrizations over dtypes, precisions and activations come from gpuconv._registry (every dtype here, also
+those without CUDA kernels: a backend without them must refuse them clearly).
 """
 
 from __future__ import annotations
@@ -41,56 +22,25 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import gpuconv
-from gpuconv import _config, _dispatch
+from gpuconv import _accuracy, _config, _dispatch, _registry
+from gpuconv._accuracy import (
+    TF32_UNIT,
+    activation_error,
+    dz_error,
+    store_error,
+    sum_error,
+)
 from gpuconv.backends.numpy import tf32_round
 
-DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
-PRECISIONS = gpuconv.PRECISIONS
-TF32_UNIT = 2.0**-11
-STORE_UNIT = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
-STORE_TINY = {"float16": 2.0**-25, "bfloat16": 2.0**-134}
-SIGMOID_EVAL = {"float64": 2.0**-49}  # else 2^-20 (float32 evaluation, every other dtype)
-
-
+DTYPE_NAMES = _registry.dtype_names()
+PRECISIONS = _registry.precision_names()
+ACTIVATION_NAMES = _registry.activation_names()
 def dtype_of(name: str) -> np.dtype:
     """The numpy dtype named ``name``; bfloat16 is skipped (with the reason) where ml_dtypes is missing."""
     try:
         return _config.dtype_from_name(name)
     except ImportError as exc:
         pytest.skip(str(exc))
-
-
-def unit(dt) -> float:
-    return 2.0**-53 if dt == np.float64 else 2.0**-24
-
-
-def accumulation_unit(dt, precision) -> float:
-    """u of the additions: float64 and strict FP32 round to nearest; tensor-core modes may truncate."""
-    if dt == np.float64 or (dt == np.float32 and precision == "highest"):
-        return unit(dt)
-    return 2.0**-23
-
-
-def operand_error(dt, precision) -> float:
-    """Relative error of one product from rounding its operands (TF32 only)."""
-    return 2 * TF32_UNIT + TF32_UNIT**2 if dt == np.float32 and precision == "tf32" else 0.0
-
-
-def sum_error(dt, precision, terms, abs_sum, extra_rel=0.0):
-    """Bound on |r^ - r| before the store, for sums of ``terms`` products with sum |a||b| = ``abs_sum``
-    (``extra_rel``: a relative error the operands already carry, e.g. dz of a sigmoid)."""
-    ua = accumulation_unit(dt, precision)
-    gamma = terms * ua / (1 - terms * ua)
-    rel = operand_error(dt, precision)
-    rel = rel + extra_rel * (1 + rel)
-    return rel * abs_sum + gamma * (1 + rel) * abs_sum
-
-
-def store_error(dt, value, err):
-    """Add the one rounding on store of a 2-byte dtype to the bound ``err`` of a result near ``value``."""
-    if dt.name in STORE_UNIT:
-        return err + STORE_UNIT[dt.name] * (np.abs(value) + err) + STORE_TINY[dt.name]
-    return err
 
 
 def assert_within(actual, expected, bound, dt, what):
@@ -344,7 +294,7 @@ def problems(draw):
         "w_shape": (kh, kw, cg, mg * groups),
         "opts": {"stride": s, "dilation": d, "padding": pad, "groups": groups},
         "bias": draw(st.booleans()),
-        "activation": draw(st.sampled_from(["identity", "relu", "sigmoid"])),
+        "activation": draw(st.sampled_from(ACTIVATION_NAMES)),
         "seed": draw(st.integers(0, 2**32 - 1)),
     }
 
@@ -354,9 +304,7 @@ def forward_bound(dt, precision, p, x, w, b, z, y):
     opts = p["opts"]
     abs_sum = ref.conv2d_linear(np.abs(to64(x)), np.abs(to64(w)), None if b is None else np.abs(to64(b)), **opts)
     terms = p["w_shape"][0] * p["w_shape"][1] * p["w_shape"][2] + 1
-    err = sum_error(dt, precision, terms, abs_sum)
-    if p["activation"] == "sigmoid":
-        err = err / 4 + SIGMOID_EVAL.get(dt.name, 2.0**-20)
+    err = activation_error(dt, p["activation"], sum_error(dt, precision, terms, abs_sum))
     return store_error(dt, y, err)
 
 
@@ -391,20 +339,23 @@ def test_accuracy_bounds(backend, to_xp, n_examples):
         g = gpuconv.conv2d_backward(t(dy), t(x), t(w), y, has_bias=p["bias"], activation=act, backend=backend,
                                     precision=precision, **opts)
         dz = ref.activation_backward(to64(dy), to64(y_np), act)
-        dz_rel = {"sigmoid": 3 * unit(dt) + STORE_UNIT.get(dt.name, 0.0)}.get(act, 0.0)
-        kh, kw, cg, m = p["w_shape"]
+        c = dz_error(dt, act)  # |dz^ - dz| <= c |dy|: the gradients carry c * sum |dy||b|
+        ady = np.abs(to64(dy))
+        kh, kw, _, m = p["w_shape"]
         n, oh, ow, _ = y_np.shape
         dx_ref = ref.backward_input(dz, to64(w), x.shape, **opts)
+        aw, ax = np.abs(to64(w)), np.abs(to64(x))
         dx_err = sum_error(dt, precision, kh * kw * m // opts["groups"],
-                           ref.backward_input(np.abs(dz), np.abs(to64(w)), x.shape, **opts), dz_rel)
+                           ref.backward_input(np.abs(dz), aw, x.shape, **opts),
+                           c * ref.backward_input(ady, aw, x.shape, **opts))
         dw_ref = ref.backward_weight(dz, to64(x), w.shape, **opts)
-        dw_err = sum_error(dt, precision, n * oh * ow,
-                           ref.backward_weight(np.abs(dz), np.abs(to64(x)), w.shape, **opts), dz_rel)
+        dw_err = sum_error(dt, precision, n * oh * ow, ref.backward_weight(np.abs(dz), ax, w.shape, **opts),
+                           c * ref.backward_weight(ady, ax, w.shape, **opts))
         assert_within(g.dx, dx_ref, store_error(dt, dx_ref, dx_err), dt, "conv2d_backward dx")
         assert_within(g.dw, dw_ref, store_error(dt, dw_ref, dw_err), dt, "conv2d_backward dw")
         if p["bias"]:
             db_ref = ref.backward_bias(dz)
-            db_err = sum_error(dt, "highest", n * oh * ow, ref.backward_bias(np.abs(dz)), dz_rel)
+            db_err = sum_error(dt, "highest", n * oh * ow, ref.backward_bias(np.abs(dz)), c * ref.backward_bias(ady))
             assert_within(g.db, db_ref, store_error(dt, db_ref, db_err), dt, "conv2d_backward db")
         if act == "identity":  # the separate functions, on the same dz = dy
             dx = gpuconv.conv2d_backward_input(t(dy), t(w), x.shape, backend=backend, precision=precision, **opts)
@@ -449,7 +400,7 @@ def test_bfloat16_every_public_function(backend, to_xp, rand):
             assert "bfloat16" in msg and msg.startswith("conv2d" if fname == "Conv2D" else fname), msg
         return
     x64, w64, b64, dy64 = (to64(a) for a in (x, w, b, dy))
-    kh, kw, cg, m = w.shape
+    kh, kw, _, m = w.shape
     n, oh, ow, _ = y_shape
     z = ref.conv2d_linear(x64, w64, b64, **opts)
     dz = ref.activation_backward(dy64, dy64, "sigmoid")
@@ -463,8 +414,8 @@ def test_bfloat16_every_public_function(backend, to_xp, rand):
         layer_y = to_numpy(c["Conv2D"]())
         assert_within(layer_y, z, forward_bound(bf16, prec, {**p, "activation": "identity"}, x, w, b, z, layer_y),
                       bf16, "Conv2D")
-        assert_within(c["activation_backward"](), dz, store_error(bf16, dz, 3 * 2.0**-24 * np.abs(dz)), bf16,
-                      "activation_backward")
+        assert_within(c["activation_backward"](), dz,
+                      store_error(bf16, dz, dz_error(bf16, "sigmoid") * np.abs(dy64)), bf16, "activation_backward")
         dx_err = sum_error(bf16, prec, kh * kw * m,
                            ref.backward_input(np.abs(dy64), np.abs(w64), x.shape, **opts))
         dw_err = sum_error(bf16, prec, n * oh * ow, ref.backward_weight(np.abs(dy64), np.abs(x64), w.shape, **opts))
@@ -509,11 +460,16 @@ def test_bfloat16_needs_ml_dtypes_clearly(monkeypatch):
     """Without ml_dtypes, asking for bfloat16 is an ImportError that names ml_dtypes (importing gpuconv and
     every other dtype still work)."""
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    monkeypatch.setattr(_registry, "_LOADED", {})  # as in a fresh process
     with pytest.raises(ImportError, match="ml_dtypes"):
         _config.dtype_from_name("bfloat16")
     assert _config.dtype_from_name("float16") == np.float16
     x = np.ones((4, 4), np.float32)
     np.testing.assert_array_equal(gpuconv.conv2d(x, x[:2, :2], backend="numpy"), np.full((3, 3), 4, np.float32))
+
+
+def test_every_activation_has_an_error_bound():
+    assert set(_accuracy.ACTIVATION_ERRORS) == set(ACTIVATION_NAMES)
 
 
 def test_importing_gpuconv_does_not_import_ml_dtypes():
@@ -559,22 +515,24 @@ def test_gradients_bitwise_deterministic(backend, to_xp, rand, name):
     opts = {"padding": 1, "stride": (1, 2)}
     t = to_xp
     contexts = [None] + (_schedules()[1:] if backend == "emulator" else [])
+
+    def grads(dy, y, prec):
+        g = gpuconv.conv2d_backward(t(dy), t(x), t(w), y, activation="sigmoid", backend=backend, precision=prec,
+                                    **opts)
+        dw = gpuconv.conv2d_backward_weight(t(dy), t(x), w.shape, backend=backend, precision=prec, **opts)
+        db = gpuconv.conv2d_backward_bias(t(dy), backend=backend, precision=prec)
+        return [to_numpy(a).tobytes() for a in (*g, dw, db)]
+
     for prec in PRECISIONS:
         y = gpuconv.conv2d(t(x), t(w), t(b), activation="sigmoid", backend=backend, precision=prec, **opts)
         dy = rand(to_numpy(y).shape, dt.type)
         runs = []
-        for ctx in contexts + [None]:
-            def grads():
-                g = gpuconv.conv2d_backward(t(dy), t(x), t(w), y, activation="sigmoid", backend=backend,
-                                            precision=prec, **opts)
-                dw = gpuconv.conv2d_backward_weight(t(dy), t(x), w.shape, backend=backend, precision=prec, **opts)
-                db = gpuconv.conv2d_backward_bias(t(dy), backend=backend, precision=prec)
-                return [to_numpy(a).tobytes() for a in (*g, dw, db)]
+        for ctx in [*contexts, None]:
             if ctx is None:
-                runs.append(grads())
+                runs.append(grads(dy, y, prec))
             else:
                 with ctx():
-                    runs.append(grads())
+                    runs.append(grads(dy, y, prec))
         assert all(r == runs[0] for r in runs[1:]), f"{name} {prec}: gradients differ between runs"
 
 

@@ -1,12 +1,15 @@
 """GPU checks for gpuconv's CUDA kernels (called by tools/gpu_check.sh), and the NVRTC resource table.
 
   python tools/gpu_check.py resources   registers / shared memory / spills per kernel and arch (no GPU needed)
-  python tools/gpu_check.py accuracy    each kernel vs the NumPy float64 reference on the cupy backend
-  python tools/gpu_check.py determinism dw / db bitwise-equal over repeated runs on the cupy backend
-  python tools/gpu_check.py sanitize    one pass of every kernel, small shapes (run under compute-sanitizer)
-  python tools/gpu_check.py bench       forward / backward timings of the benchmark shapes, next to cuDNN
+  python tools/gpu_check.py accuracy    each kernel vs the NumPy float64 reference on the cupy backend, in every
+                                        mode (MODES: dtype and precision), against the bounds of gpuconv._accuracy
+  python tools/gpu_check.py determinism dw / db bitwise-equal over repeated runs on the cupy backend, every mode
+  python tools/gpu_check.py sanitize    one pass of every kernel, small shapes, every mode (under compute-sanitizer)
+  python tools/gpu_check.py bench       forward / backward timings of the benchmark shapes (the training-size
+                                        layers included) next to cuDNN in the same mode: highest, tf32, fp16, bf16
   python tools/gpu_check.py breakdown [i...]  GPU time (events) of each kernel launch group per benchmark shape
   python tools/gpu_check.py once i      one fused forward + backward of benchmark shape i (for ncu / nsys)
+  python tools/gpu_check.py work        FLOPs, bytes and peak-bound times of every benchmark layer (no GPU needed)
 """
 from __future__ import annotations
 
@@ -69,7 +72,51 @@ ACCURACY_CASES = [
     ((2, 30, 30, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}, "relu"),
     ((2, 13, 11, 20), (3, 3, 10, 24), {"groups": 2, "padding": 1}, "tanh"),
 ]
-# Limits: gpuconv._registry's test tolerances (DType.rtol), the same the test suite uses.
+
+
+def _modes():
+    """(dtype, precision): every mode the kernels are checked in, from gpuconv._registry (every dtype, and
+    float32 in every other precision). A mode the backend cannot run (a dtype without kernels, bfloat16 without
+    ml_dtypes or with a CuPy before 14) is reported as skipped, with the reason."""
+    from gpuconv import _registry
+
+    return ([(d, "highest") for d in _registry.DTYPES]
+            + [("float32", p) for p in _registry.PRECISIONS if p != "highest"])
+
+
+MODES = _modes()
+# The modes timed next to cuDNN (cuDNN in the same mode: TF32 off for "highest", on for "tf32").
+BENCH_MODES = [("float32", "highest"), ("float32", "tf32"), ("float16", "highest"), ("bfloat16", "highest")]
+
+
+def _mode_name(dtype, precision):
+    return {("float32", "highest"): "fp32", ("float32", "tf32"): "tf32", ("float16", "highest"): "fp16",
+            ("bfloat16", "highest"): "bf16"}.get((dtype, precision), dtype)
+
+
+def _mode_reason(be, dtype, precision):
+    """None if ``be`` runs this mode, else why not."""
+    import numpy as np
+
+    from gpuconv._config import dtype_from_name
+
+    try:
+        dt = dtype_from_name(dtype)
+    except ImportError as exc:
+        return str(exc)
+    reason = be.dtype_reason(dt) if hasattr(be, "dtype_reason") else None
+    if reason is None and be.xp.__name__ == "cupy" and dtype == "bfloat16":
+        try:
+            be.xp.asarray(np.zeros(1, dt))
+        except Exception as exc:  # noqa: BLE001 - CuPy before 14 has no bfloat16 arrays
+            reason = f"CuPy {be.xp.__version__} cannot hold bfloat16 arrays: {type(exc).__name__}: {exc}"
+    return reason
+
+
+def _host(rng, shape, dtype, low=-1.0, high=1.0):
+    from gpuconv._config import dtype_from_name
+
+    return rng.uniform(low, high, shape).astype(dtype_from_name(dtype))
 
 
 class _HostXp:
@@ -131,59 +178,100 @@ def _rel_err(got, want):
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
 
 
-def _all_grads(be, cfg, act, x, w, b, dy):
-    """Every kernel once: forward, activation backward, dx / dw / db (plain and fused)."""
-    y = be.forward(x, w, b, cfg, act)
+def _all_grads(be, cfg, act, x, w, b, dy, precision="highest"):
+    """Every kernel once: forward, activation backward, dx / dw / db (plain and fused), in ``precision``."""
+    p = {"precision": precision}
+    y = be.forward(x, w, b, cfg, act, **p)
     dz = be.activation_backward(dy, y, act)
-    out = {"forward": y, "act_backward": dz, "dx": be.backward_input(dz, w, cfg),
-           "dw": be.backward_weight(dz, x, cfg), "db": be.backward_bias(dz)}
-    fdx, fdw, fdb = be.backward(dy, y, x, w, cfg, act)
+    out = {"forward": y, "act_backward": dz, "dx": be.backward_input(dz, w, cfg, **p),
+           "dw": be.backward_weight(dz, x, cfg, **p), "db": be.backward_bias(dz)}
+    fdx, fdw, fdb = be.backward(dy, y, x, w, cfg, act, **p)
     out.update({"fused dx": fdx, "fused dw": fdw, "fused db": fdb})
     return out
 
 
-def _reference(cfg, act, x, w, b, dy, y_saved):
-    """NumPy float64 reference from the same (already rounded) inputs and the kernel's saved output."""
+def _reference(cfg, act, x, w, b, dy, y_saved, dz_saved):
+    """NumPy float64 reference from the same (already rounded) inputs and the kernel's saved output, as
+    (exact value, sum |a||b|, number of terms) per result (the backward of a relu or a sigmoid from the saved y,
+    the unfused dx / dw from the kernel's own dz)."""
     import numpy as np
 
     from gpuconv import _registry
     from gpuconv.backends.numpy import NumpyBackend
 
     ref = NumpyBackend()
-    x, w, b, dy, y = (a.astype(np.float64) for a in (x, w, b, dy, y_saved))
+    x, w, b, dy, y, dzs = (np.asarray(a, np.float64) for a in (x, w, b, dy, y_saved, dz_saved))
     dz = _registry.activation(act).backward(dy, y)
-    dx, dw, db = ref.backward_input(dz, w, cfg), ref.backward_weight(dz, x, cfg), ref.backward_bias(dz)
-    return {"forward": ref.forward(x, w, b, cfg, act), "act_backward": dz, "dx": dx, "dw": dw, "db": db,
-            "fused dx": dx, "fused dw": dw, "fused db": db}
+    k_fwd = cfg.kh * cfg.kw * cfg.cg + 1
+    k_dx, k_dw = cfg.kh * cfg.kw * cfg.mg, cfg.n * cfg.oh * cfg.ow
+
+    def grads(d):
+        ad = np.abs(d)
+        return {"dx": (ref.backward_input(d, w, cfg), ref.backward_input(ad, np.abs(w), cfg), k_dx),
+                "dw": (ref.backward_weight(d, x, cfg), ref.backward_weight(ad, np.abs(x), cfg), k_dw),
+                "db": (ref.backward_bias(d), ref.backward_bias(ad), k_dw)}
+
+    fused, plain = grads(dz), grads(dzs)
+    out = {"forward": (ref.forward(x, w, b, cfg, "identity"), ref.forward(np.abs(x), np.abs(w), np.abs(b), cfg,
+                                                                          "identity"), k_fwd),
+           "act_backward": (dz, np.abs(dy), 1)}  # dz_error bounds |dz^ - dz| relative to |dy|
+    out.update(plain)
+    out.update({f"fused {k}": v for k, v in fused.items()})
+    return out
+
+
+def _bound_ratio(name, got, want, dtype, precision, act):
+    """max |got - exact| / bound over the elements (<= 1 passes), the bound from gpuconv._accuracy."""
+    import numpy as np
+
+    from gpuconv import _accuracy as acc
+    from gpuconv import _registry
+
+    exact, abs_sum, terms = want
+    got = np.asarray(got, np.float64)
+    if name == "forward":
+        err = acc.activation_error(dtype, act, acc.sum_error(dtype, precision, terms, abs_sum))
+        exact = _registry.activation(act).forward(exact.copy())
+    elif name == "act_backward":
+        # a float64 reference computes dz by the same formula in the same precision: it carries as much error
+        err = acc.dz_error(dtype, act) * abs_sum * (2 if np.dtype(dtype) == np.float64 else 1)
+    elif name.endswith("db"):
+        err = acc.sum_error(dtype, "highest", terms, abs_sum, acc.dz_error(dtype, act))
+    else:
+        err = acc.sum_error(dtype, precision, terms, abs_sum, acc.dz_error(dtype, act))
+    bound = acc.store_error(dtype, exact, err) + 1e-300
+    return float(np.max(np.abs(got - exact) / bound))
 
 
 def accuracy():
     import numpy as np
 
-    from gpuconv import _registry
-    from gpuconv._config import make_config
+    from gpuconv._config import dtype_from_name, make_config
 
     be = _cupy_backend()
     cp = be.xp_tools
     failures = 0
-    print(f"{'case':48s} {'dtype':8s} {'kernel':13s} {'rel err':>9s}  limit")
-    for i, (xs, ws, opts, act) in enumerate(ACCURACY_CASES):
-        cfg = make_config("gpu_check", xs, ws, **opts)
-        for dtype in _registry.DTYPES:
+    print(f"{'case':48s} {'mode':8s} {'kernel':13s} {'err/bound':>9s}  (bounds: gpuconv/_accuracy.py)")
+    for dtype, precision in MODES:
+        reason = _mode_reason(be, dtype, precision)
+        if reason is not None:
+            print(f"{'(every case)':48s} {_mode_name(dtype, precision):8s} skipped: {reason}")
+            continue
+        dt = dtype_from_name(dtype)
+        for i, (xs, ws, opts, act) in enumerate(ACCURACY_CASES):
+            cfg = make_config("gpu_check", xs, ws, **opts)
             rng = np.random.default_rng(i)
-            x, w = rng.uniform(-1, 1, xs).astype(dtype), rng.uniform(-1, 1, ws).astype(dtype)
-            b, dy = rng.uniform(-1, 1, ws[3]).astype(dtype), rng.uniform(-1, 1, cfg.y_shape).astype(dtype)
-            results = _all_grads(be, cfg, act, *(cp.asarray(a) for a in (x, w, b, dy)))
+            x, w, b, dy = (_host(rng, s, dtype) for s in (xs, ws, ws[3], cfg.y_shape))
+            results = _all_grads(be, cfg, act, *(cp.asarray(a) for a in (x, w, b, dy)), precision=precision)
             got = {k: cp.asnumpy(v) for k, v in results.items()}
-            want = _reference(cfg, act, x, w, b, dy, got["forward"])
+            want = _reference(cfg, act, x, w, b, dy, got["forward"], got["act_backward"])
             for k, value in got.items():
-                err = _rel_err(value, want[k])
-                limit = _registry.tolerance(dtype)
-                ok = err < limit
+                ratio = _bound_ratio(k, value, want[k], dt, precision, act)
+                ok = ratio <= 1 and np.asarray(value).dtype == dt
                 failures += not ok
-                print(f"{str(xs) + '*' + str(ws) + ' ' + act:48s} {dtype:8s} {k:13s} {err:9.2e}  "
-                      f"{limit:.0e}{'' if ok else '  FAIL'}")
-    print("accuracy:", "all within limits" if not failures else f"{failures} FAILED")
+                print(f"{str(xs) + '*' + str(ws) + ' ' + act:48s} {_mode_name(dtype, precision):8s} {k:13s} "
+                      f"{ratio:9.2e}{'' if ok else '  FAIL'}")
+    print("accuracy:", "all within the bounds" if not failures else f"{failures} FAILED")
     return 1 if failures else 0
 
 
@@ -195,21 +283,25 @@ def determinism(repeats: int = 5):
     be = _cupy_backend()
     cp = be.xp_tools
     failures = 0
-    for n, h, w_, c, m, kh, kw, s, p in _bench_shapes(be):
-        cfg = make_config("gpu_check", (n, h, w_, c), (kh, kw, c, m), stride=s, padding=p)
-        rng = np.random.default_rng(0)
-        x = cp.asarray(rng.uniform(-1, 1, cfg.x_shape).astype(np.float32))
-        dy = cp.asarray(rng.uniform(-1, 1, cfg.y_shape).astype(np.float32))
-        y = cp.asarray(rng.uniform(0, 1, cfg.y_shape).astype(np.float32))
-        runs = []
-        for _ in range(repeats):
-            dw, db = be.backward_weight(dy, x, cfg), be.backward_bias(dy)
-            _, fdw, fdb = be.backward(dy, y, x, cp.zeros(cfg.w_shape, cp.float32), cfg, "sigmoid")
-            runs.append([cp.asnumpy(a).tobytes() for a in (dw, db, fdw, fdb)])
-        same = all(r == runs[0] for r in runs[1:])
-        failures += not same
-        print(f"determinism {cfg.x_shape}->{cfg.m} {kh}x{kw}: dw/db over {repeats} runs "
-              f"{'bitwise equal' if same else 'DIFFER'}")
+    for dtype, precision in MODES:
+        reason = _mode_reason(be, dtype, precision)
+        if reason is not None:
+            print(f"determinism {_mode_name(dtype, precision)}: skipped: {reason}")
+            continue
+        for n, h, w_, c, m, kh, kw, s, p in _bench_shapes(be):
+            cfg = make_config("gpu_check", (n, h, w_, c), (kh, kw, c, m), stride=s, padding=p)
+            rng = np.random.default_rng(0)
+            x, dy, w = (cp.asarray(_host(rng, sh, dtype)) for sh in (cfg.x_shape, cfg.y_shape, cfg.w_shape))
+            y = cp.asarray(_host(rng, cfg.y_shape, dtype, 0.0, 1.0))
+            runs = []
+            for _ in range(repeats):
+                dw, db = be.backward_weight(dy, x, cfg, precision=precision), be.backward_bias(dy)
+                _, fdw, fdb = be.backward(dy, y, x, w, cfg, "sigmoid", precision=precision)
+                runs.append([cp.asnumpy(a).tobytes() for a in (dw, db, fdw, fdb)])
+            same = all(r == runs[0] for r in runs[1:])
+            failures += not same
+            print(f"determinism {_mode_name(dtype, precision)} {cfg.x_shape}->{cfg.m} {kh}x{kw}: dw/db over "
+                  f"{repeats} runs {'bitwise equal' if same else 'DIFFER'}")
     return 1 if failures else 0
 
 
@@ -217,21 +309,21 @@ def sanitize():
     """One pass of every kernel (both paths, every dtype) on small shapes; meant to run under compute-sanitizer."""
     import numpy as np
 
-    from gpuconv import _registry
     from gpuconv._config import make_config
 
     be = _cupy_backend()
     cp = be.xp_tools
     if hasattr(cp, "cuda") and hasattr(cp.cuda, "set_allocator"):
         cp.cuda.set_allocator(None)  # one cudaMalloc per array, so memcheck sees each array's true bounds
+    modes = [m for m in MODES if _mode_reason(be, *m) is None]
     for xs, ws, opts, act in ACCURACY_CASES[:5]:
         cfg = make_config("gpu_check", xs, ws, **opts)
-        for dtype in _registry.DTYPES:
+        for dtype, precision in modes:
             rng = np.random.default_rng(0)
-            arrays = [cp.asarray(rng.uniform(-1, 1, s).astype(dtype)) for s in (xs, ws, (ws[3],), cfg.y_shape)]
-            _all_grads(be, cfg, act, *arrays)
+            arrays = [cp.asarray(_host(rng, s, dtype)) for s in (xs, ws, (ws[3],), cfg.y_shape)]
+            _all_grads(be, cfg, act, *arrays, precision=precision)
     cp.cuda.runtime.deviceSynchronize()
-    print("sanitize pass: every kernel ran once")
+    print(f"sanitize pass: every kernel ran once in {', '.join(_mode_name(*m) for m in modes)}")
     return 0
 
 
@@ -259,29 +351,30 @@ def _torch():
     return torch if torch.cuda.is_available() else None
 
 
-def _bench_gpuconv(be, cp, cfg):
+def _bench_gpuconv(be, cp, cfg, dtype="float32", precision="highest"):
     """Median ms of the fused forward (bias + relu) and of the fused backward (dx, dw, db from dy and y)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x, w, b, dy = (cp.asarray(rng.uniform(-1, 1, s).astype(np.float32))
-                   for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
-    y = be.forward(x, w, b, cfg, "relu")
+    x, w, b, dy = (cp.asarray(_host(rng, s, dtype)) for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+    y = be.forward(x, w, b, cfg, "relu", precision=precision)
     sync = cp.cuda.runtime.deviceSynchronize
-    return (_time_ms(lambda: be.forward(x, w, b, cfg, "relu"), sync),
-            _time_ms(lambda: be.backward(dy, y, x, w, cfg, "relu"), sync))
+    return (_time_ms(lambda: be.forward(x, w, b, cfg, "relu", precision=precision), sync),
+            _time_ms(lambda: be.backward(dy, y, x, w, cfg, "relu", precision=precision), sync))
 
 
-def _bench_cudnn(torch, cfg, tf32: bool):
-    """Median ms of cuDNN's conv + bias + relu forward and its backward (channels-last float32)."""
+def _bench_cudnn(torch, cfg, tf32: bool, dtype="float32"):
+    """Median ms of cuDNN's conv + bias + relu forward and its backward (channels last), in ``dtype``, with
+    TF32 set explicitly on or off (cuDNN and cuBLAS alike)."""
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
     gen = torch.Generator(device="cuda").manual_seed(0)
     cl = torch.channels_last
+    tdtype = getattr(torch, dtype)
 
     def rand(*shape):
-        return torch.rand(*shape, device="cuda", generator=gen) * 2 - 1
+        return (torch.rand(*shape, device="cuda", generator=gen) * 2 - 1).to(tdtype)
 
     x = rand(cfg.n, cfg.c, cfg.h, cfg.w).contiguous(memory_format=cl).requires_grad_(True)
     w = rand(cfg.m, cfg.cg, cfg.kh, cfg.kw).contiguous(memory_format=cl).requires_grad_(True)
@@ -301,27 +394,57 @@ def _bench_cudnn(torch, cfg, tf32: bool):
     return t_fwd, t_bwd
 
 
+def _bench_set(be):
+    """The shape set of gpuconv bench and asv (gpuconv/_benchdata.py: the benchmark shapes and the ResNet-50
+    training-size layers) as BENCH_SHAPES-style tuples; on the emulator (a dry run) the small versions of
+    BENCH_SHAPES only."""
+    if be.kind != "cupy":
+        return _bench_shapes(be)
+    from gpuconv import _benchdata as bd
+
+    return [(s.n, s.h, s.w, s.c, s.m, s.kh, s.kw, s.stride, s.padding) for s in bd.SHAPES.values()]
+
+
 def bench():
     from gpuconv._config import make_config
 
     be = _cupy_backend()
     cp = be.xp_tools
     torch = _torch()
-    print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'TFLOP/s':>8s} {'cuDNN fp32':>10s} {'cuDNN tf32':>10s} "
-          f"{'ratio':>6s}")
-    for n, h, w, c, m, kh, kw, s, p in _bench_shapes(be):
-        cfg = make_config("bench", (n, h, w, c), (kh, kw, c, m), stride=s, padding=p)
-        ours = _bench_gpuconv(be, cp, cfg)
-        fp32 = _bench_cudnn(torch, cfg, False) if torch else (None, None)
-        tf32 = _bench_cudnn(torch, cfg, True) if torch else (None, None)
-        fwd_flops = 2 * cfg.n * cfg.oh * cfg.ow * cfg.m * cfg.kh * cfg.kw * cfg.cg
-        for i, kind in enumerate(("forward", "backward")):
-            cells = [f"{v:10.3f}" if v is not None else f"{'-':>10s}" for v in (ours[i], fp32[i], tf32[i])]
-            tflops = fwd_flops * (i + 1) / (ours[i] * 1e-3) / 1e12  # backward: dX and dW, each a forward's work
-            ratio = f"{ours[i] / fp32[i]:6.2f}" if fp32[i] else f"{'-':>6s}"
-            label = f"{cfg.x_shape}->{m} {kh}x{kw}/s{s}"
-            print(f"{label:36s} {kind:8s} {cells[0]} {tflops:8.3f} {cells[1]} {cells[2]} {ratio}")
-    print("ratio = gpuconv / cuDNN fp32 (TF32 off); median of 20 runs after a warm-up, synchronized; "
+    shapes = _bench_set(be)
+    for dtype, precision in BENCH_MODES:
+        mode = _mode_name(dtype, precision)
+        print()
+        reason = _mode_reason(be, dtype, precision)
+        if reason is not None:
+            print(f"mode {mode}: skipped: {reason}")
+            continue
+        from gpuconv._config import dtype_from_name
+
+        print(f"mode {mode} ({dtype}, precision={precision!r}): gpuconv {be.math_path(dtype_from_name(dtype), precision)}; "
+              f"cuDNN {dtype} with allow_tf32={precision == 'tf32'} (cudnn and cuda.matmul)")
+        print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'TFLOP/s':>8s} {'cuDNN ms':>10s} {'TFLOP/s':>8s} "
+              f"{'ratio':>6s}")
+        for n, h, w, c, m, kh, kw, s, p in shapes:
+            cfg = make_config("bench", (n, h, w, c), (kh, kw, c, m), stride=s, padding=p)
+            ours = _bench_gpuconv(be, cp, cfg, dtype, precision)
+            peer = (None, None)
+            if torch is not None:
+                try:
+                    peer = _bench_cudnn(torch, cfg, precision == "tf32", dtype)
+                except Exception as exc:  # noqa: BLE001 - e.g. a dtype this cuDNN has no kernel for
+                    print(f"  (cuDNN {mode} failed: {type(exc).__name__}: {exc})")
+            fwd_flops = 2 * cfg.n * cfg.oh * cfg.ow * cfg.m * cfg.kh * cfg.kw * cfg.cg
+            for i, kind in enumerate(("forward", "backward")):
+                flops = fwd_flops * (i + 1)  # backward: dX and dW, each a forward's work
+                cells = []
+                for v in (ours[i], peer[i]):
+                    cells += [f"{v:10.3f}", f"{flops / (v * 1e-3) / 1e12:8.2f}"] if v else [f"{'-':>10s}", f"{'-':>8s}"]
+                ratio = f"{ours[i] / peer[i]:6.2f}" if peer[i] else f"{'-':>6s}"
+                label = f"{cfg.x_shape}->{m} {kh}x{kw}/s{s}"
+                print(f"{label:36s} {kind:8s} {' '.join(cells)} {ratio}")
+    print()
+    print("ratio = gpuconv / cuDNN in the same mode; median of 20 runs after a warm-up, synchronized; "
           "wall time per call, Python overhead included")
     return 0
 
@@ -438,8 +561,47 @@ def once():
     return 0
 
 
+# Dense peaks of an H100 / H200 SXM (TFLOP/s) and their memory bandwidth (TB/s), for the bounds of ``work``.
+PEAKS = {"fp32": 67.0, "tf32": 495.0, "fp16": 989.0, "bf16": 989.0}
+BANDWIDTH = {"H100": 3.35, "H200": 4.8}
+
+
+def work():
+    """Markdown table of the work in each benchmark layer, from its ConvConfig (no GPU needed): FLOPs
+    (2 per multiplication), minimum bytes per pass in 4- and 2-byte storage, arithmetic intensity, and the time
+    bound max(FLOPs / peak, bytes / bandwidth) per mode on an H200 (an H100 has the same peaks, 3.35 TB/s)."""
+    from gpuconv import _benchdata as bd
+    from gpuconv._config import make_config
+
+    modes = ("fp32", "tf32", "fp16", "bf16")
+    print("| shape | (N,H,W,C) -> M, kernel | out | fwd GFLOP | fwd MB fp32 / 16-bit | bwd GFLOP | "
+          "bwd MB fp32 / 16-bit | FLOP/B fwd fp32 / 16-bit | H200 bound fwd us: " + " / ".join(modes)
+          + " | bwd us: " + " / ".join(modes) + " |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for s in bd.SHAPES.values():
+        cfg = make_config("work", s.x_shape, s.w_shape, stride=s.stride, padding=s.padding)
+        fwd = 2 * cfg.multiplications
+        x, w, y = cfg.n * cfg.h * cfg.w * cfg.c, cfg.kh * cfg.kw * cfg.cg * cfg.m, cfg.n * cfg.oh * cfg.ow * cfg.m
+        fwd_elems = x + w + cfg.m + y  # read x, w, b; write y
+        bwd_elems = 2 * y + 2 * x + 2 * w + cfg.m  # read dy, y, x, w; write dx, dw, db
+        mb = {size: (fwd_elems * size / 1e6, bwd_elems * size / 1e6) for size in (4, 2)}
+
+        def bound(flops, elems, mode):
+            size = 4 if mode in ("fp32", "tf32") else 2
+            return 1e6 * max(flops / (PEAKS[mode] * 1e12), elems * size / (BANDWIDTH["H200"] * 1e12))
+
+        pad = f" s{s.stride}" if s.stride != 1 else ""
+        pad += f" p{s.padding}" if s.padding else ""
+        print(f"| {s.name} | ({s.n},{s.h},{s.w},{s.c}) -> {s.m}, {s.kh}x{s.kw}{pad} | {cfg.oh}x{cfg.ow} | "
+              f"{fwd / 1e9:.3f} | {mb[4][0]:.1f} / {mb[2][0]:.1f} | {2 * fwd / 1e9:.3f} | "
+              f"{mb[4][1]:.1f} / {mb[2][1]:.1f} | {fwd / (fwd_elems * 4):.0f} / {fwd / (fwd_elems * 2):.0f} | "
+              + " / ".join(f"{bound(fwd, fwd_elems, m):.0f}" for m in modes) + " | "
+              + " / ".join(f"{bound(2 * fwd, bwd_elems, m):.0f}" for m in modes) + " |")
+    return 0
+
+
 COMMANDS = {"resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
-            "bench": bench, "breakdown": breakdown, "once": once}
+            "bench": bench, "breakdown": breakdown, "once": once, "work": work}
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "resources"

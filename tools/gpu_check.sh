@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
-# GPU checks of gpuconv's CUDA kernels, in under 5 minutes, on a machine with an NVIDIA GPU and cupy
+# GPU checks of gpuconv's CUDA kernels, in under 6 minutes, on a machine with an NVIDIA GPU and cupy
 # (PyTorch and compute-sanitizer are used when present). The repository is used in place: run from anywhere,
 #   bash tools/gpu_check.sh
 # Steps (each under its own timeout; the script goes on after a failure and exits non-zero if any failed):
 #   1. the NVRTC resource table (registers / shared memory / spills), when cuda-bindings is installed
 #   2. tests/test_kernels.py on the cupy backend
 #   3. the shared backend-parametrized suite on the cupy backend
-#   4. every kernel vs the NumPy float64 reference (float32 < 1e-5, float16 < 1e-2 relative error)
-#   5. dw / db bitwise-determinism over repeated runs
-#   6. compute-sanitizer memcheck and racecheck over one pass of every kernel
-#   7. forward / backward timings of the benchmark shapes next to cuDNN (PyTorch; TF32 off and on)
+#   4. every kernel vs the NumPy float64 reference in every mode (float64, fp32, tf32, fp16, bf16), each error
+#      against its bound from the error analysis (gpuconv/_accuracy.py)
+#   5. dw / db bitwise-determinism over repeated runs, every mode
+#   6. compute-sanitizer memcheck and racecheck over one pass of every kernel, every mode
+#   7. forward / backward timings of the benchmark shapes and the ResNet-50 training-size layers next to cuDNN
+#      (PyTorch) in the same mode: fp32 (TF32 off), tf32 (TF32 on), fp16, bf16
+#   8. the torch bridge on CUDA tensors (tools/gpu_torch_bridge.py): gpuconv.torch against torch.nn.Conv2d, run
+#      on torch's current stream, no host copies (skipped when torch has no CUDA)
+# A mode the build or the device cannot run (no bfloat16 kernels, CuPy before 14) is reported as skipped.
 # Dry run without a GPU: GPU_CHECK_BACKEND=emulator bash tools/gpu_check.sh runs the same steps on the CPU
-# emulator (small shapes, no sanitizer, no cuDNN) to check the script itself.
+# emulator (small shapes, no sanitizer, no cuDNN) to check the script itself; add
+# GPU_CHECK_STEPS=kernels,accuracy,determinism,bench to leave out the shared suite, which pytest already runs on
+# the emulator and which takes longer than its GPU time limit there.
 # GPU_CHECK_STEPS=kernels,suite,... runs only the named steps (resources kernels suite accuracy determinism
-# memcheck racecheck bench; default: all but resources, which CI runs with the pinned NVRTC 12).
-# GPU_CHECK_BUDGET_S caps the whole script (default 420 s). Keep the full log: bash tools/gpu_check.sh | tee LOG
+# memcheck racecheck bench torch; default: all but resources, which CI runs with the pinned NVRTC 12).
+# GPU_CHECK_BUDGET_S caps the whole script (default 350 s). Keep the full log: bash tools/gpu_check.sh | tee LOG
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,8 +32,8 @@ BE="${GPU_CHECK_BACKEND:-cupy}"
 export GPU_CHECK_BACKEND="$BE"
 FAILED=()
 
-BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"  # a step gets at most what is left of this
-STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,memcheck,racecheck,bench},"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-350}"  # a step gets at most what is left of this
+STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,memcheck,racecheck,bench,torch},"
 export PYTHONUNBUFFERED=1
 
 step() {  # step KEY NAME TIMEOUT_S COMMAND...
@@ -63,7 +70,7 @@ fi
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -p no:benchmark --tb=short -rfEs)
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8) || PARALLEL=()
-step kernels "tests/test_kernels.py on $BE" 90 env GPUCONV_KERNEL_BACKEND="$BE" "${PYTEST[@]}" tests/test_kernels.py
+step kernels "tests/test_kernels.py on $BE" 60 env GPUCONV_KERNEL_BACKEND="$BE" "${PYTEST[@]}" tests/test_kernels.py
 
 # The shared suite runs on the backends listed in tests/conftest.py BACKENDS; when "$BE" is not listed yet,
 # run a copy of the suite with it added (the repository itself is not modified).
@@ -80,22 +87,26 @@ else
         rm -f "$SUITE_DIR/test_kernels.py"
         sed -i -E "s/^BACKENDS = \[(.*)\]/BACKENDS = [\1, \"$BE\"]/" "$SUITE_DIR/conftest.py"
     fi
-    step suite "shared test suite on $BE" 150 "${PYTEST[@]}" "${PARALLEL[@]}" -k "$BE" "$SUITE_DIR"
+    step suite "shared test suite on $BE" 120 "${PYTEST[@]}" "${PARALLEL[@]}" -k "$BE" "$SUITE_DIR"
 fi
 
-step accuracy "accuracy vs NumPy float64" 60 "$PY" tools/gpu_check.py accuracy
+step accuracy "accuracy vs NumPy float64, every mode" 45 "$PY" tools/gpu_check.py accuracy
 step determinism "dw/db determinism" 30 "$PY" tools/gpu_check.py determinism
 
 SAN="$(command -v compute-sanitizer || true)"
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
 if [ -n "$SAN" ] && [ "$BE" = cupy ]; then
-    step memcheck "compute-sanitizer memcheck" 60 "$SAN" --tool memcheck --error-exitcode 1 --leak-check no "$PY" tools/gpu_check.py sanitize
+    step memcheck "compute-sanitizer memcheck" 45 "$SAN" --tool memcheck --error-exitcode 1 --leak-check no "$PY" tools/gpu_check.py sanitize
     step racecheck "compute-sanitizer racecheck" 60 "$SAN" --tool racecheck --error-exitcode 1 "$PY" tools/gpu_check.py sanitize
 else
     echo "(compute-sanitizer not found: memcheck / racecheck skipped)"
 fi
 
-step bench "timings vs cuDNN" 90 "$PY" tools/gpu_check.py bench
+step bench "timings vs cuDNN, every mode" 150 "$PY" tools/gpu_check.py bench
+
+# The torch bridge (its own script): CUDA tensors on the GPU; a dry run of its comparisons on CPU tensors otherwise.
+[ "$BE" = cupy ] && BRIDGE=() || BRIDGE=(--device cpu)
+step torch "torch bridge on CUDA tensors" 60 "$PY" tools/gpu_torch_bridge.py "${BRIDGE[@]}"
 
 echo
 if [ "${#FAILED[@]}" -eq 0 ]; then

@@ -52,8 +52,8 @@ class Conv2dBackwardWeight(_Gradient):
 class Conv2dBackwardBias(_Gradient):
     @staticmethod
     def operation(c):
-        a, backend = c.a, c.options["backend"]
-        return lambda: gpuconv.conv2d_backward_bias(a["dy"], backend=backend)
+        a, plain = c.a, c.plain
+        return lambda: gpuconv.conv2d_backward_bias(a["dy"], **plain)
 
 
 class ActivationBackward:
@@ -67,7 +67,7 @@ class ActivationBackward:
         self.case = c = Case(backend, dtype, shape)
         a = c.a
         y = gpuconv.conv2d(a["x"], a["w"], a["b"], activation=activation, **c.options)
-        self.run = lambda: gpuconv.activation_backward(a["dy"], y, activation, backend=backend)
+        self.run = lambda: gpuconv.activation_backward(a["dy"], y, activation, **c.plain)
         c.warm_up(self.run)
 
     def time_activation_backward(self, backend, dtype, shape, activation):

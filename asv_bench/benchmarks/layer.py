@@ -1,16 +1,16 @@
 """gpuconv.Conv2D: a whole layer step, forward (relu) then backward (dx, dw, db), as in training."""
-from .common import BACKENDS, DTYPES, GFLOPS, SHAPES, Case, gpuconv
+from .common import BACKENDS, DATA_FORMATS, DTYPES, GFLOPS, SHAPES, Case, gpuconv
 
 ACTIVATION = "relu"
 
 
 class Conv2DLayer:
-    params = [BACKENDS, DTYPES, SHAPES]
-    param_names = ["backend", "dtype", "shape"]
+    params = [BACKENDS, DTYPES, SHAPES, DATA_FORMATS]
+    param_names = ["backend", "dtype", "shape", "data_format"]
     timeout = 180
 
-    def setup(self, backend, dtype, shape):
-        self.case = c = Case(backend, dtype, shape)
+    def setup(self, backend, dtype, shape, data_format):
+        self.case = c = Case(backend, dtype, shape, data_format)
         a = c.a
         layer = gpuconv.Conv2D(a["w"], a["b"], activation=ACTIVATION, **c.options)
 
@@ -21,14 +21,14 @@ class Conv2DLayer:
         self.run = run
         c.warm_up(run)
 
-    def time_forward_backward(self, backend, dtype, shape):
+    def time_forward_backward(self, backend, dtype, shape, data_format):
         self.run()
         self.case.sync()
 
-    def peakmem_forward_backward(self, backend, dtype, shape):
+    def peakmem_forward_backward(self, backend, dtype, shape, data_format):
         self.run()
 
-    def track_gflops(self, backend, dtype, shape):
+    def track_gflops(self, backend, dtype, shape, data_format):
         s = self.case.shape
         return self.case.gflops(self.run, s.forward_flops + s.backward_flops)
 

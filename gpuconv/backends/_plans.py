@@ -6,7 +6,7 @@ plans against CUDA's grid limits; tests inspect them without compiling anything.
 
 The launch constants are named here once. Those the kernels depend on reach them as -D macros
 (``kernel_defines``: tile sizes, the reduction block) or as template arguments (``INSTANTIATIONS``: the tile
-widths and direct-dx variants, for every dtype of ``gpuconv._registry.DTYPES``); kernels/gpuconv_common.cuh
+widths and direct-dx variants, for every dtype of ``gpuconv._registry.DTYPES`` with kernels); kernels/gpuconv_common.cuh
 refuses to compile without them.
 """
 from __future__ import annotations
@@ -76,9 +76,10 @@ def name_expression(kernel: str, dtype, template=()) -> str:
 
 
 def name_expressions(filename: str) -> tuple:
-    """Every instantiation of a kernel file of the package, for every registered dtype (() for other files)."""
+    """Every instantiation of a kernel file of the package, for every registered dtype with kernels (() for other
+    files)."""
     return tuple(name_expression(kernel, d, template) for kernel, template in INSTANTIATIONS.get(filename, ())
-                 for d in _registry.DTYPES.values())
+                 for d in _registry.kernel_dtypes())
 
 
 def kernel_defines() -> tuple:
@@ -198,9 +199,10 @@ def activation_backward(size: int, activation: str) -> list:
     return [Launch(BACKWARD_FILE, "gpuconv_act_bwd", (), grid, (THREADS, 1, 1), (np.int64(size), code))]
 
 
-def backward_input(cfg, activation: str) -> list:
-    """dx: one launch per stride phase that holds pixels (arrays dy, y, w, dx)."""
-    code = _act(activation)
+def backward_input(cfg, activation: str, has_bias: bool = False, out_activation: str = "identity") -> list:
+    """dx: one launch per stride phase that holds pixels (arrays dy, y, w, dx, bias). A transposed convolution
+    (conv2d_transpose) adds the bias and applies out_activation in the epilogue; a gradient has neither."""
+    code = (_act(activation), np.int32(has_bias), _act(out_activation))
     out = []
     if cfg.cg < SMALL_CHANNELS:
         cmax, px = next(v for v in DIRECT_DX_VARIANTS if cfg.cg <= v[0])
@@ -209,14 +211,14 @@ def backward_input(cfg, activation: str) -> list:
             rows = cdiv(cfg.n * phase[1] * phase[4], px) * cfg.groups  # (pixel, group) rows of N * Hp * Wp
             out.append(Launch(BACKWARD_FILE, "gpuconv_conv_bwd_input_direct", (cmax, px),
                               (cdiv(rows, THREADS // lanes), 1, 1), (lanes, THREADS // lanes, 1),
-                              (*dims(cfg), *(np.int32(v) for v in phase), code)))
+                              (*dims(cfg), *(np.int32(v) for v in phase), *code)))
         return out
     bn = _tile_width(cfg.cg)
     for phase in stride_phases(cfg):
         pixels = cfg.n * phase[1] * phase[4]
         out.append(Launch(BACKWARD_FILE, "gpuconv_conv_bwd_input", (bn,),
                           (cdiv(pixels, _tile_pixels(bn)), cdiv(cfg.cg, bn), cfg.groups), (THREADS, 1, 1),
-                          (*dims(cfg), *(np.int32(v) for v in phase), code)))
+                          (*dims(cfg), *(np.int32(v) for v in phase), *code)))
     return out
 
 

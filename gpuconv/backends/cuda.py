@@ -23,11 +23,10 @@ GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``
 
 Precision: forward, backward_input, backward_weight and backward take ``precision`` ("highest" or "tf32").
 float16, bfloat16 and float32 with "tf32" run the tensor-core kernels of kernels/conv_tc_*.cu where the device
-has them (TENSOR_CORE_MODES, TENSOR_CORE_ARCH); their plans are ``gpuconv.backends.cuda_tc`` (pure functions of
-config, dtype, precision and arch, tried before the SIMT plans). float32 with "highest" and float64 always take
-the SIMT kernels. ``math_path`` (what ``gpuconv info`` prints) and ``rounds_tf32`` say which path a dtype and
-precision take. bfloat16 has no dtype-registry entry: only the tensor-core kernels and the elementwise and
-reduction kernels are built for it, so it needs sm_80 on a GPU.
+has them; their plans are ``gpuconv.backends.cuda_tc`` (pure functions of config, dtype, precision and arch,
+tried before the SIMT plans). float32 with "highest" and float64 always take the SIMT kernels. bfloat16 has
+only the tensor-core kernels (and three reductions), so it needs sm_80 on a GPU.
+``math_path`` (what ``gpuconv info`` prints) and ``rounds_tf32`` say which path a dtype and precision take.
 """
 from __future__ import annotations
 
@@ -42,14 +41,15 @@ def _contiguous(xp, *arrays):
     return tuple(None if a is None else xp.ascontiguousarray(a) for a in arrays)
 
 
-# The dtypes the kernels are instantiated for: every entry of the registry, and bfloat16 (tensor cores only).
-_KERNEL_DTYPES = {d.numpy for d in _registry.DTYPES.values()} | set(cuda_tc.TC_CTYPES)
-
-# Which modes of product run on tensor cores, and from which compute capability: gpuconv/backends/cuda_tc.py.
-TENSOR_CORE_ARCH = cuda_tc.TENSOR_CORE_ARCH
-TENSOR_CORE_MODES = cuda_tc.TENSOR_CORE_MODES
-_mode = cuda_tc.mode
-uses_tensor_cores = cuda_tc.uses_tensor_cores
+def _has_kernels(dtype) -> bool:
+    """Whether the kernels are instantiated for ``dtype`` (the registry's entries with kernels, and bfloat16,
+    which has the tensor-core kernels; looked up by dtype, so that an optional package such as ml_dtypes is
+    imported only for its own arrays)."""
+    try:
+        entry = _registry.dtype(dtype)
+    except TypeError:
+        return False
+    return entry.kernels or entry.name == "bfloat16"
 
 
 def _aligned16(*arrays) -> bool:
@@ -63,17 +63,29 @@ def _aligned16(*arrays) -> bool:
     return True
 
 
+def _simt_dtype(dtype):
+    """The dtype the SIMT plans are sized for in check_limits (bfloat16, which has none, as float32)."""
+    return np.float32 if np.dtype(dtype).name == "bfloat16" else dtype
+
+
+# Which modes of product run on tensor cores, and from which compute capability: gpuconv/backends/cuda_tc.py.
+TENSOR_CORE_ARCH = cuda_tc.TENSOR_CORE_ARCH
+TENSOR_CORE_MODES = cuda_tc.TENSOR_CORE_MODES
+_mode = cuda_tc.mode
+uses_tensor_cores = cuda_tc.uses_tensor_cores
+
+
 def math_path(dtype, precision: str, arch) -> str:
     """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
     ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
     dtype = np.dtype(dtype)
-    if dtype not in _KERNEL_DTYPES:
+    if not _has_kernels(dtype):
         return f"no {dtype.name} kernels in this build (use backend='numpy')"
     mode = _mode(dtype, precision)
     where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
     if uses_tensor_cores(dtype, precision, arch):
         return f"{where}: tensor cores, {mode.upper()} products, float32 accumulation"
-    what = {"float16": "float16 products in float32", "float32": "strict FP32", "float64": "FP64"}[dtype.name]
+    what = {"float32": "strict FP32", "float64": "FP64"}.get(dtype.name, f"{dtype.name} products in float32")
     text = f"{where}: CUDA cores, {what}"
     if mode == "tf32":
         why = ("this build has no TF32 kernels" if mode not in TENSOR_CORE_MODES
@@ -82,11 +94,6 @@ def math_path(dtype, precision: str, arch) -> str:
     elif arch is not None and mode in TENSOR_CORE_ARCH and arch >= TENSOR_CORE_ARCH[mode]:
         text += f" (this GPU has {mode} tensor cores; this build does not use them)"
     return text
-
-
-def _simt_dtype(dtype):
-    """The dtype the SIMT plans are sized for in check_limits (bfloat16, which has none, as float32)."""
-    return np.float32 if np.dtype(dtype) == cuda_tc.BFLOAT16 else dtype
 
 
 class CudaBackend:
@@ -118,12 +125,11 @@ class CudaBackend:
 
     def dtype_reason(self, dtype):
         """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""
-        dtype = np.dtype(dtype)
-        if dtype not in _KERNEL_DTYPES:
-            return (f"the {self.name} backend has no {dtype.name} kernels in this build; "
-                    "use backend='numpy', or float16 / float32")
+        if not _has_kernels(dtype):
+            return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; use "
+                    f"backend='numpy', or one of {', '.join(d.name for d in _registry.kernel_dtypes())}")
         arch = self._arch()
-        if dtype == cuda_tc.BFLOAT16 and not uses_tensor_cores(dtype, "highest", arch):
+        if np.dtype(dtype).name == "bfloat16" and not uses_tensor_cores(dtype, "highest", arch):
             return (f"the {self.name} backend runs bfloat16 on tensor cores only (sm_80 and later), and this GPU "
                     f"is sm_{arch}; use backend='numpy', or float16 / float32")
         return None
@@ -170,9 +176,10 @@ class CudaBackend:
             self._run(launch, dy.dtype, dy, y, dz)
         return dz
 
-    def backward_input(self, dz, w, cfg, precision="highest"):
-        """dx: the transposed convolution of dz with w."""
-        return self.backward_input_fused(dz, None, w, cfg, "identity", precision)
+    def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
+        """dx: the transposed convolution of dz with w; with a bias b (C,) and an activation (conv2d_transpose)
+        the kernels' epilogue computes act(dx + b) as they store."""
+        return self.backward_input_fused(dz, None, w, cfg, "identity", b, activation, precision)
 
     def backward_weight(self, dz, x, cfg, precision="highest"):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
@@ -189,7 +196,7 @@ class CudaBackend:
         if (_registry.activation(activation, f"{self.name} backend").uses_output
                 and uses_tensor_cores(dy.dtype, precision, self._arch())):
             dz = self.activation_backward(dy, y, activation)
-        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision, dz)
+        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz)
         dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz)
         db = self.backward_bias_fused(dy, y, activation) if has_bias else None
         return dx, dw, db
@@ -201,26 +208,29 @@ class CudaBackend:
             return dy
         return self.activation_backward(dy, y, activation) if dz is None else self.xp.ascontiguousarray(dz)
 
-    def backward_input_fused(self, dy, y, w, cfg, activation, precision="highest", dz=None):
-        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase
-        (tensor cores: from dz, the given one or dy * act'(z) computed here)."""
+    def backward_input_fused(self, dy, y, w, cfg, activation, b=None, out_activation="identity",
+                             precision="highest", dz=None):
+        """dx from dy (and the saved output y unless activation is identity): one launch per stride phase.
+        b and out_activation: the epilogue act(dx + b) of a transposed convolution. Tensor cores: from dz (the
+        given one, or dy * act'(z) computed here)."""
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
-        dy, y, w = _contiguous(self.xp, dy, y, w)
+        dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
-        plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size)
+        tc = dict(has_bias=b is not None, out_activation=out_activation)
+        plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, **tc)
         if plan is not None:
             dz = self._dz(dy, y, activation, dz)
             if not _aligned16(dz, w):
-                plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, aligned=False)
+                plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, False, **tc)
             # The first launch sets flag if w holds inf / NaN; the dx launches then sum only the taps that
             # reach an output pixel (the NaN rule), decided on the device without a host sync.
             flag = self.xp.zeros((1,), np.int32)
             self._run(plan[0], dy.dtype, w, flag)
             for launch in plan[1:]:
-                self._run(launch, dy.dtype, dz, w, flag, dx)
+                self._run(launch, dy.dtype, dz, w, flag, dx, w if b is None else b)
             return dx
-        for launch in _plans.backward_input(cfg, activation):
-            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx)
+        for launch in _plans.backward_input(cfg, activation, b is not None, out_activation):
+            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, w if b is None else b)
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest", dz=None):
@@ -240,7 +250,7 @@ class CudaBackend:
             self._run(total, dy.dtype, ws, dw)
             return dw
         partial, total = _plans.backward_weight(cfg, dy.dtype, activation)
-        ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
+        ws = self.xp.empty(_plans.partials_shape(total), _registry.dtype(dy.dtype).acc)
         self._run(partial, dy.dtype, dy, dy if y is None else y, x, ws)
         self._run(total, dy.dtype, ws, dw)
         return dw

@@ -44,9 +44,12 @@ try:  # bfloat16 is ml_dtypes' type; without ml_dtypes there is no bfloat16 arra
 except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
     BFLOAT16 = None
 
-# The first compute capability with tensor cores for each mode of product: "float16" (from Volta), "bfloat16"
-# and "tf32" (float32 with precision="tf32"; both from Ampere).
-TENSOR_CORE_ARCH = {"float16": 70, "bfloat16": 80, "tf32": 80}
+# The first compute capability with tensor cores for each mode of product, from the registry: a dtype's name
+# ("float16" from Volta, "bfloat16" from Ampere), or a precision's for float32 ("tf32", from Ampere).
+TENSOR_CORE_ARCH = {
+    **{d.name: d.tensor_core_arch for d in _registry.DTYPES.values() if d.tensor_core_arch},
+    **{p.name: p.tensor_core_arch for p in _registry.PRECISIONS.values() if p.tensor_core_arch},
+}
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
 TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
 # The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
@@ -58,8 +61,7 @@ if BFLOAT16 is not None:
 
 def ctype(dtype) -> str:
     """The kernels' template argument T of ``dtype``."""
-    dtype = np.dtype(dtype)
-    return TC_CTYPES[dtype] if dtype == BFLOAT16 else _registry.dtype(dtype, "CUDA backend").ctype
+    return _registry.dtype(dtype, "CUDA backend").ctype
 
 
 def kernel_file(filename: str, dtype) -> str:
@@ -77,9 +79,9 @@ def name_expression(kernel: str, dtype, template=()) -> str:
 
 
 def mode(dtype, precision: str) -> str:
-    """The mode of product: "tf32" for float32 with precision="tf32", else the dtype's name."""
+    """The mode of product: the precision's name for float32 with a TF32 precision, else the dtype's name."""
     dtype = np.dtype(dtype)
-    return "tf32" if dtype == np.float32 and precision == "tf32" else dtype.name
+    return precision if dtype == np.float32 and _registry.PRECISIONS[precision].tf32 else dtype.name
 
 
 def uses_tensor_cores(dtype, precision: str, arch) -> bool:
@@ -130,10 +132,12 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
                    (*dims(cfg), np.int32(has_bias), _act(activation)))]
 
 
-def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True) -> Optional[list]:
+def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
+                        has_bias: bool = False, out_activation: str = "identity") -> Optional[list]:
     """dx from dz on tensor cores, or None: first gpuconv_any_nonfinite (arrays w, flag: w holds inf / NaN), then
-    one launch per stride phase (arrays dz, w, flag, dx). vec: Mg a multiple of BK (dz and w runs along m).
-    dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw."""
+    one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
+    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw. has_bias / out_activation: the
+    epilogue act(dx + b) of a transposed convolution."""
     if _simt(dtype, precision, arch, cfg.cg):
         return None
     bk, _ = _steps(dtype)
@@ -145,7 +149,8 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     for phase in stride_phases(cfg):
         grid = (cdiv(cfg.n * phase[1] * phase[4], bm), cdiv(cfg.cg, bn), cfg.groups)
         out.append(Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid,
-                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase))))
+                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias),
+                                               _act(out_activation))))
     return out
 
 

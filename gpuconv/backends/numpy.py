@@ -388,7 +388,9 @@ class NumpyBackend:
         dz, x, w = _operands(precision, dz, x, w)
         return self.backward_input(dz, w, cfg), self.backward_weight(dz, x, cfg), db
 
-    def backward_input(self, dz, w, cfg, precision="highest"):
+    def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
+        """dx; with a bias b (C,) and an activation, act(dx + b) (conv2d_transpose), in the compute dtype
+        before the one rounding, as the GPU kernels' epilogue (the bias is never rounded to TF32)."""
         dz, w = _operands(precision, dz, w)
         ct = _compute_dtype(dz.dtype)
         # stride 1: a forward convolution of dZ, unless x has few channels (tap-major), where the col2im adds run
@@ -396,9 +398,15 @@ class NumpyBackend:
         # on shape e, docs/performance.md)
         if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):
             tcfg = _transposed_config(cfg)
-            dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct)
+            dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct, b, activation)
         else:
             dx = _col2im_backward_input(dz, w, cfg, ct)
+            if b is not None or activation != "identity":
+                dx = np.ascontiguousarray(dx)
+                if b is not None:
+                    rows = dx.reshape(-1, cfg.c)
+                    np.add(rows, b.astype(ct, copy=False), out=rows)
+                _registry.activation(activation, "numpy backend").forward(dx)
         return np.ascontiguousarray(dx, dtype=dz.dtype)
 
     def backward_weight(self, dz, x, cfg, precision="highest"):

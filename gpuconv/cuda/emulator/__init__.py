@@ -65,6 +65,10 @@ _override = threading.local()
 _DEFAULT_WORKERS = max(1, min(os.cpu_count() or 1, 8))
 
 
+class _BadLibrary(RuntimeError):
+    """A cached library that loads but is not what its name promises (rebuilt once by load_module)."""
+
+
 class EmulatorError(RuntimeError):
     """A launch failed (deadlock, divergent barrier, __trap(), failed assert), or a kernel name is unknown."""
 
@@ -336,18 +340,23 @@ class EmulatorModule:
         self._block3 = (ctypes.c_uint * 3)()
         self._err = ctypes.create_string_buffer(_ERRLEN)
         self._lib = ctypes.CDLL(self.path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
-        self._launch = self._lib.gpuconv_emu_launch
+        try:  # the symbols every emulator library has (a foreign library at a cache path has not)
+            self._launch = self._lib.gpuconv_emu_launch
+            count = ctypes.c_int.in_dll(self._lib, "gpuconv_emu_num_entries").value
+        except (AttributeError, ValueError) as exc:
+            raise _BadLibrary(f"{self.path} is not an emulator library of {display_name}: {exc}") from None
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                  ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_uint,
                                  ctypes.c_int, ctypes.c_double, ctypes.POINTER(ctypes.c_ulonglong), ctypes.c_int,
                                  ctypes.c_char_p, ctypes.c_ulonglong]
-        count = ctypes.c_int.in_dll(self._lib, "gpuconv_emu_num_entries").value
         entries = (_Entry * max(count, 1)).in_dll(self._lib, "gpuconv_emu_entries")
         self._kernels = {}
         for i in range(count):
             name = entries[i].name.decode()
             self._kernels[name] = EmulatorKernel(self, entries[i], name)
+        if list(self._kernels) != list(names):
+            raise _BadLibrary(f"{self.path} holds the kernels {list(self._kernels)}, not the expected {list(names)}")
 
     @property
     def kernel_names(self) -> tuple:
@@ -391,5 +400,14 @@ def load_module(source: str, *, filename: str = "<kernel>.cu", name_expressions=
     with _modules_lock:
         module = _modules.get(str(path))
         if module is None:
-            module = _modules[str(path)] = EmulatorModule(path, names, filename)
+            try:
+                module = EmulatorModule(path, names, filename)
+            except (OSError, _BadLibrary):
+                # The cache checked the file's trailer, so this is a damaged entry that still looked whole:
+                # rebuild it, and load the new file under a name of its own (dlopen may hold the old one).
+                _compile.discard(path)
+                path, names = _compile.build_library(source, filename, tuple(name_expressions), tuple(options),
+                                                     tuple(include_dirs))
+                module = EmulatorModule(_compile.private_copy(path), names, filename)
+            _modules[str(path)] = module
     return module

@@ -18,15 +18,25 @@ import numpy
 ALIGN = 256
 CANARY = bytes.fromhex("5afef57f")  # little-endian 0x7FF5FE5A: NaN as float, as both halves, as double
 MIN_GUARD = 4096
-MAX_GUARD = 1 << 20
+MAX_GUARD = 64 * 1024
 
 _libc = None
+_pattern = None  # the canary repeated over the largest guard (ctypes buffer, made once)
+
+
+def _canary():
+    global _pattern
+    if _pattern is None:
+        _pattern = ctypes.create_string_buffer(CANARY * ((MAX_GUARD + 2 * ALIGN) // len(CANARY)))
+    return _pattern
 
 
 def _c():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None)
+        _libc.memcmp.restype = ctypes.c_int
+        _libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         _libc.malloc.restype = ctypes.c_void_p
         _libc.malloc.argtypes = [ctypes.c_size_t]
         _libc.free.argtypes = [ctypes.c_void_p]
@@ -82,11 +92,11 @@ class ArgBuffers:
             lo, span = byte_span(a)
             start = ptr + lo
             mis = 0 if a.base is None else (start - _root_address(a)) % ALIGN
-            spans.append((start, start + span, i, a, mis))
+            spans.append((start, start + span, i, a, mis, ptr))
         order = sorted(range(len(spans)), key=lambda j: spans[j][0])
         region_of = [None] * len(spans)
         for j in order:
-            start, end, i, a, mis = spans[j]
+            start, end, i, a, mis, _ = spans[j]
             last = self.regions[-1] if self.regions else None
             if last is not None and start < last.end and end > last.start:
                 last.end = max(last.end, end)
@@ -114,13 +124,12 @@ class ArgBuffers:
             aligned = (r.raw + r.guard + ALIGN - 1) // ALIGN * ALIGN if self.guards else r.raw
             r.base = aligned + r.mis
             if self.guards:
-                pattern = CANARY * (r.guard // len(CANARY) + ALIGN)
+                pattern = _canary()
                 ctypes.memmove(r.raw, pattern, r.base - r.raw)
                 ctypes.memmove(r.base + span, pattern, r.guard)
             if span:
                 ctypes.memmove(r.base, r.start, span)
-        return [region_of[j].base + (spans[j][3].__array_interface__["data"][0] - region_of[j].start)
-                for j in range(len(spans))]
+        return [region_of[j].base + (spans[j][5] - region_of[j].start) for j in range(len(spans))]
 
     def ranges(self):
         """(ctypes array of [start, end) address pairs of the buffers, count): global memory for cp.async checks."""
@@ -130,21 +139,19 @@ class ArgBuffers:
     def _check(self, r) -> str | None:
         span = r.end - r.start
         front = r.base - r.raw
+        libc, pattern = _c(), _canary()
+        if libc.memcmp(r.raw, pattern, front) == 0 and libc.memcmp(r.base + span, pattern, r.guard) == 0:
+            return None
         before = ctypes.string_at(r.raw, front)
         after = ctypes.string_at(r.base + span, r.guard)
-        pattern = CANARY * (max(front, r.guard) // len(CANARY) + 1)
-        bad_after = next((k for k in range(len(after)) if after[k] != pattern[k]), None) \
-            if after != pattern[:len(after)] else None
-        bad_before = None
-        if before != pattern[:front]:
-            bad_before = next(front - k for k in range(front) if before[k] != pattern[k])
-        if bad_after is None and bad_before is None:
-            return None
+        want = pattern.raw
         parts = []
-        if bad_after is not None:
-            parts.append(f"{bad_after} bytes past the end")
-        if bad_before is not None:
-            parts.append(f"{bad_before} bytes before the start")
+        bad_after = [k for k in range(len(after)) if after[k] != want[k]]
+        if bad_after:
+            parts.append(f"{bad_after[0]} bytes past the end")
+        bad_before = [front - k for k in range(front) if before[k] != want[k]]
+        if bad_before:
+            parts.append(f"{bad_before[0]} bytes before the start")
         return f"{' and '.join(parts)} of the {span}-byte buffer of argument(s) {', '.join(str(i) for i, _ in r.args)}"
 
     def finish(self) -> str | None:

@@ -7,15 +7,23 @@ plus every name expression). The prelude ``gpuconv_emu.h`` is force-included and
 (``runtime.cpp``, compiled once per flag set) linked in. Libraries are cached under
 ``$GPUCONV_CACHE_DIR/emulator`` (default ``~/.cache/gpuconv/emulator``), keyed by a hash of everything that
 goes into them.
+
+The cache heals: every cached file (library, runtime object, precompiled header) ends in a trailer holding a
+hash of its bytes and its name, checked before use; a truncated file, a foreign one at that path or any other
+damage is rebuilt. Files appear by an atomic rename only, so concurrent processes never see a half-written one.
+A cache folder that cannot be used (GPUCONV_CACHE_DIR a file, a read-only folder) gives a warning naming
+GPUCONV_CACHE_DIR and a private temporary folder for the process instead.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -99,12 +107,92 @@ def unavailable_reason():
     return None
 
 
+_usable_dirs: dict = {}
+
+
+def _probe_writable(d: Path) -> None:
+    """Raises OSError unless files can be created (and renamed) in d."""
+    fd, probe = tempfile.mkstemp(prefix=".probe-", dir=d)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def cache_dir() -> Path:
+    """The emulator's cache folder; a private temporary one (with a warning) when that cannot be used."""
     root = os.environ.get(ENV_CACHE)
     base = Path(root) if root else Path.home() / ".cache" / "gpuconv"
     d = base / "emulator"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    hit = _usable_dirs.get(str(d))
+    if hit is not None:
+        return hit
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        _probe_writable(d)
+        result = d
+    except OSError as exc:
+        result = Path(tempfile.mkdtemp(prefix="gpuconv-emulator-"))
+        atexit.register(shutil.rmtree, result, ignore_errors=True)
+        where = f"{ENV_CACHE}={root!r}" if root else f"the default cache folder ({ENV_CACHE} unset)"
+        warnings.warn(
+            f"{where}: the emulator cannot keep compiled kernels in {d} ({type(exc).__name__}: {exc}); using the "
+            f"private temporary folder {result} for this process instead (set {ENV_CACHE} to a writable folder "
+            "to keep them)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _usable_dirs[str(d)] = result
+    return result
+
+
+# ---- cached files: sealed with a trailer, checked before use ----------------------------------------------
+_MAGIC = b"gpuconv-emu-v1\0\0"  # 16 bytes; then sha256(file bytes + file name)
+_TRAILER = len(_MAGIC) + 32
+
+
+def _digest(body: bytes, name: str) -> bytes:
+    return hashlib.sha256(body + b"\0" + name.encode()).digest()
+
+
+def _seal(tmp: str, name: str) -> None:
+    """Appends the trailer to a freshly built file (ELF loaders, ld and g++'s PCH reader ignore trailing bytes)."""
+    body = Path(tmp).read_bytes()
+    with open(tmp, "ab") as f:
+        f.write(_MAGIC + _digest(body, name))
+
+
+def intact(path: Path) -> bool:
+    """Whether a cached file is whole and was built for its name (not truncated, not a foreign file)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return False
+    if len(data) <= _TRAILER or data[-_TRAILER:-32] != _MAGIC:
+        return False
+    return _digest(data[:-_TRAILER], Path(path).name) == data[-32:]
+
+
+def discard(path: Path) -> None:
+    """Removes a damaged cache entry (another process may have removed or replaced it already)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def private_copy(path: Path) -> Path:
+    """A copy of a cached library under a name no other load used (a private temporary folder)."""
+    d = Path(tempfile.mkdtemp(prefix="gpuconv-emulator-reload-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    copy = d / Path(path).name
+    shutil.copyfile(path, copy)
+    return copy
+
+
+def _cached(target: Path, build) -> Path:
+    """target, built (by build(tmp_path)) and sealed unless an intact copy is there already."""
+    if not intact(target):
+        _atomic_build(target, lambda tmp: (build(tmp), _seal(tmp, target.name)))
+    return target
 
 
 # ---- source rewriting -----------------------------------------------------------------------------------
@@ -257,10 +345,8 @@ def runtime_object() -> Path:
         h.update(part.encode())
         h.update(b"\0")
     target = cache_dir() / f"runtime-{h.hexdigest()[:20]}.o"
-    if not target.exists():
-        _atomic_build(target, lambda tmp: _run(
-            [cxx, *fl, "-c", "-I", str(HERE), str(RUNTIME), "-o", tmp], "compiling the emulator runtime"))
-    return target
+    return _cached(target, lambda tmp: _run(
+        [cxx, *fl, "-c", "-I", str(HERE), str(RUNTIME), "-o", tmp], "compiling the emulator runtime"))
 
 
 def precompiled_header() -> Path:
@@ -274,15 +360,20 @@ def precompiled_header() -> Path:
         h.update(part.encode())
         h.update(b"\0")
     d = cache_dir() / f"pch-{h.hexdigest()[:20]}"
-    gch = d / (HEADER.name + ".gch")
-    if not gch.exists():
-        d.mkdir(exist_ok=True)
-        header = d / HEADER.name
-        if not header.exists():
-            _atomic_build(header, lambda tmp: shutil.copyfile(HEADER, tmp))
-        _atomic_build(gch, lambda tmp: _run(
-            [cxx, *fl, "-x", "c++-header", str(header), "-o", tmp], "precompiling the emulator header"))
-    return d / HEADER.name
+    if d.exists() and not d.is_dir():
+        d.unlink()
+    d.mkdir(exist_ok=True)
+    header = d / HEADER.name
+    text = HEADER.read_bytes()
+    try:
+        same = header.read_bytes() == text
+    except OSError:
+        same = False
+    if not same:
+        _atomic_build(header, lambda tmp: shutil.copyfile(HEADER, tmp))
+    _cached(d / (HEADER.name + ".gch"), lambda tmp: _run(
+        [cxx, *fl, "-x", "c++-header", str(header), "-o", tmp], "precompiling the emulator header"))
+    return header
 
 
 def build_library(source: str, display_name: str, name_expressions=(), options=(), include_dirs=()):
@@ -302,16 +393,24 @@ def build_library(source: str, display_name: str, name_expressions=(), options=(
     _hash_include_dirs(h, dirs)
     key = h.hexdigest()[:24]
     target = cache_dir() / f"{Path(display_name).stem}-{key}.so"
-    if not target.exists():
+    if not intact(target):
         rt = runtime_object()
         # The precompiled header pays off over several files; a sanitize build usually compiles one or two.
         prelude = HEADER if sanitize_mode() else precompiled_header()
-        src = cache_dir() / f"{Path(display_name).stem}-{key}.cpp"
-        src.write_text(text)
         cmd = [cxx, *fl, "-shared", "-include", str(prelude), "-I", str(STUB_INCLUDE)]
         for d in include_dirs:
             cmd += ["-I", str(d)]
         cmd += extra
-        _atomic_build(target, lambda tmp: _run(
-            [*cmd, str(src), str(rt), "-o", tmp], f"compiling {display_name} for the emulator"))
+
+        def build(tmp):
+            # The generated source under a name of this process's own (another may compile the same key).
+            fd, src = tempfile.mkstemp(prefix=f"{Path(display_name).stem}-{key}.", suffix=".cpp", dir=target.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                _run([*cmd, src, str(rt), "-o", tmp], f"compiling {display_name} for the emulator")
+            finally:
+                os.unlink(src)
+
+        _cached(target, build)
     return target, names
