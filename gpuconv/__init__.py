@@ -29,7 +29,7 @@ from ._transpose import Conv2DTranspose, conv2d_transpose, conv2d_transpose_back
 from ._dispatch import get_array_module
 from ._show import show_config
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "PRECISIONS",

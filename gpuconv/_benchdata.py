@@ -1,7 +1,10 @@
-"""The benchmark shape set, seeded inputs and a timer: shared by ``gpuconv bench`` and the asv suite.
+"""The benchmark shape set, seeded inputs, the timers and the PyTorch peer: shared by ``gpuconv bench``, the asv
+suite and the tools (tools/bench_numpy_vs_torch.py, tools/gpu_check.py).
 
-This is the one definition of what gets benchmarked. Both ``gpuconv bench`` (``gpuconv/_bench.py``) and
-``asv_bench/benchmarks/`` import it, so a number from one can be set beside a number from the other.
+This is the one definition of what gets benchmarked. ``gpuconv bench`` (``gpuconv/_bench.py``),
+``asv_bench/benchmarks/`` and ``tools/`` import it, so a number from one can be set beside a number from another.
+Shapes are named (``SHAPES``; ``VARIANTS`` for the padded layers the GPU checks time). One timer per clock:
+``measure`` (a host clock, wall time by default) and ``measure_events`` (CUDA events).
 Nothing here computes a convolution: operations go through the public API, FLOP counts come from
 ``gpuconv.conv2d_info`` (2 FLOPs per multiplication forward; backward dX + dW = 2x forward).
 Importing this module never imports CuPy.
@@ -137,19 +140,30 @@ SHAPES = {
     )
 }
 SHAPE_NAMES = tuple(SHAPES)
+# Named variants: the same layers with "same" padding ((K - 1) / 2: the output keeps the input's size), as the
+# GPU checks time them (docs/gpu-results). Not asv parameters; accepted wherever a shape name is.
+VARIANTS = {
+    f"{s.name}-same": BenchShape(f"{s.name}-same", s.n, s.h, s.w, s.c, s.m, s.kh, s.kw, s.stride, (s.kh - 1) // 2)
+    for s in SHAPES.values()
+    if s.padding != (s.kh - 1) // 2
+}
+# The layers the GPU checks time: each benchmark layer with "same" padding (the stem has it already).
+GPU_SHAPE_NAMES = tuple(f"{n}-same" if f"{n}-same" in VARIANTS else n for n in SHAPE_NAMES)
 
 _SPEC = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+):(\d+):(\d+)x(\d+)((?::[sp]\d+)*)$")
 
 
 def parse_shape(text: str) -> BenchShape:
-    """A shape name from SHAPES, or NxHxWxC:M:KHxKW[:sS][:pP] (checked with conv2d_info)."""
+    """A shape name from SHAPES or VARIANTS, or NxHxWxC:M:KHxKW[:sS][:pP] (checked with conv2d_info)."""
     text = text.strip()
     if text in SHAPES:
         return SHAPES[text]
+    if text in VARIANTS:
+        return VARIANTS[text]
     match = _SPEC.match(text.lower())
     if not match:
         raise ValueError(
-            f"unknown shape {text!r}: use one of {', '.join(SHAPE_NAMES)} or NxHxWxC:M:KHxKW[:sS][:pP] "
+            f"unknown shape {text!r}: use one of {', '.join((*SHAPE_NAMES, *VARIANTS))} or NxHxWxC:M:KHxKW[:sS][:pP] "
             "(e.g. 8x112x112x3:64:7x7:s2:p3)"
         )
     n, h, w, c, m, kh, kw = (int(v) for v in match.groups()[:7])
@@ -290,49 +304,74 @@ def to_backend(arrays: dict, backend: str) -> dict:
 
 def synchronizer(backend: str):
     """A function that waits for the backend's queued work (the GPU's current stream; a no-op on the CPU)."""
-    xp = array_module(backend)
-    if xp is np:
-        return _no_sync
-    return _cupy_sync(xp)
+    be = _dispatch.load_backend(backend)
+    sync = getattr(be, "synchronize", None)
+    if sync is not None:
+        return sync
+    # gpuconv before the backends had synchronize() (asv measures older commits with this file too)
+    return _no_sync if be.xp is np else be.xp.cuda.get_current_stream().synchronize
 
 
 def _no_sync():
     pass
 
 
-def _cupy_sync(cupy):
-    def sync():
-        cupy.cuda.get_current_stream().synchronize()
-
-    return sync
-
-
 def measure(fn, sync=_no_sync, *, repeat: int = 7, warmup: int = 1, min_sample: float = 2e-3,
-            max_time: float = 20.0) -> list:
-    """Seconds per call of ``fn``: ``repeat`` samples after ``warmup`` calls, the device synchronized.
+            max_time: float = 20.0, clock=time.perf_counter) -> list:
+    """Seconds per call of ``fn`` by a host clock (wall time; e.g. time.process_time for CPU time):
+    ``repeat`` samples after ``warmup`` calls, the device synchronized.
 
-    Each sample runs ``fn`` (then ``sync``) enough times in a row to last about ``min_sample`` seconds and
-    reports the mean per call; take the median of the list. Sampling stops early after ``max_time`` seconds
-    (at least one sample is always taken).
+    Each sample runs ``fn`` (then ``sync``) enough times in a row to last about ``min_sample`` seconds (once
+    with min_sample=0) and reports the mean per call; take the median of the list. Sampling stops early after
+    ``max_time`` seconds of wall time (at least one sample is always taken).
     """
     sync()
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(max(warmup, 1)):
         fn()
         sync()
-    once = (time.perf_counter() - t0) / max(warmup, 1)
+    once = (clock() - t0) / max(warmup, 1)
     number = max(1, min(1000, int(min_sample / once) if once > 0 else 1000))
     samples = []
     start = time.perf_counter()
     for _ in range(max(repeat, 1)):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(number):
             fn()
             sync()
-        samples.append((time.perf_counter() - t) / number)
+        samples.append((clock() - t) / number)
         if time.perf_counter() - start > max_time:
             break
     return samples
+
+
+def measure_events(fn, new_event, elapsed_ms, *, repeat: int = 50, warmup: int = 1) -> list:
+    """Seconds of device time per call of ``fn``, by CUDA events: ``repeat`` samples after ``warmup`` calls.
+
+    ``new_event()`` makes an event with ``record()`` / ``synchronize()`` and ``elapsed_ms(start, end)`` reads
+    two (cupy: ``cupy.cuda.Event``, ``cupy.cuda.get_elapsed_time``; torch: ``event_timer``).
+    """
+    for _ in range(max(warmup, 1)):
+        fn()
+    samples = []
+    for _ in range(max(repeat, 1)):
+        start, end = new_event(), new_event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(1e-3 * elapsed_ms(start, end))
+    return samples
+
+
+def event_timer(xp):
+    """(new_event, elapsed_ms) of CUDA events for ``measure_events`` from cupy or torch; None for numpy (a CPU
+    backend: use ``measure``)."""
+    if xp is np:
+        return None
+    if xp.__name__ == "torch":
+        return (lambda: xp.cuda.Event(enable_timing=True)), (lambda a, b: a.elapsed_time(b))
+    return xp.cuda.Event, xp.cuda.get_elapsed_time
 
 
 def median(samples) -> float:
@@ -355,20 +394,23 @@ def torch_reason(device: str = "cpu"):
 
 
 class TorchLayer:
-    """The same layer in PyTorch: x channels_last (NHWC in memory, like gpuconv's), weights (M, C, KH, KW).
+    """The same layer in PyTorch: x and dy channels_last (NHWC in memory, like gpuconv's; ``memory_format="nchw"``
+    for torch's default), weights (M, C, KH, KW). The one PyTorch peer of gpuconv bench, asv and tools/.
 
     ``forward()`` runs conv2d + activation without autograd; ``backward()`` runs autograd's backward of a
     recorded forward (dX + dW + db, through the activation) with gradients cleared first, so that each call
-    does the same work. ``sync()`` waits for the device.
+    does the same work; ``backward_input()`` / ``backward_weight()`` take dX / dW alone. ``sync()`` waits for
+    the device; ``to_nhwc`` / ``to_hwio`` give results back as host arrays in gpuconv's layouts (for checks).
     """
 
     def __init__(self, shape: BenchShape, arrays: dict, activation: str = "identity", device: str = "cpu",
-                 precision: str = "highest"):
+                 precision: str = "highest", memory_format: str = "channels_last"):
         import torch
         import torch.nn.functional as F
 
         self.torch = torch
         dev = torch.device(device)
+        mf = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}[memory_format]
 
         def tensor(a):  # torch.from_numpy knows no ml_dtypes.bfloat16: through float32 (exact both ways)
             if a.dtype.name == "bfloat16":
@@ -376,12 +418,12 @@ class TorchLayer:
             return torch.from_numpy(np.ascontiguousarray(a))
 
         x = tensor(arrays["x"].transpose(0, 3, 1, 2))
-        self.x = x.to(dev).contiguous(memory_format=torch.channels_last).requires_grad_()
+        self.x = x.to(dev).contiguous(memory_format=mf).requires_grad_()
         w = tensor(arrays["w"].transpose(3, 2, 0, 1))  # HWIO -> (M, C, KH, KW)
-        self.w = w.to(dev).requires_grad_()
+        self.w = w.to(dev).requires_grad_()  # contiguous (M, C, KH, KW) in either format, as asv has measured
         self.b = tensor(arrays["b"]).to(dev).requires_grad_()
         dy = tensor(arrays["dy"].transpose(0, 3, 1, 2))
-        self.dy = dy.to(dev).contiguous(memory_format=torch.channels_last)
+        self.dy = dy.to(dev).contiguous(memory_format=mf)
         peer = _registry.activation(activation, "bench").torch
         act = None if peer is None else getattr(torch, peer)
         stride, padding = shape.stride, shape.padding
@@ -415,6 +457,35 @@ class TorchLayer:
     def forward_backward(self):
         self.x.grad = self.w.grad = self.b.grad = None
         self._layer().backward(self.dy)
+
+    def backward_input(self):
+        """dX alone, through the activation of a recorded forward."""
+        if self._y is None:
+            self.record()
+        set_torch_tf32(self.torch, self.allow_tf32)
+        return self.torch.autograd.grad(self._y, self.x, self.dy, retain_graph=True)[0]
+
+    def backward_weight(self):
+        """dW alone, through the activation of a recorded forward."""
+        if self._y is None:
+            self.record()
+        set_torch_tf32(self.torch, self.allow_tf32)
+        return self.torch.autograd.grad(self._y, self.w, self.dy, retain_graph=True)[0]
+
+    @staticmethod
+    def to_nhwc(t) -> np.ndarray:
+        """An activation-shaped torch result (N, C, H, W) as a host NHWC array (gpuconv's layout)."""
+        return _host(t).transpose(0, 2, 3, 1)
+
+    @staticmethod
+    def to_hwio(t) -> np.ndarray:
+        """A weight-shaped torch result (M, C, KH, KW) as a host HWIO array (gpuconv's layout)."""
+        return _host(t).transpose(2, 3, 1, 0)
+
+
+def _host(t) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()  # numpy knows no torch.bfloat16
 
 
 def set_torch_tf32(torch, allow: bool) -> None:

@@ -32,7 +32,7 @@ def worked_example(backend: str) -> None:
 
 
 def relu_layer(backend: str, rng) -> None:
-    from .cli import format_info
+    from ._show import format_info
 
     x = rng.standard_normal((48, 64, 10)).astype(np.float32)
     w = (rng.standard_normal((3, 3, 10, 20)) / np.sqrt(90)).astype(np.float32)

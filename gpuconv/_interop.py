@@ -75,7 +75,6 @@ def dask_call(fname: str, named: dict):
                 "behind your back: use gpuconv.dask for chunked convolutions, or pass a computed array "
                 "(a.compute())"
             )
-    return None
 
 
 # -------------------------------------------------------------------------------------------- import
@@ -222,10 +221,19 @@ def context(device: int | None, torch_stream: bool):
     cupy = _dispatch.import_cupy()
     with cupy.cuda.Device(device):
         if torch_stream:
-            with cupy.cuda.ExternalStream(torch_stream_ptr(device), device):
+            with _external_stream(cupy, torch_stream_ptr(device), device):
                 yield
         else:
             yield
+
+
+def _external_stream(cupy, ptr: int, device: int):
+    """cupy.cuda.ExternalStream over torch's stream (CuPy before 13 takes no device_id: the current device,
+    set by the caller, is the stream's)."""
+    try:
+        return cupy.cuda.ExternalStream(ptr, device)
+    except TypeError:
+        return cupy.cuda.ExternalStream(ptr)
 
 
 # -------------------------------------------------------------------------------------------- the wrapper

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,20 +175,24 @@ def prepare(fname: str, roles: Roles, arguments: dict, options: dict) -> Plan:
     return Plan(roles, data_format, filter_format, mode, pads, axes)
 
 
-def _shape_of(roles: Roles, arguments: dict, role: str):
+def _shape_of(fname: str, roles: Roles, arguments: dict, role: str):
     for name, r in roles.arrays.items():
         if r == role and arguments.get(name) is not None:
             return tuple(_asarray(arguments[name]).shape)
     for name, r in roles.shapes.items():
         if r == role:
-            return tuple(int(v) for v in arguments[name])
+            shape = arguments[name]
+            if not isinstance(shape, (tuple, list)) or not all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shape):
+                raise TypeError(f"{fname}: argument '{name}' must be a tuple of ints, got {shape!r}")
+            return tuple(int(v) for v in shape)
     raise AssertionError(role)
 
 
 def _explicit_padding(fname: str, roles: Roles, arguments: dict, mode: str):
     """Pad the x arguments (and grow x_shape) by the paddings of ``padding`` in ``mode``; padding becomes 0.
     Returns ((pt, pb, pl, pr), spatial axes) or (None, None) when there is nothing to pad."""
-    x_shape, w_shape = _shape_of(roles, arguments, "x"), _shape_of(roles, arguments, "w")
+    x_shape, w_shape = _shape_of(fname, roles, arguments, "x"), _shape_of(fname, roles, arguments, "w")
     x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
     cfg = _config.make_config(fname, x4, w4, stride=arguments.get("stride", 1),
                               padding=arguments.get("padding", "valid"), dilation=arguments.get("dilation", 1),

@@ -197,7 +197,7 @@ def _identity_backward(dy, u, out=None):
 
 def _relu_forward(z):
     # against a row of zeros, not the scalar 0: numpy's maximum runs no SIMD loop with a scalar operand (40 vs
-    # 11 us on shape a's output); the bits are the same (NaN kept, -0 becomes +0 either way)
+    # 11 us on shape tiny's output); the bits are the same (NaN kept, -0 becomes +0 either way)
     if z.size:
         rows = _rows(z)
         np.maximum(rows, np.zeros(rows.shape[1], z.dtype), out=rows)

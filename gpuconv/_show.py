@@ -1,14 +1,15 @@
-"""show_config: versions, and which backends can run here (and why not)."""
+"""What gpuconv prints about itself: show_config (versions, which backends can run here and why not) and
+format_info (a layer's conv2d_info as a table)."""
 from __future__ import annotations
 
+import math
 import platform
 
 from . import _config, _dispatch
+from ._version import __version__
 
 
 def config_lines() -> list:
-    from . import __version__
-
     lines = [f"gpuconv   {__version__}", f"platform  {platform.platform()}"]
     for name, version in _dispatch.loaded_modules().items():
         lines.append(f"{name:<9} {version}")
@@ -47,3 +48,27 @@ def math_paths(backend) -> list:
 def show_config() -> None:
     """Print gpuconv's version, the array libraries' versions, and which backends can run here and why not."""
     print("\n".join(config_lines()))
+
+
+def format_info(info) -> str:
+    """conv2d_info as a readable two-column table."""
+    x = " x ".join(str(v) for v in info.input_shape)
+    (pt, pb), (pl, pr) = info.padding
+    weights = math.prod(info.weight_shape)
+    biases = info.parameters - weights
+    rows = [
+        ("input shape", x + ("  (H x W x C)" if len(info.input_shape) == 3 else "")),
+        ("kernel shape", " x ".join(str(v) for v in info.weight_shape)
+         + ("  (KH x KW x C/groups x M)" if len(info.weight_shape) == 4 else "")),
+        ("output shape", " x ".join(str(v) for v in info.output_shape)),
+        ("stride", f"{info.stride[0]} x {info.stride[1]}"),
+        ("dilation", f"{info.dilation[0]} x {info.dilation[1]}"),
+        ("padding", f"top {pt}, bottom {pb}, left {pl}, right {pr}"),
+        ("groups", str(info.groups)),
+        ("in channels", str(info.in_channels)),
+        ("out channels", str(info.out_channels)),
+        ("multiplications", f"{info.multiplications:,}"),
+        ("parameters", f"{info.parameters:,}  ({weights:,} weights + {biases:,} biases)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

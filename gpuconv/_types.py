@@ -1,7 +1,8 @@
 """Type aliases of the public API (for annotations; nothing here is checked at run time)."""
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 ArrayLike = Any
 """An array argument: a numpy or cupy array, a torch tensor, a JAX array, any object with ``__dlpack__``,
@@ -10,10 +11,10 @@ ArrayLike = Any
 Array = Any
 """A result: an array of the kind of the caller's first array (numpy, cupy, torch, JAX)."""
 
-IntPair = Union[int, Tuple[int, int]]
+IntPair = Union[int, tuple[int, int]]
 """An int, or a pair of ints for the height and width axes."""
 
-Padding = Union[str, int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]]
+Padding = Union[str, int, tuple[int, int], tuple[tuple[int, int], tuple[int, int]]]
 """'valid', 'same', 'full', an int, (ph, pw) or ((top, bottom), (left, right))."""
 
 Shape = Sequence[int]

@@ -5,7 +5,6 @@ It uses the public API only; the demo's worked example and finite-difference che
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 
@@ -56,32 +55,10 @@ def _cmd_summary(args) -> int:
     except (TypeError, ValueError) as exc:
         print(f"gpuconv summary: {exc}", file=sys.stderr)
         return 2
+    from ._show import format_info
+
     print(format_info(info))
     return 0
-
-
-def format_info(info) -> str:
-    """conv2d_info as a readable two-column table."""
-    x = " x ".join(str(v) for v in info.input_shape)
-    (pt, pb), (pl, pr) = info.padding
-    weights = math.prod(info.weight_shape)
-    biases = info.parameters - weights
-    rows = [
-        ("input shape", x + ("  (H x W x C)" if len(info.input_shape) == 3 else "")),
-        ("kernel shape", " x ".join(str(v) for v in info.weight_shape)
-         + ("  (KH x KW x C/groups x M)" if len(info.weight_shape) == 4 else "")),
-        ("output shape", " x ".join(str(v) for v in info.output_shape)),
-        ("stride", f"{info.stride[0]} x {info.stride[1]}"),
-        ("dilation", f"{info.dilation[0]} x {info.dilation[1]}"),
-        ("padding", f"top {pt}, bottom {pb}, left {pl}, right {pr}"),
-        ("groups", str(info.groups)),
-        ("in channels", str(info.in_channels)),
-        ("out channels", str(info.out_channels)),
-        ("multiplications", f"{info.multiplications:,}"),
-        ("parameters", f"{info.parameters:,}  ({weights:,} weights + {biases:,} biases)"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
 def _cmd_info(args) -> int:

@@ -21,7 +21,7 @@ Importing this module imports torch; ``import gpuconv`` never does.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Union
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -30,7 +30,7 @@ from . import _api, _config
 
 __all__ = ["Conv2d", "conv2d"]
 
-_IntPair = Union[int, Tuple[int, int]]
+_IntPair = Union[int, tuple[int, int]]
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -75,10 +75,10 @@ class _Conv2dFunction(torch.autograd.Function):
         return dx, dw, g.db, None
 
 
-def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-           stride: _IntPair = 1, padding: Union[str, _IntPair] = 0, dilation: _IntPair = 1, groups: int = 1,
-           activation: Optional[str] = None, padding_mode: str = "zeros", *, backend: str = "auto",
-           precision: Optional[str] = None) -> torch.Tensor:
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           stride: _IntPair = 1, padding: str | _IntPair = 0, dilation: _IntPair = 1, groups: int = 1,
+           activation: str | None = None, padding_mode: str = "zeros", *, backend: str = "auto",
+           precision: str | None = None) -> torch.Tensor:
     """torch.nn.functional.conv2d on gpuconv, differentiable, with a fused ``activation``.
 
     input (N, C, H, W) or (C, H, W); weight (out_channels, C / groups, KH, KW); bias (out_channels,) or None.
@@ -125,10 +125,10 @@ class Conv2d(torch.nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _IntPair, stride: _IntPair = 1,
-                 padding: Union[str, _IntPair] = 0, dilation: _IntPair = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Union[torch.device, str, None] = None,
-                 dtype: Optional[torch.dtype] = None, *, activation: Optional[str] = None,
-                 backend: str = "auto", precision: Optional[str] = None) -> None:
+                 padding: str | _IntPair = 0, dilation: _IntPair = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, *, activation: str | None = None,
+                 backend: str = "auto", precision: str | None = None) -> None:
         strided_same = padding == "same" and torch.nn.modules.utils._pair(stride) != (1, 1)
         super().__init__(in_channels, out_channels, kernel_size, stride, 0 if strided_same else padding,
                          dilation, groups, bias, padding_mode, device, dtype)

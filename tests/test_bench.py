@@ -167,7 +167,7 @@ def test_bench_compare_torch(capsys):
     for col in ("torch fwd ms", "torch bwd ms", "fwd ratio", "bwd ratio"):
         assert col in header
     row = next(line for line in out.splitlines() if line.startswith(TINY)).split()
-    assert all(float(v) > 0 for v in row[-8:])
+    assert all(float(v) > 0 for v in row[-8:]), row
     assert "torch" in out.splitlines()[1]
 
 
@@ -474,13 +474,14 @@ class _FakeCupy:
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """backend 'cupy' = the NumPy backend's arithmetic behind a fake cupy module."""
+    """backend 'cupy' = the NumPy backend's arithmetic behind a fake cupy module and stream."""
     from gpuconv import _dispatch
     from gpuconv.backends import numpy as numpy_backend
 
     fake = _FakeCupy()
     backend = numpy_backend.load()
     backend.name, backend.xp = "cupy", fake
+    backend.synchronize = fake.stream.synchronize  # the seam a GPU backend offers (CudaBackend.synchronize)
     real_load, real_status = _dispatch.load_backend, _dispatch.backend_status
     monkeypatch.setattr(_dispatch, "load_backend", lambda name: backend if name == "cupy" else real_load(name))
     monkeypatch.setattr(_dispatch, "backend_status", lambda name: None if name == "cupy" else real_status(name))

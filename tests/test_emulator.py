@@ -953,3 +953,53 @@ def test_concurrent_processes_share_one_cache_entry(tmp_path):
         assert p.returncode == 0, err[-3000:]
     leftovers = [f.name for f in (tmp_path / "emulator").iterdir() if f.name.endswith((".tmp", ".cpp"))]
     assert not leftovers
+
+
+# ---- element types: structs, __hfma -----------------------------------------------------------------------
+PAIR = np.dtype([("a", "<f4"), ("b", "<i4")])
+
+
+def test_struct_arguments_take_their_own_dtype(any_schedule):
+    k = module("types.cu").get_function("struct_scale")
+    assert k.param_types == ("Pair*", "Pair*", "Pair", "int")
+    n = 50
+    x = np.zeros(n, PAIR)
+    x["a"] = np.arange(n)
+    x["b"] = -np.arange(n)
+    out = np.zeros(n, PAIR)
+    s = np.array((0.5, 7), PAIR)[()]
+    k((1,), (64,), (x, out, s, np.int32(n)))
+    np.testing.assert_array_equal(out["a"], np.arange(n, dtype=np.float32) * np.float32(0.5))
+    np.testing.assert_array_equal(out["b"], 7 - np.arange(n))
+    with pytest.raises(TypeError, match=r"argument 0 is Pair\*, so it takes an array of Pair \(a numpy void or "
+                                        r"structured dtype of 8 bytes\); got a numpy array of float64"):
+        k((1,), (64,), (np.zeros(n), out, s, np.int32(n)))
+    with pytest.raises(TypeError, match=r"argument 2 is Pair, so it takes a numpy scalar of Pair"):
+        k((1,), (64,), (x, out, np.int64(3), np.int32(n)))
+
+
+def test_hfma_rounds_once(any_schedule):
+    """__hfma(a, b, c) = a * b + c rounded once (fmaf then a rounding to half/bfloat16 would round twice)."""
+    bf = _ml_dtypes().bfloat16
+    rng = np.random.default_rng(15)
+    n = 200
+    # Found by search: float rounds each of these to a tie of the narrow type, on the wrong side.
+    hx = float.fromhex
+    hard_h = [(hx("0x1.5p+0"), hx("0x1.b4p-1"), hx("0x1p-24")), (hx("0x1.4p+0"), hx("0x1.fdp-1"), hx("0x1p-24")),
+              (hx("0x1.e04p+0"), hx("0x1.e2p-1"), hx("0x1.e08p-15"))]
+    hard_b = [(hx("0x1.8p+0"), hx("0x1.fcp-1"), hx("0x1.0ap-27")), (hx("0x1.8p+0"), hx("0x1.bcp-1"), hx("0x1.7cp-26")),
+              (hx("0x1.4p+0"), hx("0x1.94p-1"), hx("0x1.c2p-30"))]
+    ha, hb, hc = (np.concatenate([np.array(v), rng.standard_normal(n - 3)]).astype(np.float16)
+                  for v in zip(*hard_h))
+    ba, bb, bc = (np.concatenate([np.array(v), rng.standard_normal(n - 3)]).astype(np.float32).astype(bf)
+                  for v in zip(*hard_b))
+    hout, bout = np.zeros(n, np.float16), np.zeros(n, bf)
+    module("types.cu").get_function("fma_half_bf16")((1,), (256,), (ha, hb, hc, hout, ba, bb, bc, bout,
+                                                                       np.int32(n)))
+    f64 = np.float64
+    exact_h = ha.astype(f64) * hb.astype(f64) + hc.astype(f64)  # exact in float64 for these values
+    np.testing.assert_array_equal(hout, exact_h.astype(np.float16))  # numpy: double -> half rounds once
+    exact_b = ba.astype(f64) * bb.astype(f64) + bc.astype(f64)
+    once = np.array([1.4921875, 1.3046875, 0.98828125])  # the nearest bfloat16 values of the exact results
+    np.testing.assert_array_equal(bout[:3].astype(f64), once)
+    np.testing.assert_array_equal(bout[3:].astype(f64), exact_b[3:].astype(np.float32).astype(bf).astype(f64))

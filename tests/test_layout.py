@@ -224,6 +224,14 @@ def test_bad_layout_options(call, exc, match):
         call()
 
 
+@pytest.mark.parametrize("x_shape", ["abc", None, (1, 5.5, 5, 2), (1, True, 5, 2), ("1", 5, 5, 2)])
+def test_bad_shapes_with_a_padding_mode(x_shape):
+    with pytest.raises(TypeError, match=r"conv2d_backward_input: argument 'x_shape' must be a tuple of ints"):
+        gpuconv.conv2d_backward_input(np.ones((1, 5, 5, 2)), W, x_shape, padding=1, padding_mode="reflect")
+    with pytest.raises(TypeError, match=r"conv2d_backward_weight: argument 'w_shape' must be a tuple of ints"):
+        gpuconv.conv2d_backward_weight(np.ones((1, 5, 5, 2)), X, x_shape, padding=1, padding_mode="circular")
+
+
 def test_layer_backward_bad_grads(rand):
     layer = gpuconv.Conv2D(W)
     layer(X)

@@ -92,7 +92,7 @@ def test_wheel_is_typed_and_has_one_version(wheel_names):
 
     assert "gpuconv/py.typed" in wheel_names["names"]
     meta = wheel_names["metadata"].splitlines()
-    assert f"Version: {gpuconv.__version__}" in meta  # read by hatch from gpuconv/__init__.py, the one place
+    assert f"Version: {gpuconv.__version__}" in meta  # read by hatch from gpuconv/_version.py, the one place
     assert "Classifier: Typing :: Typed" in meta
     extras = {line.split(": ", 1)[1] for line in meta if line.startswith("Provides-Extra: ")}
     assert {"cuda12", "cuda13", "torch", "test"} <= extras

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-import gpuconv  # noqa: E402
-import gpuconv.torch as gt  # noqa: E402
-from gpuconv import _api, _registry  # noqa: E402
+import gpuconv
+import gpuconv.torch as gt
+from gpuconv import _api, _registry
 
 MODES = ["zeros", "reflect", "replicate", "circular"]
 ACTIVATIONS = [None, *sorted(_registry.ACTIVATIONS)]

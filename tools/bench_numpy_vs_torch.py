@@ -1,7 +1,8 @@
-"""NumPy backend against PyTorch's CPU conv2d on the benchmark shape set (float32, the machine's threads).
+"""NumPy backend against PyTorch's CPU conv2d on the benchmark shape set of gpuconv._benchdata (float32, the
+machine's threads; its seeded inputs, its timer and its PyTorch peer).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python tools/bench_numpy_vs_torch.py
-        [--rounds 3] [--repeat 9] [--shapes a,b,c,d,e] [--threads 1 --cpu-time] [--json out.json]
+        [--rounds 3] [--repeat 9] [--shapes tiny,small,resnet,stem,mnist] [--threads 1 --cpu-time] [--json out.json]
 
 Both sides compute the same layer: y = relu(conv2d(x, w) + b), then (fwd+bwd) dx, dw, db from dy through the relu.
 gpuconv is called through its public API (gpuconv.conv2d / gpuconv.conv2d_backward, backend="numpy"), so its
@@ -26,79 +27,45 @@ import time
 
 import numpy as np
 
-# name: (N, H, W, C, M, KH, KW, stride, padding)
-SHAPES = {
-    "a": (1, 48, 64, 10, 20, 3, 3, 1, 0),
-    "b": (32, 32, 32, 16, 32, 3, 3, 1, 0),
-    "c": (16, 56, 56, 64, 64, 3, 3, 1, 0),
-    "d": (8, 112, 112, 3, 64, 7, 7, 2, 3),
-    "e": (64, 28, 28, 1, 8, 5, 5, 1, 0),
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpuconv import _benchdata as bd  # noqa: E402 - after the path of a source checkout
+
 CONTENDERS = ("gpuconv", "torch-nchw", "torch-cl")
-
-
-def _inputs(name):
-    n, h, w, c, m, kh, kw, s, p = SHAPES[name]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, h, w, c), dtype=np.float32)
-    wt = (rng.standard_normal((kh, kw, c, m), dtype=np.float32) / np.sqrt(kh * kw * c)).astype(np.float32)
-    b = rng.standard_normal(m, dtype=np.float32)
-    oh, ow = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
-    dy = rng.standard_normal((n, oh, ow, m), dtype=np.float32)
-    return x, wt, b, dy, {"stride": s, "padding": p}
+FORMATS = {"torch-nchw": "nchw", "torch-cl": "channels_last"}
 
 
 def _gpuconv_fns(name):
     import gpuconv
 
-    x, wt, b, dy, opts = _inputs(name)
+    shape = bd.parse_shape(name)
+    a, opts = bd.make_inputs(shape), shape.options
 
     def fwd():
-        return gpuconv.conv2d(x, wt, b, activation="relu", backend="numpy", **opts)
+        return gpuconv.conv2d(a["x"], a["w"], a["b"], activation="relu", backend="numpy", **opts)
 
     def fwdbwd():
         y = fwd()
-        return gpuconv.conv2d_backward(dy, x, wt, y, has_bias=True, activation="relu", backend="numpy", **opts)
+        return gpuconv.conv2d_backward(a["dy"], a["x"], a["w"], y, has_bias=True, activation="relu",
+                                       backend="numpy", **opts)
 
     return fwd, fwdbwd
 
 
-def _torch_fns(name, fmt):
-    import torch
-    import torch.nn.functional as F
-
-    x, wt, b, dy, opts = _inputs(name)
-    mf = torch.contiguous_format if fmt == "torch-nchw" else torch.channels_last
-    tx = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=mf)
-    tw = torch.from_numpy(wt.transpose(3, 2, 0, 1).copy()).contiguous(memory_format=mf)  # OIHW
-    tb = torch.from_numpy(b)
-    tdy = torch.from_numpy(dy.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=mf)
-    s, p = opts["stride"], opts["padding"]
-
-    def fwd():
-        with torch.no_grad():
-            return F.relu(F.conv2d(tx, tw, tb, stride=s, padding=p))
-
-    xg, wg, bg = tx.clone().requires_grad_(True), tw.clone().requires_grad_(True), tb.clone().requires_grad_(True)
-
-    def fwdbwd():
-        xg.grad = wg.grad = bg.grad = None
-        y = F.relu(F.conv2d(xg, wg, bg, stride=s, padding=p))
-        y.backward(tdy)
-        return xg.grad, wg.grad, bg.grad
-
-    return fwd, fwdbwd
+def _torch_layer(name, contender):
+    shape = bd.parse_shape(name)
+    return bd.TorchLayer(shape, bd.make_inputs(shape), "relu", "cpu", memory_format=FORMATS[contender])
 
 
-def _check(name, tfwd, tfwdbwd):
+def _check(name, layer):
     """The peer and gpuconv compute the same layer and the same gradients."""
     gfwd, gfwdbwd = _gpuconv_fns(name)
-    assert np.allclose(gfwd(), tfwd().permute(0, 2, 3, 1).numpy(), rtol=1e-3, atol=1e-3), f"{name}: y differs"
+    assert np.allclose(gfwd(), layer.to_nhwc(layer.forward()), rtol=1e-3, atol=1e-3), f"{name}: y differs"
     g = gfwdbwd()
-    tdx, tdw, tdb = tfwdbwd()
-    assert np.allclose(g.dx, tdx.permute(0, 2, 3, 1).numpy(), rtol=1e-3, atol=1e-3), f"{name}: dx differs"
-    assert np.allclose(g.dw, tdw.permute(2, 3, 1, 0).numpy(), rtol=1e-3, atol=2e-3 * np.abs(g.dw).max())
-    assert np.allclose(g.db, tdb.numpy(), rtol=1e-3, atol=1e-3 * np.abs(g.db).max()), f"{name}: db differs"
+    layer.forward_backward()
+    assert np.allclose(g.dx, layer.to_nhwc(layer.x.grad), rtol=1e-3, atol=1e-3), f"{name}: dx differs"
+    assert np.allclose(g.dw, layer.to_hwio(layer.w.grad), rtol=1e-3, atol=2e-3 * np.abs(g.dw).max())
+    assert np.allclose(g.db, layer.b.grad.numpy(), rtol=1e-3, atol=1e-3 * np.abs(g.db).max()), f"{name}: db differs"
 
 
 def _child(args):
@@ -115,20 +82,15 @@ def _child(args):
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        fwd, fwdbwd = _torch_fns(args.shapes, args.contender)
+        layer = _torch_layer(args.shapes, args.contender)
+        fwd, fwdbwd = layer.forward, layer.forward_backward
         if args.check:
-            _check(args.shapes, fwd, fwdbwd)
+            _check(args.shapes, layer)
             time.sleep(0.3)  # let the check's BLAS threads go idle
     out = {}
     for key, fn in (("fwd", fwd), ("fb", fwdbwd)):
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(args.repeat):
-            t0 = clock()
-            fn()
-            times.append(1e3 * (clock() - t0))
-        out[key] = times
+        samples = bd.measure(fn, repeat=args.repeat, warmup=3, min_sample=0, max_time=float("inf"), clock=clock)
+        out[key] = [1e3 * t for t in samples]
     print(json.dumps(out))
 
 
@@ -136,7 +98,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--shapes", default=",".join(bd.SHAPE_NAMES),
+                    help=f"comma-separated names of gpuconv._benchdata (default: {','.join(bd.SHAPE_NAMES)})")
     ap.add_argument("--json")
     ap.add_argument("--threads", type=int, help="threads for both sides (default: the machine's default)")
     ap.add_argument("--cpu-time", action="store_true",
@@ -147,12 +110,10 @@ def main(argv=None):
     if args.contender:
         return _child(args)
 
-    from threadpoolctl import threadpool_info
+    from gpuconv.backends._threads import blas_description
 
-    blas = [(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()
-            if i["user_api"] == "blas"]
     env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP", "MKL"))}
-    print(f"numpy {np.__version__} blas {blas}; env {env}; threads {args.threads or 'default'}; "
+    print(f"numpy {np.__version__} blas {blas_description()}; env {env}; threads {args.threads or 'default'}; "
           f"clock {'process_time' if args.cpu_time else 'perf_counter'}; {args.rounds} rounds x {args.repeat} calls")
     print("shape | torch fwd ms NCHW / CL | gpuconv fwd ms | ratio | torch fwd+bwd ms NCHW / CL | "
           "gpuconv fwd+bwd ms | ratio    (medians; [mins])")

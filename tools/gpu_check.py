@@ -7,9 +7,13 @@
   python tools/gpu_check.py sanitize    one pass of every kernel, small shapes, every mode (under compute-sanitizer)
   python tools/gpu_check.py bench       forward / backward timings of the benchmark shapes (the training-size
                                         layers included) next to cuDNN in the same mode: highest, tf32, fp16, bf16
-  python tools/gpu_check.py breakdown [i...]  GPU time (events) of each kernel launch group per benchmark shape
-  python tools/gpu_check.py once i      one fused forward + backward of benchmark shape i (for ncu / nsys)
+  python tools/gpu_check.py breakdown [name...]  GPU time (events) of each kernel launch group per benchmark shape
+  python tools/gpu_check.py once [name] one fused forward + backward of one benchmark shape (for ncu / nsys)
   python tools/gpu_check.py work        FLOPs, bytes and peak-bound times of every benchmark layer (no GPU needed)
+
+Shapes are gpuconv._benchdata's, by name (GPU_SHAPE_NAMES: tiny-same, small-same, resnet-same, stem, mnist-same
+and the rn50-* training layers; a number picks one by position); inputs, timers and the PyTorch peer are
+_benchdata's too.
 """
 from __future__ import annotations
 
@@ -19,49 +23,31 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-def nvrtc_resources():
-    """[(file, kernel, arch, registers, shared bytes, spill stores, spill loads)] from ptxas -v through NVRTC
-    (gpuconv.cuda.nvrtc; no GPU needed)."""
-    from gpuconv.cuda.nvrtc import resource_table
-
-    return [(f, r.kernel, r.arch, r.registers, r.shared_mem_bytes, r.spill_stores, r.spill_loads)
-            for f, r in resource_table()]
-
-
 def print_resources(markdown: bool = False):
-    """Print the NVRTC resource table; exit status 1 if any kernel spills."""
-    from gpuconv.cuda.nvrtc import ARCHES
+    """Print the NVRTC resource table (gpuconv.cuda.nvrtc, no GPU needed: the table of `gpuconv info --kernels`,
+    or with --markdown one row per kernel); exit status 1 if any kernel spills."""
+    from gpuconv.cuda.nvrtc import ARCHES, format_resource_table, resource_table
 
-    rows = nvrtc_resources()
-    spills = [r for r in rows if r[5] or r[6]]
+    rows = resource_table()
+    spills = [(f, r) for f, r in rows if r.spill_stores or r.spill_loads]
     if markdown or "--markdown" in sys.argv:
         table = {}
-        for f, k, arch, regs, smem, ss, sl in rows:
-            table.setdefault((f, k), {})[arch] = (regs, smem, ss + sl)
+        for f, r in rows:
+            table.setdefault((f, r.kernel), {})[r.arch] = r
         print("| kernel | " + " | ".join(f"{a} regs" for a in ARCHES) + " | static smem (B) | spill bytes |")
         print("|---|" + "---:|" * (len(ARCHES) + 2))
         for (f, k), by_arch in table.items():
-            regs = " | ".join(str(by_arch[a][0]) for a in ARCHES)
-            smem = max(v[1] for v in by_arch.values())
-            spill = sum(v[2] for v in by_arch.values())
+            regs = " | ".join(str(by_arch[a].registers) for a in ARCHES)
+            smem = max(r.shared_mem_bytes for r in by_arch.values())
+            spill = sum(r.spill_stores + r.spill_loads for r in by_arch.values())
             print(f"| `{k}` | {regs} | {smem} | {spill} |")
     else:
-        print(f"{'kernel':44s} {'arch':6s} {'regs':>5s} {'smem':>6s} {'spill st/ld':>12s}")
-        for f, k, arch, regs, smem, ss, sl in rows:
-            print(f"{k:44s} {arch:6s} {regs:5d} {smem:6d} {ss:5d}/{sl:<6d}")
+        print(format_resource_table(rows=rows))
     print("spills:", "none" if not spills else spills)
     return 1 if spills else 0
 
 
 # ------------------------------------------------------------------------------------------------ GPU parts
-# (N, H, W, C, M, KH, KW, stride, padding): the benchmark shapes of docs/performance.md.
-BENCH_SHAPES = [
-    (1, 48, 64, 10, 20, 3, 3, 1, 1),
-    (32, 32, 32, 16, 32, 3, 3, 1, 1),
-    (16, 56, 56, 64, 64, 3, 3, 1, 1),
-    (8, 112, 112, 3, 64, 7, 7, 2, 3),
-    (64, 28, 28, 1, 8, 5, 5, 1, 2),
-]
 # Accuracy cases: (x shape, w shape, options, activation); together they take every kernel path.
 ACCURACY_CASES = [
     ((2, 17, 19, 32), (3, 3, 32, 48), {"padding": 1}, "relu"),
@@ -119,63 +105,46 @@ def _host(rng, shape, dtype, low=-1.0, high=1.0):
     return rng.uniform(low, high, shape).astype(dtype_from_name(dtype))
 
 
-class _HostXp:
-    """cupy's asarray / asnumpy / synchronize spelled for a numpy-array backend (the emulator dry run)."""
+def _gpu_shapes(be):
+    """The GPU checks' layers, by gpuconv._benchdata's names (GPU_SHAPE_NAMES: the benchmark set with "same"
+    padding); on the emulator (a dry run) the same layers with batch 1 and a quarter of the image."""
+    from dataclasses import replace
 
-    def __init__(self, np):
-        self.np = np
+    from gpuconv import _benchdata as bd
 
-    def __getattr__(self, name):
-        return getattr(self.np, name)
-
-    def asnumpy(self, a):
-        return self.np.asarray(a)
-
-    class cuda:
-        class runtime:
-            @staticmethod
-            def deviceSynchronize():
-                pass
-
-        class Event:  # host clock: the emulator runs kernels synchronously
-            def record(self):
-                import time
-
-                self.t = time.perf_counter()
-
-            def synchronize(self):
-                pass
-
-        @staticmethod
-        def get_elapsed_time(start, end):
-            return 1e3 * (end.t - start.t)
-
-
-def _bench_shapes(be):
-    """BENCH_SHAPES, or on the emulator (a dry run) the same layers with batch 1 and a quarter of the image."""
+    shapes = [bd.parse_shape(name) for name in bd.GPU_SHAPE_NAMES]
     if be.kind == "cupy":
-        return BENCH_SHAPES
-    return [(1, max(h // 4, kh), max(w // 4, kw), c, m, kh, kw, s, p) for n, h, w, c, m, kh, kw, s, p in BENCH_SHAPES]
+        return shapes
+    small = [s for s in shapes if s.info.multiplications < bd.LARGE_MULTIPLICATIONS]  # not the training sizes
+    return [replace(s, name=f"{s.name}-dry", n=1, h=max(s.h // 4, s.kh), w=max(s.w // 4, s.kw)) for s in small]
+
+
+def _pick_shapes(be, args, default):
+    """Shapes named (a benchmark name, e.g. "tiny" or "tiny-same") or numbered (in GPU_SHAPE_NAMES order) on the
+    command line, else ``default``."""
+    from gpuconv import _benchdata as bd
+
+    shapes = _gpu_shapes(be)
+    by_name = {**dict(zip(bd.SHAPE_NAMES, shapes)), **dict(zip(bd.GPU_SHAPE_NAMES, shapes))}
+    picks = args or default
+    return [shapes[int(a)] if a.isdigit() else by_name[a] for a in picks]
 
 
 def _cupy_backend():
     """The cupy backend (GPU_CHECK_BACKEND=emulator runs the same checks on the CPU emulator, as a dry run)."""
     from gpuconv._dispatch import load_backend
 
-    be = load_backend(os.environ.get("GPU_CHECK_BACKEND", "cupy"))
-    if be.xp.__name__ == "numpy":
-        be = type(be)(be.kind, be.xp)
-        be.xp_tools = _HostXp(be.xp)
-    else:
-        be.xp_tools = be.xp
-    return be
+    return load_backend(os.environ.get("GPU_CHECK_BACKEND", "cupy"))
 
 
-def _rel_err(got, want):
-    import numpy as np
+def _layer(be, shape, dtype="float32"):
+    """(cfg, x, w, b, dy) of a benchmark shape on the backend: gpuconv._benchdata's seeded inputs in ``dtype``."""
+    from gpuconv import _benchdata as bd
+    from gpuconv._config import make_config
 
-    got = np.asarray(got, np.float64)
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
+    cfg = make_config("gpu_check", shape.x_shape, shape.w_shape, **shape.options)
+    a = bd.make_inputs(shape, dtype)
+    return (cfg, *(be.xp.asarray(a[k]) for k in ("x", "w", "b", "dy")))
 
 
 def _all_grads(be, cfg, act, x, w, b, dy, precision="highest"):
@@ -249,7 +218,6 @@ def accuracy():
     from gpuconv._config import dtype_from_name, make_config
 
     be = _cupy_backend()
-    cp = be.xp_tools
     failures = 0
     print(f"{'case':48s} {'mode':8s} {'kernel':13s} {'err/bound':>9s}  (bounds: gpuconv/_accuracy.py)")
     for dtype, precision in MODES:
@@ -262,8 +230,8 @@ def accuracy():
             cfg = make_config("gpu_check", xs, ws, **opts)
             rng = np.random.default_rng(i)
             x, w, b, dy = (_host(rng, s, dtype) for s in (xs, ws, ws[3], cfg.y_shape))
-            results = _all_grads(be, cfg, act, *(cp.asarray(a) for a in (x, w, b, dy)), precision=precision)
-            got = {k: cp.asnumpy(v) for k, v in results.items()}
+            results = _all_grads(be, cfg, act, *(be.xp.asarray(a) for a in (x, w, b, dy)), precision=precision)
+            got = {k: be.to_host(v) for k, v in results.items()}
             want = _reference(cfg, act, x, w, b, dy, got["forward"], got["act_backward"])
             for k, value in got.items():
                 ratio = _bound_ratio(k, value, want[k], dt, precision, act)
@@ -278,29 +246,24 @@ def accuracy():
 def determinism(repeats: int = 5):
     import numpy as np
 
-    from gpuconv._config import make_config
-
     be = _cupy_backend()
-    cp = be.xp_tools
     failures = 0
     for dtype, precision in MODES:
         reason = _mode_reason(be, dtype, precision)
         if reason is not None:
             print(f"determinism {_mode_name(dtype, precision)}: skipped: {reason}")
             continue
-        for n, h, w_, c, m, kh, kw, s, p in _bench_shapes(be):
-            cfg = make_config("gpu_check", (n, h, w_, c), (kh, kw, c, m), stride=s, padding=p)
-            rng = np.random.default_rng(0)
-            x, dy, w = (cp.asarray(_host(rng, sh, dtype)) for sh in (cfg.x_shape, cfg.y_shape, cfg.w_shape))
-            y = cp.asarray(_host(rng, cfg.y_shape, dtype, 0.0, 1.0))
+        for shape in _gpu_shapes(be):
+            cfg, x, w, _, dy = _layer(be, shape, dtype)
+            y = be.xp.asarray(_host(np.random.default_rng(0), cfg.y_shape, dtype, 0.0, 1.0))
             runs = []
             for _ in range(repeats):
                 dw, db = be.backward_weight(dy, x, cfg, precision=precision), be.backward_bias(dy)
                 _, fdw, fdb = be.backward(dy, y, x, w, cfg, "sigmoid", precision=precision)
-                runs.append([cp.asnumpy(a).tobytes() for a in (dw, db, fdw, fdb)])
+                runs.append([be.to_host(a).tobytes() for a in (dw, db, fdw, fdb)])
             same = all(r == runs[0] for r in runs[1:])
             failures += not same
-            print(f"determinism {_mode_name(dtype, precision)} {cfg.x_shape}->{cfg.m} {kh}x{kw}: dw/db over "
+            print(f"determinism {_mode_name(dtype, precision)} {shape.name} ({shape.describe()}): dw/db over "
                   f"{repeats} runs {'bitwise equal' if same else 'DIFFER'}")
     return 1 if failures else 0
 
@@ -312,106 +275,63 @@ def sanitize():
     from gpuconv._config import make_config
 
     be = _cupy_backend()
-    cp = be.xp_tools
-    if hasattr(cp, "cuda") and hasattr(cp.cuda, "set_allocator"):
-        cp.cuda.set_allocator(None)  # one cudaMalloc per array, so memcheck sees each array's true bounds
+    if be.kind == "cupy":
+        be.xp.cuda.set_allocator(None)  # one cudaMalloc per array, so memcheck sees each array's true bounds
     modes = [m for m in MODES if _mode_reason(be, *m) is None]
     for xs, ws, opts, act in ACCURACY_CASES[:5]:
         cfg = make_config("gpu_check", xs, ws, **opts)
         for dtype, precision in modes:
             rng = np.random.default_rng(0)
-            arrays = [cp.asarray(_host(rng, s, dtype)) for s in (xs, ws, (ws[3],), cfg.y_shape)]
+            arrays = [be.xp.asarray(_host(rng, s, dtype)) for s in (xs, ws, (ws[3],), cfg.y_shape)]
             _all_grads(be, cfg, act, *arrays, precision=precision)
-    cp.cuda.runtime.deviceSynchronize()
+    be.synchronize()
     print(f"sanitize pass: every kernel ran once in {', '.join(_mode_name(*m) for m in modes)}")
     return 0
 
 
-def _time_ms(fn, sync, repeats=20):
-    import time
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
-
-
 def _torch():
     """torch if it sees a GPU, else None."""
-    try:
-        import torch
-    except Exception:  # noqa: BLE001 - any import failure just drops the comparison
-        return None
-    return torch if torch.cuda.is_available() else None
-
-
-def _bench_gpuconv(be, cp, cfg, dtype="float32", precision="highest"):
-    """Median ms of the fused forward (bias + relu) and of the fused backward (dx, dw, db from dy and y)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    x, w, b, dy = (cp.asarray(_host(rng, s, dtype)) for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
-    y = be.forward(x, w, b, cfg, "relu", precision=precision)
-    sync = cp.cuda.runtime.deviceSynchronize
-    return (_time_ms(lambda: be.forward(x, w, b, cfg, "relu", precision=precision), sync),
-            _time_ms(lambda: be.backward(dy, y, x, w, cfg, "relu", precision=precision), sync))
-
-
-def _bench_cudnn(torch, cfg, tf32: bool, dtype="float32"):
-    """Median ms of cuDNN's conv + bias + relu forward and its backward (channels last), in ``dtype``, with
-    TF32 set explicitly on or off (cuDNN and cuBLAS alike)."""
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    cl = torch.channels_last
-    tdtype = getattr(torch, dtype)
-
-    def rand(*shape):
-        return (torch.rand(*shape, device="cuda", generator=gen) * 2 - 1).to(tdtype)
-
-    x = rand(cfg.n, cfg.c, cfg.h, cfg.w).contiguous(memory_format=cl).requires_grad_(True)
-    w = rand(cfg.m, cfg.cg, cfg.kh, cfg.kw).contiguous(memory_format=cl).requires_grad_(True)
-    b = rand(cfg.m).requires_grad_(True)
-    dy = rand(cfg.n, cfg.m, cfg.oh, cfg.ow).contiguous(memory_format=cl)
-    # make_config padding is symmetric for the benchmark shapes
-    opts = {"stride": (cfg.s1, cfg.s2), "padding": (cfg.pt, cfg.pl), "dilation": (cfg.d1, cfg.d2),
-            "groups": cfg.groups}
-
-    def fwd():
-        return torch.relu(torch.nn.functional.conv2d(x, w, b, **opts))
-
-    with torch.no_grad():
-        t_fwd = _time_ms(fwd, torch.cuda.synchronize)
-    out = fwd()
-    t_bwd = _time_ms(lambda: torch.autograd.grad(out, (x, w, b), dy, retain_graph=True), torch.cuda.synchronize)
-    return t_fwd, t_bwd
-
-
-def _bench_set(be):
-    """The shape set of gpuconv bench and asv (gpuconv/_benchdata.py: the benchmark shapes and the ResNet-50
-    training-size layers) as BENCH_SHAPES-style tuples; on the emulator (a dry run) the small versions of
-    BENCH_SHAPES only."""
-    if be.kind != "cupy":
-        return _bench_shapes(be)
     from gpuconv import _benchdata as bd
 
-    return [(s.n, s.h, s.w, s.c, s.m, s.kh, s.kw, s.stride, s.padding) for s in bd.SHAPES.values()]
+    if bd.torch_reason("cuda") is not None:
+        return None
+    import torch
+
+    return torch
+
+
+def _wall_ms(fn, sync):
+    """Median wall-clock ms per call (gpuconv._benchdata.measure: synchronized, Python overhead included)."""
+    from gpuconv import _benchdata as bd
+
+    return 1e3 * bd.median(bd.measure(fn, sync, repeat=20, warmup=1))
+
+
+def _device_ms(fn, xp, sync):
+    """Median device ms per call by CUDA events (gpuconv._benchdata.measure_events); wall time on the emulator."""
+    from gpuconv import _benchdata as bd
+
+    timer = bd.event_timer(xp)
+    if timer is None:
+        return _wall_ms(fn, sync)
+    return 1e3 * bd.median(bd.measure_events(fn, *timer, repeat=50))
+
+
+def _cudnn(torch, shape, activation, dtype="float32", precision="highest"):
+    """The PyTorch peer (gpuconv._benchdata.TorchLayer) on the GPU, in the same mode as gpuconv: cuDNN with TF32
+    on for "tf32", off otherwise (TorchLayer sets both flags on every call)."""
+    from gpuconv import _benchdata as bd
+
+    torch.backends.cudnn.benchmark = True
+    return bd.TorchLayer(shape, bd.make_inputs(shape, dtype), activation, "cuda", precision=precision)
 
 
 def bench():
-    from gpuconv._config import make_config
+    from gpuconv._config import dtype_from_name
 
     be = _cupy_backend()
-    cp = be.xp_tools
     torch = _torch()
-    shapes = _bench_set(be)
+    shapes = _gpu_shapes(be)
     for dtype, precision in BENCH_MODES:
         mode = _mode_name(dtype, precision)
         print()
@@ -419,91 +339,53 @@ def bench():
         if reason is not None:
             print(f"mode {mode}: skipped: {reason}")
             continue
-        from gpuconv._config import dtype_from_name
-
         print(f"mode {mode} ({dtype}, precision={precision!r}): gpuconv {be.math_path(dtype_from_name(dtype), precision)}; "
               f"cuDNN {dtype} with allow_tf32={precision == 'tf32'} (cudnn and cuda.matmul)")
-        print(f"{'shape':36s} {'pass':8s} {'gpuconv ms':>10s} {'TFLOP/s':>8s} {'cuDNN ms':>10s} {'TFLOP/s':>8s} "
+        print(f"{'shape':44s} {'pass':8s} {'gpuconv ms':>10s} {'TFLOP/s':>8s} {'cuDNN ms':>10s} {'TFLOP/s':>8s} "
               f"{'ratio':>6s}")
-        for n, h, w, c, m, kh, kw, s, p in shapes:
-            cfg = make_config("bench", (n, h, w, c), (kh, kw, c, m), stride=s, padding=p)
-            ours = _bench_gpuconv(be, cp, cfg, dtype, precision)
+        for shape in shapes:
+            cfg, x, w, b, dy = _layer(be, shape, dtype)
+            p = {"precision": precision}
+            y = be.forward(x, w, b, cfg, "relu", **p)
+            ours = (_wall_ms(lambda: be.forward(x, w, b, cfg, "relu", **p), be.synchronize),
+                    _wall_ms(lambda: be.backward(dy, y, x, w, cfg, "relu", **p), be.synchronize))
             peer = (None, None)
             if torch is not None:
                 try:
-                    peer = _bench_cudnn(torch, cfg, precision == "tf32", dtype)
+                    layer = _cudnn(torch, shape, "relu", dtype, precision)
+                    peer = (_wall_ms(layer.forward, layer.sync), _wall_ms(layer.backward, layer.sync))
                 except Exception as exc:  # noqa: BLE001 - e.g. a dtype this cuDNN has no kernel for
                     print(f"  (cuDNN {mode} failed: {type(exc).__name__}: {exc})")
-            fwd_flops = 2 * cfg.n * cfg.oh * cfg.ow * cfg.m * cfg.kh * cfg.kw * cfg.cg
-            for i, kind in enumerate(("forward", "backward")):
-                flops = fwd_flops * (i + 1)  # backward: dX and dW, each a forward's work
+            for i, (kind, flops) in enumerate((("forward", shape.forward_flops), ("backward", shape.backward_flops))):
                 cells = []
                 for v in (ours[i], peer[i]):
                     cells += [f"{v:10.3f}", f"{flops / (v * 1e-3) / 1e12:8.2f}"] if v else [f"{'-':>10s}", f"{'-':>8s}"]
                 ratio = f"{ours[i] / peer[i]:6.2f}" if peer[i] else f"{'-':>6s}"
-                label = f"{cfg.x_shape}->{m} {kh}x{kw}/s{s}"
-                print(f"{label:36s} {kind:8s} {' '.join(cells)} {ratio}")
+                label = f"{shape.name} ({shape.describe()})"
+                print(f"{label:44s} {kind:8s} {' '.join(cells)} {ratio}")
     print()
-    print("ratio = gpuconv / cuDNN in the same mode; median of 20 runs after a warm-up, synchronized; "
-          "wall time per call, Python overhead included")
+    print("ratio = gpuconv / cuDNN in the same mode; median wall time per call (gpuconv._benchdata.measure), "
+          "synchronized, after a warm-up, Python overhead included")
     return 0
-
-
-def _event_ms(fn, timer, repeats=50):
-    """Median GPU time in ms of ``fn`` (``timer`` = (new_event, elapsed_ms(start, end))), after a warm-up."""
-    new_event, elapsed = timer
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = new_event(), new_event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(elapsed(start, end))
-    times.sort()
-    return times[len(times) // 2]
-
-
-def _cupy_timer(cp):
-    return cp.cuda.Event, cp.cuda.get_elapsed_time
-
-
-def _torch_timer(torch):
-    return (lambda: torch.cuda.Event(enable_timing=True)), (lambda a, b: a.elapsed_time(b))
-
-
-def _shape_args(cfg_shape):
-    n, h, w, c, m, kh, kw, s, p = cfg_shape
-    return (n, h, w, c), (kh, kw, c, m), {"stride": s, "padding": p}
 
 
 def breakdown():
     """Per benchmark shape: GPU time of each operation (unfused and fused), and cuDNN's dx / dw alone."""
     be = _cupy_backend()
     torch = _torch()
-    picks = [int(a) for a in sys.argv[2:]] or range(len(BENCH_SHAPES))
-    print(f"{'shape':30s} {'operation':18s} {'GPU ms':>8s} {'TFLOP/s':>8s}")
-    for i in picks:
-        _breakdown_shape(be, torch, BENCH_SHAPES[i])
-    print("GPU ms: median of 50 CUDA-event-timed calls after a warm-up (no Python overhead); TFLOP/s = GFLOP / ms")
+    print(f"{'shape':20s} {'operation':18s} {'GPU ms':>8s} {'TFLOP/s':>8s}")
+    for shape in _pick_shapes(be, sys.argv[2:], [str(i) for i in range(len(_gpu_shapes(be)))]):
+        _breakdown_shape(be, torch, shape)
+    print("GPU ms: median of 50 CUDA-event-timed calls after a warm-up (gpuconv._benchdata.measure_events; no "
+          "Python overhead); TFLOP/s = GFLOP / ms")
     return 0
 
 
 def _breakdown_shape(be, torch, shape):
-    import numpy as np
-
-    from gpuconv._config import make_config
-
-    cp = be.xp_tools
-    xs, ws, opts = _shape_args(shape)
-    cfg = make_config("breakdown", xs, ws, **opts)
-    rng = np.random.default_rng(0)
-    x, w, b, dy = (cp.asarray(rng.uniform(-1, 1, s).astype(np.float32))
-                   for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+    cfg, x, w, b, dy = _layer(be, shape)
     y = be.forward(x, w, b, cfg, "relu")
     dz = be.activation_backward(dy, y, "relu")
-    gflop = 2e-9 * cfg.n * cfg.oh * cfg.ow * cfg.m * cfg.kh * cfg.kw * cfg.cg
+    gflop = 1e-9 * shape.forward_flops
     ops = [("forward", lambda: be.forward(x, w, b, cfg, "relu"), gflop),
            ("act_backward", lambda: be.activation_backward(dy, y, "relu"), 0),
            ("dx", lambda: be.backward_input(dz, w, cfg), gflop),
@@ -512,52 +394,27 @@ def _breakdown_shape(be, torch, shape):
            ("fused dx", lambda: be.backward_input_fused(dy, y, w, cfg, "relu"), gflop),
            ("fused dw", lambda: be.backward_weight_fused(dy, y, x, cfg, "relu"), gflop),
            ("fused backward", lambda: be.backward(dy, y, x, w, cfg, "relu"), 2 * gflop)]
-    if torch is not None:
-        ops += _cudnn_parts(torch, cfg, gflop)
-    label = f"{cfg.x_shape}->{cfg.m} {cfg.kh}x{cfg.kw}/s{cfg.s1}"
-    for name, fn, gf in ops:
-        ms = _event_ms(fn, _torch_timer(torch) if name.startswith("cuDNN") else _cupy_timer(cp))
+    rows = [(name, _device_ms(fn, be.xp, be.synchronize), gf) for name, fn, gf in ops]
+    if torch is not None:  # cuDNN fp32 (TF32 off): conv + bias forward, dx alone, dw alone
+        layer = _cudnn(torch, shape, "identity", False)
+        rows += [(name, _device_ms(fn, torch, layer.sync), gflop) for name, fn in
+                 (("cuDNN forward", layer.forward), ("cuDNN dx", layer.backward_input),
+                  ("cuDNN dw", layer.backward_weight))]
+    for name, ms, gf in rows:
         rate = f"{gf / ms:8.3f}" if gf else f"{'-':>8s}"
-        print(f"{label:30s} {name:18s} {ms:8.4f} {rate}")
-
-
-def _cudnn_parts(torch, cfg, gflop):
-    """cuDNN (fp32, TF32 off) forward, dx alone and dw alone, as (name, fn, GFLOP) rows for breakdown."""
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = True
-    cl = torch.channels_last
-    x = torch.rand(cfg.n, cfg.c, cfg.h, cfg.w, device="cuda").contiguous(memory_format=cl).requires_grad_(True)
-    w = torch.rand(cfg.m, cfg.cg, cfg.kh, cfg.kw, device="cuda").contiguous(memory_format=cl).requires_grad_(True)
-    dy = torch.rand(cfg.n, cfg.m, cfg.oh, cfg.ow, device="cuda").contiguous(memory_format=cl)
-    opts = {"stride": (cfg.s1, cfg.s2), "padding": (cfg.pt, cfg.pl), "groups": cfg.groups}
-    out = torch.nn.functional.conv2d(x, w, None, **opts)
-
-    def fwd():
-        with torch.no_grad():
-            torch.nn.functional.conv2d(x, w, None, **opts)
-
-    return [("cuDNN forward", fwd, gflop),
-            ("cuDNN dx", lambda: torch.autograd.grad(out, x, dy, retain_graph=True), gflop),
-            ("cuDNN dw", lambda: torch.autograd.grad(out, w, dy, retain_graph=True), gflop)]
+        print(f"{shape.name:20s} {name:18s} {ms:8.4f} {rate}")
 
 
 def once():
-    """One fused forward and backward of benchmark shape argv[2], after a warm-up (a target for ncu)."""
-    import numpy as np
-
-    from gpuconv._config import make_config
-
+    """One fused forward and backward of a benchmark shape (argv[2]: a name or an index; default the stem),
+    after a warm-up (a target for ncu / nsys)."""
     be = _cupy_backend()
-    cp = be.xp_tools
-    xs, ws, opts = _shape_args(BENCH_SHAPES[int(sys.argv[2]) if len(sys.argv) > 2 else 3])
-    cfg = make_config("once", xs, ws, **opts)
-    rng = np.random.default_rng(0)
-    x, w, b, dy = (cp.asarray(rng.uniform(-1, 1, s).astype(np.float32))
-                   for s in (cfg.x_shape, cfg.w_shape, (cfg.m,), cfg.y_shape))
+    (shape,) = _pick_shapes(be, sys.argv[2:3], ["stem"])
+    cfg, x, w, b, dy = _layer(be, shape)
     for _ in range(2):
         y = be.forward(x, w, b, cfg, "relu")
         be.backward(dy, y, x, w, cfg, "relu")
-    cp.cuda.runtime.deviceSynchronize()
+    be.synchronize()
     return 0
 
 

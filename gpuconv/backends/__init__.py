@@ -11,6 +11,8 @@ validated everything and normalized shapes when it calls a backend, so a backend
   backward_input(dz, w, cfg, precision="highest")   dx (N,H,W,C)
   backward_weight(dz, x, cfg, precision="highest")  dw (KH,KW,C/G,M)
   backward_bias(dz)                           db (M,) = dz summed over (N, OH, OW)
+  synchronize()                               wait for the work queued so far (a no-op on the CPU)
+  to_host(a)                                  a as a host numpy array (synchronizing as needed)
 
 A backend may also offer the fused ``backward(dy, y, x, w, cfg, activation, has_bias, precision="highest")
 -> (dx, dw, db)`` (y None for the identity; db None without a bias); ``conv2d_backward`` then uses it instead of
@@ -41,3 +43,7 @@ class Backend(Protocol):
     def backward_weight(self, dz, x, cfg, precision="highest"): ...
 
     def backward_bias(self, dz): ...
+
+    def synchronize(self) -> None: ...
+
+    def to_host(self, a): ...

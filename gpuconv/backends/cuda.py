@@ -111,6 +111,15 @@ class CudaBackend:
     def __repr__(self) -> str:
         return f"CudaBackend({self.kind!r}, {self.xp.__name__})"
 
+    def synchronize(self) -> None:
+        """Wait for the kernels queued on the current stream (the emulator runs them synchronously)."""
+        if self.xp is not np:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def to_host(self, a) -> np.ndarray:
+        """``a`` as a host numpy array (cupy's asnumpy synchronizes the copy)."""
+        return np.asarray(a) if self.xp is np else self.xp.asnumpy(a)
+
     def _arch(self):
         """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None

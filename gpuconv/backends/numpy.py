@@ -272,7 +272,7 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
 
     The adds go to a phase-major buffer, where input pixel (h, w) sits at [h % s1, w % s2, h // s1, w // s2]: a
     tap reads every s-th input pixel, and there they are neighbours, so each add runs along contiguous rows
-    (into dX itself it would run at a stride: 1.2 ms vs ~0.3 for the 49 taps of one image of shape d). One copy
+    (into dX itself it would run at a stride: 1.2 ms vs ~0.3 for the 49 taps of one image of shape stem). One copy
     per phase at the end puts dX in order (none with stride 1). Each element still gets its taps in the same
     order, so the bits are those of adding into dX directly.
     """
@@ -347,6 +347,12 @@ class NumpyBackend:
     name = "numpy"
     xp = np
 
+    def synchronize(self) -> None:
+        """Nothing to wait for: every operation has finished when it returns."""
+
+    def to_host(self, a) -> np.ndarray:
+        return np.asarray(a)
+
     def rounds_tf32(self) -> bool:
         """precision="tf32" rounds float32 operands to TF32 here (this backend is the oracle of that mode)."""
         return True
@@ -373,7 +379,7 @@ class NumpyBackend:
         (the public API calls this when a backend has it), with the same results.
 
         The one difference: dZ goes to a work buffer kept between calls, not to a new array. Fresh memory is
-        page-faulted on first write, which made relu backward cost ~4 ms instead of ~0.5 on b's fwd+bwd
+        page-faulted on first write, which made relu backward cost ~4 ms instead of ~0.5 on shape small's fwd+bwd
         (docs/performance.md). dZ never leaves this method, so reusing its memory is safe.
         With "tf32", db is summed from the float32 dz and dz, x, w are rounded once for both GEMMs.
         """
@@ -395,7 +401,7 @@ class NumpyBackend:
         ct = _compute_dtype(dz.dtype)
         # stride 1: a forward convolution of dZ, unless x has few channels (tap-major), where the col2im adds run
         # channel-major along whole rows and beat building KH*KW*M-wide columns of dZ (measured: 2.0 vs 4.6 ms
-        # on shape e, docs/performance.md)
+        # on shape mnist, docs/performance.md)
         if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):
             tcfg = _transposed_config(cfg)
             dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct, b, activation)

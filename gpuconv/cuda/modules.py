@@ -179,7 +179,7 @@ def get_module(kind: str, filename: str, *, name_expressions=(), options=()):
 
 def _cupy_module(source, path, exprs, options):
     from .._dispatch import import_cupy
-    from .nvrtc import cuda_include_dirs
+    from ._headers import cuda_include_dirs
 
     cupy = import_cupy()
     opts = list(options)

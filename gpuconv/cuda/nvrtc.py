@@ -11,15 +11,14 @@ module and the cupy module path pass those folders as ``-I``.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
+from ._headers import ENV_INCLUDE, cuda_include_dirs
 from .modules import build_inputs, kernel_dirs, kernel_files, kernel_path
 
 ARCHES = ("sm_70", "sm_80", "sm_90")
-ENV_INCLUDE = "GPUCONV_CUDA_INCLUDE"
 
 
 class NvrtcError(RuntimeError):
@@ -57,44 +56,6 @@ def unavailable_reason():
 def version() -> tuple:
     _err, major, minor = _nvrtc().nvrtcVersion()
     return major, minor
-
-
-def cuda_include_dirs() -> list:
-    """Folders holding cuda_fp16.h and crt/mma.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
-    candidates = []
-    if os.environ.get(ENV_INCLUDE):
-        candidates.append(os.environ[ENV_INCLUDE])
-    try:
-        import nvidia
-
-        for base in getattr(nvidia, "__path__", []):
-            candidates.append(os.path.join(base, "cuda_runtime", "include"))
-            candidates.append(os.path.join(base, "cuda_nvcc", "include"))
-            candidates.append(os.path.join(base, "cu12", "include"))
-            candidates.append(os.path.join(base, "cu13", "include"))  # CUDA 13 wheels' layout
-    except ImportError:
-        pass
-    try:
-        from cuda import pathfinder
-
-        found = pathfinder.find_nvidia_header_directory("cudart")
-        if found:
-            candidates.append(str(found))
-    except Exception:  # noqa: BLE001, S110 - cuda-pathfinder missing, too old, or finding nothing
-        pass
-    for var in ("CUDA_PATH", "CUDA_HOME"):
-        if os.environ.get(var):
-            candidates.append(os.path.join(os.environ[var], "include"))
-    candidates.append("/usr/local/cuda/include")
-    found = next((d for d in candidates if os.path.isfile(os.path.join(d, "cuda_fp16.h"))), None)
-    if found is None:
-        return []
-    # mma.h (the tensor-core kernels) includes crt/mma.h, which the runtime wheel lacks: a toolkit has it
-    # beside cuda_fp16.h, pip installs have it in the nvcc wheel (nvidia-cuda-nvcc-cu12).
-    if os.path.isfile(os.path.join(found, "crt", "mma.h")):
-        return [found]
-    crt = next((d for d in candidates if os.path.isfile(os.path.join(d, "crt", "mma.h"))), None)
-    return [found] if crt is None else [found, crt]
 
 
 def _check(result, what, log=""):
@@ -246,12 +207,13 @@ def resource_table(files=None, arches=ARCHES) -> list:
     return rows
 
 
-def format_resource_table(files=None, arches=ARCHES) -> str:
-    """The resource table as text (what `gpuconv info --kernels` prints)."""
+def format_resource_table(files=None, arches=ARCHES, rows=None) -> str:
+    """The resource table as text (what `gpuconv info --kernels` prints); ``rows`` from ``resource_table`` if
+    the caller has them already (nothing is compiled again)."""
     reason = unavailable_reason()
     if reason is not None:
         return f"kernel resources: unavailable ({reason})"
-    rows = resource_table(files, arches)
+    rows = resource_table(files, arches) if rows is None else rows
     if not rows:
         return "kernel resources: no kernel files (*.cu) found in " + " or ".join(str(d) for d in kernel_dirs())
     header = ("file", "kernel", "arch", "regs", "smem B", "spill st B", "spill ld B", "stack B")

@@ -398,7 +398,18 @@ inline __half __hmul(__half a, __half b) { return a * b; }
 inline __half __hdiv(__half a, __half b) { return a / b; }
 inline __half __hneg(__half a) { return -a; }
 inline __half __habs(__half a) { return __half(fabsf(float(a))); }
-inline __half __hfma(__half a, __half b, __half c) { return __half(fmaf(float(a), float(b), float(c))); }
+// One rounding of a * b + c: exact product in double, the sum's error (TwoSum) kept as a sticky bit (round to
+// odd), then the rounding to half (fmaf then half would round twice: a float tie can hide the true side).
+inline __half __hfma(__half a, __half b, __half c) {
+    double p = double(float(a)) * double(float(b)), q = double(float(c));
+    double hi = p + q, bb = hi - p, lo = (p - (hi - bb)) + (q - bb);
+    unsigned long long u = __builtin_bit_cast(unsigned long long, hi);
+    if (lo != 0 && (u & 0x7FF0000000000000ull) != 0x7FF0000000000000ull) {
+        if ((lo > 0) != (hi > 0)) u -= 1;
+        u |= 1;
+    }
+    return __half(__builtin_bit_cast(double, u));
+}
 inline __half __hmax(__half a, __half b) { return __half(fmaxf(float(a), float(b))); }
 inline __half __hmin(__half a, __half b) { return __half(fminf(float(a), float(b))); }
 inline bool __heq(__half a, __half b) { return a == b; }
