@@ -547,3 +547,63 @@ def test_bench_bad_data_format(capsys):
     with pytest.raises(SystemExit) as exc:
         _bench(["--data-format", "NWHC"], capsys)
     assert exc.value.code == 2
+
+
+# --- the one benchmark definition the tools share ---------------------------------------------------------
+
+def test_named_variants_are_the_padded_layers():
+    for name in bd.GPU_SHAPE_NAMES:
+        shape = bd.parse_shape(name)
+        assert shape.name == name and shape.padding == (shape.kh - 1) // 2
+        base = bd.SHAPES[name.removesuffix("-same")]
+        assert (shape.x_shape, shape.w_shape, shape.stride) == (base.x_shape, base.w_shape, base.stride)
+    assert set(bd.VARIANTS).isdisjoint(bd.SHAPES)  # asv's parameters stay the benchmark set
+    assert bd.parse_shape("tiny-same").padding == 1 and bd.parse_shape("tiny").padding == 0
+
+
+def test_measure_by_another_clock_and_by_events():
+    ticks = iter(range(0, 1000, 2))  # a clock advancing 2 per reading
+    samples = bd.measure(lambda: None, repeat=3, warmup=1, min_sample=0, clock=lambda: next(ticks))
+    assert samples == [2, 2, 2]
+
+    class Event:
+        clock = 0
+
+        def record(self):
+            Event.clock += 5
+            self.t = Event.clock
+
+        def synchronize(self):
+            pass
+
+    calls = []
+    got = bd.measure_events(lambda: calls.append(1), Event, lambda a, b: b.t - a.t, repeat=4, warmup=2)
+    assert got == [5e-3] * 4 and len(calls) == 6
+    assert bd.event_timer(np) is None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "emulator"])
+def test_backend_seam_synchronize_and_to_host(backend):
+    from gpuconv import _dispatch
+
+    if _dispatch.backend_status(backend) is not None:
+        pytest.skip(_dispatch.backend_status(backend))
+    be = _dispatch.load_backend(backend)
+    a = be.xp.arange(6.0)
+    assert be.synchronize() is None
+    host = be.to_host(a)
+    assert isinstance(host, np.ndarray) and host.tolist() == list(range(6))
+    assert bd.synchronizer(backend) == be.synchronize
+
+
+@pytest.mark.skipif(not _has_torch(), reason="PyTorch is not installed")
+def test_torch_peer_in_both_memory_formats():
+    shape = bd.SHAPES["tiny"]
+    a = bd.make_inputs(shape, "float64")
+    want = gpuconv.conv2d(a["x"], a["w"], a["b"], activation="tanh", **shape.options)
+    grads = gpuconv.conv2d_backward(a["dy"], a["x"], a["w"], want, activation="tanh", **shape.options)
+    for fmt in ("channels_last", "nchw"):
+        layer = bd.TorchLayer(shape, a, "tanh", memory_format=fmt)
+        np.testing.assert_allclose(layer.to_nhwc(layer.forward()), want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(layer.to_nhwc(layer.backward_input()), grads.dx, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.to_hwio(layer.backward_weight()), grads.dw, rtol=1e-10, atol=1e-10)

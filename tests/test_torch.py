@@ -210,3 +210,9 @@ def test_bad_input():
         gt.Conv2d(3, 2, 3, activation="swish")
     with pytest.raises(ValueError, match="padding_mode"):  # torch's own constructor check
         gt.Conv2d(3, 2, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match=r"conv2d: argument 'backend' must be 'auto' or one of"):
+        gt.conv2d(x, w, backend="tpu")
+    with pytest.raises(ValueError, match=r"conv2d: argument 'precision'"):
+        gt.conv2d(x, w, precision="fp8")
+    with pytest.raises(ValueError, match=r"conv2d: argument 'groups'|conv2d: argument 'x' has 3 channels"):
+        gt.conv2d(x, w, groups=2)
