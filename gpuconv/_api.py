@@ -9,6 +9,12 @@ unless changed), "highest" (strict FP32 products) or "tf32" (both operands of ea
 tensor cores take them, float32 accumulation). It changes float32 only; float16 and bfloat16 always multiply
 exactly (their products fit in float32) and accumulate in float32, float64 is float64 throughout.
 gpuconv never uses TF32 unless asked.
+
+NaN and Inf, one rule on every backend and kernel path (PyTorch's CPU results, float64): the forward pass and
+dW take the padding as zeros that enter the products (0 * NaN = NaN: a NaN weight reaches every output whose
+window covers it, padding included); dX sums exactly the chain-rule terms (a tap that reaches no output pixel
+adds nothing). Arguments are checked before any work (gpuconv._validate: shapes, limits, flags, environment
+variables); results do not depend on the memory layout of an input.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from . import _config, _interop, _layout
+from . import _config, _dispatch, _interop, _layout, _validate
 from ._config import ConvConfig, ConvInfo
 from ._dispatch import module_of, select_backend, to_module
 from ._interop import public
@@ -34,18 +40,18 @@ class Conv2DGrads(NamedTuple):
     db: Array
 
 
-def _as_array(a):
-    return a if hasattr(a, "dtype") and hasattr(a, "shape") else np.asarray(a)
-
-
-def _prepare(fname: str, backend: str, named: dict):
-    """Pick the backend and move every array argument into its array module (None stays None)."""
-    if all(v is None or type(v) is np.ndarray for v in named.values()):
+def _prepare(fname: str, backend: str, named: dict, required: tuple = ()):
+    """Pick the backend and move every array argument into its array module (None stays None, but for the
+    names in ``required``: there it is a TypeError)."""
+    if all(type(v) is np.ndarray or (v is None and k not in required) for k, v in named.items()):
         # the common case, plain numpy arrays: nothing to convert when the backend is numpy's
         be = select_backend(fname, backend, named, kind="numpy")
         if be.xp is np:
             return be, named
-    named = {k: (None if v is None else _as_array(v)) for k, v in named.items()}
+    for k, v in named.items():
+        if v is None and k in required:
+            raise TypeError(f"{fname}: argument '{k}' must be an array, got None")
+    named = {k: (None if v is None else _validate.as_array(fname, k, v)) for k, v in named.items()}
     be = select_backend(fname, backend, named)
     return be, {k: to_module(v, be.xp) for k, v in named.items()}
 
@@ -69,7 +75,7 @@ def _check_shape(fname: str, argname: str, a, expected: tuple) -> None:
         raise ValueError(f"{fname}: argument '{argname}' must have shape {tuple(expected)}, got {tuple(a.shape)}")
 
 
-def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
+def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups, names=("x", "w")) -> ConvConfig:
     """The checked config, from a cache of recent ones (checking costs ~15 us, a lookup ~2 us).
 
     The cache is keyed on the options' types as well as their values: 1, True, 1.0 and np.int64(1) are equal
@@ -77,12 +83,12 @@ def _config_for(fname, x_shape, w_shape, stride, padding, dilation, groups) -> C
     """
     args = (fname, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
     try:
-        key = args[:3] + _typed(args[3:])  # the shapes hold ints already
+        key = args[:3] + _typed(args[3:])  # the shapes hold ints already (names follow from fname)
         cfg = _configs.get(key)
     except TypeError:  # an unhashable option (a numpy array as padding, ...): checked without the cache
-        return _make_config(*args)
+        return _make_config(*args, names)
     if cfg is None:
-        cfg = _make_config(*args)
+        cfg = _make_config(*args, names)
         if len(_configs) >= 256:
             _configs.clear()
         _configs[key] = cfg
@@ -99,9 +105,10 @@ def _typed(v):
     return type(v), v
 
 
-def _make_config(fname, x_shape, w_shape, stride, padding, dilation, groups) -> ConvConfig:
-    x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
-    return _config.make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups)
+def _make_config(fname, x_shape, w_shape, stride, padding, dilation, groups, names=("x", "w")) -> ConvConfig:
+    x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape, names)
+    return _config.make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                               names=names)
 
 
 def _check_bias(fname: str, b, cfg: ConvConfig) -> None:
@@ -134,7 +141,7 @@ def conv2d(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, *, stride: In
     """
     fname = "conv2d"
     prec = _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b})
+    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b}, required=("x", "w"))
     _check_dtypes(fname, a, be)
     act = _config.activation_name(fname, activation)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
@@ -160,7 +167,7 @@ def activation_backward(dy: ArrayLike, y: ArrayLike | None, activation: str | No
     act = _config.activation_name(fname, activation)
     if y is None and _config.needs_output(act):
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "y": y})
+    be, a = _prepare(fname, backend, {"dy": dy, "y": y}, required=("dy",))
     _check_dtypes(fname, a, be)
     if not _config.needs_output(act):
         return _back(a["dy"].copy(), dy)
@@ -176,10 +183,10 @@ def conv2d_backward_input(dz: ArrayLike, w: ArrayLike, x_shape: Shape, *, stride
     w in ``precision``)."""
     fname = "conv2d_backward_input"
     prec = _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"dz": dz, "w": w})
+    x_shape = _validate.shape_tuple(fname, "x_shape", x_shape)
+    be, a = _prepare(fname, backend, {"dz": dz, "w": w}, required=("dz", "w"))
     _check_dtypes(fname, a, be)
-    x_shape = tuple(int(v) for v in x_shape)
-    cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups)
+    cfg = _config_for(fname, x_shape, a["w"].shape, stride, padding, dilation, groups, ("x_shape", "w"))
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, len(x_shape)))
     if cfg.n == 0:
         dx = be.xp.zeros(cfg.x_shape, a["dz"].dtype)
@@ -196,10 +203,10 @@ def conv2d_backward_weight(dz: ArrayLike, x: ArrayLike, w_shape: Shape, *, strid
     (products of dz and x in ``precision``)."""
     fname = "conv2d_backward_weight"
     prec = _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"dz": dz, "x": x})
+    w_shape = _validate.shape_tuple(fname, "w_shape", w_shape)
+    be, a = _prepare(fname, backend, {"dz": dz, "x": x}, required=("dz", "x"))
     _check_dtypes(fname, a, be)
-    w_shape = tuple(int(v) for v in w_shape)
-    cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups)
+    cfg = _config_for(fname, a["x"].shape, w_shape, stride, padding, dilation, groups, ("x", "w_shape"))
     _check_shape(fname, "dz", a["dz"], _config.user_y_shape(cfg, a["x"].ndim))
     if cfg.n == 0:
         dw = be.xp.zeros(cfg.w_shape, a["dz"].dtype)
@@ -214,7 +221,7 @@ def conv2d_backward_bias(dz: ArrayLike, *, backend: str = "auto", precision: str
     has no products): db is the same in every precision."""
     fname = "conv2d_backward_bias"
     _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"dz": dz})
+    be, a = _prepare(fname, backend, {"dz": dz}, required=("dz",))
     _check_dtypes(fname, a, be)
     if a["dz"].ndim < 1:
         raise ValueError(f"{fname}: argument 'dz' must have at least 1 dimension, got a scalar")
@@ -247,9 +254,10 @@ def conv2d_backward(
     want = _grads_wanted(fname, grads)
     prec = _config.resolve_precision(fname, precision)
     act = _config.activation_name(fname, activation)
+    has_bias = _validate.check_flag(fname, "has_bias", has_bias)
     if y is None and _config.needs_output(act):
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
+    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y}, required=("dy", "x", "w"))
     _check_dtypes(fname, a, be)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape, stride, padding, dilation, groups)
     y_shape = _config.user_y_shape(cfg, a["x"].ndim)
@@ -298,9 +306,12 @@ class Conv2D:
                  padding: Padding = "valid", dilation: IntPair = 1, groups: int = 1, activation: str | None = None,
                  backend: str = "auto", precision: str | None = None, data_format: str = "NHWC",
                  filter_format: str = "HWIO", padding_mode: str = "zeros") -> None:
-        self.w, self.b = w, b
+        # what conv2d takes (lists, ...) is taken here too; arrays (numpy, cupy, torch) are kept as they are
+        self.w = _validate.as_array("Conv2D", "w", w)
+        self.b = None if b is None else _validate.as_array("Conv2D", "b", b)
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.activation = _config.activation_name("Conv2D", activation)
+        _dispatch.backend_name("Conv2D", backend)
         self.backend = backend
         self.data_format = _layout.check_choice("Conv2D", "data_format", data_format, _layout.DATA_FORMATS)
         self.filter_format = _layout.check_choice("Conv2D", "filter_format", filter_format, _layout.FILTER_FORMATS)
@@ -317,12 +328,12 @@ class Conv2D:
         if len(w_shape) not in (2, 4):
             raise ValueError(f"{fname}: argument 'w' must be 2-D (KH, KW) or 4-D (KH, KW, C/groups, M), "
                              f"got shape {w_shape}")
-        if not isinstance(self.groups, int) or isinstance(self.groups, bool):
+        if not _validate.is_int(self.groups):
             raise TypeError(f"{fname}: argument 'groups' must be an int, got {self.groups!r}")
-        # The output size is only known with the input: check the rest on a dummy input large enough for any
-        # stride, dilation and padding.
+        # The output size is only known with the input: check the rest on a dummy input as large as the
+        # kernel's span (one output pixel whatever the stride and padding).
         d = _config.pair(fname, "dilation", self.dilation, minimum=1)
-        size = (max(w_shape[0] * d[0], 1), max(w_shape[1] * d[1], 1))
+        size = (max(d[0] * (w_shape[0] - 1) + 1, 1), max(d[1] * (w_shape[1] - 1) + 1, 1))
         x_shape = size if len(w_shape) == 2 else (*size, w_shape[2] * self.groups)
         x4, w4 = _config.as_4d_shapes(fname, x_shape, w_shape)
         cfg = _config.make_config(fname, x4, w4, stride=self.stride, padding=self.padding, dilation=d,

@@ -285,8 +285,8 @@ def large_reason(where: str, shape: BenchShape):
 
 def default_backend() -> str:
     """What 'auto' means for a benchmark: GPUCONV_BACKEND if set, else cupy where it runs, else numpy."""
-    env = os.environ.get(_dispatch.ENV_BACKEND, "").strip().lower()
-    if env and env != "auto":
+    env = _dispatch.env_backend()
+    if env != "auto":
         return env
     return "cupy" if _dispatch.backend_status("cupy") is None else "numpy"
 

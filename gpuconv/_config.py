@@ -11,13 +11,11 @@ validate anything themselves.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import _registry
+from . import _registry, _validate
 
 ACTIVATIONS = _registry.activation_names()
 PADDING_MODES = ("valid", "same", "full")
@@ -33,7 +31,9 @@ _float32_precision = "highest"
 
 def set_workspace_limit(nbytes: int) -> None:
     """Cap the temporary buffers (im2col columns) a backend may allocate for one chunk of the batch."""
-    if not isinstance(nbytes, numbers.Integral) or nbytes < 1:
+    if not _validate.is_int(nbytes):  # True would be a 1-byte limit
+        raise TypeError(f"set_workspace_limit: argument 'nbytes' must be a positive int, got {nbytes!r}")
+    if nbytes < 1:
         raise ValueError(f"set_workspace_limit: argument 'nbytes' must be a positive int, got {nbytes!r}")
     global _workspace_limit
     _workspace_limit = int(nbytes)
@@ -142,25 +142,21 @@ class ConvInfo:
 
 
 def pair(fname: str, argname: str, value, *, minimum: int) -> tuple:
-    """An int or a pair of ints -> (a, b), each at least ``minimum``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    """An int or a pair of ints -> (a, b), each at least ``minimum`` and at most MAX_EXTENT."""
+    if _is_int(value):
         values = (int(value), int(value))
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
-    ):
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
         values = (int(value[0]), int(value[1]))
     else:
         raise TypeError(f"{fname}: argument '{argname}' must be an int or a pair of ints, got {value!r}")
     if min(values) < minimum:
         word = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{fname}: argument '{argname}' must be {word}, got {value!r}")
+    _validate.check_extent(fname, argname, max(values), "is")
     return values
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+_is_int = _validate.is_int
 
 
 def paddings(fname: str, padding, h: int, w: int, kh: int, kw: int, s: tuple, d: tuple) -> tuple:
@@ -176,7 +172,7 @@ def paddings(fname: str, padding, h: int, w: int, kh: int, kw: int, s: tuple, d:
             # TensorFlow's rule: output ceil(size / stride), the odd pixel of padding at the bottom/right.
             out = []
             for size, k, st, dl in ((h, kh, s[0], d[0]), (w, kw, s[1], d[1])):
-                total = max((math.ceil(size / st) - 1) * st + (k - 1) * dl + 1 - size, 0)
+                total = max((-(-size // st) - 1) * st + (k - 1) * dl + 1 - size, 0)  # ints: exact for any size
                 out += [total // 2, total - total // 2]
             return tuple(out)
         raise ValueError(
@@ -199,6 +195,7 @@ def paddings(fname: str, padding, h: int, w: int, kh: int, kw: int, s: tuple, d:
         )
     if min(values) < 0:
         raise ValueError(f"{fname}: argument 'padding' must be non-negative, got {padding!r}")
+    _validate.check_extent(fname, "padding", max(values), "is")
     return values
 
 
@@ -259,9 +256,14 @@ def check_same_dtype(fname: str, ref_name: str, ref_dtype, argname: str, dtype) 
 
 
 def make_config(
-    fname: str, x_shape: tuple, w_shape: tuple, *, stride=1, padding="valid", dilation=1, groups=1
+    fname: str, x_shape: tuple, w_shape: tuple, *, stride=1, padding="valid", dilation=1, groups=1,
+    names: tuple = ("x", "w"),
 ) -> ConvConfig:
-    """Check a 4-D x_shape (N,H,W,C) against a 4-D w_shape (KH,KW,C/G,M) and the options; build the config."""
+    """Check a 4-D x_shape (N,H,W,C) against a 4-D w_shape (KH,KW,C/G,M) and the options; build the config.
+
+    ``names``: what the caller calls x and w in messages ('x_shape', 'w_shape' where it passed a shape).
+    """
+    xn, wn = names
     n, h, w, c = (int(v) for v in x_shape)
     kh, kw, cg, m = (int(v) for v in w_shape)
     if not _is_int(groups):
@@ -271,24 +273,32 @@ def make_config(
     s = pair(fname, "stride", stride, minimum=1)
     d = pair(fname, "dilation", dilation, minimum=1)
     if min(kh, kw, cg, m) < 1:
-        raise ValueError(f"{fname}: argument 'w' must have a non-empty shape (KH, KW, C/groups, M), got {w_shape}")
+        raise ValueError(
+            f"{fname}: argument '{wn}' must have a non-empty shape (KH, KW, C/groups, M), got {tuple(w_shape)}"
+        )
     if c != cg * groups:
         raise ValueError(
-            f"{fname}: argument 'x' has {c} channels but 'w' expects w.shape[2] * groups = "
+            f"{fname}: argument '{xn}' has {c} channels but '{wn}' expects {wn}[2] * groups = "
             f"{cg} * {groups} = {cg * groups}"
         )
     if m % groups:
         raise ValueError(
-            f"{fname}: argument 'w' has {m} output channels, not divisible by groups={groups}"
+            f"{fname}: argument '{wn}' has {m} output channels, not divisible by groups={groups}"
         )
+    for k, dl in ((kh, d[0]), (kw, d[1])):
+        _validate.check_extent(fname, "dilation", dl * (k - 1) + 1, "gives a kernel span d * (K - 1) + 1 of")
+    _validate.check_extent(fname, xn, max(h, w), "has an image size of")
     pt, pb, pl, pr = paddings(fname, padding, h, w, kh, kw, s, d)
+    _validate.check_extent(fname, "padding", max(h + pt + pb, w + pl + pr), "gives a padded image size of")
     oh = (h + pt + pb - d[0] * (kh - 1) - 1) // s[0] + 1
     ow = (w + pl + pr - d[1] * (kw - 1) - 1) // s[1] + 1
     if oh < 1 or ow < 1:
         raise ValueError(
-            f"{fname}: argument 'x' ({h}x{w}) is too small: the output would be {oh}x{ow} (below 1) with "
+            f"{fname}: argument '{xn}' ({h}x{w}) is too small: the output would be {oh}x{ow} (below 1) with "
             f"padding (({pt}, {pb}), ({pl}, {pr})), kernel {kh}x{kw}, dilation {d}, stride {s}"
         )
+    # the output's size, with the widest dtype: blamed on the padding when it is what makes the output big
+    _validate.check_bytes(fname, "padding" if pt + pb + pl + pr else xn, (n, oh, ow, m), 8, "an output of")
     return ConvConfig(n, h, w, c, kh, kw, m, int(groups), s[0], s[1], d[0], d[1], pt, pb, pl, pr, oh, ow)
 
 
@@ -298,9 +308,13 @@ def conv2d_info(x_shape, w_shape, *, stride=1, padding="valid", dilation=1, grou
     ``x_shape`` is (H, W), (H, W, C) or (N, H, W, C); ``w_shape`` is (KH, KW) with a 2-D x, else (KH, KW, C/G, M).
     """
     fname = "conv2d_info"
-    x_shape, w_shape = tuple(int(v) for v in x_shape), tuple(int(v) for v in w_shape)
-    x4, w4 = as_4d_shapes(fname, x_shape, w_shape)
-    cfg = make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    x_shape = _validate.shape_tuple(fname, "x_shape", x_shape)
+    w_shape = _validate.shape_tuple(fname, "w_shape", w_shape)
+    bias = _validate.check_flag(fname, "bias", bias)
+    names = ("x_shape", "w_shape")
+    x4, w4 = as_4d_shapes(fname, x_shape, w_shape, names=names)
+    cfg = make_config(fname, x4, w4, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      names=names)
     y_shape = cfg.y_shape[4 - len(x_shape) :] if len(x_shape) > 2 else (cfg.oh, cfg.ow)
     params = cfg.kh * cfg.kw * cfg.cg * cfg.m + (cfg.m if bias else 0)
     return ConvInfo(
@@ -318,21 +332,24 @@ def conv2d_info(x_shape, w_shape, *, stride=1, padding="valid", dilation=1, grou
     )
 
 
-def as_4d_shapes(fname: str, x_shape: tuple, w_shape: tuple) -> tuple:
+def as_4d_shapes(fname: str, x_shape: tuple, w_shape: tuple, names: tuple = ("x", "w")) -> tuple:
     """(H,W)+(KH,KW), (H,W,C)+4-D or (N,H,W,C)+4-D -> the 4-D shapes; anything else is a ValueError."""
+    xn, wn = names
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
     if len(x_shape) == 2:
         if len(w_shape) != 2:
             raise ValueError(
-                f"{fname}: argument 'w' must be 2-D (KH, KW) when 'x' is 2-D (H, W), got shape {w_shape}"
+                f"{fname}: argument '{wn}' must be 2-D (KH, KW) when '{xn}' is 2-D (H, W), got shape {w_shape}"
             )
         return (1, *x_shape, 1), (*w_shape, 1, 1)
     if len(x_shape) not in (3, 4):
         raise ValueError(
-            f"{fname}: argument 'x' must be 2-D (H, W), 3-D (H, W, C) or 4-D (N, H, W, C), got shape {x_shape}"
+            f"{fname}: argument '{xn}' must be 2-D (H, W), 3-D (H, W, C) or 4-D (N, H, W, C), "
+            f"got shape {x_shape}"
         )
     if len(w_shape) != 4:
         raise ValueError(
-            f"{fname}: argument 'w' must be 4-D (KH, KW, C/groups, M) when 'x' is {len(x_shape)}-D, "
+            f"{fname}: argument '{wn}' must be 4-D (KH, KW, C/groups, M) when '{xn}' is {len(x_shape)}-D, "
             f"got shape {w_shape}"
         )
     return ((1,) * (4 - len(x_shape)) + x_shape, w_shape)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import sys
+
 import numpy as np
 
 from . import _api, _dispatch
@@ -101,7 +103,7 @@ def run_demo(backend: str = "auto") -> int:
     try:
         chosen = _dispatch.select_backend("gpuconv demo", backend, {}).name
     except (RuntimeError, ValueError, TypeError) as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 2
     print(f"gpuconv demo: backend '{chosen}'\n")
     rng = np.random.default_rng(0)

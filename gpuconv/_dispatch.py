@@ -6,12 +6,13 @@ CUDA. When CuPy cannot be used the reason is kept, so that errors and ``show_con
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from types import ModuleType
 from typing import Any
 
 import numpy
+
+from ._validate import env_choice
 
 BACKENDS = ("numpy", "cupy", "emulator")
 ENV_BACKEND = "GPUCONV_BACKEND"
@@ -110,23 +111,38 @@ def backend_status(name: str):
     return None
 
 
+def backend_name(fname: str, backend) -> str:
+    """A ``backend`` argument checked: 'auto' or one of BACKENDS (any case), else a TypeError / ValueError."""
+    if not isinstance(backend, str):
+        raise TypeError(f"{fname}: argument 'backend' must be a string, got {backend!r}")
+    name = backend.lower()
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{fname}: argument 'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    return name
+
+
 def select_backend(fname: str, backend: str, named_arrays: dict, kind: str | None = None):
     """Pick the backend for one call: explicit name, GPUCONV_BACKEND, or the arrays' type (``kind``, when the
     caller already knows it: 'numpy' or 'cupy')."""
-    if not isinstance(backend, str):
-        raise TypeError(f"{fname}: argument 'backend' must be a string, got {backend!r}")
+    name = backend_name(fname, backend)
     kind = kind or array_kinds(fname, named_arrays)
-    name = backend.lower()
     if name == "auto":
-        name = os.environ.get(ENV_BACKEND, "").strip().lower() or "auto"
+        name = env_backend(fname)
     if name == "auto":
         name = kind
-    if name not in BACKENDS:
-        raise ValueError(f"{fname}: argument 'backend' must be 'auto' or one of {BACKENDS}, got {backend!r}")
     try:
         return load_backend(name)
     except BackendUnavailable as exc:
         raise RuntimeError(f"{fname}: {exc}") from None
+
+
+def env_backend(fname: str | None = None) -> str:
+    """GPUCONV_BACKEND: 'auto' when unset or empty, else one of BACKENDS; any other value is a ValueError
+    that names the variable and its value (and ``fname``, the function that read it)."""
+    try:
+        return env_choice(ENV_BACKEND, ("auto",) + BACKENDS, "auto")
+    except ValueError as exc:
+        raise ValueError(f"{fname}: {exc}" if fname else str(exc)) from None
 
 
 def to_module(a, xp):
@@ -152,3 +168,8 @@ def loaded_modules() -> dict:
         out["cupy"] = f"not usable ({exc})"
     out["python"] = sys.version.split()[0]
     return out
+
+
+# The NumPy backend is imported with gpuconv, not on the first call: a first call from a thread would import it
+# there, and a fork at that moment would leave the child waiting for that import's lock for good.
+from .backends import numpy as _numpy_backend  # noqa: E402,F401

@@ -308,7 +308,10 @@ def _call(fn, sig, public_sig, arrays, like, layout, args, kwargs):
     out_origin = origins.get(like, NUMPY)
     with context(device, torch_stream):
         for k in origins:
-            bound.arguments[k] = import_array(named[k], origins[k])
+            try:
+                bound.arguments[k] = import_array(named[k], origins[k])
+            except (ValueError, TypeError) as exc:  # a ragged list, ...: say which argument
+                raise TypeError(f"{fname}: argument '{k}' cannot be made an array: {exc}") from None
         options = {p: bound.arguments.pop(p, public_sig.parameters[p].default)
                    for p in public_sig.parameters if p not in sig.parameters}
         plan = _layout.prepare(fname, layout, bound.arguments, options) if layout is not None else None

@@ -20,7 +20,7 @@ reads back: the config gets pb - output_padding there (a crop when negative), so
 """
 from __future__ import annotations
 
-from . import _config, _interop, _layout
+from . import _config, _dispatch, _interop, _layout, _validate
 from ._api import Conv2DGrads, _back, _check_dtypes, _check_shape, _prepare
 from ._config import ConvConfig
 from ._interop import public
@@ -110,7 +110,7 @@ def conv2d_transpose(x: ArrayLike, w: ArrayLike, b: ArrayLike | None = None, *, 
     """
     fname = "conv2d_transpose"
     prec = _config.resolve_precision(fname, precision)
-    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b})
+    be, a = _prepare(fname, backend, {"x": x, "w": w, "b": b}, required=("x", "w"))
     _check_dtypes(fname, a, be)
     act = _config.activation_name(fname, activation)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape,
@@ -143,7 +143,7 @@ def conv2d_transpose_backward(dy: ArrayLike, x: ArrayLike, w: ArrayLike, y: Arra
     act = _config.activation_name(fname, activation)
     if y is None and act != "identity":
         raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
+    be, a = _prepare(fname, backend, {"dy": dy, "x": x, "w": w, "y": y}, required=("dy", "x", "w"))
     _check_dtypes(fname, a, be)
     cfg = _config_for(fname, a["x"].shape, a["w"].shape,
                       _options(stride, padding, output_padding, dilation, groups))
@@ -176,10 +176,13 @@ class Conv2DTranspose:
                  padding: Padding = "valid", output_padding: IntPair = 0, dilation: IntPair = 1, groups: int = 1,
                  activation: str | None = None, backend: str = "auto", precision: str | None = None,
                  data_format: str = "NHWC", filter_format: str = "HWIO") -> None:
-        self.w, self.b = w, b
+        # what conv2d_transpose takes (lists, ...) is taken here too; arrays are kept as they are
+        self.w = _validate.as_array("Conv2DTranspose", "w", w)
+        self.b = None if b is None else _validate.as_array("Conv2DTranspose", "b", b)
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation, self.groups = dilation, groups
         self.activation = _config.activation_name("Conv2DTranspose", activation)
+        _dispatch.backend_name("Conv2DTranspose", backend)
         self.backend = backend
         self.precision = None if precision is None else _config.check_precision("Conv2DTranspose", precision)
         fname = "Conv2DTranspose"

@@ -87,12 +87,20 @@ def _cmd_bench(args) -> int:
     return _bench.run(args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (and exit status 2), not the usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpuconv",
         description="2D convolution layers on the GPU (CuPy) with a NumPy fallback.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,summary,info,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,summary,info,bench}",
+                                parser_class=_Parser)
 
     p = sub.add_parser("demo", help="the worked example, a ReLU layer, and a checked sigmoid backward")
     p.add_argument("--backend", default="auto", help="auto (default), numpy, cupy or emulator")
@@ -128,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+        # bad input that got past the command's own checks (a shape too large to allocate, a bad
+        # environment variable, ...): one line on stderr, as for a bad command line, never a traceback
+        print(f"gpuconv {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@
 //                                 stride phase (one launch per phase): rows = the phase's input pixels,
 //                                 columns = Cg, reduction = the phase's taps x Mg; taps reaching outside
 //                                 (OH, OW) read 0, and pixels no output read get exactly 0
+//   gpuconv_nonfinite_flag        flag = 1 if an array holds a NaN or Inf (set on the device, no host sync)
+//   gpuconv_conv_bwd_input_exact  dx again, after the tiled launches, only when w holds a NaN or Inf (the flag;
+//                                 else every thread returns at once): the tiles give a tap that reaches no
+//                                 output pixel dz = 0, and 0 * NaN = NaN is a term the chain rule does not
+//                                 have (the NaN/Inf rule, README); here each dx element adds exactly the taps
+//                                 that reach an output pixel
 //   gpuconv_conv_bwd_input_direct dx for few input channels per group (the stem layer, depthwise), by stride
 //                                 phase: lanes split the output channels of a few pixels of one group,
 //                                 then a shuffle butterfly adds their sums
@@ -23,6 +29,21 @@
 // shape (the split count is a function of the shape), so repeated runs and any thread schedule give
 // bitwise-equal results.
 #include "gpuconv_common.cuh"
+
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_nonfinite_flag(
+    const T* __restrict__ a,   // any array, contiguous
+    int* __restrict__ flag,    // set to 1 if some element is NaN or +-Inf (zeroed by the caller; never cleared)
+    gpuconv_i64 size)          // number of elements
+{
+    const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;
+    bool bad = false;
+    for (gpuconv_i64 i = (gpuconv_i64)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        const typename gpuconv_acc<T>::type v = gpuconv_to_acc(a[i]);
+        bad |= !(v - v == v - v);  // NaN for NaN and +-Inf, 0 == 0 for every finite value
+    }
+    if (bad) *flag = 1;  // every writer writes the same value: no atomic needed
+}
 
 template <typename T>
 __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
@@ -144,6 +165,51 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_input(
             if (has_bias) z += gpuconv_to_acc(bias[g * Cg + col]);
             gpuconv_store(dx + (gpuconv_i64)q * C + g * Cg + col, gpuconv_act_forward(z, out_act));
         }
+    }
+}
+
+// __launch_bounds__ with a minimum of 2 blocks per SM: with no minimum, ptxas squeezed it into 32 registers with
+// spills (as gpuconv_conv_bwd_input_direct below).
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS, 2) gpuconv_conv_bwd_input_exact(
+    const T* __restrict__ dy,  // output gradient (N, OH, OW, M), contiguous
+    const T* __restrict__ y,   // saved output (N, OH, OW, M); read only when act != identity
+    const T* __restrict__ w,   // weights (KH, KW, Cg, M), HWIO
+    const int* __restrict__ w_nonfinite,  // nonzero: w holds a NaN or Inf (gpuconv_nonfinite_flag)
+    T* __restrict__ dx,        // rewritten when w_nonfinite: input gradient (N, H, W, C)
+    const T* __restrict__ bias,  // bias (C,) of a transposed convolution; read only when has_bias != 0
+    GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
+    int act,                     // GPUCONV_ACT_* of the forward pass (its gradient is fused into the loads)
+    int has_bias,                // 1: add bias[c] to dx (conv2d_transpose); 0 for a gradient
+    int out_act)                 // GPUCONV_ACT_* applied to dx (+ bias) on the store; identity for a gradient
+{
+    // A separate kernel, so that the tiled kernel keeps its registers; a grid-stride loop over dx elements,
+    // one element per thread at a time, taps (k1, k2) then output channels in order. Divisions are fine here:
+    // this runs only for a w that already holds a NaN or Inf.
+    if (!*w_nonfinite) return;
+    typedef typename gpuconv_acc<T>::type Acc;
+    const int Cg = C / G, Mg = M / G;
+    const gpuconv_i64 total = (gpuconv_i64)N * H * W * C;
+    const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;
+    for (gpuconv_i64 e = (gpuconv_i64)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
+        const int c = (int)(e % C);
+        const gpuconv_i64 pix = e / C;
+        const int iw = (int)(pix % W), ih = (int)((pix / W) % H), b = (int)(pix / ((gpuconv_i64)W * H));
+        const int g = c / Cg, n = c - g * Cg;
+        Acc v = Acc(0);
+        for (int k1 = 0; k1 < KH; ++k1) {
+            const int th = ih + pt - k1 * d1;  // = oi * s1 for the output row oi this tap comes from
+            if (th < 0 || th % s1 || th / s1 >= OH) continue;
+            for (int k2 = 0; k2 < KW; ++k2) {
+                const int tw = iw + pl - k2 * d2;
+                if (tw < 0 || tw % s2 || tw / s2 >= OW) continue;
+                const gpuconv_i64 o = (gpuconv_i64)((b * OH + th / s1) * OW + tw / s2) * M + g * Mg;
+                const T* wk = w + ((k1 * KW + k2) * Cg + n) * M + g * Mg;
+                for (int mm = 0; mm < Mg; ++mm) v += gpuconv_load_dz(dy, y, o + mm, act) * gpuconv_to_acc(wk[mm]);
+            }
+        }
+        if (has_bias) v += gpuconv_to_acc(bias[c]);
+        gpuconv_store(dx + e, gpuconv_act_forward(v, out_act));
     }
 }
 
@@ -368,9 +434,10 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_bwd_weight_small
         px.init(p_begin + threadIdx.y, GPUCONV_RED_Y, OH, OW);
         for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) {
             const int ih = px.i1 * s1 + dh, iw = px.i2 * s2 + dw;
-            if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                v += gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) *
-                     gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+            // a padding tap is a zero that enters the product, as in the forward pass (0 * NaN dz = NaN)
+            const Acc xv = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                               ? gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) : Acc(0);
+            v += xv * gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
             px.advance();
         }
     }

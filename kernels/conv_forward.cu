@@ -135,13 +135,17 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_conv_fwd_direct(
     Acc z = Acc(0);
     for (int k1 = 0; k1 < KH; ++k1) {
         const int ih = oi * s1 - pt + k1 * d1;
-        if ((unsigned)ih >= (unsigned)H) continue;
         for (int k2 = 0; k2 < KW; ++k2) {
             const int iw = oj * s2 - pl + k2 * d2;
-            if ((unsigned)iw >= (unsigned)W) continue;
-            const T* xp = x + (gpuconv_i64)((b * H + ih) * W + iw) * C + g * Cg;
             const T* wp = w + (k1 * KW + k2) * Cg * M + m;
-            for (int n = 0; n < Cg; ++n) z += gpuconv_to_acc(xp[n]) * gpuconv_to_acc(wp[n * M]);
+            if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W) {
+                const T* xp = x + (gpuconv_i64)((b * H + ih) * W + iw) * C + g * Cg;
+                for (int n = 0; n < Cg; ++n) z += gpuconv_to_acc(xp[n]) * gpuconv_to_acc(wp[n * M]);
+            } else {
+                // padding: zeros that enter the products (NaN/Inf rule), so a NaN or Inf weight gives NaN here
+                // as in the tiled path; no x load. 0 * w adds nothing to z for a finite w.
+                for (int n = 0; n < Cg; ++n) z += Acc(0) * gpuconv_to_acc(wp[n * M]);
+            }
         }
     }
     if (has_bias) z += gpuconv_to_acc(bias[m]);

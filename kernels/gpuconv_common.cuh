@@ -93,7 +93,7 @@ __device__ __forceinline__ Acc gpuconv_act_forward(Acc z, int act) {
 template <typename Acc>
 __device__ __forceinline__ Acc gpuconv_act_backward(Acc dy, Acc u, int act) {
     switch (act) {
-        case GPUCONV_ACT_RELU: return u > Acc(0) ? dy : Acc(0);
+        case GPUCONV_ACT_RELU: return u <= Acc(0) ? Acc(0) : dy;  // NaN u passes dy, as PyTorch
         case GPUCONV_ACT_SIGMOID: return dy * u * (Acc(1) - u);
         case GPUCONV_ACT_TANH: return dy * (Acc(1) - u * u);
         default: return dy;  // GPUCONV_ACT_IDENTITY

@@ -226,7 +226,7 @@ def test_environment_does_not_override_an_explicit_backend(monkeypatch, rand):
 
 def test_unknown_backend_environment_is_value_error(monkeypatch, rand):
     monkeypatch.setenv("GPUCONV_BACKEND", "tpu")
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="conv2d: environment variable GPUCONV_BACKEND='tpu'"):
         gpuconv.conv2d(rand((1, 5, 5, 2)), rand((2, 2, 2, 3)))
 
 

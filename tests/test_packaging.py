@@ -50,7 +50,8 @@ def wheel_names(tmp_path_factory):
         REPO_ROOT,
         src,
         ignore=shutil.ignore_patterns(
-            ".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", ".asv", "*.egg-info", ".venv"
+            ".git", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist", ".asv", "*.egg-info",
+            ".venv",  # .ci/run's virtual environment, with torch in it: gigabytes, and not part of the source, ".venv"
         ),
     )
     wheel = _build_wheel(src, tmp_path_factory.mktemp("wheel"))

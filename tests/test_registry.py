@@ -176,7 +176,9 @@ def test_forward_plans():
 
 
 def test_backward_plans():
-    launches = _plans.backward_input(CFG, "sigmoid")
+    flag, *launches, exact = _plans.backward_input(CFG, "sigmoid")
+    assert flag.kernel == "gpuconv_nonfinite_flag" and flag.scalars == (CFG.kh * CFG.kw * CFG.cg * CFG.m,)
+    assert exact.kernel == "gpuconv_conv_bwd_input_exact" and exact.scalars[:-3] == _plans.dims(CFG)
     assert len(launches) == len(_plans.stride_phases(CFG)) <= CFG.s1 * CFG.s2
     assert all(launch.kernel == "gpuconv_conv_bwd_input" and launch.template == (32,) for launch in launches)
     small = make_config("test", (2, 13, 11, 3), (7, 7, 3, 40), stride=2, padding=3)

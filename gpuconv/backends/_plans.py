@@ -49,6 +49,9 @@ TARGET_BLOCKS = 264
 WORKSPACE_BYTES = 64 * 2**20  # cap of the dw partial sums (also capped by gpuconv.set_workspace_limit)
 INDEX_LIMIT = 2**30  # pixel and weight counts must be below this (int32 indices with headroom)
 MAX_GRID_YZ = 65535
+# Blocks of gpuconv_nonfinite_flag and gpuconv_conv_bwd_input_exact (grid-stride loops): enough to read a large
+# w at full bandwidth, few enough that the exact kernel's early return (the usual case) costs little.
+FLAG_MAX_BLOCKS = 256
 MAX_GRID_X = 2**31 - 1
 
 # Template instantiations of each kernel file, as (kernel, template arguments after T); each is compiled for
@@ -59,8 +62,10 @@ INSTANTIATIONS = {
         ("gpuconv_conv_fwd_direct", ()),
     ),
     BACKWARD_FILE: (
+        ("gpuconv_nonfinite_flag", ()),
         ("gpuconv_act_bwd", ()),
         *(("gpuconv_conv_bwd_input", (bn,)) for bn in TILE_WIDTHS),
+        ("gpuconv_conv_bwd_input_exact", ()),
         *(("gpuconv_conv_bwd_input_direct", v) for v in DIRECT_DX_VARIANTS),
         ("gpuconv_conv_bwd_weight", ()),
         ("gpuconv_conv_bwd_weight_small", ()),
@@ -140,10 +145,13 @@ def stride_phases(cfg) -> list:
         step = s // math.gcd(d, s)
         return ks[0], step, len(ks), (ks[0] * d - ph) // s, step * d // s
 
+    def phases(extent, pad, s):  # the phases that hold pixels, in order: at most min(s, extent), whatever s
+        return sorted({(first + pad) % s for first in range(min(s, extent))})
+
     out = []
-    for ph in range(cfg.s1):
+    for ph in phases(cfg.h, cfg.pt, cfg.s1):
         rh = rows(cfg.h, cfg.pt, cfg.s1, ph)
-        for pw in range(cfg.s2):
+        for pw in phases(cfg.w, cfg.pl, cfg.s2):
             rw = rows(cfg.w, cfg.pl, cfg.s2, pw)
             if rh[1] and rw[1]:
                 out.append((*rh, *rw, *taps(cfg.kh, cfg.d1, cfg.s1, ph), *taps(cfg.kw, cfg.d2, cfg.s2, pw)))
@@ -214,11 +222,20 @@ def backward_input(cfg, activation: str, has_bias: bool = False, out_activation:
                               (*dims(cfg), *(np.int32(v) for v in phase), *code)))
         return out
     bn = _tile_width(cfg.cg)
+    # first a flag, on the device, of a NaN or Inf in w (arrays w, flag); last the exact dx (arrays dy, y, w,
+    # flag, dx), which returns at once unless the flag is set (the NaN/Inf rule: the tiles' zero dz of a tap
+    # that reaches no output pixel, times a NaN weight, is a term the chain rule does not have)
+    e = cfg.kh * cfg.kw * cfg.cg * cfg.m
+    out.append(Launch(BACKWARD_FILE, "gpuconv_nonfinite_flag", (), (min(cdiv(e, THREADS), FLAG_MAX_BLOCKS), 1, 1),
+                      (THREADS, 1, 1), (np.int64(e),)))
     for phase in stride_phases(cfg):
         pixels = cfg.n * phase[1] * phase[4]
         out.append(Launch(BACKWARD_FILE, "gpuconv_conv_bwd_input", (bn,),
                           (cdiv(pixels, _tile_pixels(bn)), cdiv(cfg.cg, bn), cfg.groups), (THREADS, 1, 1),
                           (*dims(cfg), *(np.int32(v) for v in phase), *code)))
+    dx_size = cfg.n * cfg.h * cfg.w * cfg.c
+    out.append(Launch(BACKWARD_FILE, "gpuconv_conv_bwd_input_exact", (),
+                      (min(cdiv(dx_size, THREADS), FLAG_MAX_BLOCKS), 1, 1), (THREADS, 1, 1), (*dims(cfg), *code)))
     return out
 
 

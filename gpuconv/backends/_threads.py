@@ -16,6 +16,11 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+try:  # imported with the backend, not on a worker's first call (a fork then would inherit its import lock)
+    from threadpoolctl import ThreadpoolController
+except ImportError:
+    ThreadpoolController = None
+
 # os.cpu_count() reads /sys on every call (~20 us here): once is enough
 _CPUS = os.cpu_count() or 1
 
@@ -31,7 +36,8 @@ def blas_controller():
     global _controller
     if _controller is None:
         try:
-            from threadpoolctl import ThreadpoolController
+            if ThreadpoolController is None:
+                raise ImportError("threadpoolctl is not installed")
 
             ctl = ThreadpoolController().select(user_api="blas")
             _controller = ctl if ctl.lib_controllers else False
@@ -59,7 +65,7 @@ def _single_threaded_blas():
     Calls each library's set_num_threads directly: threadpoolctl's limit() costs ~0.05 ms more per call.
     """
     global _blas_users, _blas_limiter
-    with _pool_lock:
+    with _section(), _pool_lock:  # a fork-safe section (below): no fork while BLAS changes its thread count
         if _blas_users == 0:
             _blas_limiter = [(lib, lib.num_threads) for lib in blas_controller().lib_controllers]
             for lib, _ in _blas_limiter:
@@ -68,7 +74,7 @@ def _single_threaded_blas():
     try:
         yield
     finally:
-        with _pool_lock:
+        with _section(), _pool_lock:
             _blas_users -= 1
             if _blas_users == 0:
                 for lib, threads in _blas_limiter:
@@ -80,8 +86,10 @@ def map_tasks(fn, tasks, workers: int):
 
     With workers > 1, every BLAS call runs single-threaded, a lone task (in the calling thread) included: once
     BLAS has run its own threads they spin for a while after the call, and take the cores from the workers.
+    Each task runs inside a fork-safe section (below).
     """
     global _pool
+    fn = _fork_safe(fn)
     if workers <= 1:
         yield from map(fn, tasks)
         return
@@ -96,14 +104,74 @@ def map_tasks(fn, tasks, workers: int):
         yield from pool.map(fn, tasks)
 
 
+# ---- fork safety -------------------------------------------------------------------------------------------
+# A fork while another thread is inside BLAS can hang: OpenBLAS's own pthread_atfork handler shuts its thread
+# pool down inside fork(), under the lock that an in-flight BLAS call (or set_num_threads) holds; and a child
+# forked while a worker held one of gpuconv's locks, or while BLAS was held at one thread for a call, would
+# inherit that state. So every task that calls BLAS, and every change of BLAS's thread count, runs in a
+# *section*; os.fork() first waits (in a before-fork handler, GIL released while it waits) until no section
+# runs and lets none start until the fork is done. The fork then happens with no BLAS call of gpuconv in
+# flight and BLAS at its own thread count; the child starts with a fresh pool, fresh locks and no sections.
+# A fork waits at most for the chunks in flight (one chunk per worker: a few ms).
+_fork_cv = threading.Condition(threading.Lock())
+_in_flight = 0  # sections running now, in any thread
+_forking = False  # a fork is waiting for the sections to finish: no new one starts
+
+
+@contextlib.contextmanager
+def _section():
+    global _in_flight
+    with _fork_cv:
+        while _forking:
+            _fork_cv.wait()
+        _in_flight += 1
+    try:
+        yield
+    finally:
+        with _fork_cv:
+            _in_flight -= 1
+            if _in_flight == 0 and _forking:
+                _fork_cv.notify_all()
+
+
+def _fork_safe(fn):
+    def run(task):
+        with _section():
+            return fn(task)
+
+    return run
+
+
+def _before_fork():
+    global _forking
+    with _fork_cv:
+        _forking = True
+        while _in_flight:
+            _fork_cv.wait()
+
+
+def _after_fork_in_parent():
+    global _forking
+    with _fork_cv:
+        _forking = False
+        _fork_cv.notify_all()
+
+
 def _after_fork_in_child():
-    # the pool's threads do not exist in a forked child: start afresh there (a new pool on first use)
-    global _pool, _pool_lock, _blas_users
+    # the pool's threads do not exist in a forked child, and a lock another thread held at the fork stays held
+    # there: start afresh (a new pool on first use). BLAS is at its own thread count (no section ran at the fork)
+    # unless a call was between its sections: then give BLAS its count back, as that call would have.
+    global _pool, _pool_lock, _blas_users, _fork_cv, _in_flight, _forking
+    if _blas_users and _blas_limiter:
+        for lib, threads in _blas_limiter:
+            lib.set_num_threads(threads)
     _pool, _pool_lock, _blas_users = None, threading.Lock(), 0
+    _fork_cv, _in_flight, _forking = threading.Condition(threading.Lock()), 0, False
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 

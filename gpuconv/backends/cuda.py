@@ -238,8 +238,16 @@ class CudaBackend:
             for launch in plan[1:]:
                 self._run(launch, dy.dtype, dz, w, flag, dx, w if b is None else b)
             return dx
+        flag = None
+        bias = w if b is None else b
         for launch in _plans.backward_input(cfg, activation, b is not None, out_activation):
-            self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, w if b is None else b)
+            if launch.kernel == "gpuconv_nonfinite_flag":  # NaN/Inf in w, set and read on the device
+                flag = self.xp.zeros(1, np.int32)
+                self._run(launch, dy.dtype, w, flag)
+            elif launch.kernel == "gpuconv_conv_bwd_input_exact":
+                self._run(launch, dy.dtype, dy, dy if y is None else y, w, flag, dx, bias)
+            else:
+                self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, bias)
         return dx
 
     def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest", dz=None):

@@ -180,13 +180,11 @@ def _im2col(x, cfg: ConvConfig, n0, n1, i0, i1, ct):
     xb = _input_block(x, cfg, n0, n1, i0, i1, ct, channel_major=tapmajor)
     nb, ohc = n1 - n0, i1 - i0
     sn, sh, sw, sc = xb.strides
-    # win[n, i, j, a, b, c] = xb[n, i*s1 + a*d1, j*s2 + b*d2, c]: the window under output pixel (n, i, j)
-    win = as_strided(
-        xb,
-        (nb, ohc, cfg.ow, cfg.kh, cfg.kw, cfg.c),
-        (sn, cfg.s1 * sh, cfg.s2 * sw, cfg.d1 * sh, cfg.d2 * sw, sc),
-        writeable=False,
-    )
+    # win[n, i, j, a, b, c] = xb[n, i*s1 + a*d1, j*s2 + b*d2, c]: the window under output pixel (n, i, j).
+    # A dimension of size 1 gets stride 0: its step is never taken, and s * sh could pass int64 (stride 2**31).
+    shape = (nb, ohc, cfg.ow, cfg.kh, cfg.kw, cfg.c)
+    steps = (sn, cfg.s1 * sh, cfg.s2 * sw, cfg.d1 * sh, cfg.d2 * sw, sc)
+    win = as_strided(xb, shape, tuple(st if n > 1 else 0 for n, st in zip(shape, steps)), writeable=False)
     p, g = nb * ohc * cfg.ow, cfg.groups
     if tapmajor:
         cols = _work_buffer("cols", (cfg.kh, cfg.kw, cfg.c, nb, ohc, cfg.ow), ct)
@@ -281,7 +279,10 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
     hq, wq = _ceil_div(cfg.h, s1), _ceil_div(cfg.w, s2)
     wmat = _weight_matrix(w, cfg, ct)  # (G, K, Mg)
     # tap-major accumulates channel-major (C, N, ...): its adds then run along rows, not across channels
-    dxp = np.zeros((cfg.c, cfg.n, s1, s2, hq, wq) if tapmajor else (cfg.n, s1, s2, hq, wq, cfg.c), ct)
+    # input pixel h is in phase h % s1 < min(s1, H): a stride above the image size has no more phases than H
+    # (and s1 * s2 phases of a huge stride would not fit in memory)
+    p1, p2 = min(s1, cfg.h), min(s2, cfg.w)
+    dxp = np.zeros((cfg.c, cfg.n, p1, p2, hq, wq) if tapmajor else (cfg.n, p1, p2, hq, wq, cfg.c), ct)
     k = cfg.kh * cfg.kw * cfg.cg
 
     def phase_slice(i0, i1, s, off, size):  # (lo, hi) of the chunk's outputs, the phase and the rows it adds to
@@ -306,7 +307,7 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
             np.matmul(dzc.reshape(p, cfg.groups, cfg.mg).transpose(1, 0, 2), wmat.transpose(0, 2, 1), out=dcols)
             # (nb, OHc, OW, KH, KW, G, Cg) view, like the forward windows
             dcols = dcols.reshape(cfg.groups, nb, ohc, cfg.ow, cfg.kh, cfg.kw, cfg.cg).transpose(1, 2, 3, 4, 5, 0, 6)
-            dst = dxp[n0:n1].reshape(nb, s1, s2, hq, wq, cfg.groups, cfg.cg)
+            dst = dxp[n0:n1].reshape(nb, p1, p2, hq, wq, cfg.groups, cfg.cg)
         for a in range(cfg.kh):
             rows = phase_slice(i0, i1, s1, a * cfg.d1 - cfg.pt, cfg.h)
             if rows is None:
@@ -335,8 +336,8 @@ def _col2im_backward_input(dz, w, cfg: ConvConfig, ct):
     if s1 == s2 == 1:  # one phase: the buffer is dX already (channel-major if tap-major; with C = 1 no copy)
         return dxp[:, :, 0, 0].transpose(1, 2, 3, 0) if tapmajor else dxp[:, 0, 0]
     dx = np.empty(cfg.x_shape, ct)
-    for ph in range(s1):
-        for pw in range(s2):
+    for ph in range(p1):
+        for pw in range(p2):
             part = dx[:, ph::s1, pw::s2]  # (N, rows, cols, C) of this phase
             src = dxp[:, :, ph, pw].transpose(1, 2, 3, 0) if tapmajor else dxp[:, ph, pw]
             part[...] = src[:, : part.shape[1], : part.shape[2]]
@@ -402,7 +403,10 @@ class NumpyBackend:
         # stride 1: a forward convolution of dZ, unless x has few channels (tap-major), where the col2im adds run
         # channel-major along whole rows and beat building KH*KW*M-wide columns of dZ (measured: 2.0 vs 4.6 ms
         # on shape mnist, docs/performance.md)
-        if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):
+        # The convolution of dZ takes dZ's padding as zeros: with a NaN/Inf weight, 0 * w would add NaN terms
+        # that are not in the chain rule (taps that reach no output pixel); col2im adds exactly the terms of the
+        # rule, so a non-finite w goes there (np.isfinite(w).all(): ~10 us on a 3x3x64x64 w).
+        if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg) and np.isfinite(w).all():
             tcfg = _transposed_config(cfg)
             dx = _conv(dz, _transposed_weight(w, cfg), tcfg, ct, b, activation)
         else:
@@ -438,7 +442,9 @@ class NumpyBackend:
 
     def backward_bias(self, dz):
         ct = _compute_dtype(dz.dtype)
-        d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)
+        # C order first: a view with a negative or odd stride would be summed in another order by BLAS (the last
+        # bit of float64 db then depended on the memory layout of dz)
+        d = np.ascontiguousarray(dz.reshape(-1, dz.shape[-1]), dtype=ct)
         # ones @ dz: a BLAS GEMV, 5-20x faster here than d.sum(axis=0), which adds one M-wide row at a time
         (db,) = _threads.map_tasks(lambda ones: ones @ d, [np.ones(d.shape[0], ct)], _threads.workers())
         return db.astype(dz.dtype, copy=False)

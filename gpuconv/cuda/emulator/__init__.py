@@ -37,6 +37,7 @@ import numpy
 from . import _compile
 from ._buffers import ArgBuffers
 from ._compile import CompileError, sanitize_mode, unavailable_reason
+from ..._validate import env_number
 
 __all__ = [
     "SCHEDULES",
@@ -104,18 +105,11 @@ def wmma_layout(schedule_name: str) -> str:
 
 
 def _workers() -> int:
-    value = os.environ.get(ENV_WORKERS, "").strip()
-    if value:
-        n = int(value)
-        if n < 1:
-            raise ValueError(f"{ENV_WORKERS} must be a positive integer, got {value!r}")
-        return n
-    return _DEFAULT_WORKERS
+    return env_number(ENV_WORKERS, int, _DEFAULT_WORKERS, minimum=1)
 
 
 def _timeout() -> float:
-    value = os.environ.get(ENV_TIMEOUT, "").strip()
-    return float(value) if value else DEFAULT_TIMEOUT_S
+    return env_number(ENV_TIMEOUT, float, DEFAULT_TIMEOUT_S, minimum=0)
 
 
 class _ArgInfo(ctypes.Structure):
@@ -268,7 +262,7 @@ class EmulatorKernel:
         module = self.module
         sched_name = current_schedule()
         sched = SCHEDULES.index(sched_name) | (256 if wmma_layout(sched_name) == "permuted" else 0)
-        seed = int(os.environ.get(ENV_SEED, "0") or 0) & 0xFFFFFFFF
+        seed = env_number(ENV_SEED, int, 0) & 0xFFFFFFFF
         workers, timeout = _workers(), _timeout()
         # One launch at a time per module (the C side serializes them too): the argument buffers are reused.
         with module._lock:
