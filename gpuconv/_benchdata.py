@@ -16,7 +16,6 @@ every commit in a history is measured on the same shapes and inputs (and commits
 from __future__ import annotations
 
 import math
-import os
 import re
 import statistics
 import time
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuconv import _dispatch, _registry, conv2d_info
+from gpuconv import _dispatch, _registry, _validate, conv2d_info
 
 # Spelled out rather than taken from _dispatch: asv matches parameters by position, so the lists must not change
 # with the commit being measured (a backend a commit lacks is skipped there). Dtypes and activations follow the
@@ -277,7 +276,8 @@ def large_reason(where: str, shape: BenchShape):
     """Why ``shape`` is skipped by default on ``where`` (a backend, or "cpu" for the PyTorch peer), or None:
     training-size layers on the CPU. GPUCONV_BENCH_LARGE=1 lifts it."""
     mults = shape.info.multiplications
-    if where in SLOW_BACKENDS and mults > LARGE_MULTIPLICATIONS and os.environ.get(ENV_LARGE, "") != "1":
+    lifted = _validate.env_choice(ENV_LARGE, ("0", "1"), "0") == "1"  # read (and checked) on every call
+    if where in SLOW_BACKENDS and mults > LARGE_MULTIPLICATIONS and not lifted:
         return (f"shape {shape.name!r} ({mults:,} multiplications) is skipped on {where} by default "
                 f"(above {LARGE_MULTIPLICATIONS:,}); name it with --shape, or set {ENV_LARGE}=1")
     return None

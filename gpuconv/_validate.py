@@ -116,3 +116,16 @@ def env_number(var: str, kind, default, minimum=None):
     if minimum is not None and value < minimum:
         raise ValueError(f"environment variable {var}={raw!r} must be {word} >= {minimum}")
     return value
+
+
+def env_path(var: str, kind: str):
+    """The value of ``var``, a path that must exist: kind "dir" (a folder) or "exe" (an executable file);
+    None if unset or empty."""
+    raw = os.environ.get(var, "")
+    if not raw.strip():
+        return None
+    ok = os.path.isdir(raw) if kind == "dir" else (os.path.isfile(raw) and os.access(raw, os.X_OK))
+    if not ok:
+        what = "an existing folder" if kind == "dir" else "an executable file"
+        raise ValueError(f"environment variable {var}={raw!r} must be {what}")
+    return raw

@@ -212,6 +212,10 @@ OPTION_CASES = [
     case("pad-asym", (1, 5, 6, 2), (3, 3, 2, 2), padding=((0, 2), (3, 1))),
     case("pad-asym-stride", (2, 6, 5, 2), (2, 3, 2, 3), padding=((1, 0), (0, 2)), stride=(2, 3)),
     case("pad-large", (1, 3, 3, 1), (2, 2, 1, 2), padding=3),
+    # padding on the right or bottom only, with more than 4 channels (the NumPy backend's pixel-major path,
+    # whose input block is a view of x when no padding is reached and a zero-bordered copy otherwise)
+    case("pad-right-only-c6", (1, 5, 6, 6), (2, 3, 6, 3), padding=((0, 0), (0, 2))),
+    case("pad-bottom-only-c5", (2, 5, 4, 5), (3, 2, 5, 3), padding=((0, 2), (0, 0)), stride=2),
     case("same-odd", (2, 6, 5, 2), (3, 3, 2, 3), padding="same"),
     case("same-even", (1, 6, 7, 2), (2, 4, 2, 2), padding="same"),
     case("same-stride2", (1, 7, 8, 2), (3, 2, 2, 3), padding="same", stride=2),
@@ -242,6 +246,23 @@ OPTION_CASES = [
     case("sigmoid-3d-dil", (7, 7, 2), (2, 2, 2, 3), activation="sigmoid", dilation=3),
     case("2d-relu-dil-same", (7, 6), (3, 2), bias=False, activation="relu", dilation=2, padding="same"),
 ]
+# The same options on the CUDA backend's tiled paths (16+ input and output channels per group: the tiled
+# forward, dx and dw GEMMs), so that the whole shared suite, not only tests/test_kernels.py, reaches them; each
+# as small as the path allows (the emulator runs them). Tiles: forward and dx 128 x 32 up to 32 channels per
+# group, 64 x 64 above; dx dilation (2, 1) tells the tap-row step from the tap-column one (and its 17 channels
+# make a reduction length K that is not a multiple of the 16-deep step); "tiled-splits-groups"
+# has 544 output pixels and 2 groups, so the dw and db reductions take several splits (each group's dw too).
+TILED_CASES = [
+    case("tiled-asym-stride", (1, 6, 7, 16), (3, 2, 16, 16), activation="relu", padding=((1, 0), (0, 2)),
+         stride=(2, 1)),
+    case("tiled-dil21", (1, 7, 6, 17), (3, 3, 17, 17), activation="sigmoid", padding=1, dilation=(2, 1)),
+    case("tiled-groups-same", (1, 5, 5, 32), (2, 2, 16, 32), activation="tanh", groups=2, padding="same"),
+    case("tiled-full-dil12", (1, 4, 5, 16), (2, 3, 16, 17), bias=False, padding="full", dilation=(1, 2)),
+    case("tiled-wide-stride3", (2, 5, 6, 40), (2, 2, 40, 40), activation="relu", stride=3, padding=(1, 0)),
+    case("tiled-splits-groups", (2, 16, 16, 32), (1, 1, 16, 32), activation="sigmoid", groups=2,
+         padding=((0, 1), (0, 0))),
+]
+OPTION_CASES += TILED_CASES
 OPTION_IDS = [c["name"] for c in OPTION_CASES]
 
 

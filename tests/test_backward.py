@@ -39,6 +39,62 @@ def test_activation_backward(backend, to_xp, check, rand, dtype, activation, sha
     check(dz, ref.activation_backward(dy, y, activation), dtype)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward_over_several_grid_passes(backend, to_xp, check, rand, monkeypatch, activation):
+    """The CUDA kernel's grid is capped (ACT_BWD_MAX_BLOCKS blocks of 256 threads) and loops over the rest:
+    with the cap lowered to 2 blocks, 1613 elements take 4 passes, the last one partial."""
+    from gpuconv.backends import _plans
+
+    monkeypatch.setattr(_plans, "ACT_BWD_MAX_BLOCKS", 2)
+    assert _plans.activation_backward(1613, activation)[0].grid == (2, 1, 1)
+    dy = rand((1613,), np.float32)
+    y = ref.activate(rand((1613,), np.float64, low=-3, high=3), activation).astype(np.float32)
+    dz = gpuconv.activation_backward(to_xp(dy), to_xp(y), activation, backend=backend)
+    check(dz, ref.activation_backward(dy, y, activation), np.float32)
+
+
+def _half_ulp_bound(exact, noise):
+    """Half a float16 ulp of each exact value (what one rounding to nearest allows) plus ``noise``."""
+    return np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64) / 2 + noise
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_float16_activation_backward_rounds_once(backend, to_xp, asnumpy, rand, activation):
+    """dz = dy * act'(z) is computed in float32 and rounded once: within half a float16 ulp of the float64
+    value from the same float16 inputs (plus float32 noise), never the ~2 ulps of float16 arithmetic."""
+    dy = rand((4000,), np.float16, low=-4, high=4)
+    y = ref.activate(rand((4000,), np.float64, low=-3, high=3), activation).astype(np.float16)
+    dz = asnumpy(gpuconv.activation_backward(to_xp(dy), to_xp(y), activation, backend=backend))
+    exact = ref.activation_backward(dy.astype(np.float64), y.astype(np.float64), activation)
+    err = np.abs(dz.astype(np.float64) - exact)
+    bound = _half_ulp_bound(exact, 2**-20 * np.abs(exact))
+    assert dz.dtype == np.float16 and np.all(err <= bound), f"worst: {np.max(err / bound):.2f} x the bound"
+
+
+@pytest.mark.parametrize("path", ["direct", "tiled"])
+def test_float16_gradients_round_once(backend, to_xp, asnumpy, rand, path):
+    """dx, dw, db from a float16 dz: summed in float32, rounded once (half a float16 ulp + float32 noise)."""
+    xs, ws = ((2, 6, 6, 4), (3, 3, 4, 5)) if path == "direct" else ((1, 6, 5, 16), (3, 2, 16, 17))
+    opts = {"padding": 1, "stride": (1, 2)}
+    x, w = rand(xs, np.float16), rand(ws, np.float16)
+    dz = rand(ref.y_shape(xs, ws, **opts), np.float16)
+    got = {
+        "dx": gpuconv.conv2d_backward_input(to_xp(dz), to_xp(w), xs, backend=backend, **opts),
+        "dw": gpuconv.conv2d_backward_weight(to_xp(dz), to_xp(x), ws, backend=backend, **opts),
+        "db": gpuconv.conv2d_backward_bias(to_xp(dz), backend=backend),
+    }
+    want = {
+        "dx": ref.backward_input(dz, w, xs, **opts),
+        "dw": ref.backward_weight(dz, x, ws, **opts),
+        "db": ref.backward_bias(dz),
+    }
+    for k, v in got.items():
+        v = asnumpy(v)
+        err = np.abs(v.astype(np.float64) - want[k])
+        bound = _half_ulp_bound(want[k], 1e-5 * np.max(np.abs(want[k])))
+        assert v.dtype == np.float16 and np.all(err <= bound), f"{k}: worst {np.max(err / bound):.2f} x the bound"
+
+
 def test_activation_backward_relu_uses_saved_output(backend, to_xp, asnumpy):
     """relu': 1 where the output is positive, 0 where it is 0 (the kink counts as 0)."""
     dy = np.array([1.5, -2.0, 3.0, 4.0])

@@ -216,14 +216,18 @@ def test_empty_batch(backend, xp, to_xp, rand, padding):
     assert y.dtype == np.float64 and isinstance(y, xp.ndarray)
 
 
+@pytest.mark.parametrize("path", ["direct", "tiled"])
 @pytest.mark.parametrize("activation", [None, *ACTIVATIONS])
-def test_nan_propagates(backend, to_xp, check, rand, activation):
-    x, w, b = rand((2, 6, 6, 2)), rand((3, 3, 2, 3)), rand((3,))
+def test_nan_propagates(backend, to_xp, check, rand, activation, path):
+    """A NaN input reaches every output whose window covers it, through every activation (relu too: NaN is
+    not below 0), on the direct and the tiled (16+ channels per group) kernels."""
+    c, m = (2, 3) if path == "direct" else (16, 16)
+    x, w, b = rand((2, 6, 6, c)), rand((3, 3, c, m)), rand((m,))
     x[1, 2, 3, 1] = np.nan
     y = gpuconv.conv2d(to_xp(x), to_xp(w), to_xp(b), padding=1, activation=activation, backend=backend)
     expected = ref.conv2d(x, w, b, padding=1, activation=activation)
-    assert np.isnan(expected).sum() == 9 * 3  # the 3x3 windows over that pixel, every output channel
-    check(y, expected, np.float64, reduction=19)
+    assert np.isnan(expected).sum() == 9 * m  # the 3x3 windows over that pixel, every output channel
+    check(y, expected, np.float64, reduction=9 * c + 1)
 
 
 @pytest.mark.parametrize("activation", [None, *ACTIVATIONS])

@@ -20,6 +20,9 @@ CONFIGS = {
         "x": (1, 7, 6, 3), "w": (3, 3, 1, 3), "opts": {"padding": "same", "stride": 2, "groups": 3}
     },
     "2d": {"x": (6, 5), "w": (3, 2), "opts": {"padding": "full"}},
+    # the CUDA backend's tiled kernels (16+ channels per group); dilation (2, 1) and stride (1, 2) make the
+    # tap rows and columns step differently
+    "tiled": {"x": (1, 5, 6, 16), "w": (2, 3, 16, 16), "opts": {"dilation": (2, 1), "stride": (1, 2), "padding": 1}},
 }
 KINK_MARGIN = 1e-3  # relu: every pre-activation at least this far from 0 (far beyond FD_STEP * |dZ/dparam|)
 

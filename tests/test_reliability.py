@@ -321,3 +321,18 @@ def test_case9_the_issues_example():
     assert view.strides[-1] < 0
     np.testing.assert_array_equal(gpuconv.conv2d_backward_bias(view, backend="numpy"),
                                   gpuconv.conv2d_backward_bias(np.ascontiguousarray(view), backend="numpy"))
+
+
+@pytest.mark.parametrize("var,value,call", [
+    ("GPUCONV_CUDA_INCLUDE", "/no/such/folder", lambda: __import__("gpuconv.cuda._headers").cuda._headers.cuda_include_dirs()),
+    ("GPUCONV_NVDISASM", "/no/such/nvdisasm", lambda: __import__("gpuconv.cuda.sass").cuda.sass.nvdisasm_path()),
+    ("GPUCONV_BENCH_LARGE", "yes", lambda: __import__("gpuconv._benchdata")._benchdata.large_reason(
+        "numpy", __import__("gpuconv._benchdata")._benchdata.SHAPES["tiny"])),
+])
+def test_case4_path_and_flag_variables_are_checked(monkeypatch, var, value, call):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError) as info:
+        call()
+    assert f"environment variable {var}={value!r}" in str(info.value), str(info.value)
+    monkeypatch.delenv(var)
+    call()  # unset: no error

@@ -11,11 +11,13 @@ import math
 
 import numpy as np
 import pytest
-from conftest import DTYPE_IDS, DTYPES, assert_close, fd_gradient, random_array, sample_coordinates, to_numpy
+from conftest import (ACTIVATIONS, DTYPE_IDS, DTYPES, OUTPUT_ACTIVATIONS, assert_close, fd_gradient, random_array,
+                      sample_coordinates, to_numpy)
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import gpuconv
+from gpuconv import _registry
 
 torch = pytest.importorskip("torch", reason="the transposed convolution is checked against PyTorch")
 F = torch.nn.functional
@@ -74,8 +76,9 @@ def torch_transpose(x, w, b, *, stride=1, padding="valid", output_padding=0, dil
         if b is not None:
             y = y + b[None, :, None, None]
     assert tuple(y.shape[2:]) == (oh, ow)
-    if activation not in (None, "identity"):
-        y = getattr(torch, activation)(y)  # relu, sigmoid, tanh
+    peer = _registry.activation(activation or "identity").torch  # the registry's torch function
+    if peer is not None:
+        y = getattr(torch, peer)(y)
     return y.permute(0, 2, 3, 1)
 
 
@@ -118,7 +121,7 @@ def transpose_problems(draw):
     opts = {"stride": s if s[0] != s[1] else s[0], "padding": padding, "output_padding": op,
             "dilation": d if d[0] != d[1] else d[0], "groups": groups}
     return {"x_shape": (n, h, wd, cig * groups), "w_shape": (kh, kw, cog, cig * groups), "opts": opts,
-            "bias": draw(st.booleans()), "activation": draw(st.sampled_from([None, "relu", "sigmoid", "tanh"])),
+            "bias": draw(st.booleans()), "activation": draw(st.sampled_from([None, *ACTIVATIONS])),
             "seed": draw(st.integers(0, 2**32 - 1))}
 
 
@@ -181,7 +184,7 @@ def test_transpose_paths(backend, to_xp, rng, dtype, co_g, groups, stride, dilat
     w = random_array(rng, (3, 2, co_g, ci), dtype)
     b = random_array(rng, (co_g * groups,), dtype)
     opts = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
-    for act in ("relu", "sigmoid"):
+    for act in OUTPUT_ACTIVATIONS:
         y = gpuconv.conv2d_transpose(to_xp(x), to_xp(w), to_xp(b), activation=act, backend=backend, **opts)
         expected = torch_transpose(torch.tensor(x.astype(np.float64)), torch.tensor(w.astype(np.float64)),
                                    torch.tensor(b.astype(np.float64)), activation=act, **opts).numpy()

@@ -9,6 +9,7 @@
                                         layers included) next to cuDNN in the same mode: highest, tf32, fp16, bf16
   python tools/gpu_check.py breakdown [name...]  GPU time (events) of each kernel launch group per benchmark shape
   python tools/gpu_check.py once [name] one fused forward + backward of one benchmark shape (for ncu / nsys)
+  python tools/gpu_check.py bigoffsets  element offsets past 2**31 on the tiled paths (~13 GiB of GPU memory)
   python tools/gpu_check.py work        FLOPs, bytes and peak-bound times of every benchmark layer (no GPU needed)
 
 Shapes are gpuconv._benchdata's, by name (GPU_SHAPE_NAMES: tiny-same, small-same, resnet-same, stem, mnist-same
@@ -17,6 +18,7 @@ _benchdata's too.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -418,6 +420,76 @@ def once():
     return 0
 
 
+
+# ------------------------------------------------------------------------------- offsets past 2**31 elements
+# float16 x of 1025 x 1024 pixels x 2048 channels: 2**31 + 2**21 elements (4 GiB), so the last pixels' element
+# offsets need more than 31 bits while every pixel index fits int32. C = 2048 and M = 16 take the tiled
+# forward (128 x 32 tile), dx and dw kernels. A 32-bit offset anywhere in their loaders reads or writes the
+# wrong place (or faults) for the pixels checked here.
+BIG_X = (1, 1025, 1024, 2048)
+BIG_M = 16
+
+
+def bigoffsets():
+    """The last pixels of a 2**31-element x: forward, dx and dw compared with float64 dot products. Needs a GPU;
+    skipped (exit 0, with the reason) elsewhere. ``bigoffsets --small`` runs the same check on a small x (the
+    emulator dry run: GPU_CHECK_BACKEND=emulator)."""
+    from gpuconv._dispatch import backend_status
+
+    if "--small" in sys.argv:
+        return _check_big_offsets(_cupy_backend(), (1, 5, 4, 32))
+    if os.environ.get("GPU_CHECK_BACKEND", "cupy") != "cupy" or backend_status("cupy") is not None:
+        print(f"bigoffsets: skipped, needs a GPU ({backend_status('cupy') or 'GPU_CHECK_BACKEND is not cupy'})")
+        return 0
+    assert math.prod(BIG_X) > 2**31
+    return _check_big_offsets(_cupy_backend(), BIG_X)
+
+
+def _max_rel_err(got, want):
+    import numpy as np
+
+    got = np.asarray(got, np.float64)
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
+
+
+def _check_big_offsets(be, x_shape):
+    import numpy as np
+
+    from gpuconv._config import make_config
+
+    xp = be.xp
+    n, h, w_, c = x_shape
+    cfg = make_config("gpu_check", x_shape, (1, 1, c, BIG_M))
+    rng = np.random.default_rng(31)
+    x = xp.full(x_shape, 0.5, np.float16)
+    x[0, h - 2:] = xp.asarray(rng.uniform(-1, 1, (2, w_, c)).astype(np.float16))  # the last two rows random
+    w = rng.uniform(-1, 1, cfg.w_shape).astype(np.float16)
+    wd = xp.asarray(w)
+    # dz is zero but on the last two pixels: dw is then exactly their two outer products, read past 2**31
+    dz_last = rng.uniform(-1, 1, (2, BIG_M)).astype(np.float16)
+    dz = xp.zeros(cfg.y_shape, np.float16)
+    dz[0, h - 1, w_ - 2:] = xp.asarray(dz_last)
+    last = be.to_host(x[0, h - 1, w_ - 2:]).astype(np.float64)  # (2, C): offsets above 2**31 in BIG_X
+    w64 = w[0, 0].astype(np.float64)  # (C, M)
+    want = {"forward": last @ w64, "dx": dz_last.astype(np.float64) @ w64.T,
+            "dw": last.T @ dz_last.astype(np.float64)}
+    y = be.forward(x, wd, None, cfg, "identity")
+    got = {"forward": be.to_host(y[0, h - 1, w_ - 2:])}
+    del y
+    dx = be.backward_input(dz, wd, cfg)
+    got["dx"] = be.to_host(dx[0, h - 1, w_ - 2:])
+    del dx
+    got["dw"] = be.to_host(be.backward_weight(dz, x, cfg))[0, 0]
+    failures = 0
+    for k in ("forward", "dx", "dw"):
+        err = _max_rel_err(got[k], want[k])
+        ok = err < 1e-2
+        failures += not ok
+        print(f"bigoffsets {k:8s} x {x_shape} float16, last pixels: rel err {err:.2e} (limit 1e-02)"
+              f"{'' if ok else '  FAIL'}")
+    return 1 if failures else 0
+
+
 # Dense peaks of an H100 / H200 SXM (TFLOP/s) and their memory bandwidth (TB/s), for the bounds of ``work``.
 PEAKS = {"fp32": 67.0, "tf32": 495.0, "fp16": 989.0, "bf16": 989.0}
 BANDWIDTH = {"H100": 3.35, "H200": 4.8}
@@ -458,7 +530,8 @@ def work():
 
 
 COMMANDS = {"resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
-            "bench": bench, "breakdown": breakdown, "once": once, "work": work}
+            "bench": bench, "breakdown": breakdown, "once": once, "work": work,
+            "bigoffsets": bigoffsets}
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "resources"

@@ -92,6 +92,7 @@ fi
 
 step accuracy "accuracy vs NumPy float64, every mode" 45 "$PY" tools/gpu_check.py accuracy
 step determinism "dw/db determinism" 30 "$PY" tools/gpu_check.py determinism
+step bigoffsets "offsets past 2**31 elements (tiled paths)" 60 "$PY" tools/gpu_check.py bigoffsets
 
 SAN="$(command -v compute-sanitizer || true)"
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 
+from .._validate import env_path
+
 ENV_INCLUDE = "GPUCONV_CUDA_INCLUDE"
 
 
 def cuda_include_dirs() -> list:
     """Folders holding cuda_fp16.h and crt/mma.h for NVRTC (GPUCONV_CUDA_INCLUDE, pip wheels, CUDA toolkit), or []."""
     candidates = []
-    if os.environ.get(ENV_INCLUDE):
-        candidates.append(os.environ[ENV_INCLUDE])
+    chosen = env_path(ENV_INCLUDE, "dir")  # a value that is no folder is a ValueError naming it
+    if chosen:
+        candidates.append(chosen)
     try:
         import nvidia
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import nvrtc
+from .._validate import env_path
 from .modules import kernel_dirs, kernel_files, kernel_path
 
 ENV_NVDISASM = "GPUCONV_NVDISASM"
@@ -82,8 +83,9 @@ class KernelSass(NamedTuple):
 def nvdisasm_path():
     """The nvdisasm binary: GPUCONV_NVDISASM, the pip wheel, a CUDA toolkit, PATH; None if none is found."""
     candidates = []
-    if os.environ.get(ENV_NVDISASM):
-        candidates.append(os.environ[ENV_NVDISASM])
+    chosen = env_path(ENV_NVDISASM, "exe")  # a value that is no executable is a ValueError naming it
+    if chosen:
+        candidates.append(chosen)
     try:
         import nvidia
 

@@ -1,0 +1,32 @@
+"""tools/gpu_check.py bigoffsets (offsets past 2**31 elements, a GPU check) runs here as its own dry run: the same
+code on a small x through the CPU emulator, and a clean skip where there is no GPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpuconv.cuda.modules import emulator_unavailable_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, **env):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), *args], capture_output=True,
+                          text=True, check=False, cwd=ROOT, env=dict(os.environ, **env), timeout=300)
+
+
+@pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
+def test_bigoffsets_dry_run_on_the_emulator():
+    proc = _run("bigoffsets", "--small", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for k in ("forward", "dx", "dw"):
+        assert f"bigoffsets {k}" in proc.stdout and "FAIL" not in proc.stdout
+
+
+def test_bigoffsets_skips_without_a_gpu():
+    proc = _run("bigoffsets", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0 and "bigoffsets: skipped, needs a GPU" in proc.stdout, proc.stdout + proc.stderr

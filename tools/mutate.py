@@ -1,0 +1,435 @@
+"""Mutation testing of kernels/ and the NumPy backend: plant one small bug at a time, run the CI jobs that
+should catch it, and report which bugs got through.
+
+    python tools/mutate.py                      every mutant, every job (plain, reverse, asan), no time limit
+    python tools/mutate.py --budget 1200        stop starting mutants after 20 minutes (the rest: "not run")
+    python tools/mutate.py --only k-fwd-03,n-relu-fmax --jobs plain
+    python tools/mutate.py --kind numpy         only the NumPy-backend mutants
+    python tools/mutate.py --list               the mutants, and whether each still applies to the tree
+
+Each mutant is one exact text replacement in one file (MUTANTS below, a fixed list, versioned by
+MUTANTS_VERSION: change the version when the list changes, so that reported kill rates name their list). The
+tree is copied once to a scratch folder (tracked and untracked files, without .git, .venv, caches); each mutant
+is applied to the scratch copy only, the jobs run there (PYTHONPATH and the working directory point at the
+copy, its own emulator cache), and the file is restored before the next mutant, whatever happens. The real
+tree is never written.
+
+Jobs, as CI (.ci/run) runs them, each with -x so that a killed mutant costs one failing test:
+  plain    the emulator suite (tests/test_kernels.py + the shared backend suite, -k "emulator or test_kernels")
+  reverse  the same with GPUCONV_EMULATOR_SCHEDULE=reverse (a missing barrier shows as a wrong result)
+  asan     the same under tools/asan_emulator.sh (an out-of-bounds access is a report)
+  numpy    the NumPy backend's tests (the shared suite -k numpy, tests/test_numpy_backend.py)
+A kernel mutant runs plain, then reverse, then asan, until one fails; a NumPy-backend mutant runs numpy. A
+mutant is killed when a job fails or exceeds --timeout (a hang is a detected bug, as in mutmut and Stryker).
+
+Mutants that only an input of GPU size can reach (32-bit element offsets: wrong past 2**31 elements) are marked
+gpu_only; they are not run unless --with-gpu-only, and are counted apart: tools/gpu_check.py bigoffsets covers
+them on a GPU. Equivalent mutants are not in the list.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+MUTANTS_VERSION = 1
+
+EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
+                  "tests/test_gradcheck.py", "tests/test_layer.py"]
+NUMPY_SUITE = ["tests/test_numpy_backend.py", "tests/test_forward.py", "tests/test_backward.py",
+               "tests/test_gradcheck.py", "tests/test_layer.py"]
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=line", "-rf"]
+JOBS = {
+    "plain": ({}, [*PYTEST, "-k", "emulator or test_kernels", *EMULATOR_SUITE]),
+    "reverse": ({"GPUCONV_EMULATOR_SCHEDULE": "reverse"}, [*PYTEST, "-k", "emulator or test_kernels",
+                                                           *EMULATOR_SUITE]),
+    "asan": ({}, ["bash", "tools/asan_emulator.sh", *EMULATOR_SUITE, "-k", "emulator or test_kernels", "-x"]),
+    "numpy": ({}, [*PYTEST, "-k", "numpy or test_numpy_backend", *NUMPY_SUITE]),
+}
+KERNEL_JOBS = ("plain", "reverse", "asan")
+
+
+class Mutant(NamedTuple):
+    id: str
+    path: str       # relative to the repository root
+    old: str        # exact text, found exactly once in the file (or give nth)
+    new: str
+    what: str       # the bug, in words
+    gpu_only: bool = False
+    nth: Optional[int] = None  # which occurrence of old, when it is not unique
+
+    @property
+    def kind(self) -> str:
+        return "kernels" if self.path.startswith("kernels/") else "numpy"
+
+
+FWD, BWD, COMMON = "kernels/conv_forward.cu", "kernels/conv_backward.cu", "kernels/gpuconv_common.cuh"
+NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
+M = Mutant
+MUTANTS = [
+    # ---------------------------------------------------------------- forward: tiled implicit GEMM
+    M("k-fwd-01", FWD, "        if (row < P) {\n            const int b = row / (OH * OW)",
+      "        if (row <= P) {\n            const int b = row / (OH * OW)", "bound: loader row < P made <="),
+    M("k-fwd-02", FWD, "if (r_ok && a_b[i] >= 0 && (unsigned)ih < (unsigned)H",
+      "if (r_ok && a_b[i] >= 0 && (unsigned)ih <= (unsigned)H", "bound: input row < H made <="),
+    M("k-fwd-03", FWD, "const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;",
+      "const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2 + 1;", "index off by one: input column"),
+    M("k-fwd-04", FWD, "const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;",
+      "const int ih = a_ih[i] + k1 * d2, iw = a_iw[i] + k2 * d1;", "swapped: row and column dilations"),
+    M("k-fwd-05", FWD, "rb[j] = (bcol_ok && kr < K)", "rb[j] = (bcol_ok && kr <= K)",
+      "bound: weight row < K made <="),
+    M("k-fwd-06", FWD, "wcol[(gpuconv_i64)kr * M]", "wcol[(gpuconv_i64)kr * Mg]",
+      "index: weight row stride M made Mg (groups)"),
+    M("k-fwd-07", FWD, "            if (col >= Mg) continue;", "            if (col > Mg) continue;",
+      "bound: epilogue column >= Mg made >"),
+    M("k-fwd-08", FWD, "if (has_bias) z += gpuconv_to_acc(bias[m]);",
+      "if (has_bias) z += gpuconv_to_acc(bias[col]);", "index: bias of the group-local column", nth=0),
+    M("k-fwd-09", FWD, "gpuconv_store(y + (gpuconv_i64)row * M + m,", "gpuconv_store(y + (gpuconv_i64)row * Mg + m,",
+      "index: output row stride M made Mg"),
+    M("k-fwd-10", FWD, "ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((a_b[i] * H + ih) * W + iw) * C + cn]);",
+      "ra[i] = gpuconv_to_acc(xg[((a_b[i] * H + ih) * W + iw) * C + cn]);",
+      "32-bit element offset in the forward loader", gpu_only=True),
+    M("k-fwd-11", FWD, "const int bcol = t % BN;", "const int bcol = t % (BN / 2);",
+      "index: weight loader column"),
+    # ---------------------------------------------------------------- forward: direct kernel
+    M("k-fwd-12", FWD, "if ((unsigned)ih >= (unsigned)H) continue;", "if ((unsigned)ih > (unsigned)H) continue;",
+      "bound: direct input row >= H made >"),
+    M("k-fwd-13", FWD, "    const int g = m / Mg;\n    const int b = p / (OH * OW)",
+      "    const int g = m / Cg;\n    const int b = p / (OH * OW)", "index: group of an output channel (Cg for Mg)"),
+    M("k-fwd-14", FWD, "const T* wp = w + (k1 * KW + k2) * Cg * M + m;", "const T* wp = w + (k2 * KW + k1) * Cg * M + m;",
+      "swapped: tap row and column in the direct weight index"),
+    M("k-fwd-15", FWD, "for (int n = 0; n < Cg; ++n) z +=", "for (int n = 0; n < Cg - 1; ++n) z +=",
+      "bound: the last input channel skipped"),
+    M("k-fwd-16", FWD, "const T* xp = x + (gpuconv_i64)((b * H + ih) * W + iw) * C + g * Cg;",
+      "const T* xp = x + ((b * H + ih) * W + iw) * C + g * Cg;", "32-bit element offset in the direct forward",
+      gpu_only=True),
+    M("k-fwd-17", FWD, "    const int oi = rem / OW, oj = rem - oi * OW;\n    Acc z",
+      "    const int oi = rem / OH, oj = rem - oi * OW;\n    Acc z", "index: output row from OH (for OW)"),
+    # ---------------------------------------------------------------- shared helpers (every kernel)
+    M("k-com-01", COMMON, "case GPUCONV_ACT_RELU: return z < Acc(0) ? Acc(0) : z;",
+      "case GPUCONV_ACT_RELU: return z > Acc(0) ? z : Acc(0);", "relu that turns NaN into 0"),
+    M("k-com-02", COMMON, "case GPUCONV_ACT_RELU: return u > Acc(0) ? dy : Acc(0);",
+      "case GPUCONV_ACT_RELU: return u >= Acc(0) ? dy : Acc(0);", "derivative: relu' at the kink"),
+    M("k-com-03", COMMON, "case GPUCONV_ACT_SIGMOID: return dy * u * (Acc(1) - u);",
+      "case GPUCONV_ACT_SIGMOID: return dy * u * (Acc(1) + u);", "derivative: sigmoid' sign"),
+    M("k-com-04", COMMON, "case GPUCONV_ACT_TANH: return dy * (Acc(1) - u * u);",
+      "case GPUCONV_ACT_TANH: return dy * (Acc(1) - u);", "derivative: tanh' as 1 - u"),
+    M("k-com-05", COMMON, "Acc(1) / (Acc(1) + gpuconv_exp(-z))", "Acc(1) / (Acc(1) + gpuconv_exp(z))",
+      "sigmoid forward sign"),
+    M("k-com-06", COMMON, "if (act == GPUCONV_ACT_IDENTITY) return d;", "if (act != GPUCONV_ACT_RELU) return d;",
+      "derivative skipped in the fused loads (sigmoid, tanh)"),
+    M("k-com-07", COMMON, "if (i2 >= n2) { i2 -= n2; ++i1; }", "if (i2 > n2) { i2 -= n2; ++i1; }",
+      "bound: index walk carry >= made >"),
+    M("k-com-08", COMMON, "if (i1 >= n1) { i1 -= n1; ++i0; }", "if (i1 >= n1) { i1 -= n1; }",
+      "index walk: carry into the top digit dropped"),
+    M("k-com-09", COMMON, "            for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];",
+      "            for (int j = 0; j < 4; ++j) acc[i][j] += a[j] * b[i];", "swapped: micro-tile indices"),
+    M("k-com-10", COMMON, "    for (int k = 0; k < GPUCONV_BK; ++k) {\n        Acc a[4], b[4];",
+      "    for (int k = 0; k < GPUCONV_BK - 1; ++k) {\n        Acc a[4], b[4];", "bound: one k of each tile step skipped"),
+    M("k-com-11", COMMON, "        if (more) stage(buf ^ 1);\n        __syncthreads();",
+      "        if (more) stage(buf ^ 1);\n", "barrier dropped: GEMM main loop"),
+    M("k-com-12", COMMON, "    stage(0);\n    __syncthreads();", "    stage(0);\n", "barrier dropped: before the first step"),
+    M("k-com-13", COMMON, "        if (more) stage(buf ^ 1);", "        if (more) stage(buf);",
+      "double buffer: the next tile staged over the one in use"),
+    M("k-com-14", COMMON, "    for (int k0 = begin; k0 < end; k0 += GPUCONV_BK) {",
+      "    for (int k0 = begin; k0 + GPUCONV_BK < end; k0 += GPUCONV_BK) {", "the last reduction step skipped"),
+    M("k-com-15", COMMON, "v[0] = q0.x; v[1] = q0.y; v[2] = q1.x; v[3] = q1.y;",
+      "v[0] = q0.x; v[1] = q0.y; v[2] = q1.y; v[3] = q1.x;", "swapped: double lanes of the 128-bit load"),
+    M("k-com-16", COMMON, "        i2 = rem - i1 * n2;", "        i2 = rem - i1 * n1;", "index walk: low digit radix"),
+    # ---------------------------------------------------------------- activation gradient (alone)
+    M("k-bwd-01", BWD, "const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;",
+      "const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x * 2;", "grid-stride loop: wrong stride"),
+    M("k-bwd-02", BWD, "threadIdx.x; i < size; i += stride)", "threadIdx.x; i <= size; i += stride)",
+      "bound: activation gradient i < size made <= (writes past the end)"),
+    # ---------------------------------------------------------------- dx: tiled
+    M("k-bwd-03", BWD, "        if (row < P) {\n            const int b = row / (Hp * Wp)",
+      "        if (row <= P) {\n            const int b = row / (Hp * Wp)", "bound: dx loader row < P made <="),
+    M("k-bwd-04", BWD, "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;",
+      "const int di = k1b + i1 * k2i, dj = k2b + i2 * k1i;", "swapped: tap-row and tap-column increments"),
+    M("k-bwd-05", BWD, "const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k2s;",
+      "const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k1s;", "swapped: tap-column step from the row's"),
+    M("k-bwd-06", BWD, "(unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)",
+      "(unsigned)oi <= (unsigned)OH && (unsigned)oj < (unsigned)OW)", "bound: dx output row < OH made <="),
+    M("k-bwd-07", BWD, "rb[j] = (r_ok && col < Cg)", "rb[j] = (r_ok && col <= Cg)", "bound: dx weight column"),
+    M("k-bwd-08", BWD, "            if (col >= Cg) continue;\n            Acc z = acc[i][j];  // epilogue of a transposed",
+      "            if (col > Cg) continue;\n            Acc z = acc[i][j];  // epilogue of a transposed",
+      "bound: dx epilogue column (writes a neighbour's channel)"),
+    M("k-bwd-09", BWD, "const int q = (b * H + h0 + hp * s1) * W + w0 + (rem - hp * Wp) * s2;",
+      "const int q = (b * H + h0 + hp * s1) * W + w0 + (rem - hp * Wp) * s1;", "swapped: dx column stride s2 -> s1"),
+    M("k-bwd-10", BWD, "kr.init(ak, GPUCONV_BK, T2, Mg);", "kr.init(ak, GPUCONV_BK, T1, Mg);",
+      "index: tap-column count T2 -> T1"),
+    M("k-bwd-11", BWD, "ra[i] = gpuconv_load_dz(dy, y, (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mg, act);",
+      "ra[i] = gpuconv_load_dz(dy, y, ((a_b[i] * OH + oi) * OW + oj) * M + mg, act);",
+      "32-bit element offset in the dx loader", gpu_only=True),
+    M("k-bwd-12", BWD, "gpuconv_store(dx + (gpuconv_i64)q * C + g * Cg + col", "gpuconv_store(dx + q * C + g * Cg + col",
+      "32-bit element offset in the dx store", gpu_only=True),
+    # ---------------------------------------------------------------- dx: direct
+    M("k-bwd-13", BWD, "oi >= 0 && oi < OH && oj >= 0 && oj < OW;", "oi >= 0 && oi < OH && oj >= 0 && oj <= OW;",
+      "bound: direct dx output column < OW made <="),
+    M("k-bwd-14", BWD, "for (int mm = lane; mm < Mg; mm += L) {", "for (int mm = lane; mm < Mg - 1; mm += L) {",
+      "bound: the last output channel skipped in direct dx"),
+    M("k-bwd-15", BWD, "for (int off = L / 2; off > 0; off /= 2) {", "for (int off = L / 2; off > 1; off /= 2) {",
+      "reduction: the last shuffle step skipped"),
+    M("k-bwd-16", BWD, "wv[n] = n < Cg ? gpuconv_to_acc(wk[n * M + mm]) : Acc(0);",
+      "wv[n] = n < Cg ? gpuconv_to_acc(wk[n * Mg + mm]) : Acc(0);", "index: direct dx weight stride M -> Mg"),
+    M("k-bwd-17", BWD, "const int pixel = (img[j] * H + h0 + hp * s1) * W + w0 + wp * s2;",
+      "const int pixel = (img[j] * H + h0 + hp * s1) * W + w0 + wp * s1;", "swapped: direct dx column stride"),
+    # ---------------------------------------------------------------- dw: tiled
+    M("k-bwd-18", BWD, "const int p_end = min(P, p_begin + chunk);", "const int p_end = min(P - 1, p_begin + chunk);",
+      "bound: the last pixel of dw's reduction skipped", nth=0),
+    M("k-bwd-19", BWD, "k2d2 = (kk - k1 * KW) * d2 - pl;", "k2d2 = (kk - k1 * KW) * d1 - pl;",
+      "swapped: dw column dilation"),
+    M("k-bwd-20", BWD, "k1d1 = k1 * d1 - pt;", "k1d1 = k1 * d1 - pl;", "swapped: dw top padding for the left"),
+    M("k-bwd-21", BWD, "const int ih = px[i].i1 * s1 + k1d1, iw = px[i].i2 * s2 + k2d2;",
+      "const int ih = px[i].i1 * s2 + k1d1, iw = px[i].i2 * s1 + k2d2;", "swapped: dw strides"),
+    M("k-bwd-22", BWD, "            px[i].advance();\n", "", "dw pixel walk not advanced"),
+    M("k-bwd-23", BWD, "if (col < Mg) out[(gpuconv_i64)row * M + g * Mg + col]",
+      "if (col <= Mg) out[(gpuconv_i64)row * M + g * Mg + col]", "bound: dw epilogue column"),
+    M("k-bwd-24", BWD, "Acc* out = ws + (gpuconv_i64)blockIdx.z * K * M;", "Acc* out = ws + (gpuconv_i64)blockIdx.z * K * Mg;",
+      "index: dw split stride (groups)"),
+    M("k-bwd-25", BWD, "ra[i] = gpuconv_to_acc(xg[(gpuconv_i64)((px[i].i0 * H + ih) * W + iw) * C]);",
+      "ra[i] = gpuconv_to_acc(xg[((px[i].i0 * H + ih) * W + iw) * C]);", "32-bit element offset in the dw loader",
+      gpu_only=True),
+    # ---------------------------------------------------------------- dw: small, db, sums
+    M("k-bwd-26", BWD, "const int dh = k1 * d1 - pt, dw = k2 * d2 - pl;", "const int dh = k1 * d1 - pt, dw = k2 * d1 - pl;",
+      "swapped: small dw column dilation"),
+    M("k-bwd-27", BWD, "        for (int k = 1; k < GPUCONV_RED_Y; ++k) s += red[k][threadIdx.x];\n        ws[(gpuconv_i64)blockIdx.y * E + e] = s;",
+      "        for (int k = 1; k < GPUCONV_RED_Y - 1; ++k) s += red[k][threadIdx.x];\n        ws[(gpuconv_i64)blockIdx.y * E + e] = s;",
+      "reduction: the last pixel phase of small dw skipped"),
+    M("k-bwd-28", BWD, "    red[threadIdx.y][threadIdx.x] = v;\n    __syncthreads();\n    if (threadIdx.y == 0 && e < E) {",
+      "    red[threadIdx.y][threadIdx.x] = v;\n    if (threadIdx.y == 0 && e < E) {", "barrier dropped: small dw"),
+    M("k-bwd-29", BWD, "    red[threadIdx.y][threadIdx.x] = v;\n    __syncthreads();\n    if (threadIdx.y == 0 && m < M) {",
+      "    red[threadIdx.y][threadIdx.x] = v;\n    if (threadIdx.y == 0 && m < M) {", "barrier dropped: db"),
+    M("k-bwd-30", BWD, "for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) v += gpuconv_load_dz",
+      "for (int p = p_begin + threadIdx.y; p <= p_end; p += GPUCONV_RED_Y) v += gpuconv_load_dz",
+      "bound: db row < p_end made <= (the next split's row counted twice)"),
+    M("k-bwd-31", BWD, "for (int k = 1; k < splits; ++k) s += ws[(gpuconv_i64)k * E + e];",
+      "for (int k = 1; k < splits - 1; ++k) s += ws[(gpuconv_i64)k * E + e];", "a split skipped in the sum"),
+    M("k-bwd-32", BWD, "    if (e >= E) return;\n    Acc s = ws[e];", "    if (e > E) return;\n    Acc s = ws[e];",
+      "bound: sum_partials writes one past the end"),
+    M("k-bwd-33", BWD, "        const int g = m / Mg;\n        const T* xg = x + g * Cg + n;",
+      "        const int g = m / Cg;\n        const T* xg = x + g * Cg + n;", "index: small dw group (Cg for Mg)"),
+    M("k-bwd-34", BWD, "v += gpuconv_to_acc(xg[(gpuconv_i64)((px.i0 * H + ih) * W + iw) * C]) *",
+      "v += gpuconv_to_acc(xg[((px.i0 * H + ih) * W + iw) * C]) *", "32-bit element offset in the small dw loader",
+      gpu_only=True),
+    M("k-bwd-35", BWD, "            if ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)\n                v +=",
+      "            if ((unsigned)ih < (unsigned)H && (unsigned)iw <= (unsigned)W)\n                v +=",
+      "bound: small dw input column < W made <="),
+    # ---------------------------------------------------------------- NumPy backend
+    M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
+      "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),
+    M("n-pad-view-bottom", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
+      "c1 <= cfg.w and (not channel_major", "padding copy skipped when only the bottom is padded"),
+    M("n-pad-copy", NP, "max(r0, 0), min(r1, cfg.h), max(c0, 0), min(c1, cfg.w)",
+      "max(r0, 0), min(r1, cfg.h), max(c0, 0), min(c1, cfg.w - 1)", "bound: the last input column not copied"),
+    M("n-span", NP, "return i0 * s - p, (i1 - 1) * s + (k - 1) * d + 1 - p",
+      "return i0 * s - p, (i1 - 1) * s + (k - 1) * d - p", "index off by one: input span"),
+    M("n-dilation-swap", NP, "(sn, cfg.s1 * sh, cfg.s2 * sw, cfg.d1 * sh, cfg.d2 * sw, sc)",
+      "(sn, cfg.s1 * sh, cfg.s2 * sw, cfg.d2 * sh, cfg.d1 * sw, sc)", "swapped: im2col dilations"),
+    M("n-db-row", NP, "d = dz.reshape(-1, dz.shape[-1]).astype(ct, copy=False)",
+      "d = dz.reshape(-1, dz.shape[-1])[1:].astype(ct, copy=False)", "db: the first row skipped"),
+    M("n-dw-chunks", NP, "dw = part if dw is None else np.add(dw, part, out=dw)", "dw = part",
+      "dw: only the last chunk kept (a split skipped)"),
+    M("n-dx-path", NP, "if cfg.s1 == 1 and cfg.s2 == 1 and not _tapmajor(cfg):",
+      "if cfg.s1 == 1 and not _tapmajor(cfg):", "dx: the stride-1 path taken with a column stride"),
+    M("n-transposed-pad", NP, "pt=ph - cfg.pt, pb=ph - cfg.pb, pl=pw - cfg.pl, pr=pw - cfg.pr",
+      "pt=ph - cfg.pt, pb=ph - cfg.pb, pl=pw - cfg.pr, pr=pw - cfg.pl", "swapped: dx's left and right padding"),
+    M("n-bias-sign", NP, "np.add(rows, bias_row, out=rows)", "np.subtract(rows, bias_row, out=rows)",
+      "forward bias subtracted"),
+    M("n-relu-fmax", REG, "np.maximum(rows, np.zeros(rows.shape[1], z.dtype), out=rows)",
+      "np.fmax(rows, np.zeros(rows.shape[1], z.dtype), out=rows)", "relu by fmax (NaN dropped)"),
+    M("n-relu-kink", REG, "np.greater(u, 0, out=keep)", "np.greater_equal(u, 0, out=keep)",
+      "derivative: relu' at the kink"),
+    M("n-sigmoid-f16", REG, "dz = np.subtract(1, u, dtype=accumulator(dy.dtype))",
+      "dz = np.subtract(1, u, dtype=dy.dtype)", "float16 sigmoid gradient computed in float16"),
+    M("n-tanh-f16", REG, "dz = np.multiply(u, u, dtype=accumulator(dy.dtype))",
+      "dz = np.multiply(u, u, dtype=dy.dtype)", "float16 tanh gradient computed in float16"),
+    M("n-sigmoid-sign", REG, "        np.negative(z, out=z)\n        np.exp(z, out=z)", "        np.exp(z, out=z)",
+      "sigmoid forward sign"),
+]
+del M
+
+
+def _occurrences(text: str, old: str) -> list:
+    return [m.start() for m in re.finditer(re.escape(old), text)]
+
+
+def _place(text: str, mutant: Mutant):
+    """Where the mutant's text is in ``text``, or None."""
+    found = _occurrences(text, mutant.old)
+    if mutant.nth is None:
+        return found[0] if len(found) == 1 else None
+    return found[mutant.nth] if mutant.nth < len(found) else None
+
+
+def applies(mutant: Mutant, root: Path) -> bool:
+    """Whether the mutant's text is still in the tree (exactly once, or at its nth place)."""
+    path = root / mutant.path
+    return path.is_file() and _place(path.read_text(), mutant) is not None
+
+
+def mutate_text(text: str, mutant: Mutant) -> str:
+    at = _place(text, mutant)
+    if at is None:
+        n = len(_occurrences(text, mutant.old))
+        raise ValueError(f"{mutant.id}: its text occurs {n} times in {mutant.path}, not once "
+                         "(update tools/mutate.py)")
+    return text[:at] + mutant.new + text[at + len(mutant.old):]
+
+
+def scratch_copy(dest: Path) -> Path:
+    """The tree (tracked and untracked files, as git lists them) copied into dest/repo."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    repo = dest / "repo"
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / rel)
+    return repo
+
+
+def run_job(repo: Path, job: str, timeout: float) -> tuple:
+    """(failed, seconds, the first failing test or the reason)."""
+    env_extra, cmd = JOBS[job]
+    env = dict(os.environ, PYTHONPATH=str(repo), GPUCONV_CACHE_DIR=str(repo.parent / "cache"), **env_extra)
+    env.pop("GPUCONV_BACKEND", None)
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return True, time.monotonic() - t0, f"timeout after {timeout:.0f} s"
+    out = proc.stdout + proc.stderr
+    seconds = time.monotonic() - t0
+    if proc.returncode == 0:
+        return False, seconds, ""
+    m = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - |$)", out, re.MULTILINE)
+    if m:
+        return True, seconds, m.group(1)
+    if "AddressSanitizer" in out:
+        return True, seconds, "AddressSanitizer report"
+    return True, seconds, f"exit status {proc.returncode}: " + (out.strip().splitlines() or ["no output"])[-1][:120]
+
+
+def check_baseline(repo: Path, jobs, timeout: float) -> None:
+    """The unmutated copy must pass every job used (else every mutant would look killed)."""
+    probe = subprocess.run([sys.executable, "-c", "import gpuconv; print(gpuconv.__file__)"], cwd=repo,
+                           env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, check=True)
+    if not probe.stdout.strip().startswith(str(repo)):
+        sys.exit(f"mutate: the scratch copy's gpuconv is not the one imported ({probe.stdout.strip()})")
+    for job in jobs:
+        failed, seconds, why = run_job(repo, job, timeout)
+        print(f"baseline {job}: {'FAILED ' + why if failed else 'passed'} ({seconds:.0f} s)", flush=True)
+        if failed:
+            sys.exit("mutate: the unmutated tree fails; fix that first")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="", help="comma-separated mutant ids")
+    p.add_argument("--kind", choices=("all", "kernels", "numpy"), default="all")
+    p.add_argument("--jobs", default=",".join(KERNEL_JOBS), help="kernel jobs to run, in order (plain,reverse,asan)")
+    p.add_argument("--budget", type=float, default=0, help="seconds after which no new mutant starts (0: none)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per job before it counts as a kill")
+    p.add_argument("--with-gpu-only", action="store_true", help="also run the mutants only a GPU-sized input reaches")
+    p.add_argument("--shared-suite-only", action="store_true",
+                   help="kernel jobs without tests/test_kernels.py: does the shared backend suite alone kill them?")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of each job")
+    p.add_argument("--list", action="store_true", help="list the mutants and whether each applies, then exit")
+    args = p.parse_args(argv)
+
+    chosen = [m for m in MUTANTS if args.kind in ("all", m.kind)]
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {m.id for m in MUTANTS}
+        if unknown:
+            p.error(f"unknown mutant ids: {sorted(unknown)}")
+        chosen = [m for m in chosen if m.id in wanted]
+    if args.list:
+        for m in chosen:
+            flag = "" if applies(m, ROOT) else "  STALE (text not found: update the list)"
+            print(f"{m.id:18s} {m.path:28s} {'gpu-only ' if m.gpu_only else ''}{m.what}{flag}")
+        print(f"{len(chosen)} mutants (list version {MUTANTS_VERSION})")
+        return 0
+    if args.shared_suite_only:
+        for job in KERNEL_JOBS:
+            JOBS[job][1].remove("tests/test_kernels.py")
+    kernel_jobs = [j for j in args.jobs.split(",") if j]
+    bad = set(kernel_jobs) - set(KERNEL_JOBS)
+    if bad:
+        p.error(f"unknown jobs {sorted(bad)}; kernel jobs are {KERNEL_JOBS}")
+
+    start = time.monotonic()
+    results = {}  # id -> ("killed" | "survived" | "stale" | "not run" | "gpu-only", detail)
+    with tempfile.TemporaryDirectory(prefix="gpuconv-mutate-") as tmp:
+        repo = scratch_copy(Path(tmp))
+        used = sorted({*(kernel_jobs if any(m.kind == "kernels" for m in chosen) else ()),
+                       *(("numpy",) if any(m.kind == "numpy" for m in chosen) else ())},
+                      key=list(JOBS).index)
+        if not args.no_baseline:
+            check_baseline(repo, used, args.timeout)
+        for m in chosen:
+            if m.gpu_only and not args.with_gpu_only:
+                results[m.id] = ("gpu-only", "tools/gpu_check.py bigoffsets")
+                continue
+            if args.budget and time.monotonic() - start > args.budget:
+                results[m.id] = ("not run", "time budget spent")
+                continue
+            target = repo / m.path
+            original = target.read_text()
+            try:
+                mutated = mutate_text(original, m)
+            except ValueError as exc:
+                results[m.id] = ("stale", str(exc))
+                print(f"[{m.id}] STALE: {exc}", flush=True)
+                continue
+            try:
+                target.write_text(mutated)
+                verdict = ("survived", "")
+                for job in (kernel_jobs if m.kind == "kernels" else ["numpy"]):
+                    failed, seconds, why = run_job(repo, job, args.timeout)
+                    if failed:
+                        verdict = ("killed", f"{job} ({seconds:.0f} s): {why}")
+                        break
+                else:
+                    verdict = ("survived", ", ".join(kernel_jobs if m.kind == "kernels" else ["numpy"]))
+            finally:
+                target.write_text(original)
+            assert target.read_text() == original
+            results[m.id] = verdict
+            print(f"[{m.id}] {verdict[0].upper()} {verdict[1]}  -- {m.what}", flush=True)
+
+    counted = [m for m in chosen if results[m.id][0] in ("killed", "survived")]
+    killed = [m for m in counted if results[m.id][0] == "killed"]
+    survivors = [m for m in counted if results[m.id][0] == "survived"]
+    print()
+    print(f"mutants list version {MUTANTS_VERSION}; jobs: kernels {','.join(kernel_jobs)}"
+          f"{' (shared suite only)' if args.shared_suite_only else ''}, NumPy backend numpy; "
+          f"{time.monotonic() - start:.0f} s")
+    for kind in ("kernels", "numpy"):
+        ran = [m for m in counted if m.kind == kind]
+        if ran:
+            k = sum(results[m.id][0] == "killed" for m in ran)
+            print(f"  {kind:8s} killed {k} of {len(ran)} ({100 * k / len(ran):.0f}%)")
+    if counted:
+        print(f"  total    killed {len(killed)} of {len(counted)} ({100 * len(killed) / len(counted):.0f}%)")
+    for label in ("gpu-only", "stale", "not run"):
+        ids = [m.id for m in chosen if results[m.id][0] == label]
+        if ids:
+            print(f"  {label}: {len(ids)} ({', '.join(ids)})")
+    for m in survivors:
+        print(f"  SURVIVOR {m.id}: {m.what} ({m.path})")
+    return 1 if survivors or any(results[m.id][0] == "stale" for m in chosen) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
