@@ -31,6 +31,19 @@ from ._show import show_config
 
 from ._version import __version__
 
+
+def _load_dask():
+    """gpuconv.dask, imported when the first dask array reaches a public function (never at import: it
+    imports dask)."""
+    from . import dask
+
+    return dask
+
+
+from . import _interop  # noqa: E402
+
+_interop.set_dask_loader(_load_dask)
+
 __all__ = [
     "PRECISIONS",
     "Conv2D",

@@ -2,7 +2,7 @@
 
 Every public operation is wrapped by ``public`` (below). The wrapper
 
-1. refuses dask arrays (``dask_call``: one function, so that a dask dispatch can replace it);
+1. hands dask arrays to gpuconv.dask (``dask_call``): the chunked operation, lazy in and lazy out;
 2. imports each array argument without copying where the layout allows: numpy and cupy arrays as they are;
    torch tensors through DLPack (detached first: gradients come from ``gpuconv.torch``), a CPU tensor as a
    numpy view (``np.from_dlpack``), a CUDA tensor as a cupy view (``cupy.from_dlpack``); any other object with
@@ -65,16 +65,29 @@ def is_dask(a) -> bool:
     return library(a) == "dask"
 
 
-def dask_call(fname: str, named: dict):
-    """A dask array among the arguments: a TypeError (gpuconv never computes a dask array whole behind the
-    caller's back). Returns None when there is none."""
-    for name, a in named.items():
-        if a is not None and is_dask(a):
-            raise TypeError(
-                f"{fname}: argument '{name}' is a dask array; gpuconv does not compute a dask array whole "
-                "behind your back: use gpuconv.dask for chunked convolutions, or pass a computed array "
-                "(a.compute())"
-            )
+_dask_loader = None  # set by gpuconv/__init__.py: returns the gpuconv.dask module (which imports dask)
+
+
+def set_dask_loader(loader: Callable) -> None:
+    """Register the function that imports gpuconv.dask (the package does, so that this module, which
+    gpuconv.dask's own imports reach, never imports it: no import cycle)."""
+    global _dask_loader
+    _dask_loader = loader
+
+
+def dask_call(fname: str, named: dict, arguments: dict):
+    """A dask array among the array arguments ``named``: the chunked operation of gpuconv.dask on all of
+    ``arguments`` (lazy in, lazy out; a TypeError for an operation it has not), never a silent compute.
+    Returns None when there is none (dask is imported only when a dask array came in)."""
+    argname = next((k for k, a in named.items() if a is not None and is_dask(a)), None)
+    if argname is None:
+        return None
+    try:
+        gpuconv_dask = _dask_loader()
+    except ImportError as exc:
+        raise TypeError(f"{fname}: argument '{argname}' is a dask array, and gpuconv.dask cannot be imported "
+                        f"({exc}); pip install 'gpuconv[dask]'") from None
+    return gpuconv_dask.call(fname, argname, arguments)
 
 
 # -------------------------------------------------------------------------------------------- import
@@ -301,7 +314,9 @@ def _call(fn, sig, public_sig, arrays, like, layout, args, kwargs):
     except TypeError as exc:
         raise TypeError(f"{fname}: {exc}") from None
     named = {k: bound.arguments.get(k) for k in arrays}
-    dask_call(fname, named)
+    lazy = dask_call(fname, named, bound.arguments)
+    if lazy is not None:
+        return lazy
     origins = {k: origin_of(fname, k, v) for k, v in named.items() if v is not None}
     device = common_device(fname, origins)
     torch_stream = device is not None and any(o.kind == "torch" for o in origins.values())
