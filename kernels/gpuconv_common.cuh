@@ -10,12 +10,13 @@
 // launch wrappers refuse larger problems); element offsets into x, y, dy, dx (pixel * channels) are 64-bit.
 //
 // The same text compiles under NVRTC (GPU) and under gpuconv's CPU emulator (g++, GPUCONV_EMULATOR defined,
-// __half provided by the emulator's header).
+// __half provided by the emulator's header; cuda_bf16.h comes from its include folder).
 #pragma once
 
 #ifndef GPUCONV_EMULATOR
 #include <cuda_fp16.h>
 #endif
+#include <cuda_bf16.h>
 
 typedef long long gpuconv_i64;
 
@@ -53,7 +54,7 @@ typedef long long gpuconv_i64;
     int h0, int Hp, int qh0, int w0, int Wp, int qw0, int k1f, int k1s, int T1, int k1b, int k1i, int k2f, \
         int k2s, int T2, int k2b, int k2i
 
-// Accumulator type: float for float16 and float32 storage, double for float64.
+// Accumulator type: float for float16, bfloat16 and float32 storage, double for float64.
 template <typename T> struct gpuconv_acc { typedef float type; };
 template <> struct gpuconv_acc<double> { typedef double type; };
 
@@ -62,8 +63,11 @@ __device__ __forceinline__ float gpuconv_to_acc(__half v) { return __half2float(
 __device__ __forceinline__ float gpuconv_to_acc(float v) { return v; }
 __device__ __forceinline__ double gpuconv_to_acc(double v) { return v; }
 
-// Accumulator -> storage (float16: round to nearest even, once).
+__device__ __forceinline__ float gpuconv_to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Accumulator -> storage (float16, bfloat16: round to nearest even, once).
 __device__ __forceinline__ void gpuconv_store(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void gpuconv_store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void gpuconv_store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void gpuconv_store(double* p, double v) { *p = v; }
 

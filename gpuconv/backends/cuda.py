@@ -22,16 +22,18 @@ Paths: few channels per group (< SMALL_CHANNELS, e.g. depthwise) take direct ker
 GEMMs; dx runs one launch per stride phase, over only the taps that reach it (``_plans.stride_phases``).
 
 Precision: forward, backward_input, backward_weight and backward take ``precision`` ("highest" or "tf32").
-The modes routed to tensor-core kernels are TENSOR_CORE_MODES (empty in this build: every precision runs the
-strict FP32 CUDA-core kernels, so "tf32" gives the "highest" results, never TF32 ones); ``math_path`` (what
-``gpuconv info`` prints) and ``rounds_tf32`` say which path a dtype and precision take.
+float16, bfloat16 and float32 with "tf32" run the tensor-core kernels of kernels/conv_tc_*.cu where the device
+has them; their plans are ``gpuconv.backends.cuda_tc`` (pure functions of config, dtype, precision and arch,
+tried before the SIMT plans). float32 with "highest" and float64 always take the SIMT kernels. bfloat16 has
+only the tensor-core kernels (and three reductions), so it needs sm_80 on a GPU.
+``math_path`` (what ``gpuconv info`` prints) and ``rounds_tf32`` say which path a dtype and precision take.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import _registry
-from . import _plans
+from . import _plans, cuda_tc
 from ._plans import INDEX_LIMIT, check_limits
 
 
@@ -40,35 +42,37 @@ def _contiguous(xp, *arrays):
 
 
 def _has_kernels(dtype) -> bool:
-    """Whether the kernels are instantiated for ``dtype`` (the registry's entries with kernels; looked up by
-    dtype, so that an optional package such as ml_dtypes is imported only for its own arrays)."""
+    """Whether the kernels are instantiated for ``dtype`` (the registry's entries with kernels, and bfloat16,
+    which has the tensor-core kernels; looked up by dtype, so that an optional package such as ml_dtypes is
+    imported only for its own arrays)."""
     try:
-        return _registry.dtype(dtype).kernels
+        entry = _registry.dtype(dtype)
     except TypeError:
         return False
+    return entry.kernels or entry.name == "bfloat16"
 
 
-# The first compute capability with tensor cores for each mode of product, from the registry: a dtype's name
-# ("float16" from Volta, "bfloat16" from Ampere), or a precision's for float32 ("tf32", from Ampere).
-TENSOR_CORE_ARCH = {
-    **{d.name: d.tensor_core_arch for d in _registry.DTYPES.values() if d.tensor_core_arch},
-    **{p.name: p.tensor_core_arch for p in _registry.PRECISIONS.values() if p.tensor_core_arch},
-}
-# The modes this build routes to tensor-core kernels where the device has them (the emulator runs them on any
-# machine). Empty: no tensor-core kernel is in this build yet, every product runs on CUDA cores.
-TENSOR_CORE_MODES: frozenset = frozenset()
+def _aligned16(*arrays) -> bool:
+    """Whether every array's data starts on a 16-byte boundary (the tensor-core kernels' 16-byte copies)."""
+    for a in arrays:
+        if a is None:
+            continue
+        iface = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+        if iface["data"][0] % 16:
+            return False
+    return True
 
 
-def _mode(dtype, precision: str) -> str:
-    dtype = np.dtype(dtype)
-    return precision if dtype == np.float32 and _registry.PRECISIONS[precision].tf32 else dtype.name
+def _simt_dtype(dtype):
+    """The dtype the SIMT plans are sized for in check_limits (bfloat16, which has none, as float32)."""
+    return np.float32 if np.dtype(dtype).name == "bfloat16" else dtype
 
 
-def uses_tensor_cores(dtype, precision: str, arch) -> bool:
-    """Whether ``dtype`` in ``precision`` runs tensor-core kernels on compute capability ``arch`` (None: the
-    emulator, which runs whatever this build routes to tensor cores)."""
-    mode = _mode(dtype, precision)
-    return mode in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[mode])
+# Which modes of product run on tensor cores, and from which compute capability: gpuconv/backends/cuda_tc.py.
+TENSOR_CORE_ARCH = cuda_tc.TENSOR_CORE_ARCH
+TENSOR_CORE_MODES = cuda_tc.TENSOR_CORE_MODES
+_mode = cuda_tc.mode
+uses_tensor_cores = cuda_tc.uses_tensor_cores
 
 
 def math_path(dtype, precision: str, arch) -> str:
@@ -130,24 +134,29 @@ class CudaBackend:
 
     def dtype_reason(self, dtype):
         """None if the kernels are built for ``dtype``, else why not (the public API raises it as a TypeError)."""
-        if _has_kernels(dtype):
-            return None
-        return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; use "
-                f"backend='numpy', or one of {', '.join(d.name for d in _registry.kernel_dtypes())}")
+        if not _has_kernels(dtype):
+            return (f"the {self.name} backend has no {np.dtype(dtype).name} kernels in this build; use "
+                    f"backend='numpy', or one of {', '.join(d.name for d in _registry.kernel_dtypes())}")
+        arch = self._arch()
+        if np.dtype(dtype).name == "bfloat16" and not uses_tensor_cores(dtype, "highest", arch):
+            return (f"the {self.name} backend runs bfloat16 on tensor cores only (sm_80 and later), and this GPU "
+                    f"is sm_{arch}; use backend='numpy', or float16 / float32")
+        return None
 
     def _kernel(self, launch, dtype):
         """The compiled function of ``launch`` for ``dtype`` on the current device (compiled on first use)."""
         device_id = self._device_id
         if device_id is None:
             from ..cuda.modules import device_id
-        expr = _plans.name_expression(launch.kernel, _registry.dtype(dtype, f"{self.name} backend"), launch.template)
-        key = (device_id(self.kind), launch.file, expr)
+        expr = cuda_tc.name_expression(launch.kernel, dtype, launch.template)
+        file = cuda_tc.kernel_file(launch.file, dtype)
+        key = (device_id(self.kind), file, expr)
         fn = self._kernels.get(key)
         if fn is None:
             get_module = self._get_module
             if get_module is None:
                 from ..cuda.modules import get_module
-            fn = self._kernels[key] = get_module(self.kind, launch.file).get_function(expr)
+            fn = self._kernels[key] = get_module(self.kind, file).get_function(expr)
         return fn
 
     def _run(self, launch, dtype, *arrays):
@@ -155,11 +164,13 @@ class CudaBackend:
 
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, x, w, b, cfg, activation, precision="highest"):
-        """y = act(conv(x, w) + b), one fused kernel."""
-        check_limits(self.name, cfg, x.dtype)
+        """y = act(conv(x, w) + b), one fused kernel (on tensor cores where ``cuda_tc.forward_plan`` says)."""
+        check_limits(self.name, cfg, _simt_dtype(x.dtype))
         x, w, b = _contiguous(self.xp, x, w, b)
         y = self.xp.empty(cfg.y_shape, x.dtype)
-        for launch in _plans.forward(cfg, activation, b is not None):
+        plan = cuda_tc.forward_plan(cfg, x.dtype, precision, self._arch(), activation, b is not None,
+                                    _aligned16(x, w))
+        for launch in plan or _plans.forward(cfg, activation, b is not None):
             self._run(launch, x.dtype, x, w, w if b is None else b, y)
         return y
 
@@ -177,11 +188,11 @@ class CudaBackend:
     def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
         """dx: the transposed convolution of dz with w; with a bias b (C,) and an activation (conv2d_transpose)
         the kernels' epilogue computes act(dx + b) as they store."""
-        return self.backward_input_fused(dz, None, w, cfg, "identity", b, activation)
+        return self.backward_input_fused(dz, None, w, cfg, "identity", b, activation, precision)
 
     def backward_weight(self, dz, x, cfg, precision="highest"):
         """dw: dz correlated with the input windows, summed over batch and pixels (deterministic)."""
-        return self.backward_weight_fused(dz, None, x, cfg, "identity")
+        return self.backward_weight_fused(dz, None, x, cfg, "identity", precision)
 
     def backward_bias(self, dz):
         """db: dz summed over every axis but the last (deterministic)."""
@@ -190,17 +201,43 @@ class CudaBackend:
     def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
-        dx = self.backward_input_fused(dy, y, w, cfg, activation)
-        dw = self.backward_weight_fused(dy, y, x, cfg, activation)
+        dz = None  # the tensor-core kernels read dz: computed once here for both when they take dx or dw
+        if (_registry.activation(activation, f"{self.name} backend").uses_output
+                and uses_tensor_cores(dy.dtype, precision, self._arch())):
+            dz = self.activation_backward(dy, y, activation)
+        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz)
+        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz)
         db = self.backward_bias_fused(dy, y, activation) if has_bias else None
         return dx, dw, db
 
-    def backward_input_fused(self, dy, y, w, cfg, activation, b=None, out_activation="identity"):
+    def _dz(self, dy, y, activation, dz):
+        """dz for the tensor-core kernels: dy itself for activations without a gradient factor, else the given
+        dz or one gpuconv_act_bwd pass."""
+        if not _registry.activation(activation, f"{self.name} backend").uses_output:
+            return dy
+        return self.activation_backward(dy, y, activation) if dz is None else self.xp.ascontiguousarray(dz)
+
+    def backward_input_fused(self, dy, y, w, cfg, activation, b=None, out_activation="identity",
+                             precision="highest", dz=None):
         """dx from dy (and the saved output y unless activation is identity): one launch per stride phase.
-        b and out_activation: the epilogue act(dx + b) of a transposed convolution."""
-        check_limits(self.name, cfg, dy.dtype)
+        b and out_activation: the epilogue act(dx + b) of a transposed convolution. Tensor cores: from dz (the
+        given one, or dy * act'(z) computed here)."""
+        check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
+        tc = dict(has_bias=b is not None, out_activation=out_activation)
+        plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, **tc)
+        if plan is not None:
+            dz = self._dz(dy, y, activation, dz)
+            if not _aligned16(dz, w):
+                plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, False, **tc)
+            # The first launch sets flag if w holds inf / NaN; the dx launches then sum only the taps that
+            # reach an output pixel (the NaN rule), decided on the device without a host sync.
+            flag = self.xp.zeros((1,), np.int32)
+            self._run(plan[0], dy.dtype, w, flag)
+            for launch in plan[1:]:
+                self._run(launch, dy.dtype, dz, w, flag, dx, w if b is None else b)
+            return dx
         flag = None
         bias = w if b is None else b
         for launch in _plans.backward_input(cfg, activation, b is not None, out_activation):
@@ -213,11 +250,22 @@ class CudaBackend:
                 self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, bias)
         return dx
 
-    def backward_weight_fused(self, dy, y, x, cfg, activation):
-        """dw from dy (and y), x: partial sums per split in a workspace, then the splits added in order."""
-        check_limits(self.name, cfg, dy.dtype)
+    def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest", dz=None):
+        """dw from dy (and y), x: partial sums per split in a workspace, then the splits added in order
+        (tensor cores: from dz, the given one or dy * act'(z) computed here)."""
+        check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, x = _contiguous(self.xp, dy, y, x)
         dw = self.xp.empty(cfg.w_shape, dy.dtype)
+        plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch())
+        if plan is not None:
+            dz = self._dz(dy, y, activation, dz)
+            if not _aligned16(dz, x):
+                plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch(), aligned=False)
+            partial, total = plan
+            ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
+            self._run(partial, dy.dtype, dz, x, ws)
+            self._run(total, dy.dtype, ws, dw)
+            return dw
         partial, total = _plans.backward_weight(cfg, dy.dtype, activation)
         ws = self.xp.empty(_plans.partials_shape(total), _registry.dtype(dy.dtype).acc)
         self._run(partial, dy.dtype, dy, dy if y is None else y, x, ws)
@@ -234,7 +282,7 @@ class CudaBackend:
         dy, y = _contiguous(self.xp, dy, y)
         db = self.xp.empty((m,), dy.dtype)
         partial, total = _plans.backward_bias(p, m, activation)
-        ws = self.xp.empty(_plans.partials_shape(total), _registry.dtype(dy.dtype).acc)
+        ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
         self._run(partial, dy.dtype, dy, dy if y is None else y, ws)
         self._run(total, dy.dtype, ws, db)
         return db

@@ -1,0 +1,198 @@
+"""Tensor-core launch plans: pure functions of (ConvConfig, dtype, precision, arch), no compiling.
+
+``arch`` is the device's compute capability as an int (e.g. 90), or None for the CPU emulator, which runs every
+tensor-core kernel. Each ``*_plan`` returns a list of ``gpuconv.backends._plans.Launch`` (the same form as the
+SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run. The rules:
+
+- float64 never, and float32 only with ``precision="tf32"``: float32 with ``"highest"`` always takes the SIMT
+  kernels, bit for bit as before.
+- float16 from sm_70, bfloat16 and TF32 from sm_80 (TENSOR_CORE_ARCH).
+- With "tf32" (and for bfloat16, which has no SIMT convolution kernels) every shape runs on tensor cores, so
+  "tf32" always means TF32-rounded operands. float16 with few channels per group (below ``SMALL_CHANNELS``
+  output channels for the forward and dw, input channels for dx; depthwise layers) stays on the SIMT direct
+  kernels (float32 products of the float16 values, as exact as the tensor cores'): a 64-wide tile would mostly
+  multiply padding there.
+- The fast (``vec``) variants copy 16-byte runs with cp.async: they need whole 16-byte runs of channels (see
+  each plan) and 16-byte aligned arrays; other shapes (the C = 3 stem, odd channel counts) take the generic
+  variant, which loads element by element into the same tiles.
+- Tiles 128 x 128 (2 stages) for more than 64 columns, else 128 x 64 (3 stages); the TF32 dx / dw kernels
+  keep to 128 x 64 (register budget); generic variants 128 x 64 (2 stages).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .. import _registry
+from .._config import get_workspace_limit
+from . import _plans
+from ._plans import Launch, cdiv, dims, stride_phases
+
+TC_FORWARD_FILE = "conv_tc_forward.cu"
+TC_BACKWARD_FILE = "conv_tc_backward.cu"
+BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates three of its kernels
+TC_THREADS = 256
+TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
+NONFINITE_MAX_BLOCKS = 1024
+SMALL_CHANNELS = _plans.SMALL_CHANNELS
+
+try:  # bfloat16 is ml_dtypes' type; without ml_dtypes there is no bfloat16 array to route
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
+    BFLOAT16 = None
+
+# The first compute capability with tensor cores for each mode of product, from the registry: a dtype's name
+# ("float16" from Volta, "bfloat16" from Ampere), or a precision's for float32 ("tf32", from Ampere).
+TENSOR_CORE_ARCH = {
+    **{d.name: d.tensor_core_arch for d in _registry.DTYPES.values() if d.tensor_core_arch},
+    **{p.name: p.tensor_core_arch for p in _registry.PRECISIONS.values() if p.tensor_core_arch},
+}
+# The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
+TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
+# The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
+# reductions of kernels/conv_backward.cu are built for it).
+TC_CTYPES = {np.dtype(np.float16): "__half", np.dtype(np.float32): "float"}
+if BFLOAT16 is not None:
+    TC_CTYPES[BFLOAT16] = "__nv_bfloat16"
+
+
+def ctype(dtype) -> str:
+    """The kernels' template argument T of ``dtype``."""
+    return _registry.dtype(dtype, "CUDA backend").ctype
+
+
+def kernel_file(filename: str, dtype) -> str:
+    """The file a launch's kernel is compiled from for ``dtype``: bfloat16's reductions come from
+    BF16_REDUCTIONS_FILE (conv_backward.cu's instantiations are generated for the registered dtypes only)."""
+    if filename == _plans.BACKWARD_FILE and np.dtype(dtype) == BFLOAT16:
+        return BF16_REDUCTIONS_FILE
+    return filename
+
+
+def name_expression(kernel: str, dtype, template=()) -> str:
+    """The C++ name of an instantiation, as the kernel files spell it: bools as true / false."""
+    args = ("true" if t is True else "false" if t is False else str(t) for t in template)
+    return f"{kernel}<{', '.join((ctype(dtype), *args))}>"
+
+
+def mode(dtype, precision: str) -> str:
+    """The mode of product: the precision's name for float32 with a TF32 precision, else the dtype's name."""
+    dtype = np.dtype(dtype)
+    return precision if dtype == np.float32 and _registry.PRECISIONS[precision].tf32 else dtype.name
+
+
+def uses_tensor_cores(dtype, precision: str, arch) -> bool:
+    """Whether ``dtype`` in ``precision`` runs tensor-core kernels on compute capability ``arch`` (None: the
+    emulator, which runs whatever this build routes to tensor cores)."""
+    m = mode(dtype, precision)
+    return m in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[m])
+
+
+def _simt(dtype, precision: str, arch, channels: int) -> bool:
+    """Whether the SIMT kernels take this operation: no tensor cores for the mode here, or float16 with few
+    channels per group."""
+    if not uses_tensor_cores(dtype, precision, arch):
+        return True
+    return np.dtype(dtype) == np.float16 and channels < SMALL_CHANNELS
+
+
+def _steps(dtype) -> tuple:
+    """(BK, VEC): elements of one reduction step of a tile row, and of one 16-byte copy."""
+    size = np.dtype(dtype).itemsize
+    return TC_BYTES_K // size, 16 // size
+
+
+def _tile(dtype, columns: int, fast: bool, backward: bool) -> tuple:
+    """(BM, BN, STAGES) of a kernel variant."""
+    if not fast:
+        return 128, 64, 2
+    if columns > 64 and not (backward and np.dtype(dtype) == np.float32):
+        return 128, 128, 2
+    return 128, 64, 3
+
+
+def _act(activation: str) -> np.int32:
+    return np.int32(_registry.activation(activation, "CUDA backend").code)
+
+
+def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bool,
+                 aligned: bool = True) -> Optional[list]:
+    """y = act(conv(x, w) + b) on tensor cores (arrays x, w, b, y), or None. vec: Cg a multiple of BK (one
+    reduction step inside one tap) and Mg of VEC (whole 16-byte runs of w)."""
+    if _simt(dtype, precision, arch, cfg.mg):
+        return None
+    bk, vec = _steps(dtype)
+    fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
+    bm, bn, stages = _tile(dtype, cfg.mg, fast, backward=False)
+    grid = (cdiv(cfg.n * cfg.oh * cfg.ow, bm), cdiv(cfg.mg, bn), cfg.groups)
+    return [Launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", (bm, bn, stages, fast), grid, (TC_THREADS, 1, 1),
+                   (*dims(cfg), np.int32(has_bias), _act(activation)))]
+
+
+def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
+                        has_bias: bool = False, out_activation: str = "identity") -> Optional[list]:
+    """dx from dz on tensor cores, or None: first gpuconv_any_nonfinite (arrays w, flag: w holds inf / NaN), then
+    one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
+    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw. has_bias / out_activation: the
+    epilogue act(dx + b) of a transposed convolution."""
+    if _simt(dtype, precision, arch, cfg.cg):
+        return None
+    bk, _ = _steps(dtype)
+    fast = aligned and cfg.mg % bk == 0
+    bm, bn, stages = _tile(dtype, cfg.cg, fast, backward=True)
+    out = [Launch(TC_BACKWARD_FILE, "gpuconv_any_nonfinite", (),
+                  (max(1, min(cdiv(w_size, TC_THREADS), NONFINITE_MAX_BLOCKS)), 1, 1), (TC_THREADS, 1, 1),
+                  (np.int32(w_size),))]
+    for phase in stride_phases(cfg):
+        grid = (cdiv(cfg.n * phase[1] * phase[4], bm), cdiv(cfg.cg, bn), cfg.groups)
+        out.append(Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid,
+                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias),
+                                               _act(out_activation))))
+    return out
+
+
+def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: int) -> tuple:
+    """(splits, chunk): the pixels cut into splits of ``chunk`` pixels (a multiple of bk, at least 4 steps)
+    so that about TARGET_BLOCKS blocks run, the float32 partial sums within workspace_bytes. A function of the
+    shape (and the workspace cap) only, so the summation order is the same on every device."""
+    cap = max(1, workspace_bytes // (4 * elements))
+    want = cdiv(_plans.TARGET_BLOCKS, max(1, tiles))
+    n = max(1, min(want, pixels // (4 * bk), cap, _plans.MAX_GRID_YZ))
+    chunk = cdiv(cdiv(pixels, n), bk) * bk
+    return cdiv(pixels, chunk), chunk
+
+
+def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
+                         workspace_bytes: Optional[int] = None) -> Optional[list]:
+    """dw from dz on tensor cores, or None: partial sums per split (arrays dz, x, ws), then gpuconv_sum_partials
+    adds the splits in order (arrays ws, dw), as the SIMT plan. vec: Cg and Mg multiples of VEC."""
+    if _simt(dtype, precision, arch, cfg.mg):
+        return None
+    if workspace_bytes is None:
+        workspace_bytes = min(_plans.WORKSPACE_BYTES, get_workspace_limit())
+    bk, vec = _steps(dtype)
+    fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
+    bm, bn, stages = _tile(dtype, cfg.mg, fast, backward=True)
+    k = cfg.kh * cfg.kw * cfg.cg
+    e = k * cfg.m
+    tiles = cdiv(k, bm) * cdiv(cfg.mg, bn) * cfg.groups
+    n, chunk = dw_splits(cfg.n * cfg.oh * cfg.ow, bk, tiles, e, workspace_bytes)
+    first = Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", (bm, bn, stages, fast),
+                   (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (TC_THREADS, 1, 1),
+                   (*dims(cfg), np.int32(chunk)))
+    return [first, _plans._sum_partials(e, n)]
+
+
+def routes(cfg, dtype, precision: str, arch, aligned: bool = True) -> dict:
+    """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests)."""
+    plans = {
+        "forward": forward_plan(cfg, dtype, precision, arch, "identity", True, aligned),
+        "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned),
+        "backward_weight": backward_weight_plan(cfg, dtype, precision, arch, aligned),
+    }
+    return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,
+                                                          plan[-1 if op == "backward_input" else 0].template)
+            for op, plan in plans.items()}

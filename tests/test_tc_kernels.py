@@ -1,0 +1,247 @@
+"""The tensor-core kernels (kernels/conv_tc_*.cu) from their exact source, on the CPU emulator (or on a GPU with
+GPUCONV_KERNEL_BACKEND=cupy), against a float64 reference of the operands exactly as the kernels see them.
+
+Operands: TF32 rounds x, w (forward), dz, w (dx) and x, dz (dw) with the hardware's cvt.rna (tf32_round); dz is
+dy * act'(z) computed in float32 and, for float16 / bfloat16, rounded to the storage type (as the kernels' fused
+loads store it in the shared tile). Error bound of a result r^ of K products with S = sum |a||b| (the float64
+sum of the absolute products): float32 accumulation |r^ - r| <= (K + 1) * 2^-23 * S (the tensor cores'
+accumulation is looser than round-to-nearest: u = 2^-23 as in tests/test_precision.py), plus the activation's
+Lipschitz factor (sigmoid: 1/4, and 2^-20 for its float32 evaluation), plus one rounding on the store of a 2-byte
+dtype (2^-11 half, 2^-8 bfloat16, relative). The cases cover both kernel variants (16-byte cp.async tiles and
+element loads), both tile shapes, stride, dilation, asymmetric padding, groups, stride phases no tap reaches,
+channel counts that do and do not fill a fragment, and every activation. dw and db must be bitwise equal over
+runs and under the reverse schedule (which also permutes the emulator's wmma fragment layout).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from gpuconv._config import make_config
+from gpuconv._dispatch import BackendUnavailable, load_backend
+from gpuconv.backends import cuda_tc
+
+import reference as ref
+
+BACKEND = os.environ.get("GPUCONV_KERNEL_BACKEND", "emulator")
+BF16 = cuda_tc.BFLOAT16
+# (name, dtype, precision): the three tensor-core modes
+MODES = [("tf32", np.dtype(np.float32), "tf32"), ("fp16", np.dtype(np.float16), "highest")]
+if BF16 is not None:
+    MODES.append(("bf16", BF16, "highest"))
+STORE_UNIT = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+STORE_TINY = {"float16": 2.0**-24, "bfloat16": 2.0**-133}
+
+# (id, x shape NHWC, w shape HWIO, options, activation)
+CASES = [
+    ("vec-pad1", (2, 8, 8, 32), (3, 3, 32, 32), {"padding": 1}, "relu"),
+    ("vec-wide-stride-dil-asym", (1, 9, 10, 32), (3, 2, 32, 80),
+     {"stride": (2, 1), "dilation": (1, 2), "padding": ((2, 0), (1, 1))}, "sigmoid"),
+    ("groups", (1, 7, 8, 64), (3, 3, 32, 64), {"groups": 2, "padding": 1}, "identity"),
+    ("stem", (1, 11, 12, 3), (7, 7, 3, 24), {"stride": 2, "padding": 3}, "relu"),
+    ("odd-channels", (2, 6, 7, 10), (2, 3, 5, 34), {"groups": 2, "stride": (1, 2), "padding": ((0, 1), (1, 0))},
+     "sigmoid"),
+    ("dx-empty-phases", (1, 9, 10, 32), (3, 3, 32, 32), {"stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))},
+     "relu"),
+    ("rows-3-tiles-1x1", (2, 12, 11, 16), (1, 1, 16, 16), {}, "tanh"),
+    ("dx-wide-stride2", (1, 6, 7, 80), (3, 3, 80, 32), {"stride": 2, "padding": 1}, "relu"),
+    ("depthwise", (1, 6, 6, 4), (3, 3, 1, 4), {"groups": 4, "padding": 1}, "sigmoid"),
+]
+
+
+@pytest.fixture(scope="module")
+def be():
+    try:
+        return load_backend(BACKEND)
+    except BackendUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def host(a):
+    """A backend array as a numpy array (cupy arrays are copied back)."""
+    return np.asarray(a.get() if hasattr(a, "get") else a)
+
+
+def tf32_round(a):
+    """cvt.rna.tf32.f32 on float32 bits: (u + 0x1000) & 0xFFFFE000 where finite; NaN and inf unchanged."""
+    a = np.ascontiguousarray(a, np.float32)
+    u = a.view(np.uint32)
+    finite = (u & 0x7F800000) != 0x7F800000
+    return np.where(finite, (u + np.uint32(0x1000)) & np.uint32(0xFFFFE000), u).astype(np.uint32).view(np.float32)
+
+
+def operand(a, mode):
+    """The value a kernel multiplies, as float64."""
+    return (tf32_round(a) if mode == "tf32" else a).astype(np.float64)
+
+
+def kernel_dz(dy, y, act, dtype):
+    """dz as the kernels' fused loads make it: float32 arithmetic, rounded to the storage type."""
+    d = dy.astype(np.float32)
+    if act == "relu":
+        d = np.where(y.astype(np.float32) > 0, d, np.float32(0))
+    elif act == "sigmoid":
+        u = y.astype(np.float32)
+        d = d * u * (np.float32(1) - u)
+    elif act == "tanh":
+        u = y.astype(np.float32)
+        d = d * (np.float32(1) - u * u)
+    return d.astype(dtype)
+
+
+def bound(dt, terms, abs_sum, value, lipschitz=1.0, extra=0.0):
+    err = (terms + 1) * 2.0**-23 * abs_sum * lipschitz + extra
+    if dt.name in STORE_UNIT:
+        err = err + STORE_UNIT[dt.name] * (np.abs(value) + err) + STORE_TINY[dt.name]
+    return err
+
+
+def assert_within(out, want, err, what):
+    out = host(out).astype(np.float64)
+    assert out.shape == want.shape, what
+    bad = ~(np.abs(out - want) <= err)
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} outside the bound, worst excess "
+                           f"{np.max(np.abs(out - want) - err)}")
+
+
+def _data(case, dtype, seed):
+    _, xs, ws, opts, act = case
+    cfg = make_config("test", xs, ws, **opts)
+    rng = np.random.default_rng(seed)
+    u = lambda shape, lo=-1.0: rng.uniform(lo, 1.0, shape).astype(np.float32).astype(dtype)
+    y = u(cfg.y_shape, 0.0)  # a saved output of relu / sigmoid lies in [0, 1)
+    return cfg, opts, act, u(xs), u(ws), u(ws[3]), u(cfg.y_shape), y
+
+
+def _routes(cfg, dtype, precision):
+    return cuda_tc.routes(cfg, dtype, precision, None)
+
+
+def test_cases_cover_every_activation():
+    from gpuconv import _registry
+
+    assert {c[4] for c in CASES} == set(_registry.ACTIVATIONS)
+
+
+def test_cases_cover_every_variant():
+    """The cases reach every registered tensor-core kernel of the three modes (so each one runs here)."""
+    from gpuconv.cuda.modules import kernel_source, registered_name_expressions
+
+    seen = set()
+    for case in CASES:
+        cfg = make_config("test", case[1], case[2], **case[3])
+        for _, dt, precision in MODES:
+            seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
+    registered = set()
+    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
+        registered |= {e for e in registered_name_expressions(kernel_source(f)) if e.startswith("gpuconv_tc_")}
+    if BF16 is None:
+        registered = {e for e in registered if "bfloat16" not in e}
+    assert registered <= seen, sorted(registered - seen)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_forward_and_backward_against_float64(be, case, mode):
+    name, dt, precision = mode
+    cfg, opts, act, x, w, b, dy, y = _data(case, dt, seed=len(case[0]))
+    routes = _routes(cfg, dt, precision)
+    if all(v is None for v in routes.values()):
+        pytest.skip(f"{name}: every operation of this case takes the SIMT kernels")
+
+    d = be.xp.asarray
+    out = host(be.forward(d(x), d(w), d(b), cfg, act, precision=precision))
+    if routes["forward"] is not None:
+        xr, wr, b64 = operand(x, name), operand(w, name), b.astype(np.float64)
+        z = ref.conv2d_linear(xr, wr, b64, **opts)
+        s = ref.conv2d_linear(np.abs(xr), np.abs(wr), np.abs(b64), **opts)
+        want = ref.activate(z, act)
+        lip, extra = {"sigmoid": (0.25, 2.0**-20), "tanh": (1.0, 2.0**-20)}.get(act, (1.0, 0.0))
+        assert_within(out, want, bound(dt, case[2][0] * case[2][1] * case[2][2], s, want, lip, extra),
+                      f"{routes['forward']} forward")
+
+    dx, dw, db = be.backward(d(dy), None if act == "identity" else d(y), d(x), d(w), cfg, act, True,
+                             precision=precision)
+    dz = operand(kernel_dz(dy, y, act, dt), name)
+    if routes["backward_input"] is not None:
+        wr = operand(w, name)
+        want = ref.backward_input(dz, wr, cfg.x_shape, **opts)
+        s = ref.backward_input(np.abs(dz), np.abs(wr), cfg.x_shape, **opts)
+        assert_within(dx, want, bound(dt, cfg.kh * cfg.kw * cfg.mg, s, want), f"{routes['backward_input']} dx")
+    if routes["backward_weight"] is not None:
+        xr = operand(x, name)
+        want = ref.backward_weight(dz, xr, cfg.w_shape, **opts)
+        s = ref.backward_weight(np.abs(dz), np.abs(xr), cfg.w_shape, **opts)
+        assert_within(dw, want, bound(dt, cfg.n * cfg.oh * cfg.ow, s, want), f"{routes['backward_weight']} dw")
+    dz_exact = kernel_dz(dy, y, act, np.float32).astype(np.float64)  # db: the SIMT kernel's unrounded dz
+    want = ref.backward_bias(dz_exact)
+    assert_within(db, want, bound(dt, cfg.n * cfg.oh * cfg.ow, ref.backward_bias(np.abs(dz_exact)), want), "db")
+
+
+def _schedules():
+    try:
+        from gpuconv.cuda import emulator
+    except ImportError:
+        return []
+    return [lambda: emulator.schedule("forward"), lambda: emulator.schedule("reverse")]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+def test_deterministic_across_runs_and_schedules(be, mode):
+    """dw and db bitwise equal over runs and thread schedules (the reverse one permutes the wmma layout);
+    forward and dx equal too, since no kernel here depends on the order threads run in."""
+    if BACKEND != "emulator":
+        pytest.skip("thread schedules are an emulator feature")
+    name, dt, precision = mode
+    case = CASES[1]
+    cfg, opts, act, x, w, b, dy, y = _data(case, dt, seed=7)
+    runs = []
+    for ctx in _schedules() + _schedules()[:1]:
+        with ctx():
+            yy = be.forward(x, w, b, cfg, act, precision=precision)
+            runs.append((yy, *be.backward(dy, y, x, w, cfg, act, True, precision=precision)))
+    for other in runs[1:]:
+        for a, o, what in zip(runs[0], other, ("y", "dx", "dw", "db")):
+            assert host(a).tobytes() == host(o).tobytes(), f"{name} {what}"
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+def test_dx_nan_rule(be, mode):
+    """A NaN / inf weight at a tap reaches dx only where that tap reaches an output pixel (the chain rule),
+    though the GEMM would multiply a zero-filled dz by it: the non-finite flag sends the blocks to the exact loop."""
+    name, dt, precision = mode
+    cfg = make_config("test", (1, 6, 7, 32), (3, 3, 32, 32))  # valid padding: the border taps miss
+    rng = np.random.default_rng(3)
+    w = rng.uniform(-1, 1, cfg.w_shape).astype(np.float32).astype(dt)
+    w[2, 2, 1, 5] = np.nan
+    w[0, 1, 3, 7] = np.inf
+    dz = rng.uniform(-1, 1, cfg.y_shape).astype(np.float32).astype(dt)
+    assert _routes(cfg, dt, precision)["backward_input"] is not None
+    dx = host(be.backward_input(be.xp.asarray(dz), be.xp.asarray(w), cfg, precision=precision)).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        want = ref.backward_input(operand(dz, name), operand(w, name), cfg.x_shape)
+    assert np.array_equal(np.isnan(dx), np.isnan(want)) and np.isnan(want).any() and (~np.isnan(want)).any()
+    assert np.array_equal(np.isinf(dx), np.isinf(want))
+    fin = np.isfinite(want)
+    s = ref.backward_input(np.abs(operand(dz, name)), np.where(np.isfinite(w), np.abs(operand(w, name)), 0),
+                           cfg.x_shape)
+    assert_within(dx[fin], want[fin], bound(dt, 9 * 32, s, want)[fin], "dx finite part")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+def test_unaligned_arrays_take_the_generic_variant(be, mode):
+    """A view that starts off a 16-byte boundary cannot feed 16-byte copies: same results, element loads."""
+    name, dt, precision = mode
+    cfg = make_config("test", (1, 6, 6, 32), (3, 3, 32, 32), padding=1)
+    rng = np.random.default_rng(5)
+    buf = be.xp.asarray(rng.uniform(-1, 1, int(np.prod(cfg.x_shape)) + 1).astype(np.float32).astype(dt))
+    x = buf[1:].reshape(cfg.x_shape)  # one element off the allocation's (aligned) start
+    w = rng.uniform(-1, 1, cfg.w_shape).astype(np.float32).astype(dt)
+    assert cuda_tc.forward_plan(cfg, dt, precision, None, "identity", False, aligned=False)[0].template[-1] is False
+    out = host(be.forward(x, be.xp.asarray(w), None, cfg, "identity", precision=precision))
+    xr, wr = operand(host(x), name), operand(w, name)
+    want = ref.conv2d_linear(xr, wr, padding=1)
+    assert_within(out, want, bound(dt, 9 * 32, ref.conv2d_linear(np.abs(xr), np.abs(wr), padding=1), want),
+                  "unaligned forward")

@@ -1,0 +1,190 @@
+"""Tensor-core launch plans (gpuconv/backends/cuda_tc.py): pure functions, checked without compiling.
+
+float32 with precision="highest" (and float64) must never reach a tensor-core kernel; the launches the CUDA
+backend makes are recorded through an injected module, so the kernel names it asks for are checked exactly.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gpuconv._config import PRECISIONS, make_config
+from gpuconv.backends import cuda_tc
+from gpuconv.backends.cuda import CudaBackend
+
+ARCHES = [70, 75, 80, 86, 90, 100, None]  # None: the emulator
+SHAPES = [  # (x shape, w shape, options)
+    ((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1}),
+    ((1, 16, 16, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3}),
+    ((1, 8, 8, 32), (1, 1, 32, 256), {}),
+    ((1, 8, 8, 256), (1, 1, 256, 64), {"stride": 2}),
+    ((1, 8, 8, 64), (3, 3, 16, 64), {"groups": 4, "padding": 1}),
+    ((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8, "padding": 1}),
+    ((1, 7, 9, 20), (3, 2, 20, 18), {"stride": (2, 3), "dilation": (2, 1), "padding": ((2, 1), (0, 1))}),
+]
+DTYPES = [np.float16, np.float32, np.float64] + ([cuda_tc.BFLOAT16] if cuda_tc.BFLOAT16 is not None else [])
+
+
+def _cfg(xs, ws, opts):
+    return make_config("test", xs, ws, **opts)
+
+
+def fwd(cfg, dtype, precision, arch, aligned=True):
+    plan = cuda_tc.forward_plan(cfg, dtype, precision, arch, "relu", True, aligned)
+    return None if plan is None else plan[0]
+
+
+def dx(cfg, dtype, precision, arch, aligned=True):
+    plan = cuda_tc.backward_input_plan(cfg, dtype, precision, arch, 9, aligned)
+    if plan is None:
+        return None
+    assert plan[0].kernel == "gpuconv_any_nonfinite" and {p.kernel for p in plan[1:]} == {"gpuconv_tc_bwd_input"}
+    return plan[-1]
+
+
+def dw(cfg, dtype, precision, arch, aligned=True, **kw):
+    plan = cuda_tc.backward_weight_plan(cfg, dtype, precision, arch, aligned, **kw)
+    if plan is None:
+        return None
+    assert plan[1].kernel == "gpuconv_sum_partials"
+    return plan[0]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_float32_highest_and_float64_never_use_tensor_cores(shape, arch):
+    cfg = _cfg(*shape)
+    for aligned in (True, False):
+        assert fwd(cfg, np.float32, "highest", arch, aligned) is None
+        for precision in PRECISIONS:
+            assert fwd(cfg, np.float64, precision, arch, aligned) is None
+    assert not cuda_tc.uses_tensor_cores(np.float32, "highest", arch)
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_which_dtypes_use_tensor_cores(arch):
+    at_least = lambda v: arch is None or arch >= v
+    assert cuda_tc.uses_tensor_cores(np.float16, "highest", arch) == at_least(70)
+    assert cuda_tc.uses_tensor_cores(np.float16, "tf32", arch) == at_least(70)
+    assert cuda_tc.uses_tensor_cores(np.float32, "tf32", arch) == at_least(80)
+    if cuda_tc.BFLOAT16 is not None:
+        assert cuda_tc.uses_tensor_cores(cuda_tc.BFLOAT16, "highest", arch) == at_least(80)
+    assert not cuda_tc.uses_tensor_cores(np.float32, "tf32", 75)
+
+
+def test_forward_variants():
+    big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
+    r = fwd(big, np.float16, "highest", 90)
+    assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 2, True)
+    assert r.grid == (1, 2, 1) and r.block == (256, 1, 1)
+    narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
+    assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 3, True)
+    # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic
+    assert fwd(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2,
+                                                                                                   False)
+    stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
+    assert fwd(stem, np.float16, "highest", 80).template[-1] is False
+    cg16 = _cfg((1, 8, 8, 16), (3, 3, 16, 64), {})  # a whole step for float (16), not for half (32)
+    assert fwd(cg16, np.float32, "tf32", 80).template[-1] is True
+    assert fwd(cg16, np.float16, "highest", 80).template[-1] is False
+    odd_m = _cfg((1, 8, 8, 32), (3, 3, 32, 34), {})
+    assert fwd(odd_m, np.float16, "highest", 80).template[-1] is False
+    groups = _cfg((2, 8, 8, 64), (3, 3, 32, 96), {"groups": 2})
+    r = fwd(groups, np.float32, "tf32", 90)
+    assert r.template == (128, 64, 3, True) and r.grid == (1, 1, 2)
+    # few channels per group: SIMT for float16; TF32 and bfloat16 always on tensor cores (generic variant)
+    depthwise = _cfg((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8})
+    assert fwd(depthwise, np.float16, "highest", 90) is None
+    assert fwd(depthwise, np.float32, "tf32", 90).template == (128, 64, 2, False)
+    if cuda_tc.BFLOAT16 is not None:
+        assert fwd(depthwise, cuda_tc.BFLOAT16, "highest", 90).template[-1] is False
+
+
+def test_routes_are_registered_instantiations():
+    """Every template a route can produce is one the kernel file instantiates."""
+    from gpuconv.cuda.modules import kernel_source, registered_name_expressions
+
+    registered = set()
+    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
+        registered |= set(registered_name_expressions(kernel_source(f)))
+    seen = set()
+    for (xs, ws, opts), dtype, aligned in itertools.product(SHAPES, DTYPES, (True, False)):
+        for precision in PRECISIONS:
+            for name in cuda_tc.routes(_cfg(xs, ws, opts), dtype, precision, 90, aligned).values():
+                if name is not None:
+                    seen.add(name)
+    assert {n.split("<")[0] for n in seen} == {"gpuconv_tc_fwd", "gpuconv_tc_bwd_input", "gpuconv_tc_bwd_weight"}
+    assert seen <= registered, seen - registered
+
+
+def test_backward_variants():
+    cfg = _cfg((2, 8, 8, 256), (3, 3, 256, 256), {"padding": 1})
+    assert dx(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
+    assert dx(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    assert dw(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
+    assert dw(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    assert dx(cfg, np.float32, "highest", 90) is None
+    assert dw(cfg, np.float32, "highest", 90) is None
+    # dx steps through output channels: Mg must be a whole reduction step; dw needs 16-byte runs of both
+    odd = _cfg((1, 8, 8, 24), (3, 3, 24, 24), {})
+    assert dx(odd, np.float16, "highest", 90).template[-1] is False
+    assert dw(odd, np.float16, "highest", 90).template[-1] is True
+    stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
+    assert dx(stem, np.float16, "highest", 90) is None  # SIMT direct dx
+    assert dx(stem, np.float32, "tf32", 90).template[-1] is True  # dx steps through Mg = 64
+    assert dw(stem, np.float16, "highest", 90).template[-1] is False
+
+
+def test_dw_split_is_a_function_of_the_shape():
+    cfg = _cfg((64, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})
+    a = dw(cfg, np.float16, "highest", 90)
+    b = dw(cfg, np.float16, "highest", 80)
+    chunk = int(a.scalars[-1])
+    assert a == b and chunk % 32 == 0 and a.grid[2] * chunk >= 64 * 56 * 56 > (a.grid[2] - 1) * chunk
+    assert a.grid[2] * 576 * 64 * 4 <= 64 * 2**20
+    small = dw(cfg, np.float16, "highest", 90, workspace_bytes=576 * 64 * 4 * 3)
+    assert small.grid[2] == 3
+
+
+class _Recorder:
+    """A module kind that records which kernels the backend asks for and what it launches, running nothing."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __call__(self, kind, fname):
+        recorder = self
+
+        class Module:
+            def get_function(self, name):
+                def kernel(grid, block, args, **kw):
+                    recorder.launches.append((fname, name, tuple(grid), tuple(block)))
+
+                return kernel
+
+        return Module()
+
+
+@pytest.mark.parametrize("dtype,precision,expected", [
+    (np.float32, "highest", "gpuconv_conv_fwd<float, 64>"),
+    (np.float32, "tf32", "gpuconv_tc_fwd<float, 128, 64, 3, true>"),
+    (np.float16, "highest", "gpuconv_tc_fwd<__half, 128, 64, 3, true>"),
+    (np.float64, "tf32", "gpuconv_conv_fwd<double, 64>"),
+])
+def test_backend_launches(dtype, precision, expected):
+    rec = _Recorder()
+    be = CudaBackend("emulator", np, get_module=rec)
+    cfg = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
+    x = np.zeros(cfg.x_shape, dtype)
+    w = np.zeros(cfg.w_shape, dtype)
+    be.forward(x, w, None, cfg, "relu", precision=precision)
+    assert [name for _, name, _, _ in rec.launches] == [expected]
+    # an unaligned view of the same shape takes the generic tensor-core variant (or SIMT for highest)
+    buf = np.zeros(x.size + 1, dtype)
+    xu = buf[1:].reshape(x.shape)
+    rec.launches.clear()
+    be.forward(xu, w, None, cfg, "relu", precision=precision)
+    (name,) = [name for _, name, _, _ in rec.launches]
+    assert name == (expected if "tc" not in expected else expected.replace("64, 3, true", "64, 2, false"))
