@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import platform
 
-from . import _config, _dispatch
+from . import _dispatch
 from ._version import __version__
 
 

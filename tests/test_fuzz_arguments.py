@@ -16,7 +16,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 import reference as ref
 from conftest import assert_close
 from hypothesis import HealthCheck, given, settings
