@@ -3,14 +3,15 @@
 // They read dz itself: for relu / sigmoid / tanh the backend first runs gpuconv_act_bwd once (dz = dy * act'(z),
 // rounded to the storage type) for both, so the main loops stay pure asynchronous copies and MMAs.
 //
-//   gpuconv_any_nonfinite       flag = 1 if w holds an inf or NaN (one launch before the dx kernels, no host sync)
+//   (gpuconv_nonfinite_flag of conv_backward.cu sets flag = 1 if w holds an inf or NaN: one launch before the dx
+//   kernels, no host sync; the SIMT dx path uses the same kernel)
 //   gpuconv_tc_bwd_input<T, BM, BN, STAGES, VEC>
 //       dx of one stride phase (one launch per phase, as the SIMT kernel): rows = the phase's input pixels,
 //       columns = Cg, reduction = the phase's taps x Mg (ordered tap row, tap column, output channel). A (dz) is
 //       stored row-major (output channels fastest, as in NHWC), B (w) column-major (output channels fastest, as
 //       in HWIO). VEC: Mg a multiple of BK (one reduction step in one tap), 16-byte aligned dz, w.
 //       NaN rule: a tap that reaches no output pixel reads a zero dz, and 0 * (inf or NaN weight) would put a NaN
-//       into dx that the chain rule does not have. When gpuconv_any_nonfinite has set the flag, the block takes
+//       into dx that the chain rule does not have. When gpuconv_nonfinite_flag has set the flag, the block takes
 //       an exact loop instead of the GEMM, summing only the taps that reach an output pixel (of the operands
 //       as the MMA path rounds them; slow, for a case that is a bug upstream anyway). A transposed convolution
 //       (conv2d_transpose) adds its bias and applies its activation in the epilogue, as the SIMT kernels do.
@@ -21,34 +22,19 @@
 //       in order, so dw is bitwise the same on every run. VEC: Cg and Mg multiples of 16 bytes, aligned arrays.
 // Tiles: 128 x 128 (2 stages) for FP16 / BF16 with more than 64 columns, else 128 x 64 (3 stages); TF32 always
 // 128 x 64 (its 128 x 128 backward tiles need more than the 128 registers of 2 blocks per SM).
-// gpuconv-name-expressions: gpuconv_any_nonfinite<float>, gpuconv_any_nonfinite<__half>, gpuconv_any_nonfinite<__nv_bfloat16>
+// gpuconv-name-expressions: gpuconv_nonfinite_flag<float>, gpuconv_nonfinite_flag<__half>, gpuconv_nonfinite_flag<__nv_bfloat16>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 3, true>, gpuconv_tc_bwd_input<__half, 128, 64, 3, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 2, false>, gpuconv_tc_bwd_input<__half, 128, 64, 2, false>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 2, false>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<__half, 128, 128, 2, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 3, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 3, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 2, false>
-// The bfloat16 instantiations of three kernels of conv_backward.cu (included below): gpuconv_act_bwd (dz for these
+// The bfloat16 instantiations of kernels of conv_backward.cu (included below; gpuconv_nonfinite_flag above): gpuconv_act_bwd (dz for these
 // kernels), gpuconv_bias_grad and gpuconv_sum_partials (the deterministic db / dw reductions). bfloat16 has no
 // entry in gpuconv/_registry.py DTYPES yet, so conv_backward.cu's generated instantiations do not cover it.
 // gpuconv-name-expressions: gpuconv_act_bwd<__nv_bfloat16>, gpuconv_bias_grad<__nv_bfloat16>, gpuconv_sum_partials<__nv_bfloat16>
 #include "gpuconv_tc.cuh"
 #include "conv_backward.cu"
-
-template <typename T>
-__global__ void __launch_bounds__(GPUCONV_TC_THREADS) gpuconv_any_nonfinite(
-    const T* __restrict__ w,  // weights, any shape, contiguous
-    int* __restrict__ flag,   // set to 1 if any element is inf or NaN (zeroed by the caller; never cleared here)
-    int size)                 // number of elements
-{
-    const int stride = gridDim.x * blockDim.x;
-    bool bad = false;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
-        const float v = gpuconv_to_acc(w[i]);
-        bad |= !(v - v == 0.0f);  // inf - inf and NaN - NaN are NaN
-    }
-    if (bad) *flag = 1;  // every writer stores the same value
-}
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
@@ -211,7 +197,7 @@ template <typename T, int BM, int BN, int STAGES, bool VEC>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO
-    const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_any_nonfinite), take the exact path
+    const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_nonfinite_flag), take the exact path
     T* __restrict__ dx,          // written: input gradient (N, H, W, C), the pixels of this stride phase
     const T* __restrict__ bias,  // bias (C,) of a transposed convolution; read only when has_bias != 0
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl

@@ -40,7 +40,7 @@ def dx(cfg, dtype, precision, arch, aligned=True):
     plan = cuda_tc.backward_input_plan(cfg, dtype, precision, arch, 9, aligned)
     if plan is None:
         return None
-    assert plan[0].kernel == "gpuconv_any_nonfinite" and {p.kernel for p in plan[1:]} == {"gpuconv_tc_bwd_input"}
+    assert plan[0].kernel == "gpuconv_nonfinite_flag" and {p.kernel for p in plan[1:]} == {"gpuconv_tc_bwd_input"}
     return plan[-1]
 
 

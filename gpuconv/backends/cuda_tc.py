@@ -31,10 +31,9 @@ from ._plans import Launch, cdiv, dims, stride_phases
 
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
-BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates three of its kernels
+BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates four of its kernels
 TC_THREADS = 256
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
-NONFINITE_MAX_BLOCKS = 1024
 SMALL_CHANNELS = _plans.SMALL_CHANNELS
 
 try:  # bfloat16 is ml_dtypes' type; without ml_dtypes there is no bfloat16 array to route
@@ -134,7 +133,7 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
 
 def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
                         has_bias: bool = False, out_activation: str = "identity") -> Optional[list]:
-    """dx from dz on tensor cores, or None: first gpuconv_any_nonfinite (arrays w, flag: w holds inf / NaN), then
+    """dx from dz on tensor cores, or None: first gpuconv_nonfinite_flag (arrays w, flag: w holds inf / NaN), then
     one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
     m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw. has_bias / out_activation: the
     epilogue act(dx + b) of a transposed convolution."""
@@ -143,9 +142,10 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
     bm, bn, stages = _tile(dtype, cfg.cg, fast, backward=True)
-    out = [Launch(TC_BACKWARD_FILE, "gpuconv_any_nonfinite", (),
-                  (max(1, min(cdiv(w_size, TC_THREADS), NONFINITE_MAX_BLOCKS)), 1, 1), (TC_THREADS, 1, 1),
-                  (np.int32(w_size),))]
+    # the SIMT dx path's flag kernel, instantiated in this file too (bfloat16 has no entry in conv_backward.cu's)
+    out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
+                  (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
+                  (np.int64(w_size),))]
     for phase in stride_phases(cfg):
         grid = (cdiv(cfg.n * phase[1] * phase[4], bm), cdiv(cfg.cg, bn), cfg.groups)
         out.append(Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid,
