@@ -390,7 +390,7 @@ def build_library(source: str, display_name: str, name_expressions=(), options=(
                  text):
         h.update(part.encode())
         h.update(b"\0")
-    _hash_include_dirs(h, dirs)
+    _hash_include_dirs(h, [str(STUB_INCLUDE), *dirs])  # the emulator's own headers (mma.h ...) too
     key = h.hexdigest()[:24]
     target = cache_dir() / f"{Path(display_name).stem}-{key}.so"
     if not intact(target):
