@@ -93,14 +93,28 @@ GPUCONV_EMU_HIDDEN void warp_barrier(unsigned mask, unsigned line, int kind);
 GPUCONV_EMU_HIDDEN unsigned char* warp_slot(unsigned lane);  // 16-byte exchange slot of a lane of my warp
 GPUCONV_EMU_HIDDEN unsigned warp_group(unsigned mask);       // lanes of my warp in mask that still run
 [[noreturn]] GPUCONV_EMU_HIDDEN void fail(const char* what, unsigned line);
-// The warp barrier kinds (for the messages): 0 __syncwarp, 1 shuffle, 2 vote, 3 wmma (mma.h).
-enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3 };
+// The warp barrier kinds (for the messages): 0 __syncwarp, 1 shuffle, 2 vote, 3 wmma (mma.h), 4 ldmatrix and
+// mma.sync (gpuconv_ptx.h).
+enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3, WARP_PTX = 4 };
 // Whether this launch uses the permuted wmma fragment layout (GPUCONV_EMULATOR_WMMA_LAYOUT; mma.h).
 GPUCONV_EMU_HIDDEN bool wmma_permuted();
 // cuda_pipeline_primitives.h: asynchronous copies (runtime.cpp).
 GPUCONV_EMU_HIDDEN void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line);
 GPUCONV_EMU_HIDDEN void pipeline_commit();
 GPUCONV_EMU_HIDDEN void pipeline_wait_prior(size_t prior, unsigned line);
+// Whether bytes [p, p + n) lie in shared memory: a static __shared__ variable or the dynamic shared memory.
+GPUCONV_EMU_HIDDEN bool in_shared(const void* p, size_t n);
+
+// fail() with a printf-style message (the warp-collective headers' checks).
+[[noreturn]] inline void failf(unsigned line, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+inline void failf(unsigned line, const char* fmt, ...) {
+    char buf[400];
+    __builtin_va_list ap;
+    __builtin_va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    __builtin_va_end(ap);
+    fail(buf, line);
+}
 
 inline unsigned linear_tid() {
     return tl.thread_idx.x + tl.block_dim.x * (tl.thread_idx.y + tl.block_dim.y * tl.thread_idx.z);

@@ -83,7 +83,8 @@ __thread State tl;
 // The runtime uses only C and pthreads (no <thread>, <string>, <vector>): it compiles in a fraction of the time.
 enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
 enum Schedule { FORWARD = 0, REVERSE = 1, SHUFFLE = 2 };
-const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote", "a wmma operation"};
+const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote", "a wmma operation",
+                                     "an ldmatrix / mma.sync instruction"};
 constexpr int kMaxThreads = 1024;
 constexpr int kErrLen = 1024;
 
@@ -694,7 +695,7 @@ unsigned warp_group(unsigned mask) {
 }
 
 void fail(const char* what, unsigned line) {
-    char buf[256];
+    char buf[512];  // failf's 400 and the line
     snprintf(buf, sizeof buf, "%s on line %u", what, line);
     fail_here(*tl.worker, buf);
 }
@@ -703,6 +704,12 @@ void fail(const char* what, unsigned line) {
 bool inside(const void* p, size_t n, const void* lo, size_t size) {
     auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(lo);
     return a >= b && a + n <= b + size && a + n >= a;
+}
+
+bool in_shared(const void* p, size_t n) {
+    const Worker& w = *tl.worker;
+    unsigned long long dyn = w.launch->shmem;
+    return inside(p, n, w.tls_lo, w.tls_size) || (dyn && inside(p, n, tl.dyn_smem, dyn));
 }
 
 void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line) {
@@ -717,7 +724,7 @@ void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsign
         bad = "zfill is larger than size_and_align";
     } else if (reinterpret_cast<uintptr_t>(dst) % size || reinterpret_cast<uintptr_t>(src) % size) {
         bad = "the destination and the source must be aligned to size_and_align";
-    } else if (!inside(dst, size, w.tls_lo, w.tls_size) && !(L.shmem && inside(dst, size, tl.dyn_smem, L.shmem))) {
+    } else if (!in_shared(dst, size)) {
         bad = "the destination is not in shared memory (a __shared__ variable or the dynamic shared memory)";
     } else if (size > zfill) {
         bool global = false;

@@ -133,16 +133,6 @@ struct Call {
     const void* c;
 };
 
-[[noreturn]] inline void failf(unsigned line, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
-inline void failf(unsigned line, const char* fmt, ...) {
-    char buf[400];
-    __builtin_va_list ap;
-    __builtin_va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    __builtin_va_end(ap);
-    fail(buf, line);
-}
-
 // The warp-collective frame: publish, barrier, the lowest lane checks the lanes agree and runs body(calls)
 // for the whole warp, barrier (the other lanes' Call and fragments stay alive until it is done).
 template <class Body>
