@@ -1,26 +1,26 @@
 // Shared device code of the tensor-core kernels (kernels/conv_tc_*.cu): element traits, the shared-memory tile
-// layouts, one block tile's warp-level MMA step, and the epilogue through shared memory.
+// layouts and the multi-stage main loop; the warp-level MMAs and the epilogue come from gpuconv_tc_mma.cuh
+// (ldmatrix + mma.sync, sm_80 and later) or gpuconv_tc_wmma.cuh (nvcuda::wmma, the FP16 path of sm_70 / sm_75).
 //
 // Design (kernels/README.md has the same text in short; docs/performance.md has the numbers):
-//   - Implicit GEMMs as in the SIMT kernels (rows, columns and reduction as there), computed with nvcuda::wmma
-//     fragments: m16n16k8 with precision::tf32 for float storage (every loaded operand element goes through
-//     wmma::__float_to_tf32, the hardware's cvt.rna.tf32.f32), m16n16k16 for __half and __nv_bfloat16; float
-//     accumulators in every case, rounded once to the storage type on the store.
+//   - Implicit GEMMs as in the SIMT kernels (rows, columns and reduction as there), on tensor cores: TF32
+//     products for float storage (operands rounded with cvt.rna.tf32.f32, wmma::__float_to_tf32), FP16 for
+//     __half, BF16 for __nv_bfloat16; float accumulators in every case, rounded once to the storage type on the
+//     store.
 //   - Block tile BM x BN (128 x 128 or 128 x 64), 256 threads = 8 warps; the warps tile the block as
-//     (BM / WTM) x (BN / 32) with warp tiles WTM x 32, i.e. (WTM / 16) x 2 accumulator fragments each
-//     (64 x 32 for 128 x 128: 8 fragments, 64 accumulator registers per thread).
+//     (BM / WTM) x (BN / 32) with warp tiles WTM x 32 (64 x 32 for 128 x 128: 64 accumulators per thread).
 //   - Reduction steps of BK elements (64 bytes of a row: 16 floats or 32 halves); STAGES shared buffers. On the
 //     fast path the loaders issue 16-byte cp.async copies (__pipeline_memcpy_async) of whole 16-byte runs of
 //     channels (needs the channel counts and pointers 16-byte aligned, see gpuconv/backends/cuda.py), and the
 //     tile of step kt + STAGES - 1 is in flight while step kt is multiplied; chunks that fall in padding or
 //     past the tile's edge are written as zeros. The generic path (any channel count, e.g. the C = 3 stem)
 //     loads element by element into the same tiles, zeros outside: slower, never wrong.
-//   - Shared rows are padded by 16 bytes (GPUCONV_TC_SKEW elements): a row is 80 or 272/528 bytes, so the 8
-//     rows of 16 bytes one fragment-load phase reads fall in 8 different bank groups (no conflicts), and every
-//     fragment pointer stays 32-byte aligned as load_matrix_sync requires.
-//   - Epilogue: the fragment layout is unspecified, so accumulators are never indexed by position: each warp
-//     stores one fragment at a time to its own 16 x 20 float scratch (aliasing the drained pipeline buffers),
-//     and lanes read it back by (row, column) to add the bias, apply the activation and store.
+//   - Shared rows are padded so that the fragment loads are conflict-free: by 16 bytes where a warp reads 8
+//     rows of 16 bytes (ldmatrix, wmma: rows of 80, 272 or 528 bytes fall in 8 different bank groups), by 32
+//     bytes where the TF32 path reads 32-bit elements across 4 rows (gpuconv_tc_mma.cuh): rows of 136 or 72
+//     floats put the 4 x 8 elements in 32 different banks.
+//   - TF32 (PTX path): each stage is rounded to TF32 once, in shared memory, after it lands (round_tf32), not
+//     per fragment load, which every warp of the block would repeat.
 //   - Architectures: FP16 needs sm_70, TF32 and BF16 sm_80; on older targets NVRTC compiles those kernels
 //     with an empty body (gpuconv_tc<T>::enabled is false) and the launch routing never picks them.
 #pragma once
@@ -35,6 +35,13 @@
 #define GPUCONV_TC_SM80 1
 #else
 #define GPUCONV_TC_SM80 0
+#endif
+// The warp-level path: ldmatrix + mma.sync from sm_80 (and on the emulator), wmma before (or with -DGPUCONV_TC_WMMA,
+// which the emulator tests use to run the sm_70 path).
+#if GPUCONV_TC_SM80 && !defined(GPUCONV_TC_WMMA)
+#define GPUCONV_TC_PTX 1
+#else
+#define GPUCONV_TC_PTX 0
 #endif
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 700
 #define GPUCONV_TC_SM70 1
@@ -73,17 +80,6 @@ template <> struct gpuconv_tc<__nv_bfloat16> { static constexpr bool enabled = f
 template <bool C, typename A, typename B> struct gpuconv_tc_if { typedef A type; };
 template <typename A, typename B> struct gpuconv_tc_if<false, A, B> { typedef B type; };
 
-// Round a float fragment's elements to TF32 (the float instantiations); half / bfloat16 fragments are exact.
-template <typename Frag>
-__device__ __forceinline__ void gpuconv_tc_round(Frag& f, const float*) {
-#if GPUCONV_TC_SM80
-#pragma unroll
-    for (int i = 0; i < f.num_elements; ++i) f.x[i] = nvcuda::wmma::__float_to_tf32(f.x[i]);
-#endif
-}
-template <typename Frag, typename T>
-__device__ __forceinline__ void gpuconv_tc_round(Frag&, const T*) {}
-
 // A storage value as the tensor cores multiply it, in float: TF32-rounded for float, exact otherwise (the
 // exact fallback loops use it, so that they compute what the MMA path would).
 template <typename T>
@@ -102,14 +98,18 @@ struct gpuconv_tc_tile {
     static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
     static constexpr int BK = GPUCONV_TC_BYTES_K / sizeof(T);
     static constexpr int VEC = 16 / sizeof(T);  // elements of one 16-byte copy
-    static constexpr int SKEW = VEC;            // 16 bytes of row padding
+    // Row padding: 32 bytes for the TF32 tiles the PTX path reads as 32-bit elements (A column-major, B
+    // row-major), else 16 bytes (see the design notes above).
+    static constexpr bool WORDS_A = GPUCONV_TC_PTX && sizeof(T) == 4 && !A_ROW;
+    static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && B_ROW;
+    static constexpr int SKEW_A = WORDS_A ? 2 * VEC : VEC, SKEW_B = WORDS_B ? 2 * VEC : VEC;
     static constexpr int FK = gpuconv_tc<T>::FK;
     static constexpr int WN = BN / 32;                       // warps along the columns
     static constexpr int WM = GPUCONV_TC_WARPS / WN;         // warps along the rows
     static constexpr int WTM = BM / WM;                      // rows of a warp tile
     static constexpr int FM = WTM / 16, FN = 2;              // fragments of a warp tile
-    static constexpr int LDA = A_ROW ? BK + SKEW : BM + SKEW;
-    static constexpr int LDB = B_ROW ? BN + SKEW : BK + SKEW;
+    static constexpr int LDA = A_ROW ? BK + SKEW_A : BM + SKEW_A;
+    static constexpr int LDB = B_ROW ? BN + SKEW_B : BK + SKEW_B;
     static constexpr int A_ELEMS = A_ROW ? BM * LDA : BK * LDA;
     static constexpr int B_ELEMS = B_ROW ? BK * LDB : BN * LDB;
     static constexpr int STAGE_ELEMS = A_ELEMS + B_ELEMS;
@@ -126,46 +126,38 @@ struct gpuconv_tc_tile {
     __device__ static T* b_at(T* smem, int s, int k, int n) {
         return smem + s * STAGE_ELEMS + A_ELEMS + (B_ROW ? k * LDB + n : n * LDB + k);
     }
-};
 
-// The accumulators of one warp: Tile::FM x Tile::FN fragments of 16 x 16 floats.
-template <typename T, typename Tile>
-struct gpuconv_tc_acc {
-    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, Tile::FK, float> f[Tile::FM][Tile::FN];
-    __device__ void zero() {
-#pragma unroll
-        for (int i = 0; i < Tile::FM; ++i)
-#pragma unroll
-            for (int j = 0; j < Tile::FN; ++j) nvcuda::wmma::fill_fragment(f[i][j], 0.0f);
-    }
-};
-
-// acc += A(stage s) * B(stage s) over one BK step, for the warp tile at rows wm0, columns wn0 of the block.
-template <typename T, typename Tile, bool A_ROW, bool B_ROW>
-__device__ __forceinline__ void gpuconv_tc_step(T* smem, int s, gpuconv_tc_acc<T, Tile>& acc, int wm0, int wn0) {
-    namespace wmma = nvcuda::wmma;
-    typedef typename gpuconv_tc<T>::elem E;
-    typedef typename gpuconv_tc_if<A_ROW, wmma::row_major, wmma::col_major>::type LA;
-    typedef typename gpuconv_tc_if<B_ROW, wmma::row_major, wmma::col_major>::type LB;
-#pragma unroll
-    for (int kk = 0; kk < Tile::BK; kk += Tile::FK) {
-        // The FN B fragments stay loaded while the A fragments stream past (fewer live registers).
-        wmma::fragment<wmma::matrix_b, 16, 16, Tile::FK, E, LB> b[Tile::FN];
-#pragma unroll
-        for (int j = 0; j < Tile::FN; ++j) {
-            wmma::load_matrix_sync(b[j], Tile::b_at(smem, s, kk, wn0 + 16 * j), Tile::LDB);
-            gpuconv_tc_round(b[j], (const T*)nullptr);
-        }
-#pragma unroll
-        for (int i = 0; i < Tile::FM; ++i) {
-            wmma::fragment<wmma::matrix_a, 16, 16, Tile::FK, E, LA> a;
-            wmma::load_matrix_sync(a, Tile::a_at(smem, s, wm0 + 16 * i, kk), Tile::LDA);
-            gpuconv_tc_round(a, (const T*)nullptr);
-#pragma unroll
-            for (int j = 0; j < Tile::FN; ++j) wmma::mma_sync(acc.f[i][j], a, b[j], acc.f[i][j]);
+    // Stage s's A and B tiles rounded to TF32 in place, by the whole block (float on the PTX path; nothing for
+    // 16-bit types, which the tensor cores take as they are). The caller brackets it with barriers.
+    __device__ static void round_tf32(T* smem, int s) {
+        if constexpr (GPUCONV_TC_PTX && sizeof(T) == 4) {
+            round_rows<A_ROW ? BM : BK, A_ROW ? BK : BM, LDA>(smem + s * STAGE_ELEMS);
+            round_rows<B_ROW ? BK : BN, B_ROW ? BN : BK, LDB>(smem + s * STAGE_ELEMS + A_ELEMS);
         }
     }
-}
+    // ROWS x COLS floats at row stride LD, 16 bytes a thread at a time (a fixed trip count: no loop overhead).
+    template <int ROWS, int COLS, int LD>
+    __device__ static void round_rows(T* tile) {
+        constexpr int PER_ROW = COLS / 4, CHUNKS = ROWS * PER_ROW;
+        static_assert(COLS % 4 == 0, "rows of whole 16-byte chunks");
+#pragma unroll
+        for (int i = 0; i < (CHUNKS + GPUCONV_TC_THREADS - 1) / GPUCONV_TC_THREADS; ++i) {
+            const int c = threadIdx.x + i * GPUCONV_TC_THREADS;
+            if (CHUNKS % GPUCONV_TC_THREADS != 0 && c >= CHUNKS) break;
+            float4* p = reinterpret_cast<float4*>(tile + (c / PER_ROW) * LD + 4 * (c % PER_ROW));
+            float4 v = *p;
+            v.x = gpuconv_tc_operand(v.x), v.y = gpuconv_tc_operand(v.y);
+            v.z = gpuconv_tc_operand(v.z), v.w = gpuconv_tc_operand(v.w);
+            *p = v;
+        }
+    }
+};
+
+#if GPUCONV_TC_PTX
+#include "gpuconv_tc_mma.cuh"
+#else
+#include "gpuconv_tc_wmma.cuh"
+#endif
 
 // The multi-stage main loop over KT reduction steps. issue(kt, s) starts the loads of step kt into stage s
 // (cp.async copies and/or plain shared stores); every thread commits one pipeline batch per step, so
@@ -185,35 +177,14 @@ __device__ __forceinline__ void gpuconv_tc_mainloop(T* smem, int KT, Issue& issu
         const int next = kt + Tile::STAGES - 1;
         if (next < KT) issue(next, next % Tile::STAGES);
         __pipeline_commit();
+        if constexpr (GPUCONV_TC_PTX && sizeof(T) == 4) {
+            Tile::round_tf32(smem, kt % Tile::STAGES);
+            __syncthreads();
+        }
         gpuconv_tc_step<T, Tile, A_ROW, B_ROW>(smem, kt % Tile::STAGES, acc, wm0, wn0);
     }
     __pipeline_wait_prior(0);
-    __syncthreads();  // the pipeline buffers are free for the epilogue scratch
-}
-
-// Epilogue: for each fragment of the warp tile, store it to the warp's scratch, then lane l handles row l / 2,
-// columns 8 (l % 2) .. + 8 of it. row_of(r) maps a block-tile row to the output offset of its first element
-// (-1: no such row), once per row; emit(offset, c, value) stores the value of block-tile column c.
-template <typename T, typename Tile, typename RowOf, typename Emit>
-__device__ __forceinline__ void gpuconv_tc_epilogue(unsigned char* smem_bytes, gpuconv_tc_acc<T, Tile>& acc,
-                                                    int wm0, int wn0, RowOf& row_of, Emit& emit) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float* scratch = reinterpret_cast<float*>(smem_bytes) + warp * 16 * GPUCONV_TC_SCRATCH;
-    const int r = lane / 2, c0 = 8 * (lane % 2);
-#pragma unroll
-    for (int i = 0; i < Tile::FM; ++i) {
-        const gpuconv_i64 base = row_of(wm0 + 16 * i + r);
-#pragma unroll
-        for (int j = 0; j < Tile::FN; ++j) {
-            nvcuda::wmma::store_matrix_sync(scratch, acc.f[i][j], GPUCONV_TC_SCRATCH, nvcuda::wmma::mem_row_major);
-            __syncwarp();
-            if (base >= 0) {
-#pragma unroll
-                for (int c = 0; c < 8; ++c) emit(base, wn0 + 16 * j + c0 + c, scratch[r * GPUCONV_TC_SCRATCH + c0 + c]);
-            }
-            __syncwarp();
-        }
-    }
+    __syncthreads();  // the pipeline buffers are free for the epilogue scratch (the wmma path's)
 }
 
 // A 16-byte chunk of zeros into shared memory (a tile chunk in padding or past the tile's edge).

@@ -1,9 +1,9 @@
 """The kernels' machine code, read without a GPU: NVRTC's cubins disassembled by nvdisasm (gpuconv/cuda/sass.py).
 
 - every tensor-core kernel (kernels/conv_tc*.cu, kernels gpuconv_tc_*; and the wmma kernel of
-  tests/sass_kernels/, which proves the parsing until those land) holds HMMA of its precision on sm_80 and sm_90
-  (`float` instantiations TF32, `__half` FP16, `__nv_bfloat16` BF16), in its main loop, whose copies are
-  asynchronous (LDGSTS) where the design says so;
+  tests/sass_kernels/, which proves the parsing) holds HMMA of its precision on sm_80 and sm_90 (`float`
+  instantiations TF32, `__half` FP16, `__nv_bfloat16` BF16), in its main loop, whose copies are asynchronous
+  (LDGSTS) where the design says so, and whose operands come from shared memory (LDSM, LDS; no generic LD);
 - strict FP32 never touches tensor cores: no HMMA in any kernel of the SIMT files, and none in the kernels that
   float32 calls with precision="highest" launch (recorded on the emulator);
 - no kernel has local-memory traffic (LDL/STL) on any architecture (sm_70 from ptxas's report: nvdisasm 13
@@ -153,6 +153,22 @@ def test_tensor_core_main_loops_copy_asynchronously(path, arch):
     for r in rows:
         assert r.loop_counts.get("LDGSTS"), f"{r.kernel} on {arch}: no LDGSTS (cp.async) in the main loop"
         assert not r.loop_counts["LDG"], f"{r.kernel} on {arch}: register-staged global loads in the main loop"
+
+
+@needs_sass
+@pytest.mark.parametrize("arch", TC_ARCHES)
+@pytest.mark.parametrize("path", TC_FILES, ids=lambda p: p.name)
+def test_tensor_core_operands_come_from_shared_memory(path, arch):
+    """The ldmatrix / mma.sync path: operands reach the tensor cores by LDSM (and, for the TF32 tiles ldmatrix
+    cannot transpose, 32-bit LDS), never by generic loads (LD), which is what wmma made of BF16 and TF32."""
+    rows = [r for r in _rows(path, arch) if r.kernel.startswith("gpuconv_tc_")]
+    assert rows
+    for r in rows:
+        assert not r.loop_counts["LD"], f"{r.kernel} on {arch}: generic loads in the main loop {r.loop_opcodes}"
+        if _template_args(r.kernel)[0] != "float":
+            assert r.loop_counts["LDSM"], f"{r.kernel} on {arch}: 16-bit operands without ldmatrix {r.loop_opcodes}"
+            if _async_by_design(r.kernel):
+                assert not r.loop_counts["LDS"], f"{r.kernel} on {arch}: {r.loop_opcodes}"
 
 
 @needs_sass

@@ -145,6 +145,34 @@ def test_cases_cover_every_variant():
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_forward_and_backward_against_float64(be, case, mode):
+    _check_against_float64(be, case, mode)
+
+
+@pytest.fixture(scope="module")
+def wmma_be():
+    """A backend whose tensor-core kernels take the nvcuda::wmma path (sm_70 / sm_75's FP16 path): compiled
+    with -DGPUCONV_TC_WMMA, which the emulator otherwise never sees (it runs the ldmatrix / mma.sync path)."""
+    if BACKEND != "emulator":
+        pytest.skip("the wmma path is chosen by the GPU's architecture; the emulator runs it on request")
+    from gpuconv.backends import _plans
+    from gpuconv.backends.cuda import CudaBackend
+    from gpuconv.cuda import modules
+
+    with pytest.MonkeyPatch.context() as mp:
+        defines = _plans.kernel_defines()
+        mp.setattr(_plans, "kernel_defines", lambda: (*defines, "-DGPUCONV_TC_WMMA=1"))
+        mp.setattr(modules, "_fast", {})  # its keys leave out the package's -D options
+        yield CudaBackend("emulator", np)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=[CASES[i][0] for i in (0, 1, 4)])
+def test_wmma_path_against_float64(wmma_be, case, mode):
+    """The same checks on the wmma path (its fragment layout permuted under the reverse schedule)."""
+    _check_against_float64(wmma_be, case, mode)
+
+
+def _check_against_float64(be, case, mode):
     name, dt, precision = mode
     cfg, opts, act, x, w, b, dy, y = _data(case, dt, seed=len(case[0]))
     routes = _routes(cfg, dt, precision)

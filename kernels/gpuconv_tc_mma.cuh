@@ -1,0 +1,133 @@
+// The warp-level part of the tensor-core kernels on sm_80 and later: ldmatrix and mma.sync (gpuconv_ptx.cuh).
+// Included by gpuconv_tc.cuh (GPUCONV_TC_PTX), which has the tiles and the main loop; gpuconv_tc_wmma.cuh is the
+// same three pieces (accumulators, one reduction step, epilogue) on nvcuda::wmma, for sm_70 / sm_75.
+//
+// A warp tile is WTM x 32: Tile::FM m16 tiles times 4 n8 tiles of mma m16n8k16 (FP16, BF16) or m16n8k8 (TF32).
+// Operands come from shared memory as the PTX ISA lays them out (gpuconv_ptx.cuh):
+//   16-bit    every operand with one ldmatrix.x4: A (16 x 16) from row-major tiles, .trans from column-major
+//             ones; B (two n8 tiles of 16 x 8) non-transposed from column-major tiles, .trans from row-major.
+//   TF32      ldmatrix has no 32-bit transpose: A row-major and B column-major with ldmatrix.x4 (an 8 x 8 block
+//             of 16-bit pairs is 8 rows of 4 floats: each lane receives one float), the others with 32-bit
+//             shared loads, conflict-free through the layouts' 32-byte skew (gpuconv_tc_tile).
+// The elements are TF32 values already: the main loop rounds each stage once (gpuconv_tc_tile::round_tf32).
+// Accumulators stay in the ISA's C layout, so the epilogue applies bias and activation to them in place.
+#pragma once
+
+#include "gpuconv_ptx.cuh"
+
+// mma.sync of a storage type: d += a * b on one m16n8 tile.
+template <typename T> struct gpuconv_tc_mma;
+template <> struct gpuconv_tc_mma<__half> {
+    __device__ static void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        gpuconv_mma_m16n8k16_f16(d, a, b);
+    }
+};
+template <> struct gpuconv_tc_mma<__nv_bfloat16> {
+    __device__ static void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        gpuconv_mma_m16n8k16_bf16(d, a, b);
+    }
+};
+template <> struct gpuconv_tc_mma<float> {
+    __device__ static void run(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        gpuconv_mma_m16n8k8_tf32(d, a, b);
+    }
+};
+
+// The accumulators of one warp: FM x 4 tiles of 16 x 8 floats, 4 per lane each (the ISA's C layout).
+template <typename T, typename Tile>
+struct gpuconv_tc_acc {
+    float d[Tile::FM][4][4];
+    __device__ void zero() {
+#pragma unroll
+        for (int i = 0; i < Tile::FM; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) d[i][j][e] = 0.0f;
+    }
+};
+
+// The 32 bits of a shared float (a TF32 operand register).
+__device__ __forceinline__ unsigned gpuconv_tc_bits(const float* p) { return __float_as_uint(*p); }
+
+// The A operand of the m16 tile at rows m0, reduction k0 of stage s.
+template <typename T, typename Tile, bool A_ROW>
+__device__ __forceinline__ void gpuconv_tc_load_a(T* smem, int s, int m0, int k0, unsigned (&a)[4]) {
+    const int lane = threadIdx.x % 32;
+    // Lane 8 j + r passes row r of matrix j (a[j]); matrix j covers rows m0 + 8 (j % 2) and the j / 2-th 16 bytes
+    // of the reduction (the ISA's a[0..3] order), stored transposed in a column-major tile.
+    if constexpr (A_ROW) {
+        gpuconv_ldmatrix_x4(a, Tile::a_at(smem, s, m0 + lane % 16, k0 + Tile::VEC * (lane / 16)));
+    } else if constexpr (sizeof(T) == 2) {
+        gpuconv_ldmatrix_x4_trans(a, Tile::a_at(smem, s, m0 + 8 * ((lane / 8) % 2), k0 + lane % 8 + 8 * (lane / 16)));
+    } else {
+        const int g = lane / 4, q = lane % 4;
+        a[0] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g, k0 + q));
+        a[1] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g + 8, k0 + q));
+        a[2] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g, k0 + q + 4));
+        a[3] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g + 8, k0 + q + 4));
+    }
+}
+
+// The B operands of the two n8 tiles at columns n0 and n0 + 8, reduction k0 of stage s.
+template <typename T, typename Tile, bool B_ROW>
+__device__ __forceinline__ void gpuconv_tc_load_b(T* smem, int s, int k0, int n0, unsigned (&b0)[2],
+                                                  unsigned (&b1)[2]) {
+    const int lane = threadIdx.x % 32;
+    unsigned r[4];
+    // Matrix j covers columns n0 + 8 (j / 2) and the (j % 2)-th 16 bytes of the reduction (b0[0], b0[1], b1[0],
+    // b1[1]), stored transposed in a row-major tile.
+    if constexpr (!B_ROW) {
+        gpuconv_ldmatrix_x4(r, Tile::b_at(smem, s, k0 + Tile::VEC * ((lane / 8) % 2), n0 + lane % 8 + 8 * (lane / 16)));
+    } else if constexpr (sizeof(T) == 2) {
+        gpuconv_ldmatrix_x4_trans(r, Tile::b_at(smem, s, k0 + lane % 8 + 8 * ((lane / 8) % 2), n0 + 8 * (lane / 16)));
+    } else {
+        const int g = lane / 4, q = lane % 4;
+        r[0] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q, n0 + g));
+        r[1] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q + 4, n0 + g));
+        r[2] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q, n0 + 8 + g));
+        r[3] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q + 4, n0 + 8 + g));
+    }
+    b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
+}
+
+// acc += A(stage s) * B(stage s) over one BK step, for the warp tile at rows wm0, columns wn0 of the block.
+template <typename T, typename Tile, bool A_ROW, bool B_ROW>
+__device__ __forceinline__ void gpuconv_tc_step(T* smem, int s, gpuconv_tc_acc<T, Tile>& acc, int wm0, int wn0) {
+#pragma unroll
+    for (int kk = 0; kk < Tile::BK; kk += Tile::FK) {
+        // The 4 B operands stay loaded while the A operands stream past (fewer live registers).
+        unsigned b[4][2];
+        gpuconv_tc_load_b<T, Tile, B_ROW>(smem, s, kk, wn0, b[0], b[1]);
+        gpuconv_tc_load_b<T, Tile, B_ROW>(smem, s, kk, wn0 + 16, b[2], b[3]);
+#pragma unroll
+        for (int i = 0; i < Tile::FM; ++i) {
+            unsigned a[4];
+            gpuconv_tc_load_a<T, Tile, A_ROW>(smem, s, wm0 + 16 * i, kk, a);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) gpuconv_tc_mma<T>::run(acc.d[i][j], a, b[j]);
+        }
+    }
+}
+
+// Epilogue straight from the accumulators: lane (g, q) holds rows g and g + 8 of each m16 tile, columns 2q and
+// 2q + 1 of each n8 tile. row_of(r) maps a block-tile row to the output offset of its first element (-1: no such
+// row), once per row; emit(offset, c, value) stores the value of block-tile column c.
+template <typename T, typename Tile, typename RowOf, typename Emit>
+__device__ __forceinline__ void gpuconv_tc_epilogue(unsigned char*, gpuconv_tc_acc<T, Tile>& acc, int wm0, int wn0,
+                                                    RowOf& row_of, Emit& emit) {
+    const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+#pragma unroll
+    for (int i = 0; i < Tile::FM; ++i) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const gpuconv_i64 base = row_of(wm0 + 16 * i + 8 * h + g);
+            if (base < 0) continue;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][2 * h]);
+                emit(base, wn0 + 8 * j + 2 * q + 1, acc.d[i][j][2 * h + 1]);
+            }
+        }
+    }
+}
