@@ -1,5 +1,5 @@
 // Backward pass on tensor cores: dx and the dw partial sums, the same implicit GEMMs as gpuconv_conv_bwd_input
-// and gpuconv_conv_bwd_weight (kernels/conv_backward.cu), with wmma fragments. Design: kernels/gpuconv_tc.cuh.
+// and gpuconv_conv_bwd_weight (kernels/conv_backward.cu), on tensor cores. Design: kernels/gpuconv_tc.cuh.
 // They read dz itself: for relu / sigmoid / tanh the backend first runs gpuconv_act_bwd once (dz = dy * act'(z),
 // rounded to the storage type) for both, so the main loops stay pure asynchronous copies and MMAs.
 //
@@ -20,14 +20,13 @@
 //       shape only): rows = KH*KW*Cg taps (k1, k2, n), columns = Mg, reduction = the split's pixels. A (x) is
 //       stored column-major (input channels fastest), B (dz) row-major. gpuconv_sum_partials then adds the splits
 //       in order, so dw is bitwise the same on every run. VEC: Cg and Mg multiples of 16 bytes, aligned arrays.
-// Tiles: 128 x 128 (2 stages) for FP16 / BF16 with more than 64 columns, else 128 x 64 (3 stages); TF32 always
-// 128 x 64 (its 128 x 128 backward tiles need more than the 128 registers of 2 blocks per SM).
+// Tiles: 128 x 128 for more than 64 columns, else 128 x 64, 4 stages (generic variants: 128 x 64, 2 stages).
 // gpuconv-name-expressions: gpuconv_nonfinite_flag<float>, gpuconv_nonfinite_flag<__half>, gpuconv_nonfinite_flag<__nv_bfloat16>
-// gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 2, true>
-// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 3, true>, gpuconv_tc_bwd_input<__half, 128, 64, 3, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 3, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 128, 4, true>, gpuconv_tc_bwd_input<__half, 128, 128, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 4, true>, gpuconv_tc_bwd_input<__half, 128, 64, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 2, false>, gpuconv_tc_bwd_input<__half, 128, 64, 2, false>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 2, false>
-// gpuconv-name-expressions: gpuconv_tc_bwd_weight<__half, 128, 128, 2, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 2, true>
-// gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 3, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 3, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 3, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 2, false>
 // The bfloat16 instantiations of kernels of conv_backward.cu (included below; gpuconv_nonfinite_flag above): gpuconv_act_bwd (dz for these
 // kernels), gpuconv_bias_grad and gpuconv_sum_partials (the deterministic db / dw reductions). bfloat16 has no
@@ -42,7 +41,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const T* __restrict__ bias, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int has_bias, int out_act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
-    __shared__ __align__(128) unsigned char smem_bytes[Tile::SMEM_BYTES];
+    extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
     const int Cg = C / G, Mg = M / G;
@@ -219,7 +218,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     int chunk) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, false, true> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
-    __shared__ __align__(128) unsigned char smem_bytes[Tile::SMEM_BYTES];
+    extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
     const int Cg = C / G, Mg = M / G;

@@ -1,6 +1,6 @@
 // Forward pass on tensor cores: y = act(conv(x, w) + bias), the same implicit GEMM as gpuconv_conv_fwd
 // (rows = N*OH*OW output pixels, columns = Mg output channels, reduction = KH*KW*Cg taps ordered (k1, k2, n)
-// like the HWIO weights; blockIdx.z = group), with wmma fragments. Design: kernels/gpuconv_tc.cuh.
+// like the HWIO weights; blockIdx.z = group), on tensor cores. Design: kernels/gpuconv_tc.cuh.
 //
 //   gpuconv_tc_fwd<T, BM, BN, STAGES, VEC>
 //     T       float (TF32 products, precision="tf32"), __half (FP16) or __nv_bfloat16 (BF16); float accumulators
@@ -11,8 +11,8 @@
 // The A tile (x) is stored row-major (channels fastest, as in NHWC), the B tile (w) row-major (output channels
 // fastest, as in HWIO). Padding enters as zeros that are multiplied (a NaN weight reaches every output whose
 // window covers it, as the SIMT kernels and the NumPy backend do).
-// gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 128, 2, true>, gpuconv_tc_fwd<__half, 128, 128, 2, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 128, 2, true>
-// gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 3, true>, gpuconv_tc_fwd<__half, 128, 64, 3, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 3, true>
+// gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 128, 4, true>, gpuconv_tc_fwd<__half, 128, 128, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 128, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 4, true>, gpuconv_tc_fwd<__half, 128, 64, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 2, false>, gpuconv_tc_fwd<__half, 128, 64, 2, false>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 2, false>
 #include "gpuconv_tc.cuh"
 
@@ -22,7 +22,7 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
                                                     GPUCONV_CONV_SHAPE_PARAMS, int has_bias, int act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, true> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
-    __shared__ __align__(128) unsigned char smem_bytes[Tile::SMEM_BYTES];
+    extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
     const int Cg = C / G, Mg = M / G;

@@ -13,6 +13,7 @@ import pytest
 from gpuconv._config import PRECISIONS, make_config
 from gpuconv.backends import cuda_tc
 from gpuconv.backends.cuda import CudaBackend
+from gpuconv.cuda.nvrtc import unavailable_reason as nvrtc_reason
 
 ARCHES = [70, 75, 80, 86, 90, 100, None]  # None: the emulator
 SHAPES = [  # (x shape, w shape, options)
@@ -77,10 +78,11 @@ def test_which_dtypes_use_tensor_cores(arch):
 def test_forward_variants():
     big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
     r = fwd(big, np.float16, "highest", 90)
-    assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 2, True)
+    assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 4, True)
     assert r.grid == (1, 2, 1) and r.block == (256, 1, 1)
+    assert r.shared_mem == 4 * (128 * (32 + 8) + 32 * (128 + 8)) * 2  # 4 stages of A and B, 16-byte skews
     narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
-    assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 3, True)
+    assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 4, True)
     # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic
     assert fwd(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2,
                                                                                                    False)
@@ -93,7 +95,7 @@ def test_forward_variants():
     assert fwd(odd_m, np.float16, "highest", 80).template[-1] is False
     groups = _cfg((2, 8, 8, 64), (3, 3, 32, 96), {"groups": 2})
     r = fwd(groups, np.float32, "tf32", 90)
-    assert r.template == (128, 64, 3, True) and r.grid == (1, 1, 2)
+    assert r.template == (128, 64, 4, True) and r.grid == (1, 1, 2)
     # few channels per group: SIMT for float16; TF32 and bfloat16 always on tensor cores (generic variant)
     depthwise = _cfg((1, 8, 8, 8), (3, 3, 1, 8), {"groups": 8})
     assert fwd(depthwise, np.float16, "highest", 90) is None
@@ -119,12 +121,47 @@ def test_routes_are_registered_instantiations():
     assert seen <= registered, seen - registered
 
 
+def _registered_tc_kernels():
+    from gpuconv.cuda.modules import kernel_source, registered_name_expressions
+
+    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
+        for expr in registered_name_expressions(kernel_source(f)):
+            if expr.startswith("gpuconv_tc_"):
+                name, args = expr[:-1].split("<")
+                ctype, bm, bn, stages, _ = (a.strip() for a in args.split(","))
+                yield name, ctype, int(bm), int(bn), int(stages)
+
+
+@pytest.mark.skipif(nvrtc_reason() is not None, reason=f"NVRTC unavailable: {nvrtc_reason()}")
+def test_shared_memory_of_the_plans_is_the_kernels(tmp_path):
+    """The dynamic shared memory a launch asks for (cuda_tc.smem_bytes) is the tile's SMEM_BYTES on the
+    ldmatrix path and covers the wmma path's: static_asserts over every instantiation, compiled by NVRTC."""
+    from gpuconv.backends import _plans
+    from gpuconv.cuda import nvrtc
+    from gpuconv.cuda.modules import kernel_path
+
+    dtypes = {"float": np.float32, "__half": np.float16, "__nv_bfloat16": cuda_tc.BFLOAT16}
+    lines = [f'#include "{kernel_path("gpuconv_tc.cuh")}"']
+    sizes = []
+    for name, ctype, bm, bn, stages in _registered_tc_kernels():
+        a_row, b_row = (str(v).lower() for v in cuda_tc.TC_LAYOUTS[name])
+        n = cuda_tc.smem_bytes(name, dtypes[ctype], bm, bn, stages)
+        sizes.append(n)
+        tile = f"gpuconv_tc_tile<{ctype}, {bm}, {bn}, {stages}, {a_row}, {b_row}>::SMEM_BYTES"
+        lines.append(f"static_assert({tile} OP {n}, \"{name} {ctype} {bm}x{bn}x{stages}\");")
+    src = tmp_path / "smem.cu"
+    for op, extra in (("==", ()), ("<=", ("-DGPUCONV_TC_WMMA=1",))):
+        src.write_text("\n".join(lines).replace(" OP ", f" {op} ") + "\n")
+        nvrtc.compile_program(str(src), "sm_90", options=(*_plans.kernel_defines(), *extra))
+    # two blocks of the largest fit an SM on sm_80 (164 KB) and sm_90; one block fits sm_70's 96 KB opt-in
+    assert 2 * max(sizes) <= 164 * 1024 and max(sizes) <= 96 * 1024
+
+
 def test_backward_variants():
     cfg = _cfg((2, 8, 8, 256), (3, 3, 256, 256), {"padding": 1})
-    assert dx(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
-    assert dx(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
-    assert dw(cfg, np.float16, "highest", 90).template == (128, 128, 2, True)
-    assert dw(cfg, np.float32, "tf32", 90).template == (128, 64, 3, True)
+    for dtype, precision in ((np.float16, "highest"), (np.float32, "tf32")):
+        assert dx(cfg, dtype, precision, 90).template == (128, 128, 4, True)
+        assert dw(cfg, dtype, precision, 90).template == (128, 128, 4, True)
     assert dx(cfg, np.float32, "highest", 90) is None
     assert dw(cfg, np.float32, "highest", 90) is None
     # dx steps through output channels: Mg must be a whole reduction step; dw needs 16-byte runs of both
@@ -157,20 +194,27 @@ class _Recorder:
     def __call__(self, kind, fname):
         recorder = self
 
+        class Kernel:
+            max_dynamic_shared_size_bytes = 48 * 1024  # CUDA's default; the backend raises it as needed
+
+            def __init__(self, name):
+                self.name = name
+
+            def __call__(self, grid, block, args, shared_mem=0):
+                assert shared_mem <= self.max_dynamic_shared_size_bytes
+                recorder.launches.append((fname, self.name, tuple(grid), tuple(block)))
+
         class Module:
             def get_function(self, name):
-                def kernel(grid, block, args, **kw):
-                    recorder.launches.append((fname, name, tuple(grid), tuple(block)))
-
-                return kernel
+                return Kernel(name)
 
         return Module()
 
 
 @pytest.mark.parametrize("dtype,precision,expected", [
     (np.float32, "highest", "gpuconv_conv_fwd<float, 64>"),
-    (np.float32, "tf32", "gpuconv_tc_fwd<float, 128, 64, 3, true>"),
-    (np.float16, "highest", "gpuconv_tc_fwd<__half, 128, 64, 3, true>"),
+    (np.float32, "tf32", "gpuconv_tc_fwd<float, 128, 64, 4, true>"),
+    (np.float16, "highest", "gpuconv_tc_fwd<__half, 128, 64, 4, true>"),
     (np.float64, "tf32", "gpuconv_conv_fwd<double, 64>"),
 ])
 def test_backend_launches(dtype, precision, expected):
@@ -187,4 +231,4 @@ def test_backend_launches(dtype, precision, expected):
     rec.launches.clear()
     be.forward(xu, w, None, cfg, "relu", precision=precision)
     (name,) = [name for _, name, _, _ in rec.launches]
-    assert name == (expected if "tc" not in expected else expected.replace("64, 3, true", "64, 2, false"))
+    assert name == (expected if "tc" not in expected else expected.replace("64, 4, true", "64, 2, false"))

@@ -94,8 +94,8 @@ def kernel_defines() -> tuple:
 
 
 class Launch(NamedTuple):
-    """One kernel launch: ``file``'s ``kernel<ctype, *template>`` on ``grid`` x ``block``; the arrays come
-    first in its arguments, then ``scalars``."""
+    """One kernel launch: ``file``'s ``kernel<ctype, *template>`` on ``grid`` x ``block`` with ``shared_mem``
+    bytes of dynamic shared memory; the arrays come first in its arguments, then ``scalars``."""
 
     file: str
     kernel: str
@@ -103,6 +103,7 @@ class Launch(NamedTuple):
     grid: tuple
     block: tuple
     scalars: tuple
+    shared_mem: int = 0
 
     @property
     def name(self) -> str:

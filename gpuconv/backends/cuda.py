@@ -156,11 +156,16 @@ class CudaBackend:
             get_module = self._get_module
             if get_module is None:
                 from ..cuda.modules import get_module
-            fn = self._kernels[key] = get_module(self.kind, file).get_function(expr)
+            fn = get_module(self.kind, file).get_function(expr)
+            # Past 48 KB, dynamic shared memory is opt-in per kernel; an instantiation's need is fixed (its tile).
+            if launch.shared_mem > fn.max_dynamic_shared_size_bytes:
+                fn.max_dynamic_shared_size_bytes = launch.shared_mem
+            self._kernels[key] = fn
         return fn
 
     def _run(self, launch, dtype, *arrays):
-        self._kernel(launch, dtype)(launch.grid, launch.block, (*arrays, *launch.scalars))
+        self._kernel(launch, dtype)(launch.grid, launch.block, (*arrays, *launch.scalars),
+                                    shared_mem=launch.shared_mem)
 
     # -- forward ------------------------------------------------------------------------------------------
     def forward(self, x, w, b, cfg, activation, precision="highest"):

@@ -15,8 +15,10 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
 - The fast (``vec``) variants copy 16-byte runs with cp.async: they need whole 16-byte runs of channels (see
   each plan) and 16-byte aligned arrays; other shapes (the C = 3 stem, odd channel counts) take the generic
   variant, which loads element by element into the same tiles.
-- Tiles 128 x 128 (2 stages) for more than 64 columns, else 128 x 64 (3 stages); the TF32 dx / dw kernels
-  keep to 128 x 64 (register budget); generic variants 128 x 64 (2 stages).
+- Tiles 128 x 128 for more than 64 columns, else 128 x 64, with 4 stages of cp.async copies in flight (CUTLASS's
+  sm_80 choice for 64-byte reduction steps); generic variants 128 x 64, 2 stages. The pipeline buffers are
+  dynamic shared memory (``smem_bytes``: up to 76 KB a block, so two blocks share an SM), past the 48 KB a
+  kernel gets without asking: the CUDA backend raises the kernel's limit to the launch's ``shared_mem``.
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ TC_BACKWARD_FILE = "conv_tc_backward.cu"
 BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates four of its kernels
 TC_THREADS = 256
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
+TC_WARPS = TC_THREADS // 32
+TC_SCRATCH = 20  # row stride (floats) of a warp's 16 x 16 epilogue scratch on the wmma path (GPUCONV_TC_SCRATCH)
+# How each kernel stores its tiles (gpuconv_tc_tile's A_ROW, B_ROW): True = the reduction index (A) or the
+# column index (B) fastest.
+TC_LAYOUTS = {"gpuconv_tc_fwd": (True, True), "gpuconv_tc_bwd_input": (True, False),
+              "gpuconv_tc_bwd_weight": (False, True)}
 SMALL_CHANNELS = _plans.SMALL_CHANNELS
 
 try:  # bfloat16 is ml_dtypes' type; without ml_dtypes there is no bfloat16 array to route
@@ -104,13 +112,31 @@ def _steps(dtype) -> tuple:
     return TC_BYTES_K // size, 16 // size
 
 
-def _tile(dtype, columns: int, fast: bool, backward: bool) -> tuple:
+def _tile(columns: int, fast: bool) -> tuple:
     """(BM, BN, STAGES) of a kernel variant."""
     if not fast:
         return 128, 64, 2
-    if columns > 64 and not (backward and np.dtype(dtype) == np.float32):
-        return 128, 128, 2
-    return 128, 64, 3
+    return (128, 128 if columns > 64 else 64, 4)
+
+
+def smem_bytes(kernel: str, dtype, bm: int, bn: int, stages: int) -> int:
+    """gpuconv_tc_tile<T, bm, bn, stages, A_ROW, B_ROW>::SMEM_BYTES of kernels/gpuconv_tc.cuh: the pipeline
+    buffers, rows padded by 16 bytes (32 for the float tiles the ldmatrix path reads as 32-bit words), or the
+    wmma path's epilogue scratch if larger (that path's float rows are never wider, so this covers both).
+    tests/test_tc_routing.py compiles static_asserts that the two agree."""
+    a_row, b_row = TC_LAYOUTS[kernel]
+    size = np.dtype(dtype).itemsize
+    bk, vec = _steps(dtype)
+    skew_a = 2 * vec if size == 4 and not a_row else vec
+    skew_b = 2 * vec if size == 4 and b_row else vec
+    a = bm * (bk + skew_a) if a_row else bk * (bm + skew_a)
+    b = bk * (bn + skew_b) if b_row else bn * (bk + skew_b)
+    return max(stages * (a + b) * size, TC_WARPS * 16 * TC_SCRATCH * 4)
+
+
+def _launch(file, kernel, dtype, tile, fast, grid, scalars) -> Launch:
+    """A tensor-core GEMM launch of ``tile`` = (BM, BN, STAGES), with its dynamic shared memory."""
+    return Launch(file, kernel, (*tile, fast), grid, (TC_THREADS, 1, 1), scalars, smem_bytes(kernel, dtype, *tile))
 
 
 def _act(activation: str) -> np.int32:
@@ -125,10 +151,10 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
         return None
     bk, vec = _steps(dtype)
     fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
-    bm, bn, stages = _tile(dtype, cfg.mg, fast, backward=False)
-    grid = (cdiv(cfg.n * cfg.oh * cfg.ow, bm), cdiv(cfg.mg, bn), cfg.groups)
-    return [Launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", (bm, bn, stages, fast), grid, (TC_THREADS, 1, 1),
-                   (*dims(cfg), np.int32(has_bias), _act(activation)))]
+    tile = _tile(cfg.mg, fast)
+    grid = (cdiv(cfg.n * cfg.oh * cfg.ow, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
+    return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid,
+                    (*dims(cfg), np.int32(has_bias), _act(activation)))]
 
 
 def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
@@ -141,16 +167,15 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
         return None
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
-    bm, bn, stages = _tile(dtype, cfg.cg, fast, backward=True)
+    tile = _tile(cfg.cg, fast)
     # the SIMT dx path's flag kernel, instantiated in this file too (bfloat16 has no entry in conv_backward.cu's)
     out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
                   (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
                   (np.int64(w_size),))]
     for phase in stride_phases(cfg):
-        grid = (cdiv(cfg.n * phase[1] * phase[4], bm), cdiv(cfg.cg, bn), cfg.groups)
-        out.append(Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", (bm, bn, stages, fast), grid,
-                          (TC_THREADS, 1, 1), (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias),
-                                               _act(out_activation))))
+        grid = (cdiv(cfg.n * phase[1] * phase[4], tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
+        out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid,
+                           (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation))))
     return out
 
 
@@ -175,14 +200,14 @@ def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
         workspace_bytes = min(_plans.WORKSPACE_BYTES, get_workspace_limit())
     bk, vec = _steps(dtype)
     fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
-    bm, bn, stages = _tile(dtype, cfg.mg, fast, backward=True)
+    tile = _tile(cfg.mg, fast)
+    bm, bn = tile[:2]
     k = cfg.kh * cfg.kw * cfg.cg
     e = k * cfg.m
     tiles = cdiv(k, bm) * cdiv(cfg.mg, bn) * cfg.groups
     n, chunk = dw_splits(cfg.n * cfg.oh * cfg.ow, bk, tiles, e, workspace_bytes)
-    first = Launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", (bm, bn, stages, fast),
-                   (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (TC_THREADS, 1, 1),
-                   (*dims(cfg), np.int32(chunk)))
+    first = _launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", dtype, tile, fast,
+                    (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (*dims(cfg), np.int32(chunk)))
     return [first, _plans._sum_partials(e, n)]
 
 
