@@ -119,13 +119,12 @@ struct gpuconv_tc_tile {
     static_assert(WTM % 16 == 0 && FM >= 1, "warp tile rows must be a multiple of 16");
     static_assert(BK % FK == 0, "a reduction step holds whole fragments");
 
-    // Element (m, k) of stage s's A tile, and (k, n) of its B tile.
-    __device__ static T* a_at(T* smem, int s, int m, int k) {
-        return smem + s * STAGE_ELEMS + (A_ROW ? m * LDA + k : k * LDA + m);
-    }
-    __device__ static T* b_at(T* smem, int s, int k, int n) {
-        return smem + s * STAGE_ELEMS + A_ELEMS + (B_ROW ? k * LDB + n : n * LDB + k);
-    }
+    // Offsets (elements) of A's (m, k) and B's (k, n) inside their tiles; element (m, k) of stage s's A tile, and
+    // (k, n) of its B tile.
+    __host__ __device__ static constexpr int a_off(int m, int k) { return A_ROW ? m * LDA + k : k * LDA + m; }
+    __host__ __device__ static constexpr int b_off(int k, int n) { return B_ROW ? k * LDB + n : n * LDB + k; }
+    __device__ static T* a_at(T* smem, int s, int m, int k) { return smem + s * STAGE_ELEMS + a_off(m, k); }
+    __device__ static T* b_at(T* smem, int s, int k, int n) { return smem + s * STAGE_ELEMS + A_ELEMS + b_off(k, n); }
 
     // Stage s's A and B tiles rounded to TF32 in place, by the whole block (float on the PTX path; nothing for
     // 16-bit types, which the tensor cores take as they are). The caller brackets it with barriers.

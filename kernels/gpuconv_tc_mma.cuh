@@ -50,43 +50,53 @@ struct gpuconv_tc_acc {
 // The 32 bits of a shared float (a TF32 operand register).
 __device__ __forceinline__ unsigned gpuconv_tc_bits(const float* p) { return __float_as_uint(*p); }
 
-// The A operand of the m16 tile at rows m0, reduction k0 of stage s.
+// Where each lane's operand loads start inside a stage, relative to the warp tile's corner (the same for every
+// stage and step: the loads below add compile-time offsets, so each is one shared load at register + immediate).
+// ldmatrix: lane 8 j + r passes row r of matrix j; for A, matrix j covers rows 8 (j % 2) and the (j / 2)-th
+// 16 bytes of the reduction (the ISA's a[0..3]); for a pair of B n8 tiles, columns 8 (j / 2) and the (j % 2)-th
+// 16 bytes (b0[0], b0[1], b1[0], b1[1]); the transposed variants read column-major A and row-major B tiles.
+// TF32 32-bit loads: lane (g, q) reads A (g, q) and B (q, g), plus the ISA's +8 rows / +4 reduction offsets.
 template <typename T, typename Tile, bool A_ROW>
-__device__ __forceinline__ void gpuconv_tc_load_a(T* smem, int s, int m0, int k0, unsigned (&a)[4]) {
-    const int lane = threadIdx.x % 32;
-    // Lane 8 j + r passes row r of matrix j (a[j]); matrix j covers rows m0 + 8 (j % 2) and the j / 2-th 16 bytes
-    // of the reduction (the ISA's a[0..3] order), stored transposed in a column-major tile.
+__device__ __forceinline__ int gpuconv_tc_lane_a(int lane) {
+    if constexpr (A_ROW) return Tile::a_off(lane % 16, Tile::VEC * (lane / 16));
+    else if constexpr (sizeof(T) == 2) return Tile::a_off(8 * ((lane / 8) % 2), lane % 8 + 8 * (lane / 16));
+    else return Tile::a_off(lane / 4, lane % 4);
+}
+template <typename T, typename Tile, bool B_ROW>
+__device__ __forceinline__ int gpuconv_tc_lane_b(int lane) {
+    if constexpr (!B_ROW) return Tile::b_off(Tile::VEC * ((lane / 8) % 2), lane % 8 + 8 * (lane / 16));
+    else if constexpr (sizeof(T) == 2) return Tile::b_off(lane % 8 + 8 * ((lane / 8) % 2), 8 * (lane / 16));
+    else return Tile::b_off(lane % 4, lane / 4);
+}
+
+// The A operand of the m16 tile at rows m, reduction k of the warp tile (sa: this lane's start).
+template <typename T, typename Tile, bool A_ROW>
+__device__ __forceinline__ void gpuconv_tc_load_a(const T* sa, int m, int k, unsigned (&a)[4]) {
     if constexpr (A_ROW) {
-        gpuconv_ldmatrix_x4(a, Tile::a_at(smem, s, m0 + lane % 16, k0 + Tile::VEC * (lane / 16)));
+        gpuconv_ldmatrix_x4(a, sa + Tile::a_off(m, k));
     } else if constexpr (sizeof(T) == 2) {
-        gpuconv_ldmatrix_x4_trans(a, Tile::a_at(smem, s, m0 + 8 * ((lane / 8) % 2), k0 + lane % 8 + 8 * (lane / 16)));
+        gpuconv_ldmatrix_x4_trans(a, sa + Tile::a_off(m, k));
     } else {
-        const int g = lane / 4, q = lane % 4;
-        a[0] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g, k0 + q));
-        a[1] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g + 8, k0 + q));
-        a[2] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g, k0 + q + 4));
-        a[3] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g + 8, k0 + q + 4));
+        a[0] = gpuconv_tc_bits(sa + Tile::a_off(m, k));
+        a[1] = gpuconv_tc_bits(sa + Tile::a_off(m + 8, k));
+        a[2] = gpuconv_tc_bits(sa + Tile::a_off(m, k + 4));
+        a[3] = gpuconv_tc_bits(sa + Tile::a_off(m + 8, k + 4));
     }
 }
 
-// The B operands of the two n8 tiles at columns n0 and n0 + 8, reduction k0 of stage s.
+// The B operands of the two n8 tiles at columns n and n + 8, reduction k of the warp tile (sb: this lane's start).
 template <typename T, typename Tile, bool B_ROW>
-__device__ __forceinline__ void gpuconv_tc_load_b(T* smem, int s, int k0, int n0, unsigned (&b0)[2],
-                                                  unsigned (&b1)[2]) {
-    const int lane = threadIdx.x % 32;
+__device__ __forceinline__ void gpuconv_tc_load_b(const T* sb, int k, int n, unsigned (&b0)[2], unsigned (&b1)[2]) {
     unsigned r[4];
-    // Matrix j covers columns n0 + 8 (j / 2) and the (j % 2)-th 16 bytes of the reduction (b0[0], b0[1], b1[0],
-    // b1[1]), stored transposed in a row-major tile.
     if constexpr (!B_ROW) {
-        gpuconv_ldmatrix_x4(r, Tile::b_at(smem, s, k0 + Tile::VEC * ((lane / 8) % 2), n0 + lane % 8 + 8 * (lane / 16)));
+        gpuconv_ldmatrix_x4(r, sb + Tile::b_off(k, n));
     } else if constexpr (sizeof(T) == 2) {
-        gpuconv_ldmatrix_x4_trans(r, Tile::b_at(smem, s, k0 + lane % 8 + 8 * ((lane / 8) % 2), n0 + 8 * (lane / 16)));
+        gpuconv_ldmatrix_x4_trans(r, sb + Tile::b_off(k, n));
     } else {
-        const int g = lane / 4, q = lane % 4;
-        r[0] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q, n0 + g));
-        r[1] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q + 4, n0 + g));
-        r[2] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q, n0 + 8 + g));
-        r[3] = gpuconv_tc_bits(Tile::b_at(smem, s, k0 + q + 4, n0 + 8 + g));
+        r[0] = gpuconv_tc_bits(sb + Tile::b_off(k, n));
+        r[1] = gpuconv_tc_bits(sb + Tile::b_off(k + 4, n));
+        r[2] = gpuconv_tc_bits(sb + Tile::b_off(k, n + 8));
+        r[3] = gpuconv_tc_bits(sb + Tile::b_off(k + 4, n + 8));
     }
     b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }
@@ -94,16 +104,19 @@ __device__ __forceinline__ void gpuconv_tc_load_b(T* smem, int s, int k0, int n0
 // acc += A(stage s) * B(stage s) over one BK step, for the warp tile at rows wm0, columns wn0 of the block.
 template <typename T, typename Tile, bool A_ROW, bool B_ROW>
 __device__ __forceinline__ void gpuconv_tc_step(T* smem, int s, gpuconv_tc_acc<T, Tile>& acc, int wm0, int wn0) {
+    const int lane = threadIdx.x % 32;
+    const T* sa = Tile::a_at(smem, s, wm0, 0) + gpuconv_tc_lane_a<T, Tile, A_ROW>(lane);
+    const T* sb = Tile::b_at(smem, s, 0, wn0) + gpuconv_tc_lane_b<T, Tile, B_ROW>(lane);
 #pragma unroll
     for (int kk = 0; kk < Tile::BK; kk += Tile::FK) {
         // The 4 B operands stay loaded while the A operands stream past (fewer live registers).
         unsigned b[4][2];
-        gpuconv_tc_load_b<T, Tile, B_ROW>(smem, s, kk, wn0, b[0], b[1]);
-        gpuconv_tc_load_b<T, Tile, B_ROW>(smem, s, kk, wn0 + 16, b[2], b[3]);
+        gpuconv_tc_load_b<T, Tile, B_ROW>(sb, kk, 0, b[0], b[1]);
+        gpuconv_tc_load_b<T, Tile, B_ROW>(sb, kk, 16, b[2], b[3]);
 #pragma unroll
         for (int i = 0; i < Tile::FM; ++i) {
             unsigned a[4];
-            gpuconv_tc_load_a<T, Tile, A_ROW>(smem, s, wm0 + 16 * i, kk, a);
+            gpuconv_tc_load_a<T, Tile, A_ROW>(sa, 16 * i, kk, a);
 #pragma unroll
             for (int j = 0; j < 4; ++j) gpuconv_tc_mma<T>::run(acc.d[i][j], a, b[j]);
         }
