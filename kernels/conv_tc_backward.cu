@@ -40,7 +40,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const T* __restrict__ dz, const T* __restrict__ w, const int* __restrict__ wflag, T* __restrict__ dx,
     const T* __restrict__ bias, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int has_bias, int out_act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false> Tile;
-    constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
+    constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
@@ -50,7 +50,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const int K = T1 * T2 * Mg;  // reduction: the phase's taps x output channels of the group
     const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
     const int t = threadIdx.x, warp = t / 32;
-    const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * 32;
+    const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * Tile::WTN;
     const int KT = (K + BK - 1) / BK;
     const T* dzg = dz + g * Mg;
     const T* wg = w + g * Mg;
@@ -193,7 +193,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
 }
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
-__global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
+__global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_bwd_input(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO
     const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_nonfinite_flag), take the exact path
@@ -204,7 +204,8 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
     int has_bias,                // 1: add bias[c] to dx (conv2d_transpose); 0 for a gradient
     int out_act)                 // GPUCONV_ACT_* applied to dx (+ bias) on the store; identity for a gradient
 {
-    // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block 256. Empty on targets without this tensor-core type.
+    // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block gpuconv_tc_threads(BM, BN). Empty on targets without
+    // this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
         gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dz, w, wflag, dx, bias, N, H, W, C, KH, KW, M, G, OH, OW,
                                                            s1, s2, d1, d2, pt, pl, h0, Hp, qh0, w0, Wp, qw0, k1f,
@@ -217,7 +218,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     const T* __restrict__ dz, const T* __restrict__ x, float* __restrict__ ws, GPUCONV_CONV_SHAPE_PARAMS,
     int chunk) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, false, true> Tile;
-    constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
+    constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
@@ -229,7 +230,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     const int P = N * OH * OW;
     const int p_begin = blockIdx.z * chunk, p_end = min(P, p_begin + chunk);
     const int t = threadIdx.x, warp = t / 32;
-    const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * 32;
+    const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * Tile::WTN;
     const int KT = (p_end - p_begin + BK - 1) / BK;  // chunk is a multiple of BK: only the last split is short
     const T* xg = x + g * Cg;
     const gpuconv_i64 dzcol = g * Mg + col0;
@@ -341,14 +342,14 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
 }
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
-__global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_weight(
+__global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_bwd_weight(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ x,     // input (N, H, W, C)
     float* __restrict__ ws,      // written: partial sums (splits, KH*KW*Cg, M)
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     int chunk)                   // output pixels per split (a multiple of BK); split = blockIdx.z
 {
-    // grid (ceil(KH*KW*Cg / BM), ceil(Mg / BN) * G, splits), block 256. Empty on targets without this type.
+    // grid (ceil(KH*KW*Cg / BM), ceil(Mg / BN) * G, splits), block gpuconv_tc_threads(BM, BN). Empty on targets without this type.
     if constexpr (gpuconv_tc<T>::enabled)
         gpuconv_tc_bwd_weight_body<T, BM, BN, STAGES, VEC>(dz, x, ws, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2,
                                                             d1, d2, pt, pl, chunk);

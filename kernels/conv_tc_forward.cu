@@ -21,7 +21,7 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
                                                     const T* __restrict__ bias, T* __restrict__ y,
                                                     GPUCONV_CONV_SHAPE_PARAMS, int has_bias, int act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, true> Tile;
-    constexpr int BK = Tile::BK, V = Tile::VEC, TH = GPUCONV_TC_THREADS;
+    constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
@@ -31,7 +31,7 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
     const int K = KH * KW * Cg;  // reduction length
     const int row0 = blockIdx.x * BM, col0 = blockIdx.y * BN;
     const int t = threadIdx.x, warp = t / 32;
-    const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * 32;
+    const int wm0 = (warp / Tile::WN) * Tile::WTM, wn0 = (warp % Tile::WN) * Tile::WTN;
     const int KT = (K + BK - 1) / BK;
     const T* xg = x + g * Cg;
     const T* wg = w + g * Mg + col0;
@@ -145,9 +145,10 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }
 
-// At most 128 registers (2 blocks of 256 threads per SM): the 64 x 32 warp tile holds 64 accumulators.
+// Two blocks per SM: at most 255 registers for the 128 x 128 tiles (4 warps; 128 accumulators a thread), 128 for
+// the 128 x 64 tiles (8 warps, 32 accumulators).
 template <typename T, int BM, int BN, int STAGES, bool VEC>
-__global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_fwd(
+__global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_fwd(
     const T* __restrict__ x,     // input (N, H, W, C), NHWC, contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO, contiguous
     const T* __restrict__ bias,  // bias (M,); read only when has_bias != 0
@@ -156,7 +157,8 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_fwd(
     int has_bias,                // 1: add bias[m]
     int act)                     // GPUCONV_ACT_* applied to z before the store
 {
-    // grid (ceil(N*OH*OW / BM), ceil(Mg / BN), G), block 256. Empty on targets without this tensor-core type.
+    // grid (ceil(N*OH*OW / BM), ceil(Mg / BN), G), block gpuconv_tc_threads(BM, BN). Empty on targets without
+    // this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
         gpuconv_tc_fwd_body<T, BM, BN, STAGES, VEC>(x, w, bias, y, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1,
                                                      d2, pt, pl, has_bias, act);

@@ -7,8 +7,10 @@
 //     products for float storage (operands rounded with cvt.rna.tf32.f32, wmma::__float_to_tf32), FP16 for
 //     __half, BF16 for __nv_bfloat16; float accumulators in every case, rounded once to the storage type on the
 //     store.
-//   - Block tile BM x BN (128 x 128 or 128 x 64), 256 threads = 8 warps; the warps tile the block as
-//     (BM / WTM) x (BN / 32) with warp tiles WTM x 32 (64 x 32 for 128 x 128: 64 accumulators per thread).
+//   - Block tile BM x BN: 128 x 128 with 4 warps of 64 x 64 (128 accumulators per thread), or 128 x 64 with 8
+//     warps of 32 x 32 (gpuconv_tc_threads). The larger warp tile reads each shared byte for more products: per
+//     reduction step the warps of a 128 x 128 tile load 32 KB of operands instead of 48 KB with 64 x 32 tiles,
+//     which would leave the ldmatrix path bound by shared-memory bandwidth rather than by the tensor cores.
 //   - Reduction steps of BK elements (64 bytes of a row: 16 floats or 32 halves); STAGES shared buffers. On the
 //     fast path the loaders issue 16-byte cp.async copies (__pipeline_memcpy_async) of whole 16-byte runs of
 //     channels (needs the channel counts and pointers 16-byte aligned, see gpuconv/backends/cuda.py), and the
@@ -19,8 +21,6 @@
 //     rows of 16 bytes (ldmatrix, wmma: rows of 80, 272 or 528 bytes fall in 8 different bank groups), by 32
 //     bytes where the TF32 path reads 32-bit elements across 4 rows (gpuconv_tc_mma.cuh): rows of 136 or 72
 //     floats put the 4 x 8 elements in 32 different banks.
-//   - TF32 (PTX path): each stage is rounded to TF32 once, in shared memory, after it lands (round_tf32), not
-//     per fragment load, which every warp of the block would repeat.
 //   - Architectures: FP16 needs sm_70, TF32 and BF16 sm_80; on older targets NVRTC compiles those kernels
 //     with an empty body (gpuconv_tc<T>::enabled is false) and the launch routing never picks them.
 #pragma once
@@ -49,8 +49,6 @@
 #define GPUCONV_TC_SM70 0
 #endif
 
-#define GPUCONV_TC_THREADS 256
-#define GPUCONV_TC_WARPS (GPUCONV_TC_THREADS / 32)
 #define GPUCONV_TC_BYTES_K 64   // bytes of one reduction step of a tile row (BK = 64 / sizeof(T))
 #define GPUCONV_TC_SCRATCH 20   // row stride (floats) of a warp's 16 x 16 epilogue scratch
 
@@ -76,6 +74,9 @@ template <> struct gpuconv_tc<__nv_bfloat16> {
 template <> struct gpuconv_tc<float> { static constexpr bool enabled = false; static constexpr int FK = 8; };
 template <> struct gpuconv_tc<__nv_bfloat16> { static constexpr bool enabled = false; static constexpr int FK = 16; };
 #endif
+
+// Threads of a BM x BN block tile (see the design notes): also the kernels' __launch_bounds__.
+__host__ __device__ constexpr int gpuconv_tc_threads(int BM, int BN) { return BM == 128 && BN == 128 ? 128 : 256; }
 
 template <bool C, typename A, typename B> struct gpuconv_tc_if { typedef A type; };
 template <typename A, typename B> struct gpuconv_tc_if<false, A, B> { typedef B type; };
@@ -104,19 +105,21 @@ struct gpuconv_tc_tile {
     static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && B_ROW;
     static constexpr int SKEW_A = WORDS_A ? 2 * VEC : VEC, SKEW_B = WORDS_B ? 2 * VEC : VEC;
     static constexpr int FK = gpuconv_tc<T>::FK;
-    static constexpr int WN = BN / 32;                       // warps along the columns
-    static constexpr int WM = GPUCONV_TC_WARPS / WN;         // warps along the rows
+    static constexpr int THREADS = gpuconv_tc_threads(BM, BN), WARPS = THREADS / 32;
+    static constexpr int WTN = THREADS == 128 ? 64 : 32;     // columns of a warp tile
+    static constexpr int WN = BN / WTN;                      // warps along the columns
+    static constexpr int WM = WARPS / WN;                    // warps along the rows
     static constexpr int WTM = BM / WM;                      // rows of a warp tile
-    static constexpr int FM = WTM / 16, FN = 2;              // fragments of a warp tile
+    static constexpr int FM = WTM / 16, FN = WTN / 16;       // 16 x 16 pieces of a warp tile
     static constexpr int LDA = A_ROW ? BK + SKEW_A : BM + SKEW_A;
     static constexpr int LDB = B_ROW ? BN + SKEW_B : BK + SKEW_B;
     static constexpr int A_ELEMS = A_ROW ? BM * LDA : BK * LDA;
     static constexpr int B_ELEMS = B_ROW ? BK * LDB : BN * LDB;
     static constexpr int STAGE_ELEMS = A_ELEMS + B_ELEMS;
-    static constexpr int SCRATCH_BYTES = GPUCONV_TC_WARPS * 16 * GPUCONV_TC_SCRATCH * 4;
+    static constexpr int SCRATCH_BYTES = WARPS * 16 * GPUCONV_TC_SCRATCH * 4;
     static constexpr int PIPE_BYTES = STAGES * STAGE_ELEMS * (int)sizeof(T);
     static constexpr int SMEM_BYTES = PIPE_BYTES > SCRATCH_BYTES ? PIPE_BYTES : SCRATCH_BYTES;
-    static_assert(WTM % 16 == 0 && FM >= 1, "warp tile rows must be a multiple of 16");
+    static_assert(WTM % 16 == 0 && FM >= 1 && WM * WTM == BM && WN * WTN == BN, "whole 16 x 16 pieces");
     static_assert(BK % FK == 0, "a reduction step holds whole fragments");
 
     // Offsets (elements) of A's (m, k) and B's (k, n) inside their tiles; element (m, k) of stage s's A tile, and
@@ -125,31 +128,6 @@ struct gpuconv_tc_tile {
     __host__ __device__ static constexpr int b_off(int k, int n) { return B_ROW ? k * LDB + n : n * LDB + k; }
     __device__ static T* a_at(T* smem, int s, int m, int k) { return smem + s * STAGE_ELEMS + a_off(m, k); }
     __device__ static T* b_at(T* smem, int s, int k, int n) { return smem + s * STAGE_ELEMS + A_ELEMS + b_off(k, n); }
-
-    // Stage s's A and B tiles rounded to TF32 in place, by the whole block (float on the PTX path; nothing for
-    // 16-bit types, which the tensor cores take as they are). The caller brackets it with barriers.
-    __device__ static void round_tf32(T* smem, int s) {
-        if constexpr (GPUCONV_TC_PTX && sizeof(T) == 4) {
-            round_rows<A_ROW ? BM : BK, A_ROW ? BK : BM, LDA>(smem + s * STAGE_ELEMS);
-            round_rows<B_ROW ? BK : BN, B_ROW ? BN : BK, LDB>(smem + s * STAGE_ELEMS + A_ELEMS);
-        }
-    }
-    // ROWS x COLS floats at row stride LD, 16 bytes a thread at a time (a fixed trip count: no loop overhead).
-    template <int ROWS, int COLS, int LD>
-    __device__ static void round_rows(T* tile) {
-        constexpr int PER_ROW = COLS / 4, CHUNKS = ROWS * PER_ROW;
-        static_assert(COLS % 4 == 0, "rows of whole 16-byte chunks");
-#pragma unroll
-        for (int i = 0; i < (CHUNKS + GPUCONV_TC_THREADS - 1) / GPUCONV_TC_THREADS; ++i) {
-            const int c = threadIdx.x + i * GPUCONV_TC_THREADS;
-            if (CHUNKS % GPUCONV_TC_THREADS != 0 && c >= CHUNKS) break;
-            float4* p = reinterpret_cast<float4*>(tile + (c / PER_ROW) * LD + 4 * (c % PER_ROW));
-            float4 v = *p;
-            v.x = gpuconv_tc_operand(v.x), v.y = gpuconv_tc_operand(v.y);
-            v.z = gpuconv_tc_operand(v.z), v.w = gpuconv_tc_operand(v.w);
-            *p = v;
-        }
-    }
 };
 
 #if GPUCONV_TC_PTX
@@ -176,10 +154,6 @@ __device__ __forceinline__ void gpuconv_tc_mainloop(T* smem, int KT, Issue& issu
         const int next = kt + Tile::STAGES - 1;
         if (next < KT) issue(next, next % Tile::STAGES);
         __pipeline_commit();
-        if constexpr (GPUCONV_TC_PTX && sizeof(T) == 4) {
-            Tile::round_tf32(smem, kt % Tile::STAGES);
-            __syncthreads();
-        }
         gpuconv_tc_step<T, Tile, A_ROW, B_ROW>(smem, kt % Tile::STAGES, acc, wm0, wn0);
     }
     __pipeline_wait_prior(0);

@@ -2,14 +2,15 @@
 // Included by gpuconv_tc.cuh (GPUCONV_TC_PTX), which has the tiles and the main loop; gpuconv_tc_wmma.cuh is the
 // same three pieces (accumulators, one reduction step, epilogue) on nvcuda::wmma, for sm_70 / sm_75.
 //
-// A warp tile is WTM x 32: Tile::FM m16 tiles times 4 n8 tiles of mma m16n8k16 (FP16, BF16) or m16n8k8 (TF32).
+// A warp tile is WTM x WTN: Tile::FM m16 tiles times WTN / 8 n8 tiles of mma m16n8k16 (FP16, BF16) or m16n8k8
+// (TF32).
 // Operands come from shared memory as the PTX ISA lays them out (gpuconv_ptx.cuh):
 //   16-bit    every operand with one ldmatrix.x4: A (16 x 16) from row-major tiles, .trans from column-major
 //             ones; B (two n8 tiles of 16 x 8) non-transposed from column-major tiles, .trans from row-major.
 //   TF32      ldmatrix has no 32-bit transpose: A row-major and B column-major with ldmatrix.x4 (an 8 x 8 block
 //             of 16-bit pairs is 8 rows of 4 floats: each lane receives one float), the others with 32-bit
 //             shared loads, conflict-free through the layouts' 32-byte skew (gpuconv_tc_tile).
-// The elements are TF32 values already: the main loop rounds each stage once (gpuconv_tc_tile::round_tf32).
+// TF32 operands are rounded (cvt.rna) in registers as they are loaded.
 // Accumulators stay in the ISA's C layout, so the epilogue applies bias and activation to them in place.
 #pragma once
 
@@ -33,22 +34,31 @@ template <> struct gpuconv_tc_mma<float> {
     }
 };
 
-// The accumulators of one warp: FM x 4 tiles of 16 x 8 floats, 4 per lane each (the ISA's C layout).
+// The accumulators of one warp: FM x NT tiles of 16 x 8 floats, 4 per lane each (the ISA's C layout).
 template <typename T, typename Tile>
 struct gpuconv_tc_acc {
-    float d[Tile::FM][4][4];
+    static constexpr int NT = Tile::WTN / 8;
+    float d[Tile::FM][NT][4];
     __device__ void zero() {
 #pragma unroll
         for (int i = 0; i < Tile::FM; ++i)
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
+            for (int j = 0; j < NT; ++j)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) d[i][j][e] = 0.0f;
     }
 };
 
-// The 32 bits of a shared float (a TF32 operand register).
-__device__ __forceinline__ unsigned gpuconv_tc_bits(const float* p) { return __float_as_uint(*p); }
+// A shared float as a TF32 operand register: rounded with cvt.rna.tf32.f32 (3 instructions) as it is loaded.
+// Rounding in registers costs issue slots; rounding each stage in shared memory instead would cost a read and a
+// write of the whole stage, and shared-memory bandwidth is what binds this path (docs/performance.md).
+__device__ __forceinline__ unsigned gpuconv_tc_bits(const float* p) {
+    return __float_as_uint(nvcuda::wmma::__float_to_tf32(*p));
+}
+__device__ __forceinline__ void gpuconv_tc_round_bits(unsigned (&r)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) r[e] = __float_as_uint(nvcuda::wmma::__float_to_tf32(__uint_as_float(r[e])));
+}
 
 // Where each lane's operand loads start inside a stage, relative to the warp tile's corner (the same for every
 // stage and step: the loads below add compile-time offsets, so each is one shared load at register + immediate).
@@ -74,6 +84,7 @@ template <typename T, typename Tile, bool A_ROW>
 __device__ __forceinline__ void gpuconv_tc_load_a(const T* sa, int m, int k, unsigned (&a)[4]) {
     if constexpr (A_ROW) {
         gpuconv_ldmatrix_x4(a, sa + Tile::a_off(m, k));
+        if constexpr (sizeof(T) == 4) gpuconv_tc_round_bits(a);
     } else if constexpr (sizeof(T) == 2) {
         gpuconv_ldmatrix_x4_trans(a, sa + Tile::a_off(m, k));
     } else {
@@ -90,6 +101,7 @@ __device__ __forceinline__ void gpuconv_tc_load_b(const T* sb, int k, int n, uns
     unsigned r[4];
     if constexpr (!B_ROW) {
         gpuconv_ldmatrix_x4(r, sb + Tile::b_off(k, n));
+        if constexpr (sizeof(T) == 4) gpuconv_tc_round_bits(r);
     } else if constexpr (sizeof(T) == 2) {
         gpuconv_ldmatrix_x4_trans(r, sb + Tile::b_off(k, n));
     } else {
@@ -109,16 +121,17 @@ __device__ __forceinline__ void gpuconv_tc_step(T* smem, int s, gpuconv_tc_acc<T
     const T* sb = Tile::b_at(smem, s, 0, wn0) + gpuconv_tc_lane_b<T, Tile, B_ROW>(lane);
 #pragma unroll
     for (int kk = 0; kk < Tile::BK; kk += Tile::FK) {
-        // The 4 B operands stay loaded while the A operands stream past (fewer live registers).
-        unsigned b[4][2];
-        gpuconv_tc_load_b<T, Tile, B_ROW>(sb, kk, 0, b[0], b[1]);
-        gpuconv_tc_load_b<T, Tile, B_ROW>(sb, kk, 16, b[2], b[3]);
+        // The B operands stay loaded while the A operands stream past (fewer live registers).
+        constexpr int NT = gpuconv_tc_acc<T, Tile>::NT;
+        unsigned b[NT][2];
+#pragma unroll
+        for (int j = 0; j < NT; j += 2) gpuconv_tc_load_b<T, Tile, B_ROW>(sb, kk, 8 * j, b[j], b[j + 1]);
 #pragma unroll
         for (int i = 0; i < Tile::FM; ++i) {
             unsigned a[4];
             gpuconv_tc_load_a<T, Tile, A_ROW>(sa, 16 * i, kk, a);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) gpuconv_tc_mma<T>::run(acc.d[i][j], a, b[j]);
+            for (int j = 0; j < NT; ++j) gpuconv_tc_mma<T>::run(acc.d[i][j], a, b[j]);
         }
     }
 }
@@ -137,7 +150,7 @@ __device__ __forceinline__ void gpuconv_tc_epilogue(unsigned char*, gpuconv_tc_a
             const gpuconv_i64 base = row_of(wm0 + 16 * i + 8 * h + g);
             if (base < 0) continue;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
+            for (int j = 0; j < gpuconv_tc_acc<T, Tile>::NT; ++j) {
                 emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][2 * h]);
                 emit(base, wn0 + 8 * j + 2 * q + 1, acc.d[i][j][2 * h + 1]);
             }

@@ -4,7 +4,7 @@
 // runs it with -DGPUCONV_TC_WMMA (tests/test_tc_kernels.py).
 //
 // Fragments m16n16k16 for __half / __nv_bfloat16 and m16n16k8 precision::tf32 for float (every loaded operand
-// element through wmma::__float_to_tf32), float accumulators; a warp tile is WTM x 32, (WTM / 16) x 2 fragments.
+// element through wmma::__float_to_tf32), float accumulators; a warp tile is WTM x WTN, (WTM / 16) x (WTN / 16) fragments.
 // The fragment layout is unspecified, so accumulators are never indexed by position: the epilogue stores each
 // fragment to the warp's 16 x 20 float scratch (aliasing the drained pipeline buffers) and lanes read it back by
 // (row, column) to add the bias, apply the activation and store.
