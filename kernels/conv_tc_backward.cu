@@ -193,7 +193,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
 }
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
-__global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_bwd_input(
+__global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO
     const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_nonfinite_flag), take the exact path
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_bwd_
     int has_bias,                // 1: add bias[c] to dx (conv2d_transpose); 0 for a gradient
     int out_act)                 // GPUCONV_ACT_* applied to dx (+ bias) on the store; identity for a gradient
 {
-    // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block gpuconv_tc_threads(BM, BN). Empty on targets without
+    // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block GPUCONV_TC_THREADS (128). Empty on targets without
     // this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
         gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dz, w, wflag, dx, bias, N, H, W, C, KH, KW, M, G, OH, OW,
@@ -342,14 +342,15 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
 }
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
-__global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_bwd_weight(
+__global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_weight(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ x,     // input (N, H, W, C)
     float* __restrict__ ws,      // written: partial sums (splits, KH*KW*Cg, M)
     GPUCONV_CONV_SHAPE_PARAMS,   // N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl
     int chunk)                   // output pixels per split (a multiple of BK); split = blockIdx.z
 {
-    // grid (ceil(KH*KW*Cg / BM), ceil(Mg / BN) * G, splits), block gpuconv_tc_threads(BM, BN). Empty on targets without this type.
+    // grid (ceil(KH*KW*Cg / BM), ceil(Mg / BN) * G, splits), block GPUCONV_TC_THREADS (128). Empty on targets
+    // without this type.
     if constexpr (gpuconv_tc<T>::enabled)
         gpuconv_tc_bwd_weight_body<T, BM, BN, STAGES, VEC>(dz, x, ws, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2,
                                                             d1, d2, pt, pl, chunk);

@@ -145,10 +145,9 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }
 
-// Two blocks per SM: at most 255 registers for the 128 x 128 tiles (4 warps; 128 accumulators a thread), 128 for
-// the 128 x 64 tiles (8 warps, 32 accumulators).
+// Two blocks per SM: at most 255 registers (a 64 x 64 warp tile holds 128 accumulators a thread).
 template <typename T, int BM, int BN, int STAGES, bool VEC>
-__global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_fwd(
+__global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_fwd(
     const T* __restrict__ x,     // input (N, H, W, C), NHWC, contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO, contiguous
     const T* __restrict__ bias,  // bias (M,); read only when has_bias != 0
@@ -157,7 +156,7 @@ __global__ void __launch_bounds__(gpuconv_tc_threads(BM, BN), 2) gpuconv_tc_fwd(
     int has_bias,                // 1: add bias[m]
     int act)                     // GPUCONV_ACT_* applied to z before the store
 {
-    // grid (ceil(N*OH*OW / BM), ceil(Mg / BN), G), block gpuconv_tc_threads(BM, BN). Empty on targets without
+    // grid (ceil(N*OH*OW / BM), ceil(Mg / BN), G), block GPUCONV_TC_THREADS (128). Empty on targets without
     // this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
         gpuconv_tc_fwd_body<T, BM, BN, STAGES, VEC>(x, w, bias, y, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1,

@@ -7,10 +7,11 @@
 //     products for float storage (operands rounded with cvt.rna.tf32.f32, wmma::__float_to_tf32), FP16 for
 //     __half, BF16 for __nv_bfloat16; float accumulators in every case, rounded once to the storage type on the
 //     store.
-//   - Block tile BM x BN: 128 x 128 with 4 warps of 64 x 64 (128 accumulators per thread), or 128 x 64 with 8
-//     warps of 32 x 32 (gpuconv_tc_threads). The larger warp tile reads each shared byte for more products: per
-//     reduction step the warps of a 128 x 128 tile load 32 KB of operands instead of 48 KB with 64 x 32 tiles,
-//     which would leave the ldmatrix path bound by shared-memory bandwidth rather than by the tensor cores.
+//   - Block tile BM x BN (128 x 128 or 128 x 64), 128 threads = 4 warps, 2 x 2 over the tile: warp tiles of
+//     64 x 64 (128 accumulators per thread) or 64 x 32. Large warp tiles read each shared byte for more
+//     products: per reduction step the warps of a 128 x 128 tile load 32 KB of operands, where 8 warps of 64 x 32
+//     would load 48 KB, which would leave the ldmatrix path bound by shared-memory bandwidth rather than by the
+//     tensor cores (docs/performance.md).
 //   - Reduction steps of BK elements (64 bytes of a row: 16 floats or 32 halves); STAGES shared buffers. On the
 //     fast path the loaders issue 16-byte cp.async copies (__pipeline_memcpy_async) of whole 16-byte runs of
 //     channels (needs the channel counts and pointers 16-byte aligned, see gpuconv/backends/cuda.py), and the
@@ -49,6 +50,7 @@
 #define GPUCONV_TC_SM70 0
 #endif
 
+#define GPUCONV_TC_THREADS 128  // 4 warps, 2 x 2 over the block tile
 #define GPUCONV_TC_BYTES_K 64   // bytes of one reduction step of a tile row (BK = 64 / sizeof(T))
 #define GPUCONV_TC_SCRATCH 20   // row stride (floats) of a warp's 16 x 16 epilogue scratch
 
@@ -74,9 +76,6 @@ template <> struct gpuconv_tc<__nv_bfloat16> {
 template <> struct gpuconv_tc<float> { static constexpr bool enabled = false; static constexpr int FK = 8; };
 template <> struct gpuconv_tc<__nv_bfloat16> { static constexpr bool enabled = false; static constexpr int FK = 16; };
 #endif
-
-// Threads of a BM x BN block tile (see the design notes): also the kernels' __launch_bounds__.
-__host__ __device__ constexpr int gpuconv_tc_threads(int BM, int BN) { return BM == 128 && BN == 128 ? 128 : 256; }
 
 template <bool C, typename A, typename B> struct gpuconv_tc_if { typedef A type; };
 template <typename A, typename B> struct gpuconv_tc_if<false, A, B> { typedef B type; };
@@ -105,11 +104,9 @@ struct gpuconv_tc_tile {
     static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && B_ROW;
     static constexpr int SKEW_A = WORDS_A ? 2 * VEC : VEC, SKEW_B = WORDS_B ? 2 * VEC : VEC;
     static constexpr int FK = gpuconv_tc<T>::FK;
-    static constexpr int THREADS = gpuconv_tc_threads(BM, BN), WARPS = THREADS / 32;
-    static constexpr int WTN = THREADS == 128 ? 64 : 32;     // columns of a warp tile
-    static constexpr int WN = BN / WTN;                      // warps along the columns
-    static constexpr int WM = WARPS / WN;                    // warps along the rows
-    static constexpr int WTM = BM / WM;                      // rows of a warp tile
+    static constexpr int THREADS = GPUCONV_TC_THREADS, WARPS = THREADS / 32;
+    static constexpr int WM = 2, WN = 2;                     // warps along the rows and the columns
+    static constexpr int WTM = BM / WM, WTN = BN / WN;       // a warp tile
     static constexpr int FM = WTM / 16, FN = WTN / 16;       // 16 x 16 pieces of a warp tile
     static constexpr int LDA = A_ROW ? BK + SKEW_A : BM + SKEW_A;
     static constexpr int LDB = B_ROW ? BN + SKEW_B : BK + SKEW_B;

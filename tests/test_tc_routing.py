@@ -79,7 +79,7 @@ def test_forward_variants():
     big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
     r = fwd(big, np.float16, "highest", 90)
     assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 4, True)
-    assert r.grid == (1, 2, 1) and r.block == (128, 1, 1)  # 4 warps of 64 x 64
+    assert r.grid == (1, 2, 1) and r.block == (128, 1, 1)  # 4 warps
     assert r.shared_mem == 4 * (128 * (32 + 8) + 32 * (128 + 8)) * 2  # 4 stages of A and B, 16-byte skews
     narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
     assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 4, True)

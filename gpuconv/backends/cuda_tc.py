@@ -34,6 +34,7 @@ from ._plans import Launch, cdiv, dims, stride_phases
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
 BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates four of its kernels
+TC_THREADS = 128  # 4 warps, 2 x 2 over the block tile (GPUCONV_TC_THREADS)
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
 TC_SCRATCH = 20  # row stride (floats) of a warp's 16 x 16 epilogue scratch on the wmma path (GPUCONV_TC_SCRATCH)
 # How each kernel stores its tiles (gpuconv_tc_tile's A_ROW, B_ROW): True = the reduction index (A) or the
@@ -129,17 +130,12 @@ def smem_bytes(kernel: str, dtype, bm: int, bn: int, stages: int) -> int:
     skew_b = 2 * vec if size == 4 and b_row else vec
     a = bm * (bk + skew_a) if a_row else bk * (bm + skew_a)
     b = bk * (bn + skew_b) if b_row else bn * (bk + skew_b)
-    return max(stages * (a + b) * size, tile_threads(bm, bn) // 32 * 16 * TC_SCRATCH * 4)
-
-
-def tile_threads(bm: int, bn: int) -> int:
-    """Threads of a block tile (gpuconv_tc_threads): 4 warps of 64 x 64 for 128 x 128, else 8 warps of 32 x 32."""
-    return 128 if (bm, bn) == (128, 128) else 256
+    return max(stages * (a + b) * size, TC_THREADS // 32 * 16 * TC_SCRATCH * 4)
 
 
 def _launch(file, kernel, dtype, tile, fast, grid, scalars) -> Launch:
     """A tensor-core GEMM launch of ``tile`` = (BM, BN, STAGES), with its dynamic shared memory."""
-    return Launch(file, kernel, (*tile, fast), grid, (tile_threads(*tile[:2]), 1, 1), scalars,
+    return Launch(file, kernel, (*tile, fast), grid, (TC_THREADS, 1, 1), scalars,
                   smem_bytes(kernel, dtype, *tile))
 
 

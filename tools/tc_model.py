@@ -1,0 +1,174 @@
+"""Predicted times of the tensor-core kernels on an H100 SXM, from their SASS and their launch plans (no GPU).
+
+    python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every tensor-core mode
+    python tools/tc_model.py --shape rn50-3x3-28 --detail
+
+The model (docs/performance.md says why each term is there; the first GPU run tests it):
+- Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or 1024
+  (TF32) dense tensor FMAs, of which mma.sync reaches MMA_SYNC_EFFICIENCY (Hopper's full rate needs wgmma).
+- One reduction step of a block costs max(issue, shared memory, tensor) clocks: issue = warps x the main loop's
+  instructions / 4; shared memory = (warps x the loop's LDSM / LDS bytes + the stage's bytes copied in) / 128;
+  tensor = warps x the loop's HMMA FMAs / rate. Instruction and load counts come from nvdisasm of the NVRTC
+  cubin for sm_90 (gpuconv.cuda.sass), the main loop only.
+- A launch takes ceil(blocks / SMs) x steps x step clocks (each SM works through its share of blocks at full
+  throughput; the last, partial round of blocks is what the ceiling charges), plus LAUNCH_US; never less than
+  its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the activation
+  gradient) are charged their bytes at the bandwidth plus LAUNCH_US.
+What it leaves out: pipeline bubbles (4 stages are meant to hide the copies), L2 misses on the re-read tiles,
+the epilogue, and clocks below boost under load. Expect measured times above these.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gpuconv import _benchdata as bd  # noqa: E402
+from gpuconv._config import make_config  # noqa: E402
+from gpuconv.backends import _plans, cuda_tc  # noqa: E402
+from gpuconv.cuda import sass  # noqa: E402
+
+SMS, CLOCK_GHZ = 132, 1.83          # H100 SXM (the clock its dense peaks are quoted at)
+HBM_TBS = 3.35                      # H100 SXM; an H200 has 4.8
+ISSUE_PER_CLOCK, SMEM_BYTES_PER_CLOCK = 4, 128
+DENSE_FMA_PER_CLOCK = {"fp16": 2048, "bf16": 2048, "tf32": 1024}
+MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed; wgmma reaches ~0.9)
+LAUNCH_US = 2.0                     # back-to-back launch gap on the GPU
+SIMT_FP16_DX_TFLOPS = 1.55          # the SIMT direct dx kernel, measured on the batch-8 stem (H100)
+HMMA_FMA = {"HMMA.16816": 2048, "HMMA.1688": 1024, "HMMA.1684": 512}
+SMEM_LOAD_BYTES = {"LDSM.16.M88.4": 512, "LDSM.16.MT88.4": 512, "LDS": 128, "LDS.64": 256, "LDS.128": 512,
+                   "LDS.U16": 64}
+MODES = {"tf32": (np.dtype(np.float32), "tf32"), "fp16": (np.dtype(np.float16), "highest"),
+         "bf16": (cuda_tc.BFLOAT16, "highest")}
+DEFAULT_SHAPES = [n for n in bd.SHAPE_NAMES if n.startswith("rn50-")]
+
+
+def _loop(expr: str, file: str) -> dict:
+    rows = {r.kernel: r for r in sass.kernel_sass(file, "sm_90")}
+    return rows[expr].loop_opcodes
+
+
+def _step_clocks(launch, dtype, mode: str) -> tuple:
+    """(clocks of one reduction step of one block, which bound binds) from the kernel's sm_90 main loop."""
+    expr = cuda_tc.name_expression(launch.kernel, dtype, launch.template)
+    ops = _loop(expr, launch.file)
+    warps = launch.block[0] // 32
+    instructions = sum(ops.values())
+    reads = sum(n * SMEM_LOAD_BYTES.get(op, 0) for op, n in ops.items())
+    fma = sum(n * f for op, n in ops.items() for prefix, f in HMMA_FMA.items() if op.startswith(prefix + "."))
+    bm, bn, _, _ = launch.template
+    bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
+    stage_in = (bm + bn) * bk * np.dtype(dtype).itemsize
+    bounds = {"issue": warps * instructions / ISSUE_PER_CLOCK,
+              "smem": (warps * reads + stage_in) / SMEM_BYTES_PER_CLOCK,
+              "tensor": warps * fma / (DENSE_FMA_PER_CLOCK[mode] * MMA_SYNC_EFFICIENCY)}
+    which = max(bounds, key=bounds.get)
+    return bounds[which], which
+
+
+def _steps(launch, cfg, dtype) -> int:
+    bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
+    if launch.kernel == "gpuconv_tc_fwd":
+        return math.ceil(cfg.kh * cfg.kw * cfg.cg / bk)
+    if launch.kernel == "gpuconv_tc_bwd_input":
+        phase = [int(v) for v in launch.scalars[16:32]]
+        return math.ceil(phase[8] * phase[13] * cfg.mg / bk)  # T1 * T2 taps x Mg
+    return math.ceil(int(launch.scalars[-1]) / bk)  # dw: one split of `chunk` pixels
+
+
+def _bytes_us(nbytes: float) -> float:
+    return nbytes / (HBM_TBS * 1e12) * 1e6
+
+
+def launch_us(launch, cfg, dtype, mode: str) -> tuple:
+    """(microseconds, what bounds it) of one launch."""
+    size = np.dtype(dtype).itemsize
+    if not launch.kernel.startswith("gpuconv_tc_"):
+        if launch.kernel == "gpuconv_sum_partials":
+            return LAUNCH_US + _bytes_us(4 * launch.scalars[0] * (launch.scalars[1] + 1)), "memory"
+        if launch.kernel == "gpuconv_nonfinite_flag":
+            return LAUNCH_US + _bytes_us(size * int(launch.scalars[0])), "memory"
+        raise ValueError(f"no model for {launch.kernel}")
+    clocks, which = _step_clocks(launch, dtype, mode)
+    blocks = launch.grid[0] * launch.grid[1] * launch.grid[2]
+    compute = math.ceil(blocks / SMS) * _steps(launch, cfg, dtype) * clocks / (CLOCK_GHZ * 1e3)
+    return LAUNCH_US + compute, which
+
+
+def operation_us(cfg, mode: str, op: str) -> tuple:
+    """(microseconds, bounds, path) of the forward, dx or dw of a layer in a mode, with its DRAM floor."""
+    dtype, precision = MODES[mode]
+    size = dtype.itemsize
+    x = cfg.n * cfg.h * cfg.w * cfg.c
+    w = cfg.kh * cfg.kw * cfg.cg * cfg.m
+    y = cfg.n * cfg.oh * cfg.ow * cfg.m
+    if op == "fwd":
+        plan = cuda_tc.forward_plan(cfg, dtype, precision, 90, "relu", True)
+        floor = _bytes_us(size * (x + w + y))
+    elif op == "dx":
+        plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w)
+        floor = _bytes_us(size * (y + w + x))
+    else:
+        plan = cuda_tc.backward_weight_plan(cfg, dtype, precision, 90)
+        floor = _bytes_us(size * (y + x) + 4 * w)
+    if plan is None:  # the SIMT kernels (float16 dx of the 3-channel stem)
+        return 2 * cfg.multiplications / (SIMT_FP16_DX_TFLOPS * 1e12) * 1e6, "SIMT", "SIMT direct"
+    total, bounds = 0.0, []
+    for launch in plan:
+        t, which = launch_us(launch, cfg, dtype, mode)
+        total += t
+        if launch.kernel.startswith("gpuconv_tc_"):
+            bounds.append(which)
+    tc = [la for la in plan if la.kernel.startswith("gpuconv_tc_")][0]
+    path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[-1] else ' generic'}"
+    if floor > total:
+        return floor, "memory", path
+    return total, "/".join(sorted(set(bounds))), path
+
+
+def table(shapes, detail: bool = False) -> str:
+    peak = {"tf32": 495.0, "fp16": 989.0, "bf16": 989.0}
+    out = ["| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | fwd TFLOP/s (% peak) | "
+           "bound fwd / dx / dw | tiles fwd / dx / dw |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for name in shapes:
+        s = bd.SHAPES[name]
+        cfg = make_config("model", s.x_shape, s.w_shape, stride=s.stride, padding=s.padding)
+        gflop = 2 * cfg.multiplications / 1e9
+        for mode in MODES:
+            if MODES[mode][0] is None:
+                continue
+            res = {op: operation_us(cfg, mode, op) for op in ("fwd", "dx", "dw")}
+            dz = LAUNCH_US + _bytes_us(3 * MODES[mode][0].itemsize * cfg.n * cfg.oh * cfg.ow * cfg.m)
+            tot = sum(r[0] for r in res.values()) + dz
+            tflops = gflop / res["fwd"][0] * 1e3
+            out.append(f"| {name} | {gflop:.1f} | {mode} | {res['fwd'][0]:.0f} | {res['dx'][0]:.0f} | "
+                       f"{res['dw'][0]:.0f} | {dz:.0f} | {tot:.0f} | {tflops:.0f} ({100 * tflops / peak[mode]:.0f}%) | "
+                       f"{' / '.join(r[1] for r in res.values())} | {' / '.join(r[2] for r in res.values())} |")
+    if detail:
+        out.append("")
+        out.append(f"model: {SMS} SMs at {CLOCK_GHZ} GHz, HBM {HBM_TBS} TB/s, mma.sync at "
+                   f"{MMA_SYNC_EFFICIENCY:.0%} of the dense rate, {LAUNCH_US} us per launch")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", nargs="*", default=DEFAULT_SHAPES, help="shape names of gpuconv/_benchdata.py")
+    ap.add_argument("--detail", action="store_true", help="print the model's constants under the table")
+    args = ap.parse_args(argv)
+    reason = sass.unavailable_reason()
+    if reason:
+        print(f"tc_model: needs SASS: {reason}", file=sys.stderr)
+        return 1
+    print(table(args.shape, args.detail))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
