@@ -1,5 +1,6 @@
-"""tools/gpu_check.py bigoffsets (offsets past 2**31 elements, a GPU check) runs here as its own dry run: the same
-code on a small x through the CPU emulator, and a clean skip where there is no GPU."""
+"""tools/gpu_check.py's GPU checks run here as their own dry runs, the same code through the CPU emulator:
+bigoffsets (offsets past 2**31 elements) on a small x, with a clean skip where there is no GPU, and accuracy
+(every kernel in every mode against its bound from gpuconv/_accuracy.py)."""
 from __future__ import annotations
 
 import os
@@ -30,3 +31,12 @@ def test_bigoffsets_dry_run_on_the_emulator():
 def test_bigoffsets_skips_without_a_gpu():
     proc = _run("bigoffsets", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode == 0 and "bigoffsets: skipped, needs a GPU" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
+def test_accuracy_dry_run_on_the_emulator():
+    """Every case within its bound in every mode; the fused sigmoid gradients in 2-byte storage need the error
+    their dz carries (dz_error * sum |dy||b|), which the bound once left out."""
+    proc = _run("accuracy", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0 and "accuracy: all within the bounds" in proc.stdout, proc.stdout + proc.stderr
+    assert "sigmoid" in proc.stdout and "fused dw" in proc.stdout

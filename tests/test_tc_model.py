@@ -16,6 +16,7 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SASS unavailable: {
 
 def test_predictions_respect_the_floors():
     import tc_model
+
     from gpuconv import _benchdata as bd
     from gpuconv._config import make_config
 

@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpuconv import _benchdata as bd  # noqa: E402
-from gpuconv._config import make_config  # noqa: E402
-from gpuconv.backends import _plans, cuda_tc  # noqa: E402
-from gpuconv.cuda import sass  # noqa: E402
+from gpuconv import _benchdata as bd
+from gpuconv._config import make_config
+from gpuconv.backends import cuda_tc
+from gpuconv.cuda import sass
 
 SMS, CLOCK_GHZ = 132, 1.83          # H100 SXM (the clock its dense peaks are quoted at)
 HBM_TBS = 3.35                      # H100 SXM; an H200 has 4.8
@@ -124,7 +124,7 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
         total += t
         if launch.kernel.startswith("gpuconv_tc_"):
             bounds.append(which)
-    tc = [la for la in plan if la.kernel.startswith("gpuconv_tc_")][0]
+    tc = next(la for la in plan if la.kernel.startswith("gpuconv_tc_"))
     path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[-1] else ' generic'}"
     if floor > total:
         return floor, "memory", path
@@ -133,8 +133,8 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
 
 def table(shapes, detail: bool = False) -> str:
     peak = {"tf32": 495.0, "fp16": 989.0, "bf16": 989.0}
-    out = ["| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | fwd TFLOP/s (% peak) | "
-           "bound fwd / dx / dw | tiles fwd / dx / dw |",
+    out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | fwd TFLOP/s (% peak) | "
+            "bound fwd / dx / dw | tiles fwd / dx / dw |"),
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for name in shapes:
         s = bd.SHAPES[name]
