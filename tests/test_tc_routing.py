@@ -75,6 +75,16 @@ def test_which_dtypes_use_tensor_cores(arch):
     assert not cuda_tc.uses_tensor_cores(np.float32, "tf32", 75)
 
 
+def test_info_names_the_tensor_core_instructions():
+    from gpuconv.backends.cuda import math_path
+
+    assert "(wmma), FP16" in math_path(np.float16, "highest", 70)
+    assert "(ldmatrix + mma.sync), FP16" in math_path(np.float16, "highest", 80)
+    assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90)
+    assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", None)  # the emulator
+    assert "tensor cores" not in math_path(np.float32, "highest", 90)
+
+
 def test_forward_variants():
     big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
     r = fwd(big, np.float16, "highest", 90)

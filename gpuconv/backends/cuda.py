@@ -75,6 +75,9 @@ _mode = cuda_tc.mode
 uses_tensor_cores = cuda_tc.uses_tensor_cores
 
 
+_MODE_NAMES = {"tf32": "TF32", "float16": "FP16", "bfloat16": "BF16"}
+
+
 def math_path(dtype, precision: str, arch) -> str:
     """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
     ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
@@ -84,7 +87,8 @@ def math_path(dtype, precision: str, arch) -> str:
     mode = _mode(dtype, precision)
     where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
     if uses_tensor_cores(dtype, precision, arch):
-        return f"{where}: tensor cores, {mode.upper()} products, float32 accumulation"
+        return (f"{where}: tensor cores ({cuda_tc.instructions(arch)}), {_MODE_NAMES.get(mode, mode)} products, "
+                f"float32 accumulation")
     what = {"float32": "strict FP32", "float64": "FP64"}.get(dtype.name, f"{dtype.name} products in float32")
     text = f"{where}: CUDA cores, {what}"
     if mode == "tf32":

@@ -56,6 +56,9 @@ TENSOR_CORE_ARCH = {
     **{d.name: d.tensor_core_arch for d in _registry.DTYPES.values() if d.tensor_core_arch},
     **{p.name: p.tensor_core_arch for p in _registry.PRECISIONS.values() if p.tensor_core_arch},
 }
+# From this compute capability the warp-level MMAs are ldmatrix + mma.sync (kernels/gpuconv_tc_mma.cuh); before
+# it (sm_70 / sm_75, FP16 only) nvcuda::wmma (kernels/gpuconv_tc_wmma.cuh). The emulator runs the mma.sync path.
+MMA_SYNC_ARCH = 80
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
 TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
 # The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
@@ -95,6 +98,11 @@ def uses_tensor_cores(dtype, precision: str, arch) -> bool:
     emulator, which runs whatever this build routes to tensor cores)."""
     m = mode(dtype, precision)
     return m in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[m])
+
+
+def instructions(arch) -> str:
+    """The tensor-core instructions of the kernels on compute capability ``arch`` (None: the emulator)."""
+    return "ldmatrix + mma.sync" if arch is None or arch >= MMA_SYNC_ARCH else "wmma"
 
 
 def _simt(dtype, precision: str, arch, channels: int) -> bool:
