@@ -25,7 +25,7 @@ class FakeModule:
     def get_function(self, name):
         calls = []
 
-        def fn(grid, block, args):
+        def fn(grid, block, args, shared_mem=0):  # cupy.RawKernel.__call__'s signature
             calls.append((grid, block, args))
 
         fn.name, fn.device, fn.calls = name, self.device, calls

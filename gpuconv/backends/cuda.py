@@ -76,6 +76,7 @@ uses_tensor_cores = cuda_tc.uses_tensor_cores
 
 
 _MODE_NAMES = {"tf32": "TF32", "float16": "FP16", "bfloat16": "BF16"}
+DEFAULT_DYNAMIC_SHARED = 48 * 1024  # what a kernel may take without raising its attribute (every architecture)
 
 
 def math_path(dtype, precision: str, arch) -> str:
@@ -162,7 +163,7 @@ class CudaBackend:
                 from ..cuda.modules import get_module
             fn = get_module(self.kind, file).get_function(expr)
             # Past 48 KB, dynamic shared memory is opt-in per kernel; an instantiation's need is fixed (its tile).
-            if launch.shared_mem > fn.max_dynamic_shared_size_bytes:
+            if launch.shared_mem > DEFAULT_DYNAMIC_SHARED:
                 fn.max_dynamic_shared_size_bytes = launch.shared_mem
             self._kernels[key] = fn
         return fn
