@@ -150,6 +150,29 @@ inline unsigned vote(unsigned mask, int pred, unsigned line, int mode) {
     warp_barrier(mask, line, 2);
     return mode == 0 ? bits : mode == 1 ? unsigned(bits != 0) : unsigned(bits == group);
 }
+
+// The frame of a warp-collective instruction (wmma, ldmatrix, mma.sync): each lane publishes a pointer to its
+// own arguments (on its stack) in its warp slot; after a warp barrier the lowest running lane checks that the
+// whole warp is there and runs body(calls), calls[l] being lane l's arguments, for the warp; a second barrier
+// keeps the other lanes' arguments and registers alive until it is done. `what` completes "<name> is
+// warp-collective<what>: all 32 lanes ...".
+template <class Call, class Body>
+inline void warp_collective(Call& me, unsigned line, int kind, const char* name, const char* what, Body&& body) {
+    Call* mine = &me;
+    memcpy(warp_slot(lane()), &mine, sizeof mine);
+    warp_barrier(0xffffffffu, line, kind);
+    unsigned group = warp_group(0xffffffffu);
+    if (lane() == unsigned(__builtin_ctz(group))) {
+        if (group != 0xffffffffu)
+            failf(line, "%s is warp-collective%s: all 32 lanes of the warp must %s, but only lanes 0x%08x did (the "
+                        "others exited, or the block's last warp is partial)", name, what,
+                  kind == WARP_WMMA ? "call it" : "execute it", group);
+        Call* calls[32];
+        for (unsigned l = 0; l < 32; ++l) memcpy(&calls[l], warp_slot(l), sizeof(Call*));
+        body(calls);
+    }
+    warp_barrier(0xffffffffu, line, kind);
+}
 }  // namespace gpuconv_emu
 
 #define threadIdx (::gpuconv_emu::tl.thread_idx)

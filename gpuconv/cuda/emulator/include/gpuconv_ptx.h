@@ -65,28 +65,17 @@ struct Call {
     float* d;  // mma: the accumulators, read (c) and written (d)
 };
 
-// Publish, barrier, the lowest lane checks that the whole warp is there at the same instruction and runs
-// body(calls) for it, barrier (the other lanes' registers stay alive until it is done).
+// The warp-collective frame (gpuconv_emu.h), and every lane must be at the same instruction.
 template <class Body>
 inline void collective(Call& me, unsigned line, Body&& body) {
-    Call* mine = &me;
-    memcpy(warp_slot(lane()), &mine, sizeof mine);
-    warp_barrier(0xffffffffu, line, WARP_PTX);
-    unsigned group = warp_group(0xffffffffu);
-    if (lane() == unsigned(__builtin_ctz(group))) {
-        const char* name = kOpNames[me.op];
-        if (group != 0xffffffffu)
-            failf(line, "%s is warp-collective (.sync.aligned): all 32 lanes of the warp must execute it, but only "
-                        "lanes 0x%08x did (the others exited, or the block's last warp is partial)", name, group);
-        Call* calls[32];
-        for (unsigned l = 0; l < 32; ++l) memcpy(&calls[l], warp_slot(l), sizeof(Call*));
+    const char* name = kOpNames[me.op];
+    warp_collective(me, line, WARP_PTX, name, " (.sync.aligned)", [&](Call* const* calls) {
         for (unsigned l = 0; l < 32; ++l)
             if (calls[l]->op != me.op)
                 failf(line, "lanes of the warp executed different instructions: lane %u %s, lane %u %s", lane(), name,
                       l, kOpNames[calls[l]->op]);
         body(calls);
-    }
-    warp_barrier(0xffffffffu, line, WARP_PTX);
+    });
 }
 
 inline unsigned short half_of(unsigned reg, int half) { return static_cast<unsigned short>(reg >> (16 * half)); }

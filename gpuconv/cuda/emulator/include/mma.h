@@ -133,21 +133,11 @@ struct Call {
     const void* c;
 };
 
-// The warp-collective frame: publish, barrier, the lowest lane checks the lanes agree and runs body(calls)
-// for the whole warp, barrier (the other lanes' Call and fragments stay alive until it is done).
+// The warp-collective frame (gpuconv_emu.h), and the lanes must agree on the pointer, ldm and layout.
 template <class Body>
 inline void collective(Call& me, unsigned line, Body&& body) {
-    Call* mine = &me;
-    memcpy(warp_slot(lane()), &mine, sizeof mine);
-    warp_barrier(0xffffffffu, line, WARP_WMMA);
-    unsigned group = warp_group(0xffffffffu);
-    if (lane() == unsigned(__builtin_ctz(group))) {
-        const char* name = kOpNames[me.op];
-        if (group != 0xffffffffu)
-            failf(line, "%s is warp-collective: all 32 lanes of the warp must call it, but only lanes 0x%08x did "
-                        "(the others exited, or the block's last warp is partial)", name, group);
-        Call* calls[32];
-        for (unsigned l = 0; l < 32; ++l) memcpy(&calls[l], warp_slot(l), sizeof(Call*));
+    const char* name = kOpNames[me.op];
+    warp_collective(me, line, WARP_WMMA, name, "", [&](Call* const* calls) {
         for (unsigned l = 0; l < 32; ++l) {
             const Call& o = *calls[l];
             if (o.ptr != me.ptr || o.ldm != me.ldm || o.layout != me.layout)
@@ -156,8 +146,7 @@ inline void collective(Call& me, unsigned line, Body&& body) {
                       name, lane(), me.ptr, me.ldm, me.layout, l, o.ptr, o.ldm, o.layout);
         }
         body(calls);
-    }
-    warp_barrier(0xffffffffu, line, WARP_WMMA);
+    });
 }
 
 template <class S>
