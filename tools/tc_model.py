@@ -1,19 +1,21 @@
 """Predicted times of the tensor-core kernels on an H100 SXM, from their SASS and their launch plans (no GPU).
 
-    python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every tensor-core mode
+    python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every mode
     python tools/tc_model.py --shape rn50-3x3-28 --detail
 
 The model (docs/performance.md says why each term is there; the first GPU run tests it):
-- Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or 1024
-  (TF32) dense tensor FMAs, of which mma.sync reaches MMA_SYNC_EFFICIENCY (Hopper's full rate needs wgmma).
-- One reduction step of a block costs max(issue, shared memory, tensor) clocks: issue = warps x the main loop's
-  instructions / 4; shared memory = (warps x the loop's LDSM / LDS bytes + the stage's bytes copied in) / 128;
-  tensor = warps x the loop's HMMA FMAs / rate. Instruction and load counts come from nvdisasm of the NVRTC
-  cubin for sm_90 (gpuconv.cuda.sass), the main loop only.
+- Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
+  1024 (TF32) dense tensor FMAs, of which mma.sync reaches MMA_SYNC_EFFICIENCY (Hopper's full rate needs
+  wgmma).
+- One reduction step of a block costs max(issue, shared memory, tensor) clocks: issue = warps x the main
+  loop's instructions / 4; shared memory = (warps x the loop's LDSM / LDS bytes + the stage's bytes copied
+  in) / 128; tensor = warps x the loop's HMMA FMAs / rate. Instruction and load counts come from nvdisasm
+  of the NVRTC cubin for sm_90 (gpuconv.cuda.sass), the main loop only.
 - A launch takes ceil(blocks / SMs) x steps x step clocks (each SM works through its share of blocks at full
   throughput; the last, partial round of blocks is what the ceiling charges), plus LAUNCH_US; never less than
-  its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the activation
-  gradient) are charged their bytes at the bandwidth plus LAUNCH_US.
+  its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the
+  activation gradient) are charged their bytes at the bandwidth plus LAUNCH_US. Strict FP32 (the SIMT
+  kernels) is a row at the rates measured on an H100, not a model.
 What it leaves out: pipeline bubbles (4 stages are meant to hide the copies), L2 misses on the re-read tiles,
 the epilogue, and clocks below boost under load. Expect measured times above these.
 """
@@ -37,9 +39,12 @@ SMS, CLOCK_GHZ = 132, 1.83          # H100 SXM (the clock its dense peaks are qu
 HBM_TBS = 3.35                      # H100 SXM; an H200 has 4.8
 ISSUE_PER_CLOCK, SMEM_BYTES_PER_CLOCK = 4, 128
 DENSE_FMA_PER_CLOCK = {"fp16": 2048, "bf16": 2048, "tf32": 1024}
-MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed; wgmma reaches ~0.9)
+MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed; wgmma ~0.9)
 LAUNCH_US = 2.0                     # back-to-back launch gap on the GPU
 SIMT_FP16_DX_TFLOPS = 1.55          # the SIMT direct dx kernel, measured on the batch-8 stem (H100)
+# strict FP32 (the SIMT kernels): the rates measured on an H100 for the resnet layer, forward and dx + dw
+# (docs/gpu-results/2026-11-26-h100-final.txt); a row at that rate, not a model
+SIMT_FP32_TFLOPS = {"fwd": 19.0, "bwd": 12.3}
 HMMA_FMA = {"HMMA.16816": 2048, "HMMA.1688": 1024, "HMMA.1684": 512}
 SMEM_LOAD_BYTES = {"LDSM.16.M88.4": 512, "LDSM.16.MT88.4": 512, "LDS": 128, "LDS.64": 256, "LDS.128": 512,
                    "LDS.U16": 64}
@@ -133,13 +138,17 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
 
 def table(shapes, detail: bool = False) -> str:
     peak = {"tf32": 495.0, "fp16": 989.0, "bf16": 989.0}
-    out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | fwd TFLOP/s (% peak) | "
-            "bound fwd / dx / dw | tiles fwd / dx / dw |"),
+    out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | "
+            "fwd TFLOP/s (% peak) | bound fwd / dx / dw | tiles fwd / dx / dw |"),
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for name in shapes:
         s = bd.SHAPES[name]
         cfg = make_config("model", s.x_shape, s.w_shape, stride=s.stride, padding=s.padding)
         gflop = 2 * cfg.multiplications / 1e9
+        f, b = (gflop / SIMT_FP32_TFLOPS[k] * 1e3 for k in ("fwd", "bwd"))
+        rate = SIMT_FP32_TFLOPS["fwd"]
+        out.append(f"| {name} | {gflop:.1f} | fp32 | {f:.0f} | {b / 2:.0f} | {b / 2:.0f} | (fused) | "
+                   f"{f + b:.0f} | {rate:.0f} ({100 * rate / 67:.0f}%) | measured rate | SIMT |")
         for mode in MODES:
             if MODES[mode][0] is None:
                 continue
@@ -148,8 +157,10 @@ def table(shapes, detail: bool = False) -> str:
             tot = sum(r[0] for r in res.values()) + dz
             tflops = gflop / res["fwd"][0] * 1e3
             out.append(f"| {name} | {gflop:.1f} | {mode} | {res['fwd'][0]:.0f} | {res['dx'][0]:.0f} | "
-                       f"{res['dw'][0]:.0f} | {dz:.0f} | {tot:.0f} | {tflops:.0f} ({100 * tflops / peak[mode]:.0f}%) | "
-                       f"{' / '.join(r[1] for r in res.values())} | {' / '.join(r[2] for r in res.values())} |")
+                       f"{res['dw'][0]:.0f} | {dz:.0f} | {tot:.0f} | "
+                       f"{tflops:.0f} ({100 * tflops / peak[mode]:.0f}%) | "
+                       f"{' / '.join(r[1] for r in res.values())} | "
+                       f"{' / '.join(r[2] for r in res.values())} |")
     if detail:
         out.append("")
         out.append(f"model: {SMS} SMs at {CLOCK_GHZ} GHz, HBM {HBM_TBS} TB/s, mma.sync at "
