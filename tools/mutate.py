@@ -19,9 +19,10 @@ Jobs, as CI (.ci/run) runs them, each with -x so that a killed mutant costs one 
   reverse  the same with GPUCONV_EMULATOR_SCHEDULE=reverse (a missing barrier shows as a wrong result)
   asan     the same under tools/asan_emulator.sh (an out-of-bounds access is a report)
   numpy    the NumPy backend's tests (the shared suite -k numpy, tests/test_numpy_backend.py)
-The tensor-core mutants (kind tc: kernels/gpuconv_tc*.cuh, conv_tc_*.cu, gpuconv/backends/cuda_tc.py) run
-plain, reverse and asan over TC_SUITE instead (tests/test_tc_kernels.py first, then the tensor-core cases of the
-shared suites, -k "emulator or kernels" as in .ci/run).
+The tensor-core mutants (kind tc: kernels/gpuconv_tc*.cuh, conv_tc_*.cu, gpuconv/backends/cuda_tc.py and the
+emulator's gpuconv_ptx.h) run plain, reverse and asan over TC_SUITE instead (tests/test_tc_kernels.py first, then
+the tensor-core cases of the shared suites and tests/test_emulator_ptx.py, -k "emulator or kernels" as in
+.ci/run).
 A kernel mutant runs plain, then reverse, then asan, until one fails; a NumPy-backend mutant runs numpy. A
 mutant is killed when a job fails or exceeds --timeout (a hang is a detected bug, as in mutmut and Stryker).
 
@@ -50,7 +51,7 @@ EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_
 # The tensor-core kernels and their plans: their own tests first (with -x the first failure ends the job), then
 # the shared suites' tensor-core cases (precision="tf32", bfloat16, float16, the NaN rule, conv2d_transpose).
 TC_SUITE = ["tests/test_tc_kernels.py", "tests/test_tc_routing.py", "tests/test_precision.py",
-            "tests/test_nan_rule.py", "tests/test_transpose.py"]
+            "tests/test_nan_rule.py", "tests/test_transpose.py", "tests/test_emulator_ptx.py"]
 NUMPY_SUITE = ["tests/test_numpy_backend.py", "tests/test_forward.py", "tests/test_backward.py",
                "tests/test_gradcheck.py", "tests/test_layer.py"]
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=line", "-rf"]
@@ -81,9 +82,11 @@ JOBS = {
 }
 KERNEL_JOBS = ("plain", "reverse", "asan")
 # The files whose mutants run the tensor-core jobs (kind "tc"). kernels/gpuconv_ptx.cuh has none: the emulator
-# compiles its gpuconv_ptx.h in place of that file's inline PTX, so no CPU job can see a change there.
+# compiles its own gpuconv_ptx.h (the ISA's layouts, which tests/test_emulator_ptx.py checks) in place of that
+# file's inline PTX, so no CPU job can see a change there; that header's mutants stand in for it.
 TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh",
-            "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py")
+            "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
+            "gpuconv/cuda/emulator/include/gpuconv_ptx.h")
 
 
 class Mutant(NamedTuple):
@@ -105,6 +108,7 @@ class Mutant(NamedTuple):
 FWD, BWD, COMMON = "kernels/conv_forward.cu", "kernels/conv_backward.cu", "kernels/gpuconv_common.cuh"
 TC, MMA, WMMA = "kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh"
 TCF, TCB, PLAN = "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py"
+PTXH = "gpuconv/cuda/emulator/include/gpuconv_ptx.h"
 NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
 M = Mutant
 MUTANTS = [
@@ -326,6 +330,13 @@ MUTANTS = [
     M("t-plan-03", PLAN, "fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0",
       "fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0",
       "VEC condition: forward cp.async path for Cg a multiple of VEC (not BK)"),
+    # ---------------------------------------------------------------- the emulator's ldmatrix / mma.sync
+    M("e-ptx-01", PTXH, "return {c.row + 8 * (reg >> 1), c.col};", "return {c.row + 8 * (reg & 1), c.col};",
+      "emulator C / D layout: d[1] at row g + 8 (for d[2])"),
+    M("e-ptx-02", PTXH, "return {c.row + 8 * (reg & 1), c.col + 8 * (reg >> 1)};",
+      "return {c.row + 8 * (reg >> 1), c.col + 8 * (reg & 1)};", "emulator m16n8k16 A layout: a[1] and a[2] swapped"),
+    M("e-ptx-03", PTXH, "if ((bits & 0x1FFFu) != 0 && !nan)", "if ((bits & 0x0FFFu) != 0 && !nan)",
+      "emulator TF32 operand check: the 13th low mantissa bit not checked"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),
