@@ -213,3 +213,20 @@ def test_misuse_fails_the_launch(any_schedule, mode, message):
     line = rf" on line {_line_of(call)}" if mode != 2 else ""
     with pytest.raises(EmulatorError, match=rf"kernel 'ptx_misuse'.*{message}.*{line}"):
         kernel("ptx_misuse")((1,), (32,), (x, np.zeros(128, np.uint32), np.int32(mode)), shared_mem=256)
+
+
+@pytest.mark.parametrize("bit", range(13))
+def test_every_low_mantissa_bit_fails_a_tf32_mma(bit):
+    """Each of the 13 mantissa bits below TF32's (not only the lowest, which mode 6 above sets) marks an operand
+    that cvt.rna.tf32.f32 never produced; the next bit up is a TF32 value, which runs."""
+    from gpuconv.cuda.emulator import EmulatorError
+
+    run = kernel("ptx_misuse")
+    out = np.zeros(128, np.uint32)
+    x = np.array([0x3F800000, 0x3F800000 | (1 << bit)], np.uint32)
+    with pytest.raises(EmulatorError, match=rf"a\[2\] of lane 9 is .* \(bits 0x{x[1]:08x}\), not a TF32 value"):
+        run((1,), (32,), (x, out, np.int32(6)), shared_mem=256)
+    run((1,), (32,), (np.array([0x3F800000, 0x3F802000], np.uint32), out, np.int32(6)), shared_mem=256)
+    want = np.full((32, 4), 8.0, np.float32)  # D = A @ B over k = 8 of ones, but row g = 2 of lane 9's a[2]:
+    want[8:12, :2] += np.float32(2.0**-10)    # 1 + 2^-10 at (2, 5), in d[0], d[1] of lanes 8..11 (g = 2)
+    np.testing.assert_array_equal(out.view(np.float32).reshape(32, 4), want)

@@ -1,10 +1,10 @@
-"""Mutation testing of kernels/ and the NumPy backend: plant one small bug at a time, run the CI jobs that
-should catch it, and report which bugs got through.
+"""Mutation testing of kernels/ (with the tensor-core launch plans) and the NumPy backend: plant one small bug
+at a time, run the CI jobs that should catch it, and report which bugs got through.
 
     python tools/mutate.py                      every mutant, every job (plain, reverse, asan), no time limit
     python tools/mutate.py --budget 1200        stop starting mutants after 20 minutes (the rest: "not run")
     python tools/mutate.py --only k-fwd-03,n-relu-fmax --jobs plain
-    python tools/mutate.py --kind numpy         only the NumPy-backend mutants
+    python tools/mutate.py --kind numpy         only the NumPy-backend mutants (kinds: kernels, tc, numpy)
     python tools/mutate.py --list               the mutants, and whether each still applies to the tree
 
 Each mutant is one exact text replacement in one file (MUTANTS below, a fixed list, versioned by
@@ -19,6 +19,10 @@ Jobs, as CI (.ci/run) runs them, each with -x so that a killed mutant costs one 
   reverse  the same with GPUCONV_EMULATOR_SCHEDULE=reverse (a missing barrier shows as a wrong result)
   asan     the same under tools/asan_emulator.sh (an out-of-bounds access is a report)
   numpy    the NumPy backend's tests (the shared suite -k numpy, tests/test_numpy_backend.py)
+The tensor-core mutants (kind tc: kernels/gpuconv_tc*.cuh, conv_tc_*.cu, gpuconv/backends/cuda_tc.py and the
+emulator's gpuconv_ptx.h) run plain, reverse and asan over TC_SUITE instead (tests/test_tc_kernels.py first, then
+the tensor-core cases of the shared suites and tests/test_emulator_ptx.py, -k "emulator or kernels" as in
+.ci/run).
 A kernel mutant runs plain, then reverse, then asan, until one fails; a NumPy-backend mutant runs numpy. A
 mutant is killed when a job fails or exceeds --timeout (a hang is a detected bug, as in mutmut and Stryker).
 
@@ -40,21 +44,49 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 2
+MUTANTS_VERSION = 3
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
+# The tensor-core kernels and their plans: their own tests first (with -x the first failure ends the job), then
+# the shared suites' tensor-core cases (precision="tf32", bfloat16, float16, the NaN rule, conv2d_transpose).
+TC_SUITE = ["tests/test_tc_kernels.py", "tests/test_tc_routing.py", "tests/test_precision.py",
+            "tests/test_nan_rule.py", "tests/test_transpose.py", "tests/test_emulator_ptx.py"]
 NUMPY_SUITE = ["tests/test_numpy_backend.py", "tests/test_forward.py", "tests/test_backward.py",
                "tests/test_gradcheck.py", "tests/test_layer.py"]
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=line", "-rf"]
+
+
+# Not under ASan (as in .ci/run): NVRTC's static_asserts run no kernel, and NVRTC cannot load its builtins
+# with libasan preloaded.
+NOT_UNDER_ASAN = ("tests/test_tc_routing.py",)
+
+
+def _emulator_jobs(suite: list, keyword: str) -> dict:
+    asan_suite = [f for f in suite if f not in NOT_UNDER_ASAN]
+    return {
+        "plain": ({}, [*PYTEST, "-k", keyword, *suite]),
+        "reverse": ({"GPUCONV_EMULATOR_SCHEDULE": "reverse"}, [*PYTEST, "-k", keyword, *suite]),
+        # tools/asan_emulator.sh runs $PYTHON (else python3): this interpreter, as CI runs it inside its venv
+        "asan": ({"PYTHON": sys.executable},
+                 ["bash", "tools/asan_emulator.sh", *asan_suite, "-k", keyword, "-x"]),
+    }
+
+
+# {mutant kind: {job: (environment, command)}}; the tensor-core filter is .ci/run's ("kernels" selects all of
+# tests/test_tc_kernels.py and the static_asserts of tests/test_tc_routing.py).
 JOBS = {
-    "plain": ({}, [*PYTEST, "-k", "emulator or test_kernels", *EMULATOR_SUITE]),
-    "reverse": ({"GPUCONV_EMULATOR_SCHEDULE": "reverse"}, [*PYTEST, "-k", "emulator or test_kernels",
-                                                           *EMULATOR_SUITE]),
-    "asan": ({}, ["bash", "tools/asan_emulator.sh", *EMULATOR_SUITE, "-k", "emulator or test_kernels", "-x"]),
-    "numpy": ({}, [*PYTEST, "-k", "numpy or test_numpy_backend", *NUMPY_SUITE]),
+    "kernels": _emulator_jobs(EMULATOR_SUITE, "emulator or test_kernels"),
+    "tc": _emulator_jobs(TC_SUITE, "emulator or kernels"),
+    "numpy": {"numpy": ({}, [*PYTEST, "-k", "numpy or test_numpy_backend", *NUMPY_SUITE])},
 }
 KERNEL_JOBS = ("plain", "reverse", "asan")
+# The files whose mutants run the tensor-core jobs (kind "tc"). kernels/gpuconv_ptx.cuh has none: the emulator
+# compiles its own gpuconv_ptx.h (the ISA's layouts, which tests/test_emulator_ptx.py checks) in place of that
+# file's inline PTX, so no CPU job can see a change there; that header's mutants stand in for it.
+TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh",
+            "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
+            "gpuconv/cuda/emulator/include/gpuconv_ptx.h")
 
 
 class Mutant(NamedTuple):
@@ -68,10 +100,15 @@ class Mutant(NamedTuple):
 
     @property
     def kind(self) -> str:
+        if self.path in TC_PATHS:
+            return "tc"
         return "kernels" if self.path.startswith("kernels/") else "numpy"
 
 
 FWD, BWD, COMMON = "kernels/conv_forward.cu", "kernels/conv_backward.cu", "kernels/gpuconv_common.cuh"
+TC, MMA, WMMA = "kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh"
+TCF, TCB, PLAN = "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py"
+PTXH = "gpuconv/cuda/emulator/include/gpuconv_ptx.h"
 NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
 M = Mutant
 MUTANTS = [
@@ -226,6 +263,80 @@ MUTANTS = [
     M("k-bwd-35", BWD, "const Acc xv = ((unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)",
       "const Acc xv = ((unsigned)ih < (unsigned)H && (unsigned)iw <= (unsigned)W)",
       "bound: small dw input column < W made <="),
+    # ---------------------------------------------------------------- tensor cores: tiles and main loop
+    M("t-loop-01", TC, "__pipeline_wait_prior(Tile::STAGES - 2);", "__pipeline_wait_prior(Tile::STAGES - 1);",
+      "wait count: a step read before its copies landed"),
+    M("t-loop-02", TC, "        __pipeline_wait_prior(Tile::STAGES - 2);\n        __syncthreads();",
+      "        __pipeline_wait_prior(Tile::STAGES - 2);",
+      "barrier dropped: before a step reads the other threads' copies"),
+    M("t-loop-03", TC, "            Tile::round_tf32(smem, kt % Tile::STAGES);\n            __syncthreads();",
+      "            Tile::round_tf32(smem, kt % Tile::STAGES);", "barrier dropped: after the TF32 rounding of a stage"),
+    M("t-loop-04", TC, "Tile::round_tf32(smem, kt % Tile::STAGES);", "Tile::round_tf32(smem, next % Tile::STAGES);",
+      "stage index: the stage in flight rounded, not the one multiplied"),
+    M("t-loop-05", TC, "if (next < KT) issue(next, next % Tile::STAGES);",
+      "if (next < KT) issue(next, kt % Tile::STAGES);",
+      "stage index: the next step loaded over the one in use"),
+    M("t-tile-01", TC, "static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && B_ROW;",
+      "static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && !B_ROW;",
+      "skew: the 32-byte TF32 row padding on the wrong B layout"),
+    M("t-tile-02", TC, "round_rows<B_ROW ? BK : BN, B_ROW ? BN : BK, LDB>",
+      "round_rows<B_ROW ? BN : BK, B_ROW ? BK : BN, LDB>",
+      "TF32 rounding: B tile's rows and columns swapped"),
+    # ---------------------------------------------------------------- tensor cores: ldmatrix / mma.sync warp step
+    M("t-mma-01", MMA, "m0 + 8 * ((lane / 8) % 2), k0 + lane % 8 + 8 * (lane / 16)",
+      "m0 + 8 * (lane / 16), k0 + lane % 8 + 8 * (lane / 16)",
+      "ldmatrix lane address: A .trans rows (a[1] and a[2] swapped)"),
+    M("t-mma-02", MMA, "k0 + Tile::VEC * ((lane / 8) % 2), n0 + lane % 8", "k0 + Tile::VEC * (lane / 16), n0 + lane % 8",
+      "ldmatrix lane address: B (column-major) reduction half"),
+    M("t-mma-03", MMA, "a[1] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g + 8, k0 + q));",
+      "a[1] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g, k0 + q + 4));", "TF32 scalar load: a[1] as (g, q + 4)"),
+    M("t-mma-04", MMA, "emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][2 * h]);",
+      "emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][h]);", "epilogue: row g + 8 of column 2q read as d[1]"),
+    M("t-mma-05", MMA, "emit(base, wn0 + 8 * j + 2 * q + 1, acc.d[i][j][2 * h + 1]);",
+      "emit(base, wn0 + 8 * j + 2 * q + 1, acc.d[i][j][2 * h]);", "epilogue: column 2q + 1 given column 2q's sum"),
+    M("t-mma-06", MMA, "            if (base < 0) continue;", "            if (base <= 0) continue;",
+      "bound: the row at output offset 0 taken for 'no row'"),
+    M("t-wmma-01", WMMA, "            gpuconv_tc_round(b[j], (const T*)nullptr);\n", "",
+      "wmma: the B fragments' TF32 rounding dropped"),
+    # ---------------------------------------------------------------- tensor cores: loaders and epilogues
+    M("t-fwd-01", TCF, "if (a_pix[i] >= 0 && (unsigned)ih < (unsigned)H",
+      "if (a_pix[i] >= 0 && (unsigned)ih <= (unsigned)H",
+      "bound: padding check of the cp.async forward loader, row < H made <="),
+    M("t-fwd-02", TCF, "if (++k2 == KW) { k2 = 0; ++k1; }", "if (++k2 == KW) { ++k1; }",
+      "tap walk: the tap column not reset at a new tap row"),
+    M("t-fwd-03", TCF, "kr.init(ak, BK, KW, Cg);", "kr.init(ak, BK, KH, Cg);",
+      "index: generic forward tap walk by KH (for KW)"),
+    M("t-fwd-04", TCF, "if (has_bias) v += gpuconv_to_acc(bias[g * Mg + col]);",
+      "if (has_bias) v += gpuconv_to_acc(bias[col]);",
+      "index: bias of the group-local column"),
+    M("t-bwd-01", TCB, "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row",
+      "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2s;  // output row",
+      "dx phase: tap column's output shift by the tap step k2s (for k2i)"),
+    M("t-bwd-02", TCB, "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)",
+      "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj <= (unsigned)OW)",
+      "bound: padding check of the cp.async dx loader, column < OW made <="),
+    M("t-bwd-03", TCB, "if ((unsigned)oj >= (unsigned)OW) continue;", "if ((unsigned)oj > (unsigned)OW) continue;",
+      "bound: NaN-rule exact dx path, column >= OW made >"),
+    M("t-bwd-04", TCB, "const int KT = (p_end - p_begin + BK - 1) / BK;", "const int KT = (p_end - p_begin) / BK;",
+      "dw split end: the last split's partial step dropped"),
+    M("t-bwd-05", TCB, "k2d2 = (kk - k1 * KW) * d2 - pl;", "k2d2 = (kk - k1 * KW) * d1 - pl;",
+      "swapped: dw tap column dilation d2 made d1"),
+    # ---------------------------------------------------------------- tensor cores: launch plans
+    M("t-plan-01", PLAN, "skew_b = 2 * vec if size == 4 and b_row else vec",
+      "skew_b = 2 * vec if size == 4 and not b_row else vec",
+      "smem_bytes: the TF32 B skew on the wrong layout"),
+    M("t-plan-02", PLAN, "    return cdiv(pixels, chunk), chunk", "    return pixels // chunk, chunk",
+      "dw splits: a short last split dropped"),
+    M("t-plan-03", PLAN, "fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0",
+      "fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0",
+      "VEC condition: forward cp.async path for Cg a multiple of VEC (not BK)"),
+    # ---------------------------------------------------------------- the emulator's ldmatrix / mma.sync
+    M("e-ptx-01", PTXH, "return {c.row + 8 * (reg >> 1), c.col};", "return {c.row + 8 * (reg & 1), c.col};",
+      "emulator C / D layout: d[1] at row g + 8 (for d[2])"),
+    M("e-ptx-02", PTXH, "return {c.row + 8 * (reg & 1), c.col + 8 * (reg >> 1)};",
+      "return {c.row + 8 * (reg >> 1), c.col + 8 * (reg & 1)};", "emulator m16n8k16 A layout: a[1] and a[2] swapped"),
+    M("e-ptx-03", PTXH, "if ((bits & 0x1FFFu) != 0 && !nan)", "if ((bits & 0x0FFFu) != 0 && !nan)",
+      "emulator TF32 operand check: the 13th low mantissa bit not checked"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),
@@ -301,9 +412,9 @@ def scratch_copy(dest: Path) -> Path:
     return repo
 
 
-def run_job(repo: Path, job: str, timeout: float) -> tuple:
-    """(failed, seconds, the first failing test or the reason)."""
-    env_extra, cmd = JOBS[job]
+def run_job(repo: Path, kind: str, job: str, timeout: float) -> tuple:
+    """(failed, seconds, the first failing test or the reason) of a job of a kind of mutant."""
+    env_extra, cmd = JOBS[kind][job]
     env = dict(os.environ, PYTHONPATH=str(repo), GPUCONV_CACHE_DIR=str(repo.parent / "cache"), **env_extra)
     env.pop("GPUCONV_BACKEND", None)
     t0 = time.monotonic()
@@ -324,14 +435,15 @@ def run_job(repo: Path, job: str, timeout: float) -> tuple:
 
 
 def check_baseline(repo: Path, jobs, timeout: float) -> None:
+    """jobs: (kind, job) pairs."""
     """The unmutated copy must pass every job used (else every mutant would look killed)."""
     probe = subprocess.run([sys.executable, "-c", "import gpuconv; print(gpuconv.__file__)"], cwd=repo,
                            env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, check=True)
     if not probe.stdout.strip().startswith(str(repo)):
         sys.exit(f"mutate: the scratch copy's gpuconv is not the one imported ({probe.stdout.strip()})")
-    for job in jobs:
-        failed, seconds, why = run_job(repo, job, timeout)
-        print(f"baseline {job}: {'FAILED ' + why if failed else 'passed'} ({seconds:.0f} s)", flush=True)
+    for kind, job in jobs:
+        failed, seconds, why = run_job(repo, kind, job, timeout)
+        print(f"baseline {kind} {job}: {'FAILED ' + why if failed else 'passed'} ({seconds:.0f} s)", flush=True)
         if failed:
             sys.exit("mutate: the unmutated tree fails; fix that first")
 
@@ -339,7 +451,7 @@ def check_baseline(repo: Path, jobs, timeout: float) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="", help="comma-separated mutant ids")
-    p.add_argument("--kind", choices=("all", "kernels", "numpy"), default="all")
+    p.add_argument("--kind", choices=("all", *JOBS), default="all")
     p.add_argument("--jobs", default=",".join(KERNEL_JOBS), help="kernel jobs to run, in order (plain,reverse,asan)")
     p.add_argument("--budget", type=float, default=0, help="seconds after which no new mutant starts (0: none)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per job before it counts as a kill")
@@ -365,19 +477,18 @@ def main(argv=None) -> int:
         return 0
     if args.shared_suite_only:
         for job in KERNEL_JOBS:
-            JOBS[job][1].remove("tests/test_kernels.py")
+            JOBS["kernels"][job][1].remove("tests/test_kernels.py")
     kernel_jobs = [j for j in args.jobs.split(",") if j]
     bad = set(kernel_jobs) - set(KERNEL_JOBS)
     if bad:
         p.error(f"unknown jobs {sorted(bad)}; kernel jobs are {KERNEL_JOBS}")
 
+    jobs_of = lambda kind: kernel_jobs if kind != "numpy" else ["numpy"]
     start = time.monotonic()
     results = {}  # id -> ("killed" | "survived" | "stale" | "not run" | "gpu-only", detail)
     with tempfile.TemporaryDirectory(prefix="gpuconv-mutate-") as tmp:
         repo = scratch_copy(Path(tmp))
-        used = sorted({*(kernel_jobs if any(m.kind == "kernels" for m in chosen) else ()),
-                       *(("numpy",) if any(m.kind == "numpy" for m in chosen) else ())},
-                      key=list(JOBS).index)
+        used = [(kind, job) for kind in JOBS if any(m.kind == kind for m in chosen) for job in jobs_of(kind)]
         if not args.no_baseline:
             check_baseline(repo, used, args.timeout)
         for m in chosen:
@@ -398,13 +509,13 @@ def main(argv=None) -> int:
             try:
                 target.write_text(mutated)
                 verdict = ("survived", "")
-                for job in (kernel_jobs if m.kind == "kernels" else ["numpy"]):
-                    failed, seconds, why = run_job(repo, job, args.timeout)
+                for job in jobs_of(m.kind):
+                    failed, seconds, why = run_job(repo, m.kind, job, args.timeout)
                     if failed:
                         verdict = ("killed", f"{job} ({seconds:.0f} s): {why}")
                         break
                 else:
-                    verdict = ("survived", ", ".join(kernel_jobs if m.kind == "kernels" else ["numpy"]))
+                    verdict = ("survived", ", ".join(jobs_of(m.kind)))
             finally:
                 target.write_text(original)
             assert target.read_text() == original
@@ -415,10 +526,10 @@ def main(argv=None) -> int:
     killed = [m for m in counted if results[m.id][0] == "killed"]
     survivors = [m for m in counted if results[m.id][0] == "survived"]
     print()
-    print(f"mutants list version {MUTANTS_VERSION}; jobs: kernels {','.join(kernel_jobs)}"
+    print(f"mutants list version {MUTANTS_VERSION}; jobs: kernels and tc {','.join(kernel_jobs)}"
           f"{' (shared suite only)' if args.shared_suite_only else ''}, NumPy backend numpy; "
           f"{time.monotonic() - start:.0f} s")
-    for kind in ("kernels", "numpy"):
+    for kind in JOBS:
         ran = [m for m in counted if m.kind == kind]
         if ran:
             k = sum(results[m.id][0] == "killed" for m in ran)
