@@ -75,6 +75,13 @@ def test_which_dtypes_use_tensor_cores(arch):
     assert not cuda_tc.uses_tensor_cores(np.float32, "tf32", 75)
 
 
+def test_kernel_files_without_ml_dtypes(monkeypatch):
+    """Without ml_dtypes there is no bfloat16; float64 (np.dtype(None) is float64) keeps conv_backward.cu."""
+    monkeypatch.setattr(cuda_tc, "BFLOAT16", None)
+    for dtype in (np.float64, np.float32, np.float16):
+        assert cuda_tc.kernel_file("conv_backward.cu", dtype) == "conv_backward.cu"
+
+
 def test_info_names_the_tensor_core_instructions():
     from gpuconv.backends.cuda import math_path
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 3
+MUTANTS_VERSION = 4
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -269,27 +269,28 @@ MUTANTS = [
     M("t-loop-02", TC, "        __pipeline_wait_prior(Tile::STAGES - 2);\n        __syncthreads();",
       "        __pipeline_wait_prior(Tile::STAGES - 2);",
       "barrier dropped: before a step reads the other threads' copies"),
-    M("t-loop-03", TC, "            Tile::round_tf32(smem, kt % Tile::STAGES);\n            __syncthreads();",
-      "            Tile::round_tf32(smem, kt % Tile::STAGES);", "barrier dropped: after the TF32 rounding of a stage"),
-    M("t-loop-04", TC, "Tile::round_tf32(smem, kt % Tile::STAGES);", "Tile::round_tf32(smem, next % Tile::STAGES);",
-      "stage index: the stage in flight rounded, not the one multiplied"),
+    M("t-loop-03", MMA, "        if constexpr (sizeof(T) == 4) gpuconv_tc_round_bits(a);\n", "",
+      "TF32 rounding dropped: the A operands ldmatrix loads"),
+    M("t-loop-04", MMA, "return __float_as_uint(nvcuda::wmma::__float_to_tf32(*p));", "return __float_as_uint(*p);",
+      "TF32 rounding dropped: the operands of the 32-bit shared loads"),
     M("t-loop-05", TC, "if (next < KT) issue(next, next % Tile::STAGES);",
       "if (next < KT) issue(next, kt % Tile::STAGES);",
       "stage index: the next step loaded over the one in use"),
     M("t-tile-01", TC, "static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && B_ROW;",
       "static constexpr bool WORDS_B = GPUCONV_TC_PTX && sizeof(T) == 4 && !B_ROW;",
       "skew: the 32-byte TF32 row padding on the wrong B layout"),
-    M("t-tile-02", TC, "round_rows<B_ROW ? BK : BN, B_ROW ? BN : BK, LDB>",
-      "round_rows<B_ROW ? BN : BK, B_ROW ? BK : BN, LDB>",
-      "TF32 rounding: B tile's rows and columns swapped"),
+    M("t-tile-02", MMA, "return Tile::b_off(lane % 8 + 8 * ((lane / 8) % 2), 8 * (lane / 16));",
+      "return Tile::b_off(lane % 8 + 8 * (lane / 16), 8 * ((lane / 8) % 2));",
+      "ldmatrix lane address: B .trans matrices in the wrong order (b0[1] and b1[0] swapped)"),
     # ---------------------------------------------------------------- tensor cores: ldmatrix / mma.sync warp step
-    M("t-mma-01", MMA, "m0 + 8 * ((lane / 8) % 2), k0 + lane % 8 + 8 * (lane / 16)",
-      "m0 + 8 * (lane / 16), k0 + lane % 8 + 8 * (lane / 16)",
+    M("t-mma-01", MMA, "return Tile::a_off(8 * ((lane / 8) % 2), lane % 8 + 8 * (lane / 16));",
+      "return Tile::a_off(8 * (lane / 16), lane % 8 + 8 * (lane / 16));",
       "ldmatrix lane address: A .trans rows (a[1] and a[2] swapped)"),
-    M("t-mma-02", MMA, "k0 + Tile::VEC * ((lane / 8) % 2), n0 + lane % 8", "k0 + Tile::VEC * (lane / 16), n0 + lane % 8",
+    M("t-mma-02", MMA, "return Tile::b_off(Tile::VEC * ((lane / 8) % 2), lane % 8 + 8 * (lane / 16));",
+      "return Tile::b_off(Tile::VEC * (lane / 16), lane % 8 + 8 * (lane / 16));",
       "ldmatrix lane address: B (column-major) reduction half"),
-    M("t-mma-03", MMA, "a[1] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g + 8, k0 + q));",
-      "a[1] = gpuconv_tc_bits(Tile::a_at(smem, s, m0 + g, k0 + q + 4));", "TF32 scalar load: a[1] as (g, q + 4)"),
+    M("t-mma-03", MMA, "a[1] = gpuconv_tc_bits(sa + Tile::a_off(m + 8, k));",
+      "a[1] = gpuconv_tc_bits(sa + Tile::a_off(m, k + 4));", "TF32 scalar load: a[1] as (g, q + 4)"),
     M("t-mma-04", MMA, "emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][2 * h]);",
       "emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][h]);", "epilogue: row g + 8 of column 2q read as d[1]"),
     M("t-mma-05", MMA, "emit(base, wn0 + 8 * j + 2 * q + 1, acc.d[i][j][2 * h + 1]);",

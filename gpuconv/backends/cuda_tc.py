@@ -76,7 +76,8 @@ def ctype(dtype) -> str:
 def kernel_file(filename: str, dtype) -> str:
     """The file a launch's kernel is compiled from for ``dtype``: bfloat16's reductions come from
     BF16_REDUCTIONS_FILE (conv_backward.cu's instantiations are generated for the registered dtypes only)."""
-    if filename == _plans.BACKWARD_FILE and np.dtype(dtype) == BFLOAT16:
+    # (BFLOAT16 is None without ml_dtypes, and np.dtype(x) == None holds for float64: test for it first)
+    if filename == _plans.BACKWARD_FILE and BFLOAT16 is not None and np.dtype(dtype) == BFLOAT16:
         return BF16_REDUCTIONS_FILE
     return filename
 
