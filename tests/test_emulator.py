@@ -180,6 +180,20 @@ def test_dynamic_shared_memory(schedule):
     np.testing.assert_array_equal(out, 3.0 * (63 - np.arange(64)))
 
 
+def test_write_past_dynamic_shared_memory_fails_the_launch(schedule):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    out = np.zeros(64, np.float32)
+    k = module("shared_memory.cu").get_function("overrun_dynamic")
+    k((1,), (64,), (out,), shared_mem=64 * 4)  # exactly enough
+    assert np.all(out == 1.0)
+    if os.environ.get("GPUCONV_EMULATOR_SANITIZE") == "address":
+        pytest.skip("under ASan the buffer has no guard: ASan itself reports the overrun")
+    with pytest.raises(EmulatorError, match=r"wrote past the end of its dynamic shared memory \(byte 0 after the "
+                                            r"128 bytes of shared_mem\)"):
+        k((1,), (64,), (out,), shared_mem=32 * 4)
+
+
 def test_shared_memory_starts_poisoned():
     out = np.zeros(2 * 64, np.float32)
     module("shared_memory.cu").get_function("read_uninitialised")((1,), (64,), (out,), shared_mem=64 * 4)

@@ -31,3 +31,11 @@ extern "C" __global__ void read_uninitialised(float* __restrict__ out) {
     out[2 * threadIdx.x] = tile[threadIdx.x];
     out[2 * threadIdx.x + 1] = dyn[threadIdx.x];
 }
+
+// Writes one float per thread into dynamic shared memory: past its end when the launch gives less.
+extern "C" __global__ void overrun_dynamic(float* __restrict__ out) {
+    extern __shared__ float dyn[];
+    dyn[threadIdx.x] = 1.0f;
+    __syncthreads();
+    out[threadIdx.x] = dyn[0];
+}

@@ -376,6 +376,29 @@ void shuffle_order(Worker& w, int n) {
     }
 }
 
+// Guard bytes after the dynamic shared memory: a write past the launch's shared_mem fails the launch instead of
+// corrupting the heap. Under ASan the buffer is exactly shared_mem bytes, so ASan reports any access past it.
+#if GPUCONV_ASAN
+constexpr size_t kDynGuard = 0;
+#else
+constexpr size_t kDynGuard = 16 * 1024;
+#endif
+constexpr unsigned char kDynCanary = 0xA5;
+
+// Fails the block if a guard byte changed: the first one's offset past the end.
+bool dyn_guard_intact(Worker& w, const Launch& L, const void* dyn) {
+    const unsigned char* g = static_cast<const unsigned char*>(dyn) + L.shmem;
+    for (size_t i = 0; i < kDynGuard; ++i) {
+        if (g[i] == kDynCanary) continue;
+        char msg[320];
+        snprintf(msg, sizeof msg, "wrote past the end of its dynamic shared memory (byte %zu after the %llu bytes of "
+                 "shared_mem): the kernel uses more than the launch gives it", i, L.shmem);
+        set_error(w, nullptr, msg);
+        return false;
+    }
+    return true;
+}
+
 // Runs one block to completion; false (with w.error) when it failed.
 bool run_block(Worker& w, Launch& L, long b, void* dyn) {
     unsigned bx = unsigned(b % L.grid.x);
@@ -390,6 +413,7 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
         tl = saved;
     }
     if (L.shmem) memset(dyn, 0xFF, L.shmem);
+    if (kDynGuard) memset(static_cast<unsigned char*>(dyn) + L.shmem, kDynCanary, kDynGuard);
     tl.block_idx = w.block;
     tl.block_dim = uint3{L.block.x, L.block.y, L.block.z};
     tl.grid_dim = uint3{L.grid.x, L.grid.y, L.grid.z};
@@ -449,7 +473,7 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
 #endif
         return false;
     }
-    return true;
+    return kDynGuard == 0 || dyn_guard_intact(w, L, dyn);
 }
 
 void work(Launch& L) {
@@ -457,9 +481,10 @@ void work(Launch& L) {
     w.launch = &L;
     w.failed = false;
     w.error[0] = 0;
-    // Exactly the requested size (ASan sees overflows), 128-byte aligned (wmma and cp.async check alignment).
+    // The requested size and the guard (none under ASan, which then sees overflows), 128-byte aligned (wmma,
+    // ldmatrix and cp.async check alignment).
     void* dyn = nullptr;
-    if (L.shmem && posix_memalign(&dyn, 128, L.shmem) != 0) {
+    if ((L.shmem || kDynGuard) && posix_memalign(&dyn, 128, L.shmem + kDynGuard) != 0) {
         fprintf(stderr, "gpuconv emulator: cannot allocate %llu bytes of dynamic shared memory\n", L.shmem);
         abort();
     }
