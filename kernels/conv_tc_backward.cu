@@ -20,13 +20,16 @@
 //       shape only): rows = KH*KW*Cg taps (k1, k2, n), columns = Mg, reduction = the split's pixels. A (x) is
 //       stored column-major (input channels fastest), B (dz) row-major. gpuconv_sum_partials then adds the splits
 //       in order, so dw is bitwise the same on every run. VEC: Cg and Mg multiples of 16 bytes, aligned arrays.
-// Tiles: 128 x 128 for more than 64 columns, else 128 x 64, 4 stages (generic variants: 128 x 64, 2 stages).
+// Tiles: 128 x 128 for more than 64 columns, else 128 x 64, 4 stages (2 for the FP16 kernels of sm_70 / sm_75;
+// generic variants: 128 x 64, 2 stages).
 // gpuconv-name-expressions: gpuconv_nonfinite_flag<float>, gpuconv_nonfinite_flag<__half>, gpuconv_nonfinite_flag<__nv_bfloat16>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 128, 4, true>, gpuconv_tc_bwd_input<__half, 128, 128, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 4, true>, gpuconv_tc_bwd_input<__half, 128, 64, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 2, false>, gpuconv_tc_bwd_input<__half, 128, 64, 2, false>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 2, false>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_weight<__half, 128, 128, 2, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 2, false>
 // The bfloat16 instantiations of kernels of conv_backward.cu (included below; gpuconv_nonfinite_flag above): gpuconv_act_bwd (dz for these
 // kernels), gpuconv_bias_grad and gpuconv_sum_partials (the deterministic db / dw reductions). bfloat16 has no

@@ -115,8 +115,8 @@ def _data(case, dtype, seed):
     return cfg, opts, act, u(xs), u(ws), u(ws[3]), u(cfg.y_shape), y
 
 
-def _routes(cfg, dtype, precision):
-    return cuda_tc.routes(cfg, dtype, precision, None)
+def _routes(cfg, dtype, precision, arch=None):
+    return cuda_tc.routes(cfg, dtype, precision, arch)
 
 
 def test_cases_cover_every_activation():
@@ -126,7 +126,8 @@ def test_cases_cover_every_activation():
 
 
 def test_cases_cover_every_variant():
-    """The cases reach every registered tensor-core kernel of the three modes (so each one runs here)."""
+    """The cases reach every registered tensor-core kernel of the three modes (so each one runs here), the
+    sm_70 / sm_75 FP16 plans included."""
     from gpuconv.cuda.modules import kernel_source, registered_name_expressions
 
     seen = set()
@@ -134,6 +135,8 @@ def test_cases_cover_every_variant():
         cfg = make_config("test", case[1], case[2], **case[3])
         for _, dt, precision in MODES:
             seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
+        if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
+            seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
     registered = set()
     for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
         registered |= {e for e in registered_name_expressions(kernel_source(f)) if e.startswith("gpuconv_tc_")}
@@ -148,34 +151,59 @@ def test_forward_and_backward_against_float64(be, case, mode):
     _check_against_float64(be, case, mode)
 
 
-@pytest.fixture(scope="module")
-def wmma_be():
-    """A backend whose tensor-core kernels take the nvcuda::wmma path (sm_70 / sm_75's FP16 path): compiled
-    with -DGPUCONV_TC_WMMA, which the emulator otherwise never sees (it runs the ldmatrix / mma.sync path)."""
-    if BACKEND != "emulator":
-        pytest.skip("the wmma path is chosen by the GPU's architecture; the emulator runs it on request")
+def _wmma_backend(arch):
+    """A backend whose tensor-core kernels take the nvcuda::wmma path (sm_70 / sm_75's FP16 path): compiled with
+    -DGPUCONV_TC_WMMA, which the emulator otherwise never sees (it runs the ldmatrix / mma.sync path), and
+    planned for compute capability ``arch`` (None: the emulator's plans, every mode)."""
     from gpuconv.backends import _plans
     from gpuconv.backends.cuda import CudaBackend
     from gpuconv.cuda import modules
+
+    class WmmaEmulator(CudaBackend):
+        def _arch(self):
+            return arch
 
     with pytest.MonkeyPatch.context() as mp:
         defines = _plans.kernel_defines()
         mp.setattr(_plans, "kernel_defines", lambda: (*defines, "-DGPUCONV_TC_WMMA=1"))
         mp.setattr(modules, "_fast", {})  # its keys leave out the package's -D options
-        yield CudaBackend("emulator", np)
+        yield WmmaEmulator("emulator", np)
+
+
+@pytest.fixture(scope="module")
+def wmma_be():
+    if BACKEND != "emulator":
+        pytest.skip("the wmma path is chosen by the GPU's architecture; the emulator runs it on request")
+    yield from _wmma_backend(None)
+
+
+@pytest.fixture(scope="module")
+def sm75_be():
+    if BACKEND != "emulator":
+        pytest.skip("the wmma path is chosen by the GPU's architecture; the emulator runs it on request")
+    yield from _wmma_backend(75)
+
+
+WMMA_CASES = [CASES[0], CASES[1], CASES[4], CASES[7]]  # both tiles and variants, the wide dx
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=[CASES[i][0] for i in (0, 1, 4)])
+@pytest.mark.parametrize("case", WMMA_CASES, ids=[c[0] for c in WMMA_CASES])
 def test_wmma_path_against_float64(wmma_be, case, mode):
     """The same checks on the wmma path (its fragment layout permuted under the reverse schedule)."""
     _check_against_float64(wmma_be, case, mode)
 
 
-def _check_against_float64(be, case, mode):
+@pytest.mark.parametrize("case", WMMA_CASES, ids=[c[0] for c in WMMA_CASES])
+def test_sm75_fp16_path_against_float64(sm75_be, case):
+    """What an sm_70 / sm_75 GPU runs: FP16 on wmma with the 2-stage plans (no cp.async hardware there)."""
+    _check_against_float64(sm75_be, case, MODES[1], arch=75)
+
+
+def _check_against_float64(be, case, mode, arch=None):
     name, dt, precision = mode
     cfg, opts, act, x, w, b, dy, y = _data(case, dt, seed=len(case[0]))
-    routes = _routes(cfg, dt, precision)
+    routes = _routes(cfg, dt, precision, arch)
     if all(v is None for v in routes.values()):
         pytest.skip(f"{name}: every operation of this case takes the SIMT kernels")
 

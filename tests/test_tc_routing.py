@@ -98,6 +98,10 @@ def test_forward_variants():
     assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 4, True)
     assert r.grid == (1, 2, 1) and r.block == (128, 1, 1)  # 4 warps
     assert r.shared_mem == 4 * (128 * (32 + 8) + 32 * (128 + 8)) * 2  # 4 stages of A and B, 16-byte skews
+    # sm_70 / sm_75 (FP16 on wmma): 2 stages, no cp.async hardware there, and an sm_75 block gets at most 64 KB
+    for arch in (70, 75):
+        r = fwd(big, np.float16, "highest", arch)
+        assert r.template == (128, 128, 2, True) and r.shared_mem <= 64 * 1024
     narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
     assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 4, True)
     # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic

@@ -16,7 +16,7 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
   each plan) and 16-byte aligned arrays; other shapes (the C = 3 stem, odd channel counts) take the generic
   variant, which loads element by element into the same tiles.
 - Tiles 128 x 128 for more than 64 columns, else 128 x 64, with 4 stages of cp.async copies in flight (CUTLASS's
-  sm_80 choice for 64-byte reduction steps); generic variants 128 x 64, 2 stages. The pipeline buffers are
+  sm_80 choice for 64-byte reduction steps; 2 on sm_70 / sm_75); generic variants 128 x 64, 2 stages. The pipeline buffers are
   dynamic shared memory (``smem_bytes``: up to 76 KB a block, so two blocks share an SM), past the 48 KB a
   kernel gets without asking: the CUDA backend raises the kernel's limit to the launch's ``shared_mem``.
 """
@@ -120,11 +120,13 @@ def _steps(dtype) -> tuple:
     return TC_BYTES_K // size, 16 // size
 
 
-def _tile(columns: int, fast: bool) -> tuple:
-    """(BM, BN, STAGES) of a kernel variant."""
+def _tile(columns: int, fast: bool, arch) -> tuple:
+    """(BM, BN, STAGES) of a kernel variant. Before sm_80 (the FP16 wmma path) 2 stages: there is no cp.async
+    hardware to keep more in flight (the copies are synchronous), and an sm_75 block has at most 64 KB of
+    shared memory, less than 4 stages of a 128 x 128 tile."""
     if not fast:
         return 128, 64, 2
-    return (128, 128 if columns > 64 else 64, 4)
+    return (128, 128 if columns > 64 else 64, 4 if arch is None or arch >= MMA_SYNC_ARCH else 2)
 
 
 def smem_bytes(kernel: str, dtype, bm: int, bn: int, stages: int) -> int:
@@ -160,7 +162,7 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
         return None
     bk, vec = _steps(dtype)
     fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
-    tile = _tile(cfg.mg, fast)
+    tile = _tile(cfg.mg, fast, arch)
     grid = (cdiv(cfg.n * cfg.oh * cfg.ow, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
     return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid,
                     (*dims(cfg), np.int32(has_bias), _act(activation)))]
@@ -176,7 +178,7 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
         return None
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
-    tile = _tile(cfg.cg, fast)
+    tile = _tile(cfg.cg, fast, arch)
     # the SIMT dx path's flag kernel, instantiated in this file too (bfloat16 has no entry in conv_backward.cu's)
     out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
                   (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
@@ -209,7 +211,7 @@ def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
         workspace_bytes = min(_plans.WORKSPACE_BYTES, get_workspace_limit())
     bk, vec = _steps(dtype)
     fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
-    tile = _tile(cfg.mg, fast)
+    tile = _tile(cfg.mg, fast, arch)
     bm, bn = tile[:2]
     k = cfg.kh * cfg.kw * cfg.cg
     e = k * cfg.m
