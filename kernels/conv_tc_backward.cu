@@ -25,6 +25,7 @@
 // gpuconv-name-expressions: gpuconv_nonfinite_flag<float>, gpuconv_nonfinite_flag<__half>, gpuconv_nonfinite_flag<__nv_bfloat16>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 128, 4, true>, gpuconv_tc_bwd_input<__half, 128, 128, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 4, true>, gpuconv_tc_bwd_input<__half, 128, 64, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 256, 64, 3, true>, gpuconv_tc_bwd_input<__half, 256, 64, 3, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 256, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 2, false>, gpuconv_tc_bwd_input<__half, 128, 64, 2, false>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 2, false>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 4, true>

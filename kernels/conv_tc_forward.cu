@@ -13,6 +13,7 @@
 // window covers it, as the SIMT kernels and the NumPy backend do).
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 128, 4, true>, gpuconv_tc_fwd<__half, 128, 128, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 4, true>, gpuconv_tc_fwd<__half, 128, 64, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_fwd<float, 256, 64, 3, true>, gpuconv_tc_fwd<__half, 256, 64, 3, true>, gpuconv_tc_fwd<__nv_bfloat16, 256, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<__half, 128, 128, 2, true>, gpuconv_tc_fwd<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 2, false>, gpuconv_tc_fwd<__half, 128, 64, 2, false>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 2, false>
 #include "gpuconv_tc.cuh"

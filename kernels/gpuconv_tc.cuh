@@ -105,8 +105,9 @@ struct gpuconv_tc_tile {
     static constexpr int SKEW_A = WORDS_A ? 2 * VEC : VEC, SKEW_B = WORDS_B ? 2 * VEC : VEC;
     static constexpr int FK = gpuconv_tc<T>::FK;
     static constexpr int THREADS = GPUCONV_TC_THREADS, WARPS = THREADS / 32;
-    static constexpr int WM = 2, WN = 2;                     // warps along the rows and the columns
-    static constexpr int WTM = BM / WM, WTN = BN / WN;       // a warp tile
+    static constexpr int WTN = BN < 64 ? BN : 64;           // columns of a warp tile
+    static constexpr int WN = BN / WTN, WM = WARPS / WN;     // warps along the columns and the rows
+    static constexpr int WTM = BM / WM;                      // rows of a warp tile
     static constexpr int FM = WTM / 16, FN = WTN / 16;       // 16 x 16 pieces of a warp tile
     static constexpr int LDA = A_ROW ? BK + SKEW_A : BM + SKEW_A;
     static constexpr int LDB = B_ROW ? BN + SKEW_B : BK + SKEW_B;

@@ -137,6 +137,11 @@ def test_cases_cover_every_variant():
             seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
         if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
             seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
+        if case in TALL_CASES:  # test_tall_tiles_against_float64
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(cuda_tc, "TALL_ROWS", 0)
+                for _, dt, precision in MODES:
+                    seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
     registered = set()
     for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
         registered |= {e for e in registered_name_expressions(kernel_source(f)) if e.startswith("gpuconv_tc_")}
@@ -198,6 +203,20 @@ def test_wmma_path_against_float64(wmma_be, case, mode):
 def test_sm75_fp16_path_against_float64(sm75_be, case):
     """What an sm_70 / sm_75 GPU runs: FP16 on wmma with the 2-stage plans (no cp.async hardware there)."""
     _check_against_float64(sm75_be, case, MODES[1], arch=75)
+
+
+TALL_CASES = [CASES[0], CASES[2], CASES[5]]  # forward and dx with at most 64 columns: stride, groups, phases
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("case", TALL_CASES, ids=[c[0] for c in TALL_CASES])
+def test_tall_tiles_against_float64(be, case, mode, monkeypatch):
+    """The 256 x 64 tiles of tall forward and dx GEMMs (cuda_tc.TALL_ROWS rows, lowered to reach them here)."""
+    monkeypatch.setattr(cuda_tc, "TALL_ROWS", 0)
+    cfg = make_config("test", case[1], case[2], **case[3])
+    assert any(v is not None and "256, 64" in v for v in _routes(cfg, mode[1], mode[2]).values()) or \
+        all(v is None for v in _routes(cfg, mode[1], mode[2]).values())
+    _check_against_float64(be, case, mode)
 
 
 def _check_against_float64(be, case, mode, arch=None):

@@ -15,8 +15,9 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
 - The fast (``vec``) variants copy 16-byte runs with cp.async: they need whole 16-byte runs of channels (see
   each plan) and 16-byte aligned arrays; other shapes (the C = 3 stem, odd channel counts) take the generic
   variant, which loads element by element into the same tiles.
-- Tiles 128 x 128 for more than 64 columns, else 128 x 64, with 4 stages of cp.async copies in flight (CUTLASS's
-  sm_80 choice for 64-byte reduction steps; 2 on sm_70 / sm_75); generic variants 128 x 64, 2 stages. The pipeline buffers are
+- Tiles 128 x 128 for more than 64 columns, else 128 x 64 (256 x 64 for tall forward and dx GEMMs:
+  TALL_ROWS), with 4 stages of cp.async copies in flight (CUTLASS's sm_80 choice for 64-byte reduction steps;
+  3 for 256 x 64, 2 on sm_70 / sm_75); generic variants 128 x 64, 2 stages. The pipeline buffers are
   dynamic shared memory (``smem_bytes``: up to 76 KB a block, so two blocks share an SM), past the 48 KB a
   kernel gets without asking: the CUDA backend raises the kernel's limit to the launch's ``shared_mem``.
 """
@@ -120,13 +121,25 @@ def _steps(dtype) -> tuple:
     return TC_BYTES_K // size, 16 // size
 
 
-def _tile(columns: int, fast: bool, arch) -> tuple:
-    """(BM, BN, STAGES) of a kernel variant. Before sm_80 (the FP16 wmma path) 2 stages: there is no cp.async
-    hardware to keep more in flight (the copies are synchronous), and an sm_75 block has at most 64 KB of
-    shared memory, less than 4 stages of a 128 x 128 tile."""
+# Forward and dx launches with at most 64 columns and at least TALL_ROWS rows take 256 x 64 tiles (4 warps of
+# 64 x 64): per product they load 28% fewer shared bytes than 128 x 64 tiles (warp tiles of 32 x 64), which leaves
+# those layers bound by shared memory (docs/performance.md); from 132 x 256 rows every SM of an H100 still gets a
+# block. dw keeps 128 rows: its rows are the filter's taps x channels (576 for a 3x3 layer of 64 channels).
+TALL_ROWS = 132 * 256
+
+
+def _tile(columns: int, fast: bool, arch, rows: Optional[int] = None) -> tuple:
+    """(BM, BN, STAGES) of a kernel variant for a GEMM of ``rows`` x ``columns`` (rows None: no tall tiles, dw). Before sm_80 (the FP16 wmma
+    path) 2 stages: there is no cp.async hardware to keep more in flight (the copies are synchronous), and an
+    sm_75 block has at most 64 KB of shared memory, less than 4 stages of a 128 x 128 tile. 256 x 64 tiles take 3
+    stages (75 KB: two blocks an SM on sm_80 too)."""
     if not fast:
         return 128, 64, 2
-    return (128, 128 if columns > 64 else 64, 4 if arch is None or arch >= MMA_SYNC_ARCH else 2)
+    if arch is not None and arch < MMA_SYNC_ARCH:
+        return 128, 128 if columns > 64 else 64, 2
+    if columns <= 64 and rows is not None and rows >= TALL_ROWS:
+        return 256, 64, 3
+    return 128, 128 if columns > 64 else 64, 4
 
 
 def smem_bytes(kernel: str, dtype, bm: int, bn: int, stages: int) -> int:
@@ -162,7 +175,7 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
         return None
     bk, vec = _steps(dtype)
     fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
-    tile = _tile(cfg.mg, fast, arch)
+    tile = _tile(cfg.mg, fast, arch, cfg.n * cfg.oh * cfg.ow)
     grid = (cdiv(cfg.n * cfg.oh * cfg.ow, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
     return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid,
                     (*dims(cfg), np.int32(has_bias), _act(activation)))]
@@ -178,12 +191,13 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
         return None
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
-    tile = _tile(cfg.cg, fast, arch)
+    phases = stride_phases(cfg)
+    tile = _tile(cfg.cg, fast, arch, max((cfg.n * p[1] * p[4] for p in phases), default=0))
     # the SIMT dx path's flag kernel, instantiated in this file too (bfloat16 has no entry in conv_backward.cu's)
     out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
                   (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
                   (np.int64(w_size),))]
-    for phase in stride_phases(cfg):
+    for phase in phases:
         grid = (cdiv(cfg.n * phase[1] * phase[4], tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
         out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid,
                            (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation))))
