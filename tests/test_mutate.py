@@ -17,10 +17,12 @@ _spec.loader.exec_module(mutate)
 def test_the_list_is_well_formed():
     ids = [m.id for m in mutate.MUTANTS]
     assert len(ids) == len(set(ids))
-    assert {m.kind for m in mutate.MUTANTS} == {"kernels", "numpy"}
+    assert {m.kind for m in mutate.MUTANTS} == {"kernels", "tc", "numpy"}
     for m in mutate.MUTANTS:
         assert m.old != m.new and (ROOT / m.path).is_file(), m.id
-        assert m.path.startswith(("kernels/", "gpuconv/backends/numpy.py", "gpuconv/_registry.py")), m.id
+        assert m.path.startswith(("kernels/", "gpuconv/backends/numpy.py", "gpuconv/_registry.py")) or \
+            m.path in mutate.TC_PATHS, m.id
+        assert mutate.applies(m, ROOT), f"{m.id} no longer applies: update the list (and its version)"
 
 
 def test_mutate_text_replaces_exactly_one_place():
