@@ -7,11 +7,11 @@
 //     products for float storage (operands rounded with cvt.rna.tf32.f32, wmma::__float_to_tf32), FP16 for
 //     __half, BF16 for __nv_bfloat16; float accumulators in every case, rounded once to the storage type on the
 //     store.
-//   - Block tile BM x BN (128 x 128 or 128 x 64), 128 threads = 4 warps, 2 x 2 over the tile: warp tiles of
-//     64 x 64 (128 accumulators per thread) or 64 x 32. Large warp tiles read each shared byte for more
-//     products: per reduction step the warps of a 128 x 128 tile load 32 KB of operands, where 8 warps of 64 x 32
-//     would load 48 KB, which would leave the ldmatrix path bound by shared-memory bandwidth rather than by the
-//     tensor cores (docs/performance.md).
+//   - Block tile BM x BN, 128 threads = 4 warps: 128 x 128 as 2 x 2 warp tiles of 64 x 64 (128 accumulators per
+//     thread), 128 x 64 as 4 x 1 of 32 x 64, 256 x 64 as 4 x 1 of 64 x 64 (warp tiles at most 64 columns wide).
+//     Large warp tiles read each shared byte for more products: per reduction step the warps of a 128 x 128
+//     tile load 32 KB of operands, where 8 warps of 64 x 32 would load 48 KB, which would leave the ldmatrix
+//     path bound by shared-memory bandwidth rather than by the tensor cores (docs/performance.md).
 //   - Reduction steps of BK elements (64 bytes of a row: 16 floats or 32 halves); STAGES shared buffers. On the
 //     fast path the loaders issue 16-byte cp.async copies (__pipeline_memcpy_async) of whole 16-byte runs of
 //     channels (needs the channel counts and pointers 16-byte aligned, see gpuconv/backends/cuda.py), and the

@@ -49,7 +49,8 @@ struct gpuconv_tc_acc {
     }
 };
 
-// A shared float as a TF32 operand register: rounded with cvt.rna.tf32.f32 (3 instructions) as it is loaded.
+// A shared float as a TF32 operand register: rounded with cvt.rna.tf32.f32 as it is loaded (2 instructions:
+// ptxas drops the final mask of the low 13 bits, which the tensor core ignores).
 // Rounding in registers costs issue slots; rounding each stage in shared memory instead would cost a read and a
 // write of the whole stage, and shared-memory bandwidth is what binds this path (docs/performance.md).
 __device__ __forceinline__ unsigned gpuconv_tc_bits(const float* p) {
