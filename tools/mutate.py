@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 4
+MUTANTS_VERSION = 5
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -86,7 +86,7 @@ KERNEL_JOBS = ("plain", "reverse", "asan")
 # file's inline PTX, so no CPU job can see a change there; that header's mutants stand in for it.
 TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh",
             "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
-            "gpuconv/cuda/emulator/include/gpuconv_ptx.h")
+            "gpuconv/cuda/emulator/include/gpuconv_ptx.h", "gpuconv/cuda/emulator/gpuconv_emu.h")
 
 
 class Mutant(NamedTuple):
@@ -336,7 +336,8 @@ MUTANTS = [
       "emulator C / D layout: d[1] at row g + 8 (for d[2])"),
     M("e-ptx-02", PTXH, "return {c.row + 8 * (reg & 1), c.col + 8 * (reg >> 1)};",
       "return {c.row + 8 * (reg >> 1), c.col + 8 * (reg & 1)};", "emulator m16n8k16 A layout: a[1] and a[2] swapped"),
-    M("e-ptx-03", PTXH, "if ((bits & 0x1FFFu) != 0 && !nan)", "if ((bits & 0x0FFFu) != 0 && !nan)",
+    M("e-ptx-03", "gpuconv/cuda/emulator/gpuconv_emu.h", "return (bits & 0x1FFFu) == 0 || nan;",
+      "return (bits & 0x0FFFu) == 0 || nan;",
       "emulator TF32 operand check: the 13th low mantissa bit not checked"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",

@@ -105,6 +105,20 @@ GPUCONV_EMU_HIDDEN void pipeline_wait_prior(size_t prior, unsigned line);
 // Whether bytes [p, p + n) lie in shared memory: a static __shared__ variable or the dynamic shared memory.
 GPUCONV_EMU_HIDDEN bool in_shared(const void* p, size_t n);
 
+// The caller's line, as a type no argument converts to by accident: the defaulted last argument of the
+// warp-collective headers' functions (mma.h, gpuconv_ptx.h).
+struct Line {
+    unsigned v;
+    explicit Line(unsigned line) : v(line) {}
+};
+
+// Whether a float's bits are a TF32 value, as cvt.rna.tf32.f32 leaves it: its low 13 mantissa bits zero, or a
+// NaN (whose payload the conversion keeps). A tensor-core operand that is not one was never rounded.
+inline bool is_tf32_value(unsigned bits) {
+    bool nan = (bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0;
+    return (bits & 0x1FFFu) == 0 || nan;
+}
+
 // fail() with a printf-style message (the warp-collective headers' checks).
 [[noreturn]] inline void failf(unsigned line, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 inline void failf(unsigned line, const char* fmt, ...) {

@@ -14,11 +14,7 @@
 namespace gpuconv_emu {
 namespace ptx {
 
-// The caller's line, as a type no argument converts to by accident.
-struct Line {
-    unsigned v;
-    explicit Line(unsigned line) : v(line) {}
-};
+using ::gpuconv_emu::Line;
 
 // The ISA's fragment layouts: which (row, col) of the warp's matrix element `half` (0: the low 16 bits, 1: the
 // high; 0 for a 32-bit element) of register `reg` of lane `lane` holds. g = groupID, q = threadID_in_group.
@@ -108,8 +104,7 @@ inline float f16_value(unsigned short bits) { return float(__builtin_bit_cast(_F
 inline float bf16_value(unsigned short bits) { return __builtin_bit_cast(float, unsigned(bits) << 16); }
 
 inline float tf32_value(unsigned bits, const char* which, int reg, int l, unsigned line) {
-    bool nan = (bits & 0x7F800000u) == 0x7F800000u && (bits & 0x007FFFFFu) != 0;
-    if ((bits & 0x1FFFu) != 0 && !nan)
+    if (!is_tf32_value(bits))
         failf(line, "%s: %s[%d] of lane %d is %.9g (bits 0x%08x), not a TF32 value (low 13 mantissa bits set; the "
                     "hardware ignores them): round it with cvt.rna.tf32.f32 (wmma::__float_to_tf32) first",
               kOpNames[MMA_TF32], which, reg, l, double(__builtin_bit_cast(float, bits)), bits);

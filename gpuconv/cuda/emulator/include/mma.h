@@ -95,11 +95,7 @@ namespace gpuconv_emu {
 namespace wmma_detail {
 using namespace ::nvcuda::wmma;
 
-// The caller's line, as a type no argument converts to by accident.
-struct Line {
-    unsigned v;
-    explicit Line(unsigned line) : v(line) {}
-};
+using ::gpuconv_emu::Line;
 
 template <class Use, int M, int N, int K>
 struct Dims;
@@ -192,8 +188,7 @@ inline void check_tf32(const void* const* frags, const char* which, unsigned lin
         const Frag& f = *static_cast<const Frag*>(frags[l]);
         for (int i = 0; i < Frag::num_elements; ++i) {
             unsigned u = __builtin_bit_cast(unsigned, f.x[i]);
-            bool nan = (u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0;
-            if ((u & 0x1FFFu) != 0 && !nan)
+            if (!is_tf32_value(u))
                 failf(line, "wmma::mma_sync: element x[%d] of lane %d's tf32 %s fragment is %.9g (bits 0x%08x), not "
                             "a TF32 value (low 13 mantissa bits set): convert every element with "
                             "wmma::__float_to_tf32 before mma_sync", i, l, which, double(f.x[i]), u);
