@@ -50,7 +50,7 @@
 #define GPUCONV_TC_SM70 0
 #endif
 
-#define GPUCONV_TC_THREADS 128  // 4 warps, 2 x 2 over the block tile
+#define GPUCONV_TC_THREADS 128  // 4 warps a block (gpuconv_tc_tile places them over the tile)
 #define GPUCONV_TC_BYTES_K 64   // bytes of one reduction step of a tile row (BK = 64 / sizeof(T))
 #define GPUCONV_TC_SCRATCH 20   // row stride (floats) of a warp's 16 x 16 epilogue scratch
 

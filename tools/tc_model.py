@@ -45,12 +45,18 @@ SIMT_FP16_DX_TFLOPS = 1.55          # the SIMT direct dx kernel, measured on the
 # strict FP32 (the SIMT kernels): the rates measured on an H100 for the resnet layer, forward and dx + dw
 # (docs/gpu-results/2026-11-26-h100-final.txt); a row at that rate, not a model
 SIMT_FP32_TFLOPS = {"fwd": 19.0, "bwd": 12.3}
+FP32_PEAK_TFLOPS = 67.0             # H100 SXM, CUDA cores
 HMMA_FMA = {"HMMA.16816": 2048, "HMMA.1688": 1024, "HMMA.1684": 512}
 SMEM_LOAD_BYTES = {"LDSM.16.M88.4": 512, "LDSM.16.MT88.4": 512, "LDS": 128, "LDS.64": 256, "LDS.128": 512,
                    "LDS.U16": 64}
 MODES = {"tf32": (np.dtype(np.float32), "tf32"), "fp16": (np.dtype(np.float16), "highest"),
          "bf16": (cuda_tc.BFLOAT16, "highest")}
 DEFAULT_SHAPES = [n for n in bd.SHAPE_NAMES if n.startswith("rn50-")]
+
+
+def dense_tflops(mode: str) -> float:
+    """The dense tensor-core peak of the model's GPU (989 FP16/BF16, 495 TF32 TFLOP/s: an H100 SXM)."""
+    return 2 * DENSE_FMA_PER_CLOCK[mode] * SMS * CLOCK_GHZ / 1e3
 
 
 def _loop(expr: str, file: str) -> dict:
@@ -137,7 +143,7 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
 
 
 def table(shapes, detail: bool = False) -> str:
-    peak = {"tf32": 495.0, "fp16": 989.0, "bf16": 989.0}
+    peak = {m: dense_tflops(m) for m in MODES}
     out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | "
             "fwd TFLOP/s (% peak) | bound fwd / dx / dw | tiles fwd / dx / dw |"),
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
@@ -148,7 +154,7 @@ def table(shapes, detail: bool = False) -> str:
         f, b = (gflop / SIMT_FP32_TFLOPS[k] * 1e3 for k in ("fwd", "bwd"))
         rate = SIMT_FP32_TFLOPS["fwd"]
         out.append(f"| {name} | {gflop:.1f} | fp32 | {f:.0f} | {b / 2:.0f} | {b / 2:.0f} | (fused) | "
-                   f"{f + b:.0f} | {rate:.0f} ({100 * rate / 67:.0f}%) | measured rate | SIMT |")
+                   f"{f + b:.0f} | {rate:.0f} ({100 * rate / FP32_PEAK_TFLOPS:.0f}%) | measured rate | SIMT |")
         for mode in MODES:
             if MODES[mode][0] is None:
                 continue

@@ -35,7 +35,7 @@ from ._plans import Launch, cdiv, dims, stride_phases
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
 BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates four of its kernels
-TC_THREADS = 128  # 4 warps, 2 x 2 over the block tile (GPUCONV_TC_THREADS)
+TC_THREADS = 128  # 4 warps a block (GPUCONV_TC_THREADS)
 TC_BYTES_K = 64  # bytes of one reduction step of a tile row (GPUCONV_TC_BYTES_K in kernels/gpuconv_tc.cuh)
 TC_SCRATCH = 20  # row stride (floats) of a warp's 16 x 16 epilogue scratch on the wmma path (GPUCONV_TC_SCRATCH)
 # How each kernel stores its tiles (gpuconv_tc_tile's A_ROW, B_ROW): True = the reduction index (A) or the
@@ -129,10 +129,10 @@ TALL_ROWS = 132 * 256
 
 
 def _tile(columns: int, fast: bool, arch, rows: Optional[int] = None) -> tuple:
-    """(BM, BN, STAGES) of a kernel variant for a GEMM of ``rows`` x ``columns`` (rows None: no tall tiles, dw). Before sm_80 (the FP16 wmma
-    path) 2 stages: there is no cp.async hardware to keep more in flight (the copies are synchronous), and an
-    sm_75 block has at most 64 KB of shared memory, less than 4 stages of a 128 x 128 tile. 256 x 64 tiles take 3
-    stages (75 KB: two blocks an SM on sm_80 too)."""
+    """(BM, BN, STAGES) of a kernel variant for a GEMM of ``rows`` x ``columns`` (rows None: no tall tiles, as
+    for dw). Before sm_80 (the FP16 wmma path) 2 stages: there is no cp.async hardware to keep more in flight
+    (the copies are synchronous), and an sm_75 block has at most 64 KB of shared memory, less than 4 stages of
+    a 128 x 128 tile. 256 x 64 tiles take 3 stages (75 KB: two blocks an SM on sm_80 too)."""
     if not fast:
         return 128, 64, 2
     if arch is not None and arch < MMA_SYNC_ARCH:
