@@ -111,6 +111,25 @@ inline float tf32_value(unsigned bits, const char* which, int reg, int l, unsign
     return __builtin_bit_cast(float, bits);
 }
 
+// One lane's operand registers `regs` (a or b) into the matrix M at the cells of their layout: cell16(lane,
+// reg, half) for two 16-bit elements a register, cell32(lane, reg) for one TF32 element.
+template <int COLS, class Cell16, class Cell32>
+inline void gather(int op, int l, const unsigned* regs, int nregs, Cell16 cell16, Cell32 cell32, float (*M)[COLS],
+                   const char* which, unsigned line) {
+    for (int reg = 0; reg < nregs; ++reg) {
+        if (op == MMA_TF32) {
+            Cell c = cell32(l, reg);
+            M[c.row][c.col] = tf32_value(regs[reg], which, reg, l, line);
+            continue;
+        }
+        for (int h = 0; h < 2; ++h) {
+            Cell c = cell16(l, reg, h);
+            unsigned short e = half_of(regs[reg], h);
+            M[c.row][c.col] = op == MMA_F16 ? f16_value(e) : bf16_value(e);
+        }
+    }
+}
+
 // D (16 x 8) = A (16 x K) B (K x 8) + C, the fragments gathered from and scattered to the lanes by the layouts.
 template <int K>
 inline void mma(Call* const* calls, unsigned line) {
@@ -118,30 +137,8 @@ inline void mma(Call* const* calls, unsigned line) {
     const int op = calls[0]->op;
     for (int l = 0; l < 32; ++l) {
         const Call& o = *calls[l];
-        for (int reg = 0; reg < 4; ++reg) {
-            if (op == MMA_TF32) {
-                Cell c = a_tf32_cell(l, reg);
-                A[c.row][c.col] = tf32_value(o.a[reg], "a", reg, l, line);
-            } else {
-                for (int h = 0; h < 2; ++h) {
-                    Cell c = a16_cell(l, reg, h);
-                    unsigned short e = half_of(o.a[reg], h);
-                    A[c.row][c.col] = op == MMA_F16 ? f16_value(e) : bf16_value(e);
-                }
-            }
-        }
-        for (int reg = 0; reg < 2; ++reg) {
-            if (op == MMA_TF32) {
-                Cell c = b_tf32_cell(l, reg);
-                B[c.row][c.col] = tf32_value(o.b[reg], "b", reg, l, line);
-            } else {
-                for (int h = 0; h < 2; ++h) {
-                    Cell c = b16_cell(l, reg, h);
-                    unsigned short e = half_of(o.b[reg], h);
-                    B[c.row][c.col] = op == MMA_F16 ? f16_value(e) : bf16_value(e);
-                }
-            }
-        }
+        gather(op, l, o.a, 4, a16_cell, a_tf32_cell, A, "a", line);
+        gather(op, l, o.b, 2, b16_cell, b_tf32_cell, B, "b", line);
         for (int reg = 0; reg < 4; ++reg) {
             Cell c = cd_cell(l, reg);
             C[c.row][c.col] = o.d[reg];  // all of c before any d is written
