@@ -5,8 +5,8 @@
 //   gpuconv_tc_fwd<T, BM, BN, STAGES, VEC>
 //     T       float (TF32 products, precision="tf32"), __half (FP16) or __nv_bfloat16 (BF16); float accumulators
 //     BM x BN block tile (128 x 128, or 128 x 64 for at most 64 output channels per group), STAGES buffers
-//     VEC     true: 16-byte cp.async copies of x and w runs; needs Cg a multiple of BK (so one reduction step
-//             lies in one tap), Mg a multiple of 16 bytes and 16-byte aligned x, w (the routing checks).
+//     VEC     true: 16-byte cp.async copies of x and w runs; needs Cg and Mg multiples of 16 bytes (so one
+//             copy lies in one tap) and 16-byte aligned x, w (the routing checks).
 //             false: element loads, zeros outside, for any shape (the C = 3 stem, odd channel counts).
 // The A tile (x) is stored row-major (channels fastest, as in NHWC), the B tile (w) row-major (output channels
 // fastest, as in HWIO). Padding enters as zeros that are multiplied (a NaN weight reaches every output whose
@@ -63,30 +63,31 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
         }
         const int bn = (t % NCH) * V;
         const bool b_ok = col0 + bn < Mg;
-        int k1 = 0, k2 = 0, n0 = 0;  // tap and first channel of the step the next issue loads
+        // This thread's A chunk of the step the next issue loads: reduction index kt * BK + akc * V as digits
+        // (k1, k2, n). Cg % V == 0 keeps a chunk inside one tap; a step may span several taps (Cg < BK, e.g.
+        // the stem with its channels padded to one 16-byte run) and run past K (k1 == KH: zeros).
+        gpuconv_walk3 ka;
+        ka.init(akc * V, BK, KW, Cg);
         auto issue = [&](int kt, int s) {
+            const int k1 = ka.i0, k2 = ka.i1, n = ka.i2;
+            ka.advance();  // issue runs for kt = 0, 1, 2, ... in order
 #pragma unroll
             for (int i = 0; i < RA; ++i) {
                 T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, akc * V);
                 const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;
-                if (a_pix[i] >= 0 && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    __pipeline_memcpy_async(dst, xg + (gpuconv_i64)((a_pix[i] + ih) * W + iw) * C + n0 + akc * V, 16);
+                if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                    __pipeline_memcpy_async(dst, xg + (gpuconv_i64)((a_pix[i] + ih) * W + iw) * C + n, 16);
                 else
                     gpuconv_tc_zero16(dst);
             }
 #pragma unroll
             for (int j = 0; j < RB; ++j) {
-                const int kr = t / NCH + (TH / NCH) * j;
+                const int kr = t / NCH + (TH / NCH) * j, kk = kt * BK + kr;
                 T* dst = Tile::b_at(smem, s, kr, bn);
-                if (b_ok)
-                    __pipeline_memcpy_async(dst, wg + (gpuconv_i64)(kt * BK + kr) * M + bn, 16);
+                if (b_ok && kk < K)
+                    __pipeline_memcpy_async(dst, wg + (gpuconv_i64)kk * M + bn, 16);
                 else
                     gpuconv_tc_zero16(dst);
-            }
-            n0 += BK;  // issue runs for kt = 0, 1, 2, ... in order
-            if (n0 == Cg) {
-                n0 = 0;
-                if (++k2 == KW) { k2 = 0; ++k1; }
             }
         };
         gpuconv_tc_mainloop<T, Tile, true, true>(smem, KT, issue, acc, wm0, wn0);

@@ -48,6 +48,9 @@ CASES = [
     ("rows-3-tiles-1x1", (2, 12, 11, 16), (1, 1, 16, 16), {}, "tanh"),
     ("dx-wide-stride2", (1, 6, 7, 80), (3, 3, 80, 32), {"stride": 2, "padding": 1}, "relu"),
     ("depthwise", (1, 6, 6, 4), (3, 3, 1, 4), {"groups": 4, "padding": 1}, "sigmoid"),
+    ("groups-odd-cg", (1, 7, 6, 12), (3, 3, 6, 16), {"groups": 2, "padding": 1}, "relu"),  # not padded
+    ("vec-taps-per-step", (2, 9, 8, 8), (3, 3, 8, 24), {"stride": (1, 2), "dilation": (2, 1), "padding": 2},
+     "relu"),
 ]
 
 

@@ -10,8 +10,9 @@ import itertools
 import numpy as np
 import pytest
 
+from gpuconv import _benchdata as bd
 from gpuconv._config import PRECISIONS, make_config
-from gpuconv.backends import cuda_tc
+from gpuconv.backends import _plans, cuda_tc
 from gpuconv.backends.cuda import CudaBackend
 from gpuconv.cuda.nvrtc import unavailable_reason as nvrtc_reason
 
@@ -116,16 +117,32 @@ def test_forward_variants():
         assert r.template == (128, 128, 2, True) and r.shared_mem <= 64 * 1024
     narrow = _cfg((2, 8, 8, 64), (3, 3, 64, 64), {"padding": 1})
     assert fwd(narrow, np.float32, "tf32", 80).template == (128, 64, 4, True)
-    # unaligned arrays, the C = 3 stem, Cg not a whole reduction step, Mg not whole 16-byte runs: generic
-    assert fwd(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2,
-                                                                                                   False)
+    # unaligned arrays, channels not whole 16-byte runs (the C = 3 stem as it is), Mg likewise: generic
+    assert fwd(narrow, np.float16, "highest", 80, aligned=False).template == (128, 64, 2, False)
     stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
     assert fwd(stem, np.float16, "highest", 80).template[-1] is False
-    cg16 = _cfg((1, 8, 8, 16), (3, 3, 16, 64), {})  # a whole step for float (16), not for half (32)
-    assert fwd(cg16, np.float32, "tf32", 80).template[-1] is True
-    assert fwd(cg16, np.float16, "highest", 80).template[-1] is False
+    cg8 = _cfg((1, 8, 8, 8), (3, 3, 8, 64), {})  # whole 16-byte runs; a reduction step spans 4 taps (half)
+    assert fwd(cg8, np.float32, "tf32", 80).template[-1] is True
+    assert fwd(cg8, np.float16, "highest", 80).template[-1] is True
     odd_m = _cfg((1, 8, 8, 32), (3, 3, 32, 34), {})
     assert fwd(odd_m, np.float16, "highest", 80).template[-1] is False
+
+
+def test_channel_padding():
+    """The C = 3 stem is padded to one 16-byte run a pixel (cp.async variants); not where the padding would
+    more than triple the reduction, nor grouped layers, nor where the SIMT kernels run."""
+    stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
+    assert cuda_tc.padded_channels(stem, np.float16, "highest", 90) == 8
+    assert cuda_tc.padded_channels(stem, np.float32, "tf32", 90) == 4
+    assert cuda_tc.padded_channels(stem, np.float32, "highest", 90) is None  # SIMT
+    padded = cuda_tc.with_channels(stem, 8)
+    assert padded.x_shape == (1, 32, 32, 8) and padded.w_shape == (7, 7, 8, 64) and padded.y_shape == stem.y_shape
+    assert fwd(padded, np.float16, "highest", 90).template[-1] is True
+    assert cuda_tc.routes(stem, np.float16, "highest", 90)["forward"].endswith("true>")
+    gray = _cfg((1, 32, 32, 1), (3, 3, 1, 64), {})
+    assert cuda_tc.padded_channels(gray, np.float32, "tf32", 90) is None  # 1 -> 4: four times the work
+    assert cuda_tc.padded_channels(_cfg((1, 8, 8, 6), (3, 3, 3, 64), {"groups": 2}), np.float32, "tf32", 90) is None
+    assert cuda_tc.padded_channels(_cfg((1, 8, 8, 16), (3, 3, 16, 64), {}), np.float16, "highest", 90) is None
     groups = _cfg((2, 8, 8, 64), (3, 3, 32, 96), {"groups": 2})
     r = fwd(groups, np.float32, "tf32", 90)
     assert r.template == (128, 64, 4, True) and r.grid == (1, 1, 2)
@@ -216,6 +233,28 @@ def test_dw_split_is_a_function_of_the_shape():
     assert a.grid[2] * 576 * 64 * 4 <= 64 * 2**20
     small = dw(cfg, np.float16, "highest", 90, workspace_bytes=576 * 64 * 4 * 3)
     assert small.grid[2] == 3
+
+
+def _rounds_steps(tiles, pixels, n, bk):
+    chunk = -(-(-(-pixels // n)) // bk) * bk
+    splits = -(-pixels // chunk)
+    return -(-tiles * splits // cuda_tc.ROUND_BLOCKS) * (chunk // bk), splits
+
+
+@pytest.mark.parametrize("name,blocks", [("rn50-3x3-56", 260), ("rn50-3x3-28", 261), ("rn50-3x3-14", 252),
+                                         ("rn50-3x3-7", 288), ("rn50-3x3s2", 261)])
+def test_dw_splits_fill_whole_rounds(name, blocks):
+    # One split more than fits would start a further round of blocks for a few (270 blocks of 53 steps where
+    # 261 of 55 take two rounds); where one block per tile is too few (the 7x7 layer's 144 tiles), two splits.
+    s = bd.SHAPES[name]
+    cfg = make_config(name, s.x_shape, s.w_shape, stride=s.stride, padding=s.padding)
+    la = dw(cfg, np.float16, "highest", 90)
+    tiles, splits = la.grid[0] * la.grid[1], la.grid[2]
+    assert tiles * splits == blocks, la.grid
+    pixels = cfg.n * cfg.oh * cfg.ow
+    old = _rounds_steps(tiles, pixels, -(-_plans.TARGET_BLOCKS // tiles), 32)  # the rule before: ceil
+    new = _rounds_steps(tiles, pixels, splits, 32)
+    assert new[0] <= old[0] and (new[0] < old[0] or new[1] <= old[1]), (new, old)
 
 
 class _Recorder:

@@ -21,8 +21,9 @@ Jobs, as CI (.ci/run) runs them, each with -x so that a killed mutant costs one 
   numpy    the NumPy backend's tests (the shared suite -k numpy, tests/test_numpy_backend.py)
 The tensor-core mutants (kind tc: kernels/gpuconv_tc*.cuh, conv_tc_*.cu, gpuconv/backends/cuda_tc.py and the
 emulator's gpuconv_ptx.h) run plain, reverse and asan over TC_SUITE instead (tests/test_tc_kernels.py first, then
-the tensor-core cases of the shared suites and tests/test_emulator_ptx.py, -k "emulator or kernels" as in
-.ci/run).
+the tensor-core cases of the shared suites, the launch plans' tests and tests/test_emulator_ptx.py, with
+-k "emulator or kernels or routing": .ci/run's selection plus tests/test_tc_routing.py, which the plain pytest
+run of CI holds).
 A kernel mutant runs plain, then reverse, then asan, until one fails; a NumPy-backend mutant runs numpy. A
 mutant is killed when a job fails or exceeds --timeout (a hang is a detected bug, as in mutmut and Stryker).
 
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 5
+MUTANTS_VERSION = 6
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -77,7 +78,7 @@ def _emulator_jobs(suite: list, keyword: str) -> dict:
 # tests/test_tc_kernels.py and the static_asserts of tests/test_tc_routing.py).
 JOBS = {
     "kernels": _emulator_jobs(EMULATOR_SUITE, "emulator or test_kernels"),
-    "tc": _emulator_jobs(TC_SUITE, "emulator or kernels"),
+    "tc": _emulator_jobs(TC_SUITE, "emulator or kernels or routing"),
     "numpy": {"numpy": ({}, [*PYTEST, "-k", "numpy or test_numpy_backend", *NUMPY_SUITE])},
 }
 KERNEL_JOBS = ("plain", "reverse", "asan")
@@ -86,7 +87,8 @@ KERNEL_JOBS = ("plain", "reverse", "asan")
 # file's inline PTX, so no CPU job can see a change there; that header's mutants stand in for it.
 TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh",
             "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
-            "gpuconv/cuda/emulator/include/gpuconv_ptx.h", "gpuconv/cuda/emulator/gpuconv_emu.h")
+            "gpuconv/cuda/emulator/include/gpuconv_ptx.h", "gpuconv/cuda/emulator/gpuconv_emu.h",
+            "gpuconv/backends/cuda.py")
 
 
 class Mutant(NamedTuple):
@@ -300,11 +302,13 @@ MUTANTS = [
     M("t-wmma-01", WMMA, "            gpuconv_tc_round(b[j], (const T*)nullptr);\n", "",
       "wmma: the B fragments' TF32 rounding dropped"),
     # ---------------------------------------------------------------- tensor cores: loaders and epilogues
-    M("t-fwd-01", TCF, "if (a_pix[i] >= 0 && (unsigned)ih < (unsigned)H",
-      "if (a_pix[i] >= 0 && (unsigned)ih <= (unsigned)H",
+    M("t-fwd-01", TCF, "if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H",
+      "if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih <= (unsigned)H",
       "bound: padding check of the cp.async forward loader, row < H made <="),
-    M("t-fwd-02", TCF, "if (++k2 == KW) { k2 = 0; ++k1; }", "if (++k2 == KW) { ++k1; }",
-      "tap walk: the tap column not reset at a new tap row"),
+    M("t-fwd-02", TCF, "ka.init(akc * V, BK, KW, Cg);", "ka.init(akc, BK, KW, Cg);",
+      "index: cp.async forward tap walk started at the chunk number (for its first element)"),
+    M("t-fwd-05", TCF, "if (b_ok && kk < K)", "if (b_ok)",
+      "bound: cp.async forward w rows past K (a step that runs past the reduction) copied"),
     M("t-fwd-03", TCF, "kr.init(ak, BK, KW, Cg);", "kr.init(ak, BK, KH, Cg);",
       "index: generic forward tap walk by KH (for KW)"),
     M("t-fwd-04", TCF, "if (has_bias) v += gpuconv_to_acc(bias[g * Mg + col]);",
@@ -326,11 +330,19 @@ MUTANTS = [
     M("t-plan-01", PLAN, "skew_b = 2 * vec if size == 4 and b_row else vec",
       "skew_b = 2 * vec if size == 4 and not b_row else vec",
       "smem_bytes: the TF32 B skew on the wrong layout"),
-    M("t-plan-02", PLAN, "    return cdiv(pixels, chunk), chunk", "    return pixels // chunk, chunk",
+    M("t-plan-02", PLAN, "        splits = cdiv(pixels, chunk)", "        splits = pixels // chunk",
       "dw splits: a short last split dropped"),
-    M("t-plan-03", PLAN, "fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0",
-      "fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0",
-      "VEC condition: forward cp.async path for Cg a multiple of VEC (not BK)"),
+    M("t-plan-03", PLAN, "_, vec = _steps(dtype)\n    fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0",
+      "_, vec = _steps(dtype)\n    fast = aligned and cfg.mg % vec == 0",
+      "VEC condition: forward cp.async path for any Cg (an odd-Cg grouped layer's copies misaligned)"),
+    M("t-plan-04", PLAN, "ns = (cdiv(tiles * splits, ROUND_BLOCKS) * (chunk // bk)",
+      "ns = ((tiles * splits / ROUND_BLOCKS) * (chunk // bk)",
+      "dw splits: a partial round of blocks charged as a fraction of one"),
+    M("t-pad-01", "gpuconv/backends/cuda.py", "self.xp.ascontiguousarray(dw[:, :, :cfg.c])",
+      "self.xp.ascontiguousarray(dw[:, :, -cfg.c:])", "channel padding: dw of the padded channels kept"),
+    M("t-pad-02", PLAN, "    if cfg.groups != 1 or _simt(dtype, precision, arch, cfg.mg):\n        return None\n    _, vec",
+      "    if _simt(dtype, precision, arch, cfg.mg):\n        return None\n    _, vec",
+      "channel padding of a grouped layer (its groups' channels interleave)"),
     # ---------------------------------------------------------------- the emulator's ldmatrix / mma.sync
     M("e-ptx-01", PTXH, "return {c.row + 8 * (reg >> 1), c.col};", "return {c.row + 8 * (reg & 1), c.col};",
       "emulator C / D layout: d[1] at row g + 8 (for d[2])"),

@@ -178,11 +178,25 @@ class CudaBackend:
         check_limits(self.name, cfg, _simt_dtype(x.dtype))
         x, w, b = _contiguous(self.xp, x, w, b)
         y = self.xp.empty(cfg.y_shape, x.dtype)
-        plan = cuda_tc.forward_plan(cfg, x.dtype, precision, self._arch(), activation, b is not None,
-                                    _aligned16(x, w))
+        tc_cfg, xt, wt = self._pad_channels(cfg, x.dtype, precision, x, w)
+        plan = cuda_tc.forward_plan(tc_cfg, x.dtype, precision, self._arch(), activation, b is not None,
+                                    _aligned16(xt, wt))
+        if plan is not None:
+            x, w = xt, wt
         for launch in plan or _plans.forward(cfg, activation, b is not None):
             self._run(launch, x.dtype, x, w, w if b is None else b, y)
         return y
+
+    def _pad_channels(self, cfg, dtype, precision, x, w=None):
+        """(config, x, w) of the tensor-core launches: x and w with zero channels appended where
+        cuda_tc.padded_channels asks for them (the C = 3 stem), else as they are."""
+        c = cuda_tc.padded_channels(cfg, dtype, precision, self._arch())
+        if c is None:
+            return cfg, x, w
+        x = self.xp.pad(x, ((0, 0), (0, 0), (0, 0), (0, c - cfg.c)))
+        if w is not None:
+            w = self.xp.pad(w, ((0, 0), (0, 0), (0, c - cfg.c), (0, 0)))
+        return cuda_tc.with_channels(cfg, c), x, w
 
     # -- backward -----------------------------------------------------------------------------------------
     def activation_backward(self, dy, y, activation):
@@ -265,17 +279,17 @@ class CudaBackend:
         (tensor cores: from dz, the given one or dy * act'(z) computed here)."""
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, x = _contiguous(self.xp, dy, y, x)
-        dw = self.xp.empty(cfg.w_shape, dy.dtype)
-        plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch())
-        if plan is not None:
+        if cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch()) is not None:
             dz = self._dz(dy, y, activation, dz)
-            if not _aligned16(dz, x):
-                plan = cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch(), aligned=False)
-            partial, total = plan
+            tc_cfg, x, _ = self._pad_channels(cfg, dy.dtype, precision, x)
+            partial, total = cuda_tc.backward_weight_plan(tc_cfg, dy.dtype, precision, self._arch(),
+                                                          _aligned16(dz, x))
             ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
+            dw = self.xp.empty(tc_cfg.w_shape, dy.dtype)
             self._run(partial, dy.dtype, dz, x, ws)
             self._run(total, dy.dtype, ws, dw)
-            return dw
+            return dw if tc_cfg is cfg else self.xp.ascontiguousarray(dw[:, :, :cfg.c])
+        dw = self.xp.empty(cfg.w_shape, dy.dtype)
         partial, total = _plans.backward_weight(cfg, dy.dtype, activation)
         ws = self.xp.empty(_plans.partials_shape(total), _registry.dtype(dy.dtype).acc)
         self._run(partial, dy.dtype, dy, dy if y is None else y, x, ws)

@@ -13,8 +13,9 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
   kernels (float32 products of the float16 values, as exact as the tensor cores'): a 64-wide tile would mostly
   multiply padding there.
 - The fast (``vec``) variants copy 16-byte runs with cp.async: they need whole 16-byte runs of channels (see
-  each plan) and 16-byte aligned arrays; other shapes (the C = 3 stem, odd channel counts) take the generic
-  variant, which loads element by element into the same tiles.
+  each plan) and 16-byte aligned arrays; other shapes (odd channel counts, grouped or not) take the generic
+  variant, which loads element by element into the same tiles. The C = 3 stem's forward and dw run on x and w
+  zero-padded to one 16-byte run a pixel (``padded_channels``), on the fast variants.
 - Tiles 128 x 128 for more than 64 columns, else 128 x 64 (256 x 64 for tall forward and dx GEMMs:
   TALL_ROWS), with 4 stages of cp.async copies in flight (CUTLASS's sm_80 choice for 64-byte reduction steps;
   3 for 256 x 64, 2 on sm_70 / sm_75); generic variants 128 x 64, 2 stages. The pipeline buffers are
@@ -23,6 +24,7 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import numpy as np
@@ -157,6 +159,28 @@ def smem_bytes(kernel: str, dtype, bm: int, bn: int, stages: int) -> int:
     return max(stages * (a + b) * size, TC_THREADS // 32 * 16 * TC_SCRATCH * 4)
 
 
+def padded_channels(cfg, dtype, precision: str, arch) -> Optional[int]:
+    """The channel count C' to zero-pad x (and w) to, so that a forward or dw whose channels are no whole
+    16-byte run takes the cp.async variants instead of the element loads (the C = 3 stem: 4 floats or 8 halves
+    a pixel); or None. Ungrouped layers only, only where the padding at most triples the reduction (not C = 1
+    or 2) and the padded x stays within the index limit. The zeros add exact zero products: the sums are those
+    of the unpadded layer, and dw keeps the first C channels of its result."""
+    if cfg.groups != 1 or _simt(dtype, precision, arch, cfg.mg):
+        return None
+    _, vec = _steps(dtype)
+    if cfg.c % vec == 0 or cfg.mg % vec:
+        return None
+    c = cdiv(cfg.c, vec) * vec
+    if c > 3 * cfg.c or cfg.n * cfg.h * cfg.w * c >= _plans.INDEX_LIMIT:
+        return None
+    return c
+
+
+def with_channels(cfg, c: Optional[int]):
+    """cfg with c input channels (padded_channels), or cfg itself for None."""
+    return cfg if c is None else dataclasses.replace(cfg, c=c)
+
+
 def _launch(file, kernel, dtype, tile, fast, grid, scalars) -> Launch:
     """A tensor-core GEMM launch of ``tile`` = (BM, BN, STAGES), with its dynamic shared memory."""
     return Launch(file, kernel, (*tile, fast), grid, (TC_THREADS, 1, 1), scalars,
@@ -169,12 +193,12 @@ def _act(activation: str) -> np.int32:
 
 def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bool,
                  aligned: bool = True) -> Optional[list]:
-    """y = act(conv(x, w) + b) on tensor cores (arrays x, w, b, y), or None. vec: Cg a multiple of BK (one
-    reduction step inside one tap) and Mg of VEC (whole 16-byte runs of w)."""
+    """y = act(conv(x, w) + b) on tensor cores (arrays x, w, b, y), or None. vec: Cg and Mg multiples of VEC
+    (whole 16-byte runs of x and w; a reduction step may span several taps)."""
     if _simt(dtype, precision, arch, cfg.mg):
         return None
-    bk, vec = _steps(dtype)
-    fast = aligned and cfg.cg % bk == 0 and cfg.mg % vec == 0
+    _, vec = _steps(dtype)
+    fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
     tile = _tile(cfg.mg, fast, arch, cfg.n * cfg.oh * cfg.ow)
     grid = (cdiv(cfg.n * cfg.oh * cfg.ow, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
     return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid,
@@ -204,15 +228,30 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     return out
 
 
+# The dw split's cost model (a function of the shape only, never of the device, so that the summation order is
+# the same everywhere): blocks run in rounds of ROUND_BLOCKS (an H100's 132 SMs, each working through its
+# share), a reduction step of a round takes about STEP_NS (a 128 x 128 FP16 step, tools/tc_model.py), and each
+# split adds its float32 partial sums to the traffic (written once, read once by gpuconv_sum_partials).
+ROUND_BLOCKS, STEP_NS, HBM_BYTES_PER_NS = 132, 224, 3350
+
+
 def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: int) -> tuple:
-    """(splits, chunk): the pixels cut into splits of ``chunk`` pixels (a multiple of bk, at least 4 steps)
-    so that about TARGET_BLOCKS blocks run, the float32 partial sums within workspace_bytes. A function of the
-    shape (and the workspace cap) only, so the summation order is the same on every device."""
+    """(splits, chunk): the pixels cut into splits of ``chunk`` pixels (a multiple of bk, at least 4 steps),
+    the float32 partial sums within workspace_bytes. From about TARGET_BLOCKS blocks (two an SM) up to twice
+    that, the split with the least rounds x steps plus partial-sum traffic: 261 blocks of 55 steps rather than
+    270 of 53 (a third round for 6 blocks), 2 splits of the 144 tiles of a 7x7 layer rather than 1."""
     cap = max(1, workspace_bytes // (4 * elements))
-    want = cdiv(_plans.TARGET_BLOCKS, max(1, tiles))
-    n = max(1, min(want, pixels // (4 * bk), cap, _plans.MAX_GRID_YZ))
-    chunk = cdiv(cdiv(pixels, n), bk) * bk
-    return cdiv(pixels, chunk), chunk
+    most = max(1, min(pixels // (4 * bk), cap, _plans.MAX_GRID_YZ))
+    lo = max(1, _plans.TARGET_BLOCKS // max(1, tiles))
+    best = None
+    for n in range(min(lo, most), min(2 * cdiv(_plans.TARGET_BLOCKS, max(1, tiles)), most) + 1):
+        chunk = cdiv(cdiv(pixels, n), bk) * bk
+        splits = cdiv(pixels, chunk)
+        ns = (cdiv(tiles * splits, ROUND_BLOCKS) * (chunk // bk) * STEP_NS
+              + splits * elements * 8 / HBM_BYTES_PER_NS)
+        if best is None or ns < best[0]:
+            best = (ns, splits, chunk)
+    return best[1], best[2]
 
 
 def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
@@ -238,10 +277,11 @@ def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
 
 def routes(cfg, dtype, precision: str, arch, aligned: bool = True) -> dict:
     """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests)."""
+    padded = with_channels(cfg, padded_channels(cfg, dtype, precision, arch))
     plans = {
-        "forward": forward_plan(cfg, dtype, precision, arch, "identity", True, aligned),
+        "forward": forward_plan(padded, dtype, precision, arch, "identity", True, aligned),
         "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned),
-        "backward_weight": backward_weight_plan(cfg, dtype, precision, arch, aligned),
+        "backward_weight": backward_weight_plan(padded, dtype, precision, arch, aligned),
     }
     return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,
                                                           plan[-1 if op == "backward_input" else 0].template)
