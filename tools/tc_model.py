@@ -7,9 +7,10 @@ The model (docs/performance.md says why each term is there; the first GPU run te
 - Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
   1024 (TF32) dense tensor FMAs, of which mma.sync reaches MMA_SYNC_EFFICIENCY (Hopper's full rate needs
   wgmma).
-- One reduction step of a block costs max(issue, shared memory, tensor) clocks: issue = warps x the main
+- One reduction step of a block costs max(issue, shared memory, tensor, L2) clocks: issue = warps x the main
   loop's instructions / 4; shared memory = (warps x the loop's LDSM / LDS bytes + the stage's bytes copied
-  in) / 128; tensor = warps x the loop's HMMA FMAs / rate. Instruction and load counts come from nvdisasm
+  in) / 128; tensor = warps x the loop's HMMA FMAs / rate; L2 = 132 SMs x the stage's bytes / L2_BYTES_PER_CLOCK
+  (all SMs copying their stages from L2 at once). Instruction and load counts come from nvdisasm
   of the NVRTC cubin for sm_90 (gpuconv.cuda.sass), the main loop only.
 - A launch takes ceil(blocks / SMs) x steps x step clocks (each SM works through its share of blocks at full
   throughput; the last, partial round of blocks is what the ceiling charges), plus LAUNCH_US; never less than
@@ -40,6 +41,10 @@ HBM_TBS = 3.35                      # H100 SXM; an H200 has 4.8
 ISSUE_PER_CLOCK, SMEM_BYTES_PER_CLOCK = 4, 128
 DENSE_FMA_PER_CLOCK = {"fp16": 2048, "bf16": 2048, "tf32": 1024}
 MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed; wgmma ~0.9)
+# L2 -> SM bandwidth, bytes a clock for the whole GPU: A100's published 5120 B/clk, assumed unchanged on H100
+# (NVIDIA publishes no H100 figure; 9.4 TB/s at 1.83 GHz). The copies bypass L1 (cp.async.cg), so every stage
+# a block loads comes from L2.
+L2_BYTES_PER_CLOCK = 5120
 LAUNCH_US = 2.0                     # back-to-back launch gap on the GPU
 SIMT_FP16_DX_TFLOPS = 1.55          # the SIMT direct dx kernel, measured on the batch-8 stem (H100)
 # strict FP32 (the SIMT kernels): the rates measured on an H100 for the resnet layer, forward and dx + dw
@@ -77,7 +82,8 @@ def _step_clocks(launch, dtype, mode: str) -> tuple:
     stage_in = (bm + bn) * bk * np.dtype(dtype).itemsize
     bounds = {"issue": warps * instructions / ISSUE_PER_CLOCK,
               "smem": (warps * reads + stage_in) / SMEM_BYTES_PER_CLOCK,
-              "tensor": warps * fma / (DENSE_FMA_PER_CLOCK[mode] * MMA_SYNC_EFFICIENCY)}
+              "tensor": warps * fma / (DENSE_FMA_PER_CLOCK[mode] * MMA_SYNC_EFFICIENCY),
+              "L2": SMS * stage_in / L2_BYTES_PER_CLOCK}  # every SM copying its stage at once
     which = max(bounds, key=bounds.get)
     return bounds[which], which
 
@@ -118,25 +124,32 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
     x = cfg.n * cfg.h * cfg.w * cfg.c
     w = cfg.kh * cfg.kw * cfg.cg * cfg.m
     y = cfg.n * cfg.oh * cfg.ow * cfg.m
+    # the C = 3 stem's forward and dw run on x (and w) padded to whole 16-byte runs: one pass that reads x and
+    # writes the padded copy, and the kernels of the padded layer
+    channels = cuda_tc.padded_channels(cfg, dtype, precision, 90) if op != "dx" else None
+    tc_cfg = cuda_tc.with_channels(cfg, channels)
+    pad = 0.0 if channels is None else LAUNCH_US + _bytes_us(size * (x + x // cfg.c * channels))
     if op == "fwd":
-        plan = cuda_tc.forward_plan(cfg, dtype, precision, 90, "relu", True)
+        plan = cuda_tc.forward_plan(tc_cfg, dtype, precision, 90, "relu", True)
         floor = _bytes_us(size * (x + w + y))
     elif op == "dx":
         plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w)
         floor = _bytes_us(size * (y + w + x))
     else:
-        plan = cuda_tc.backward_weight_plan(cfg, dtype, precision, 90)
+        plan = cuda_tc.backward_weight_plan(tc_cfg, dtype, precision, 90)
         floor = _bytes_us(size * (y + x) + 4 * w)
     if plan is None:  # the SIMT kernels (float16 dx of the 3-channel stem)
         return 2 * cfg.multiplications / (SIMT_FP16_DX_TFLOPS * 1e12) * 1e6, "SIMT", "SIMT direct"
-    total, bounds = 0.0, []
+    total, bounds = pad, []
     for launch in plan:
-        t, which = launch_us(launch, cfg, dtype, mode)
+        t, which = launch_us(launch, tc_cfg, dtype, mode)
         total += t
         if launch.kernel.startswith("gpuconv_tc_"):
             bounds.append(which)
     tc = next(la for la in plan if la.kernel.startswith("gpuconv_tc_"))
     path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[-1] else ' generic'}"
+    if channels is not None:
+        path += f" (C padded to {channels})"
     if floor > total:
         return floor, "memory", path
     return total, "/".join(sorted(set(bounds))), path
@@ -170,7 +183,8 @@ def table(shapes, detail: bool = False) -> str:
     if detail:
         out.append("")
         out.append(f"model: {SMS} SMs at {CLOCK_GHZ} GHz, HBM {HBM_TBS} TB/s, mma.sync at "
-                   f"{MMA_SYNC_EFFICIENCY:.0%} of the dense rate, {LAUNCH_US} us per launch")
+                   f"{MMA_SYNC_EFFICIENCY:.0%} of the dense rate, L2 {L2_BYTES_PER_CLOCK} B/clock, "
+                   f"{LAUNCH_US} us per launch")
     return "\n".join(out)
 
 
