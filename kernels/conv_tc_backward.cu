@@ -7,7 +7,8 @@
 //   kernels, no host sync; the SIMT dx path uses the same kernel)
 //   gpuconv_tc_bwd_input<T, BM, BN, STAGES, VEC>
 //       dx of one stride phase (one launch per phase, as the SIMT kernel): rows = the phase's input pixels,
-//       columns = Cg, reduction = the phase's taps x Mg (ordered tap row, tap column, output channel). A (dz) is
+//       columns = Cg, reduction = the phase's taps x Mg (steps ordered block of BK output channels, tap row, tap
+//       column on the VEC path; tap row, tap column, output channel on the element path). A (dz) is
 //       stored row-major (output channels fastest, as in NHWC), B (w) column-major (output channels fastest, as
 //       in HWIO). VEC: Mg a multiple of BK (one reduction step in one tap), 16-byte aligned dz, w.
 //       NaN rule: a tap that reaches no output pixel reads a zero dz, and 0 * (inf or NaN weight) would put a NaN
@@ -113,7 +114,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                 a_qw[i] = qw0 + rem - hp * Wp;
             }
         }
-        int i1 = 0, i2 = 0, mm0 = 0;  // tap and first output channel of the step the next issue loads
+        int i1 = 0, i2 = 0, mm0 = 0;  // tap and first output channel of the step the next issue loads (taps fastest)
         auto issue = [&](int kt, int s) {
             const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row = qh - di, column = qw - dj
             const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k2s;
@@ -122,7 +123,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                 T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, kc * V);
                 const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
                 if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
-                    __pipeline_memcpy_async(dst, dzg + (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V, 16);
+                    gpuconv_tc_copy16_cached(dst, dzg + (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V);
                 else
                     gpuconv_tc_zero16(dst);
             }
@@ -135,10 +136,12 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
                 else
                     gpuconv_tc_zero16(dst);
             }
-            mm0 += BK;  // issue runs for kt = 0, 1, 2, ... in order
-            if (mm0 == Mg) {
-                mm0 = 0;
-                if (++i2 == T2) { i2 = 0; ++i1; }
+            // issue runs for kt = 0, 1, 2, ... in order. The taps run inside each block of BK output channels:
+            // the next step's dz copies are this step's pixels shifted by one tap, which L1 still holds
+            // (gpuconv_tc_copy16_cached).
+            if (++i2 == T2) {
+                i2 = 0;
+                if (++i1 == T1) { i1 = 0; mm0 += BK; }
             }
         };
         gpuconv_tc_mainloop<T, Tile, true, false>(smem, KT, issue, acc, wm0, wn0);

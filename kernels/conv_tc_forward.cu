@@ -1,6 +1,7 @@
 // Forward pass on tensor cores: y = act(conv(x, w) + bias), the same implicit GEMM as gpuconv_conv_fwd
-// (rows = N*OH*OW output pixels, columns = Mg output channels, reduction = KH*KW*Cg taps ordered (k1, k2, n)
-// like the HWIO weights; blockIdx.z = group), on tensor cores. Design: kernels/gpuconv_tc.cuh.
+// (rows = N*OH*OW output pixels, columns = Mg output channels, reduction = KH*KW*Cg taps (k1, k2, n) like the
+// HWIO weights, its steps in that order or, where Cg is whole steps, taps inside each block of channels;
+// blockIdx.z = group), on tensor cores. Design: kernels/gpuconv_tc.cuh.
 //
 //   gpuconv_tc_fwd<T, BM, BN, STAGES, VEC>
 //     T       float (TF32 products, precision="tf32"), __half (FP16) or __nv_bfloat16 (BF16); float accumulators
@@ -63,26 +64,38 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
         }
         const int bn = (t % NCH) * V;
         const bool b_ok = col0 + bn < Mg;
-        // This thread's A chunk of the step the next issue loads: reduction index kt * BK + akc * V as digits
-        // (k1, k2, n). Cg % V == 0 keeps a chunk inside one tap; a step may span several taps (Cg < BK, e.g.
-        // the stem with its channels padded to one 16-byte run) and run past K (k1 == KH: zeros).
+        // The order of the steps (issue runs for kt = 0, 1, 2, ... in order). Where a step's channels lie in
+        // one tap (Cg a multiple of BK), the taps run inside each block of BK channels, digits (n / BK, k1, k2):
+        // the next step's x copies are this step's pixels shifted by one tap, which L1 still holds
+        // (gpuconv_tc_copy16_cached; CUTLASS's fprop iterators walk the filter the same way). Otherwise the
+        // steps follow the reduction index (k1, k2, n) and each thread walks its own chunk's digits: Cg % V == 0
+        // keeps a chunk inside one tap, but a step may span several taps (Cg < BK, e.g. the stem with its
+        // channels padded to one 16-byte run) and run past K (k1 == KH: zeros).
+        // One walker for either order: digits (n / BK, k1, k2) a step at a time, or (k1, k2, n) BK at a time.
+        const bool taps_inner = Cg % BK == 0;
         gpuconv_walk3 ka;
-        ka.init(akc * V, BK, KW, Cg);
-        auto issue = [&](int kt, int s) {
-            const int k1 = ka.i0, k2 = ka.i1, n = ka.i2;
-            ka.advance();  // issue runs for kt = 0, 1, 2, ... in order
+        if (taps_inner)
+            ka.init(0, 1, KH, KW);
+        else
+            ka.init(akc * V, BK, KW, Cg);
+        auto issue = [&](int, int s) {
+            // this thread's A chunk (k1, k2, n); k0: the reduction index of the step's first element
+            const int k1 = taps_inner ? ka.i1 : ka.i0, k2 = taps_inner ? ka.i2 : ka.i1;
+            const int n = taps_inner ? ka.i0 * BK + akc * V : ka.i2;
+            const int k0 = (k1 * KW + k2) * Cg + n - akc * V;
+            ka.advance();
 #pragma unroll
             for (int i = 0; i < RA; ++i) {
                 T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, akc * V);
                 const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;
                 if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    __pipeline_memcpy_async(dst, xg + (gpuconv_i64)((a_pix[i] + ih) * W + iw) * C + n, 16);
+                    gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((a_pix[i] + ih) * W + iw) * C + n);
                 else
                     gpuconv_tc_zero16(dst);
             }
 #pragma unroll
             for (int j = 0; j < RB; ++j) {
-                const int kr = t / NCH + (TH / NCH) * j, kk = kt * BK + kr;
+                const int kr = t / NCH + (TH / NCH) * j, kk = k0 + kr;
                 T* dst = Tile::b_at(smem, s, kr, bn);
                 if (b_ok && kk < K)
                     __pipeline_memcpy_async(dst, wg + (gpuconv_i64)kk * M + bn, 16);

@@ -14,7 +14,8 @@
 //                 A (16 x 8): a[0] = (g, q), a[1] = (g + 8, q), a[2] = (g, q + 4), a[3] = (g + 8, q + 4);
 //                 B (8 x 8):  b[0] = (q, g), b[1] = (q + 4, g)
 //   C, D (16 x 8, float, both shapes): d[0] = (g, 2q), d[1] = (g, 2q + 1), d[2] = (g + 8, 2q), d[3] = (g + 8, 2q + 1)
-// All are warp-collective (.sync.aligned): every lane of the warp executes the same instruction. TF32 operands
+//   cp.async.ca   a 16-byte copy to shared memory, per thread (not warp-collective), cached in L1 on the way.
+// The others are warp-collective (.sync.aligned): every lane of the warp executes the same instruction. TF32 operands
 // must be TF32 values (wmma::__float_to_tf32, cvt.rna.tf32.f32): the hardware ignores the low 13 bits.
 //
 // Under gpuconv's CPU emulator (GPUCONV_EMULATOR) the same names come from the emulator's gpuconv_ptx.h, which
@@ -70,6 +71,14 @@ __device__ __forceinline__ void gpuconv_mma_m16n8k8_tf32(float (&d)[4], const un
                  "{%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// cp.async.ca.shared.global of 16 bytes: an asynchronous copy that also allocates in L1 (__pipeline_memcpy_async's
+// 16-byte copies are .cg, which bypass it). Committed and waited for like the pipeline primitives' copies
+// (__pipeline_commit, __pipeline_wait_prior: cp.async.commit_group / wait_group). dst 16-byte aligned in shared
+// memory, src 16-byte aligned in global memory.
+__device__ __forceinline__ void gpuconv_cp_async_ca16(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" : : "r"(gpuconv_smem_addr(dst)), "l"(src) : "memory");
 }
 
 #endif  // GPUCONV_EMULATOR

@@ -13,7 +13,8 @@
 //     tile load 32 KB of operands, where 8 warps of 64 x 32 would load 48 KB, which would leave the ldmatrix
 //     path bound by shared-memory bandwidth rather than by the tensor cores (docs/performance.md).
 //   - Reduction steps of BK elements (64 bytes of a row: 16 floats or 32 halves); STAGES shared buffers. On the
-//     fast path the loaders issue 16-byte cp.async copies (__pipeline_memcpy_async) of whole 16-byte runs of
+//     fast path the loaders issue 16-byte cp.async copies (gpuconv_tc_copy16_cached for the activations,
+//     __pipeline_memcpy_async for the rest) of whole 16-byte runs of
 //     channels (needs the channel counts and pointers 16-byte aligned, see gpuconv/backends/cuda.py), and the
 //     tile of step kt + STAGES - 1 is in flight while step kt is multiplied; chunks that fall in padding or
 //     past the tile's edge are written as zeros. The generic path (any channel count, e.g. the C = 3 stem)
@@ -156,6 +157,21 @@ __device__ __forceinline__ void gpuconv_tc_mainloop(T* smem, int KT, Issue& issu
     }
     __pipeline_wait_prior(0);
     __syncthreads();  // the pipeline buffers are free for the epilogue scratch (the wmma path's)
+}
+
+// A 16-byte copy of an activation run (x in the forward, dz in dx) into a stage, allocating in L1 on sm_80 and
+// later (cp.async.ca): a window's taps re-read most of its pixels a few reduction steps later (the next tap
+// along a row shifts them by one pixel), so L1 serves those re-reads instead of L2. CUTLASS's implicit-GEMM
+// convolutions cache their activation copies the same way and stream the filter's (__pipeline_memcpy_async's
+// 16-byte copies are .cg: L2 only), as these kernels do for w and for every copy of dw, whose tiles no other
+// step of the block re-reads. Before sm_80 there is no cp.async: the pipeline primitive copies synchronously.
+template <typename T>
+__device__ __forceinline__ void gpuconv_tc_copy16_cached(T* dst, const T* src) {
+#if GPUCONV_TC_PTX
+    gpuconv_cp_async_ca16(dst, src);
+#else
+    __pipeline_memcpy_async(dst, src, 16);
+#endif
 }
 
 // A 16-byte chunk of zeros into shared memory (a tile chunk in padding or past the tile's edge).

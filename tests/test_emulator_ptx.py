@@ -230,3 +230,26 @@ def test_every_low_mantissa_bit_fails_a_tf32_mma(bit):
     want = np.full((32, 4), 8.0, np.float32)  # D = A @ B over k = 8 of ones, but row g = 2 of lane 9's a[2]:
     want[8:12, :2] += np.float32(2.0**-10)    # 1 + 2^-10 at (2, 5), in d[0], d[1] of lanes 8..11 (g = 2)
     np.testing.assert_array_equal(out.view(np.float32).reshape(32, 4), want)
+
+
+# ---- cp.async.ca: the pipeline primitives' deferred copy and its checks, under its own name -----------------
+def test_cp_async_ca_copies_after_the_wait(any_schedule):
+    x = np.random.default_rng(21).standard_normal(4 * 32).astype(np.float32)
+    out = np.zeros_like(x)
+    kernel("ptx_cp_async_ca")((1,), (32,), (x, out, np.int32(0)))
+    np.testing.assert_array_equal(out, np.roll(x, -4))
+    kernel("ptx_cp_async_ca")((1,), (32,), (x, out, np.int32(1)))  # read before the wait: poison
+    assert (out.view(np.uint32) == 0xFFFFFFFF).all()
+
+
+@pytest.mark.parametrize("mode,message", [
+    (2, r"gpuconv_cp_async_ca16\(dst=.*\) on line {line}: the destination and the source must be aligned"),
+    (3, r"asynchronous copies never waited for \(the first from gpuconv_cp_async_ca16 on line {line}"),
+])
+def test_cp_async_ca_misuse_is_reported(mode, message):
+    from gpuconv.cuda.emulator import EmulatorError
+
+    x = np.ones(4 * 32 + 4, np.float32)
+    line = _line_of("gpuconv_cp_async_ca16(tile + 4 * t")
+    with pytest.raises(EmulatorError, match=rf"kernel 'ptx_cp_async_ca'.*" + message.format(line=line)):
+        kernel("ptx_cp_async_ca")((1,), (32,), (x, np.zeros(4 * 32, np.float32), np.int32(mode)))

@@ -308,6 +308,26 @@ def test_dx_nan_rule(be, mode):
     assert_within(dx[fin], want[fin], bound(dt, 9 * 32, s, want)[fin], "dx finite part")
 
 
+def test_float16_few_channel_dx_on_tensor_cores_and_unaligned_on_simt(be):
+    """float16 dx with few input channels (the stem's) runs on the tensor cores' fast variant only; a dz off a
+    16-byte boundary takes the SIMT direct kernel instead. Both within the bound of the float64 reference."""
+    cfg = make_config("test", (2, 9, 10, 3), (3, 3, 3, 32), stride=2, padding=1)
+    assert cuda_tc.backward_input_plan(cfg, np.float16, "highest", None, 1)[-1].template[-1] is True
+    assert cuda_tc.backward_input_plan(cfg, np.float16, "highest", None, 1, aligned=False) is None
+    rng = np.random.default_rng(11)
+    buf = rng.uniform(-1, 1, int(np.prod(cfg.y_shape)) + 1).astype(np.float16)
+    w = rng.uniform(-1, 1, cfg.w_shape).astype(np.float16)
+    dzr, wr = buf[1:].reshape(cfg.y_shape).astype(np.float64), w.astype(np.float64)
+    opts = dict(stride=2, padding=1)
+    want = ref.backward_input(dzr, wr, cfg.x_shape, **opts)
+    limit = bound(np.dtype(np.float16), 9 * 32, ref.backward_input(np.abs(dzr), np.abs(wr), cfg.x_shape, **opts),
+                  want)
+    dbuf = be.xp.asarray(buf)
+    for dz in (be.xp.ascontiguousarray(dbuf[1:]).reshape(cfg.y_shape), dbuf[1:].reshape(cfg.y_shape)):
+        dx = host(be.backward_input(dz, be.xp.asarray(w), cfg)).astype(np.float64)
+        assert_within(dx, want, limit, "float16 few-channel dx")
+
+
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
 def test_unaligned_arrays_take_the_generic_variant(be, mode):
     """A view that starts off a 16-byte boundary cannot feed 16-byte copies: same results, element loads."""

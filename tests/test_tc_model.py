@@ -11,9 +11,10 @@ from gpuconv.cuda import sass
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 REASON = sass.unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"SASS unavailable: {REASON}")
+needs_sass = pytest.mark.skipif(REASON is not None, reason=f"SASS unavailable: {REASON}")
 
 
+@needs_sass
 def test_predictions_respect_the_floors():
     import tc_model
 
@@ -29,3 +30,27 @@ def test_predictions_respect_the_floors():
         assert flops / peak * 1e6 < us < 20 * flops / peak * 1e6  # above the dense peak, not absurdly far
     table = tc_model.table(["rn50-3x3-28"])
     assert table.count("\n| rn50-3x3-28 |") == len(tc_model.MODES) + 1  # and strict fp32's measured-rate row
+
+
+def test_l1_serves_the_taps_rereads():
+    """The LRU model of the activation copies (no SASS needed): a 1x1 layer re-reads nothing; a 3x3 layer's taps
+    re-read their neighbours' pixels, which a large enough L1 serves (a 3x3 window: about a ninth of the bytes
+    plus the block's halo from L2), and a smaller L1 serves no more than a larger one."""
+    import numpy as np
+    import tc_model
+
+    from gpuconv._config import make_config
+    from gpuconv.backends import cuda_tc
+
+    def fraction(x_shape, w_shape, l1, **kw):
+        cfg = make_config("model", x_shape, w_shape, **kw)
+        launch = cuda_tc.forward_plan(cfg, np.float16, "highest", 90, "identity", False)[0]
+        return tc_model.activation_l2_fraction(launch, cfg, np.float16, l1)
+
+    assert fraction((8, 28, 28, 64), (1, 1, 64, 64), 1 << 20) == 1.0
+    big, small, none = (fraction((8, 28, 28, 128), (3, 3, 128, 128), l1, padding=1) for l1 in (1 << 20, 16 << 10, 128))
+    assert 1 / 9 < big < 0.25 and big <= small <= none and none > 0.9
+    # dw's copies are not cached
+    cfg = make_config("model", (8, 28, 28, 64), (3, 3, 64, 64), padding=1)
+    dw = cuda_tc.backward_weight_plan(cfg, np.float16, "highest", 90)[0]
+    assert tc_model.activation_l2_fraction(dw, cfg, np.float16, 1 << 20) == 1.0

@@ -219,7 +219,11 @@ def test_backward_variants():
     assert dx(odd, np.float16, "highest", 90).template[-1] is False
     assert dw(odd, np.float16, "highest", 90).template[-1] is True
     stem = _cfg((1, 32, 32, 3), (7, 7, 3, 64), {"stride": 2, "padding": 3})
-    assert dx(stem, np.float16, "highest", 90) is None  # SIMT direct dx
+    # few input channels but whole reduction steps along Mg = 64: tensor cores (the SIMT direct kernel's rate is
+    # ~1/14 of the padded tile's); a depthwise layer keeps the direct kernel
+    assert dx(stem, np.float16, "highest", 90).template[-1] is True
+    depthwise = _cfg((1, 16, 16, 32), (3, 3, 1, 32), {"groups": 32, "padding": 1})
+    assert dx(depthwise, np.float16, "highest", 90) is None
     assert dx(stem, np.float32, "tf32", 90).template[-1] is True  # dx steps through Mg = 64
     assert dw(stem, np.float16, "highest", 90).template[-1] is False
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 6
+MUTANTS_VERSION = 7
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -309,6 +309,15 @@ MUTANTS = [
       "index: cp.async forward tap walk started at the chunk number (for its first element)"),
     M("t-fwd-05", TCF, "if (b_ok && kk < K)", "if (b_ok)",
       "bound: cp.async forward w rows past K (a step that runs past the reduction) copied"),
+    M("t-fwd-06", TCF, "const int k0 = (k1 * KW + k2) * Cg + n - akc * V;", "const int k0 = (k1 * KW + k2) * Cg + n;",
+      "index: cp.async forward w rows offset by the thread's own chunk"),
+    M("t-fwd-07", TCF, "const int n = taps_inner ? ka.i0 * BK + akc * V : ka.i2;",
+      "const int n = taps_inner ? akc * V : ka.i2;",
+      "index: taps-inner forward order, x chunks of the first channel block for every block"),
+    M("t-fwd-08", TCF, "const bool taps_inner = Cg % BK == 0;", "const bool taps_inner = Cg % V == 0;",
+      "bound: taps-inner forward order taken where a step spans several taps"),
+    M("t-fwd-09", TCF, "ka.init(0, 1, KH, KW);", "ka.init(0, 1, KW, KH);",
+      "swapped: taps-inner forward walk with the radices KH, KW exchanged"),
     M("t-fwd-03", TCF, "kr.init(ak, BK, KW, Cg);", "kr.init(ak, BK, KH, Cg);",
       "index: generic forward tap walk by KH (for KW)"),
     M("t-fwd-04", TCF, "if (has_bias) v += gpuconv_to_acc(bias[g * Mg + col]);",
@@ -317,6 +326,8 @@ MUTANTS = [
     M("t-bwd-01", TCB, "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row",
       "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2s;  // output row",
       "dx phase: tap column's output shift by the tap step k2s (for k2i)"),
+    M("t-bwd-06", TCB, "if (++i1 == T1) { i1 = 0; mm0 += BK; }", "if (++i1 == T1) { i1 = 0; }",
+      "index: dx taps-inner order never moves to the next block of output channels"),
     M("t-bwd-02", TCB, "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)",
       "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj <= (unsigned)OW)",
       "bound: padding check of the cp.async dx loader, column < OW made <="),

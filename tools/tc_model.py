@@ -9,9 +9,12 @@ The model (docs/performance.md says why each term is there; the first GPU run te
   wgmma).
 - One reduction step of a block costs max(issue, shared memory, tensor, L2) clocks: issue = warps x the main
   loop's instructions / 4; shared memory = (warps x the loop's LDSM / LDS bytes + the stage's bytes copied
-  in) / 128; tensor = warps x the loop's HMMA FMAs / rate; L2 = 132 SMs x the stage's bytes / L2_BYTES_PER_CLOCK
-  (all SMs copying their stages from L2 at once). Instruction and load counts come from nvdisasm
+  in) / 128; tensor = warps x the loop's HMMA FMAs / rate; L2 = 132 SMs x the stage's bytes from L2 /
+  L2_BYTES_PER_CLOCK (all SMs copying their stages at once). Instruction and load counts come from nvdisasm
   of the NVRTC cubin for sm_90 (gpuconv.cuda.sass), the main loop only.
+- The activation copies (x of the forward, dz of dx) are cp.async.ca: L1 serves the pixels that the next taps
+  re-read, and the L2 term counts only what an LRU simulation of one block's copies in its share of L1 misses
+  (activation_l2_fraction; the shares and carve-outs are assumptions, see L1_SMEM_KB).
 - A launch takes ceil(blocks / SMs) x steps x step clocks (each SM works through its share of blocks at full
   throughput; the last, partial round of blocks is what the ceiling charges), plus LAUNCH_US; never less than
   its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gpuconv import _benchdata as bd
 from gpuconv._config import make_config
 from gpuconv.backends import cuda_tc
-from gpuconv.cuda import sass
+from gpuconv.cuda import nvrtc, sass
 
 SMS, CLOCK_GHZ = 132, 1.83          # H100 SXM (the clock its dense peaks are quoted at)
 HBM_TBS = 3.35                      # H100 SXM; an H200 has 4.8
@@ -46,6 +50,14 @@ MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor 
 # a block loads comes from L2.
 L2_BYTES_PER_CLOCK = 5120
 LAUNCH_US = 2.0                     # back-to-back launch gap on the GPU
+# L1 for the activation copies (cp.async.ca, kernels/gpuconv_tc.cuh gpuconv_tc_copy16_cached): an H100 SM has
+# 256 KB of L1 + shared memory, shared memory carved out in these sizes (KB; the driver takes the smallest that
+# holds the blocks an SM runs, each with 1 KB reserved), the rest L1, shared evenly by the SM's blocks; 128-byte
+# lines of 32-byte sectors, least recently used out first (assumed: NVIDIA documents neither the policy nor
+# how blocks share L1).
+L1_SMEM_KB, CARVEOUTS_KB = 256, (0, 8, 16, 32, 64, 100, 132, 164, 196, 228)
+SMEM_RESERVED, REGS_PER_SM, MAX_THREADS_PER_SM = 1024, 65536, 2048
+LINE, SECTOR = 128, 32
 SIMT_FP16_DX_TFLOPS = 1.55          # the SIMT direct dx kernel, measured on the batch-8 stem (H100)
 # strict FP32 (the SIMT kernels): the rates measured on an H100 for the resnet layer, forward and dx + dw
 # (docs/gpu-results/2026-11-26-h100-final.txt); a row at that rate, not a model
@@ -69,7 +81,94 @@ def _loop(expr: str, file: str) -> dict:
     return rows[expr].loop_opcodes
 
 
-def _step_clocks(launch, dtype, mode: str) -> tuple:
+def _registers(expr: str, file: str) -> int:
+    return next(r.registers for r in nvrtc.compile_report(file, "sm_90") if r.kernel == expr)
+
+
+def blocks_per_sm(launch, dtype) -> int:
+    """Blocks of a launch an H100 SM holds at once: by registers (allocated 256 a warp), shared memory and
+    threads."""
+    expr = cuda_tc.name_expression(launch.kernel, dtype, launch.template)
+    warps = launch.block[0] // 32
+    regs = warps * math.ceil(_registers(expr, launch.file) * 32 / 256) * 256
+    smem = launch.shared_mem + SMEM_RESERVED
+    return max(1, min(REGS_PER_SM // regs, CARVEOUTS_KB[-1] * 1024 // smem, MAX_THREADS_PER_SM // launch.block[0]))
+
+
+def l1_bytes_per_block(launch, dtype) -> int:
+    blocks = blocks_per_sm(launch, dtype)
+    need = blocks * (launch.shared_mem + SMEM_RESERVED)
+    carve = next(kb for kb in CARVEOUTS_KB if kb * 1024 >= need)
+    return (L1_SMEM_KB - carve) * 1024 // blocks
+
+
+def _activation_chunks(launch, cfg, dtype):
+    """Per reduction step of the launch's middle row block, the byte offsets of the 16-byte activation chunks
+    its A loader copies (x for the forward, dz for dx; group 0), as the kernels' VEC loaders compute them."""
+    size = np.dtype(dtype).itemsize
+    bm = launch.template[0]
+    bk, vec = cuda_tc.TC_BYTES_K // size, 16 // size
+    rows = (launch.grid[0] // 2) * bm + np.arange(bm)
+    ks = np.arange(0, bk, vec)
+    if launch.kernel == "gpuconv_tc_fwd":
+        rows = rows[rows < cfg.n * cfg.oh * cfg.ow]
+        b, rem = np.divmod(rows, cfg.oh * cfg.ow)
+        oi, oj = np.divmod(rem, cfg.ow)
+        ih0, iw0 = oi * cfg.s1 - cfg.pt, oj * cfg.s2 - cfg.pl
+        taps = cfg.kh * cfg.kw
+        for kt in range(_steps(launch, cfg, dtype)):
+            if cfg.cg % bk == 0:  # taps inside each block of bk channels
+                k1, k2 = divmod(kt % taps, cfg.kw)
+                n = kt // taps * bk + ks
+            else:  # the reduction index's order (k1, k2, n)
+                k1, r = np.divmod(kt * bk + ks, cfg.kw * cfg.cg)
+                k2, n = np.divmod(r, cfg.cg)
+            ih, iw = ih0[:, None] + k1 * cfg.d1, iw0[:, None] + k2 * cfg.d2
+            ok = (k1 < cfg.kh) & (ih >= 0) & (ih < cfg.h) & (iw >= 0) & (iw < cfg.w)
+            at = (((b[:, None] * cfg.h + ih) * cfg.w + iw) * cfg.c + n) * size
+            yield at[np.broadcast_to(ok, at.shape)]
+    else:
+        (_, hp_, qh0, _, wp_, qw0, _, _, t1, k1b, k1i, _, _, t2, k2b, k2i) = (int(v) for v in launch.scalars[16:32])
+        rows = rows[rows < cfg.n * hp_ * wp_]
+        b, rem = np.divmod(rows, hp_ * wp_)
+        hp, wp = np.divmod(rem, wp_)
+        for kt in range(_steps(launch, cfg, dtype)):  # taps inside each block of bk output channels
+            i1, i2 = divmod(kt % (t1 * t2), t2)
+            mm = kt // (t1 * t2) * bk + ks
+            oi = (qh0 + hp)[:, None] - (k1b + i1 * k1i)
+            oj = (qw0 + wp)[:, None] - (k2b + i2 * k2i)
+            ok = (oi >= 0) & (oi < cfg.oh) & (oj >= 0) & (oj < cfg.ow)
+            at = (((b[:, None] * cfg.oh + oi) * cfg.ow + oj) * cfg.m + mm) * size
+            yield at[np.broadcast_to(ok, at.shape)]
+
+
+def activation_l2_fraction(launch, cfg, dtype, l1_bytes=None) -> float:
+    """The share of a launch's activation copy bytes that L1 misses (and L2 serves), 1.0 where the copies are not
+    cached (dw, the generic variants): an LRU simulation of the middle row block's A copies in its share of L1
+    (l1_bytes; default l1_bytes_per_block), a miss fetching the chunk's 32-byte sector."""
+    if launch.kernel == "gpuconv_tc_bwd_weight" or not launch.template[-1]:
+        return 1.0
+    lines = (l1_bytes_per_block(launch, dtype) if l1_bytes is None else l1_bytes) // LINE
+    cache: OrderedDict = OrderedDict()
+    copied = missed = 0
+    for chunks in _activation_chunks(launch, cfg, dtype):
+        copied += 16 * chunks.size
+        for sector in (chunks // SECTOR).tolist():
+            line = sector // (LINE // SECTOR)
+            held = cache.get(line)
+            if held is None:
+                held = cache[line] = set()
+                if len(cache) > lines:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(line)
+            if sector not in held:
+                held.add(sector)
+                missed += SECTOR
+    return min(1.0, missed / copied) if copied else 1.0
+
+
+def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     """(clocks of one reduction step of one block, which bound binds) from the kernel's sm_90 main loop."""
     expr = cuda_tc.name_expression(launch.kernel, dtype, launch.template)
     ops = _loop(expr, launch.file)
@@ -79,11 +178,12 @@ def _step_clocks(launch, dtype, mode: str) -> tuple:
     fma = sum(n * f for op, n in ops.items() for prefix, f in HMMA_FMA.items() if op.startswith(prefix + "."))
     bm, bn, _, _ = launch.template
     bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
-    stage_in = (bm + bn) * bk * np.dtype(dtype).itemsize
+    a_in, b_in = (rows * bk * np.dtype(dtype).itemsize for rows in (bm, bn))
+    from_l2 = a_in * activation_l2_fraction(launch, cfg, dtype) + b_in
     bounds = {"issue": warps * instructions / ISSUE_PER_CLOCK,
-              "smem": (warps * reads + stage_in) / SMEM_BYTES_PER_CLOCK,
+              "smem": (warps * reads + a_in + b_in) / SMEM_BYTES_PER_CLOCK,
               "tensor": warps * fma / (DENSE_FMA_PER_CLOCK[mode] * MMA_SYNC_EFFICIENCY),
-              "L2": SMS * stage_in / L2_BYTES_PER_CLOCK}  # every SM copying its stage at once
+              "L2": SMS * from_l2 / L2_BYTES_PER_CLOCK}  # every SM copying its stage at once
     which = max(bounds, key=bounds.get)
     return bounds[which], which
 
@@ -111,7 +211,7 @@ def launch_us(launch, cfg, dtype, mode: str) -> tuple:
         if launch.kernel == "gpuconv_nonfinite_flag":
             return LAUNCH_US + _bytes_us(size * int(launch.scalars[0])), "memory"
         raise ValueError(f"no model for {launch.kernel}")
-    clocks, which = _step_clocks(launch, dtype, mode)
+    clocks, which = _step_clocks(launch, cfg, dtype, mode)
     blocks = launch.grid[0] * launch.grid[1] * launch.grid[2]
     compute = math.ceil(blocks / SMS) * _steps(launch, cfg, dtype) * clocks / (CLOCK_GHZ * 1e3)
     return LAUNCH_US + compute, which

@@ -253,8 +253,9 @@ class CudaBackend:
         plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, **tc)
         if plan is not None:
             dz = self._dz(dy, y, activation, dz)
-            if not _aligned16(dz, w):
+            if not _aligned16(dz, w):  # the element loads, or (float16 with few channels) the SIMT kernels
                 plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, False, **tc)
+        if plan is not None:
             # The first launch sets flag if w holds inf / NaN; the dx launches then sum only the taps that
             # reach an output pixel (the NaN rule), decided on the device without a host sync.
             flag = self.xp.zeros((1,), np.int32)

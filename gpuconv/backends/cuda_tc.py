@@ -9,9 +9,10 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
 - float16 from sm_70, bfloat16 and TF32 from sm_80 (TENSOR_CORE_ARCH).
 - With "tf32" (and for bfloat16, which has no SIMT convolution kernels) every shape runs on tensor cores, so
   "tf32" always means TF32-rounded operands. float16 with few channels per group (below ``SMALL_CHANNELS``
-  output channels for the forward and dw, input channels for dx; depthwise layers) stays on the SIMT direct
-  kernels (float32 products of the float16 values, as exact as the tensor cores'): a 64-wide tile would mostly
-  multiply padding there.
+  output channels for the forward and dw, input channels for dx unless Mg is whole reduction steps; depthwise
+  layers) stays on the SIMT direct kernels (float32 products of the float16 values, as exact as the tensor
+  cores'): a 64-wide tile would mostly multiply padding there. The stem's dx (3 input channels, Mg = 64)
+  multiplies padding too, but its long reduction runs at tensor-core rates: ~14x the direct kernel's.
 - The fast (``vec``) variants copy 16-byte runs with cp.async: they need whole 16-byte runs of channels (see
   each plan) and 16-byte aligned arrays; other shapes (odd channel counts, grouped or not) take the generic
   variant, which loads element by element into the same tiles. The C = 3 stem's forward and dw run on x and w
@@ -211,10 +212,12 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
     m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw. has_bias / out_activation: the
     epilogue act(dx + b) of a transposed convolution."""
-    if _simt(dtype, precision, arch, cfg.cg):
-        return None
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
+    # float16 with few input channels keeps the SIMT direct kernel only where the reduction is no whole steps:
+    # the stem's dx (3 of a tile's 64 columns do work) still runs ~14x the direct kernel's measured rate
+    if not uses_tensor_cores(dtype, precision, arch) or (_simt(dtype, precision, arch, cfg.cg) and not fast):
+        return None
     phases = stride_phases(cfg)
     tile = _tile(cfg.cg, fast, arch, max((cfg.n * p[1] * p[4] for p in phases), default=0))
     # the SIMT dx path's flag kernel, instantiated in this file too (bfloat16 has no entry in conv_backward.cu's)

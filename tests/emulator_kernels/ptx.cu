@@ -1,6 +1,8 @@
 // The inline-PTX tensor-core instructions of kernels/gpuconv_ptx.cuh under the emulator (its gpuconv_ptx.h), for
 // tests/test_emulator_ptx.py; the same text compiles with NVRTC for sm_80 and sm_90 (tests/test_nvrtc.py).
 // gpuconv-nvrtc-arches: sm_80 sm_90
+#include <cuda_pipeline.h>
+
 #include "../../kernels/gpuconv_ptx.cuh"
 
 // ldmatrix x4 (trans != 0: x4.trans), one warp after another: lane l of warp w passes row rows[32 w + l] of a
@@ -88,4 +90,21 @@ extern "C" __global__ void ptx_misuse(const unsigned* x, unsigned* out, int mode
         for (int i = 0; i < 4; ++i) r[i] = __float_as_uint(d[i]);
     }
     for (int i = 0; i < 4; ++i) out[4 * l + i] = r[i];
+}
+
+// cp.async.ca (gpuconv_cp_async_ca16) with the pipeline primitives' commit and wait: thread t copies x[4 t ..
+// 4 t + 3] into shared memory and writes its neighbour's (t + 1) copy out. mode 0: after the wait and a barrier;
+// 1: before its own wait (poison); 2: from a source off a 16-byte boundary; 3: never waits.
+extern "C" __global__ void ptx_cp_async_ca(const float* x, float* out, int mode) {
+    __shared__ __align__(16) float tile[4 * 64];
+    const int t = threadIdx.x, n = blockDim.x;
+    gpuconv_cp_async_ca16(tile + 4 * t, x + 4 * t + (mode == 2 && t == 3 ? 1 : 0));
+    __pipeline_commit();
+    if (mode == 3) return;
+    if (mode == 1)
+        for (int i = 0; i < 4; ++i) out[4 * t + i] = tile[4 * t + i];
+    __pipeline_wait_prior(0);
+    __syncthreads();
+    if (mode != 1)
+        for (int i = 0; i < 4; ++i) out[4 * t + i] = tile[4 * ((t + 1) % n) + i];
 }

@@ -99,7 +99,8 @@ enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3, WAR
 // Whether this launch uses the permuted wmma fragment layout (GPUCONV_EMULATOR_WMMA_LAYOUT; mma.h).
 GPUCONV_EMU_HIDDEN bool wmma_permuted();
 // cuda_pipeline_primitives.h: asynchronous copies (runtime.cpp).
-GPUCONV_EMU_HIDDEN void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line);
+GPUCONV_EMU_HIDDEN void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line,
+                                      const char* what);
 GPUCONV_EMU_HIDDEN void pipeline_commit();
 GPUCONV_EMU_HIDDEN void pipeline_wait_prior(size_t prior, unsigned line);
 // Whether bytes [p, p + n) lie in shared memory: a static __shared__ variable or the dynamic shared memory.

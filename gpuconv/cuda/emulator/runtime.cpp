@@ -94,6 +94,7 @@ struct PendingCopy {
     void* dst;
     const void* src;
     unsigned size, zfill, group, line;
+    const char* what;  // the copy's name in messages: __pipeline_memcpy_async or gpuconv_cp_async_ca16
 };
 
 struct Fiber {
@@ -737,7 +738,7 @@ bool in_shared(const void* p, size_t n) {
     return inside(p, n, w.tls_lo, w.tls_size) || (dyn && inside(p, n, tl.dyn_smem, dyn));
 }
 
-void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line) {
+void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsigned line, const char* what) {
     Worker& w = *tl.worker;
     Fiber& f = w.fibers[tl.fiber];
     const Launch& L = *w.launch;
@@ -759,8 +760,8 @@ void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsign
         if (!global) bad = "the bytes read are not inside global memory (one kernel argument's array)";
     }
     if (bad) {
-        snprintf(buf, sizeof buf, "__pipeline_memcpy_async(dst=%p, src=%p, size_and_align=%zu, zfill=%zu) on line %u: %s",
-                 dst, src, size, zfill, line, bad);
+        snprintf(buf, sizeof buf, "%s(dst=%p, src=%p, size_and_align=%zu, zfill=%zu) on line %u: %s",
+                 what, dst, src, size, zfill, line, bad);
         fail_here(w, buf);
     }
     if (f.ncopies == f.capcopies) {
@@ -773,7 +774,7 @@ void pipeline_copy(void* dst, const void* src, size_t size, size_t zfill, unsign
         f.copies = grown;
         f.capcopies = cap;
     }
-    f.copies[f.ncopies++] = PendingCopy{dst, src, unsigned(size), unsigned(zfill), f.commits, line};
+    f.copies[f.ncopies++] = PendingCopy{dst, src, unsigned(size), unsigned(zfill), f.commits, line, what};
     memset(dst, 0xFF, size);  // poison until the wait: a read before it gives NaN / -1
 }
 
@@ -828,8 +829,8 @@ extern "C" GPUCONV_NO_ASAN void gpuconv_emu_fiber_main() {
         const PendingCopy& c = w.fibers[me].copies[0];
         snprintf(buf, sizeof buf,
                  "the thread exited with %d asynchronous copies never waited for (the first from "
-                 "__pipeline_memcpy_async on line %u%s): every copy needs a __pipeline_wait_prior that covers it",
-                 w.fibers[me].ncopies, c.line, c.group == w.fibers[me].commits ? ", never committed" : "");
+                 "%s on line %u%s): every copy needs a __pipeline_wait_prior that covers it",
+                 w.fibers[me].ncopies, c.what, c.line, c.group == w.fibers[me].commits ? ", never committed" : "");
         fail_here(w, buf);
     }
     w.fibers[me].state = DONE;

@@ -18,7 +18,7 @@ struct PipelineLine {  // the caller's line, as a type no argument converts to b
 inline void __pipeline_memcpy_async(void* __restrict__ dst_shared, const void* __restrict__ src_global,
                                     size_t size_and_align, size_t zfill = 0,
                                     ::gpuconv_emu::PipelineLine line = ::gpuconv_emu::PipelineLine(__builtin_LINE())) {
-    ::gpuconv_emu::pipeline_copy(dst_shared, src_global, size_and_align, zfill, line.v);
+    ::gpuconv_emu::pipeline_copy(dst_shared, src_global, size_and_align, zfill, line.v, "__pipeline_memcpy_async");
 }
 inline void __pipeline_commit() { ::gpuconv_emu::pipeline_commit(); }
 inline void __pipeline_wait_prior(size_t prior,

@@ -1,7 +1,8 @@
 // gpuconv emulator: the inline-PTX tensor-core instructions of kernels/gpuconv_ptx.cuh, for g++.
 //
-// The same five functions as gpuconv_ptx.cuh: ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16,
-// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32 and mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32,
+// The same six functions as gpuconv_ptx.cuh: ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16,
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32, mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+// and cp.async.ca.shared.global (per thread: the pipeline primitives' copy, at the end of this file),
 // with the PTX ISA's fragment layouts (the cell functions below; tests/test_emulator_ptx.py checks them against
 // the ISA's tables). Each is warp-collective, as mma.h's wmma calls are: every lane publishes its Call, the lowest
 // lane does the warp's work between two warp barriers. What the ISA leaves undefined fails the launch: a lane of
@@ -191,4 +192,10 @@ inline void gpuconv_mma_m16n8k16_bf16(float (&d)[4], const unsigned (&a)[4], con
 inline void gpuconv_mma_m16n8k8_tf32(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2],
                                      ::gpuconv_emu::ptx::Line line = ::gpuconv_emu::ptx::Line(__builtin_LINE())) {
     ::gpuconv_emu::ptx::run_mma<8>(::gpuconv_emu::ptx::MMA_TF32, d, a, b, line.v);
+}
+// cp.async.ca (16 bytes): the pipeline primitives' deferred copy, with their checks (alignment, shared
+// destination, a wait before the read); L1 allocation has no meaning here.
+inline void gpuconv_cp_async_ca16(void* dst, const void* src,
+                                  ::gpuconv_emu::ptx::Line line = ::gpuconv_emu::ptx::Line(__builtin_LINE())) {
+    ::gpuconv_emu::pipeline_copy(dst, src, 16, 0, line.v, "gpuconv_cp_async_ca16");
 }
