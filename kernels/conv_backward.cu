@@ -19,7 +19,8 @@
 //                                 reduction = a fixed slice of the N*OH*OW pixels per blockIdx.z ("split")
 //   gpuconv_conv_bwd_weight_small dw partial sums, a thread per (weight element, pixel phase, split), the 8
 //                                 phases added in order, for few output channels per group (depthwise)
-//   gpuconv_bias_grad             db partial sums per split
+//   gpuconv_bias_grad             db partial sums per split; with store_dz it also stores dz = dy * act'(z),
+//                                 the tensor-core kernels' input, in the same pass over dy and y
 //   gpuconv_sum_partials          out[e] = sum over splits s = 0, 1, ... of ws[s][e], in that order
 //
 // The two dx kernels also serve conv2d_transpose (the same operation): an epilogue then adds a bias and applies
@@ -456,10 +457,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
     const T* __restrict__ dy,  // output gradient, viewed as (P, M), contiguous
     const T* __restrict__ y,   // saved output, same shape; read only when act != identity
     typename gpuconv_acc<T>::type* __restrict__ ws,  // written: partial sums (splits, M)
+    T* __restrict__ dz,        // written when store_dz != 0: dy * act'(z), same shape as dy (else unused)
     int P,                     // rows (N * OH * OW)
     int M,                     // channels
     int chunk,                 // rows per split; split = blockIdx.y
-    int act)                   // GPUCONV_ACT_* of the forward pass
+    int act,                   // GPUCONV_ACT_* of the forward pass
+    int store_dz)              // 1: also store dz (rounded to T, as gpuconv_act_bwd does), 0: only sum it
 {
     // Block (GPUCONV_RED_X, GPUCONV_RED_Y) = (32, 8): threadIdx.x = channel within the block's 32,
     // threadIdx.y = row phase.
@@ -470,7 +473,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
     const int p_end = min(P, p_begin + chunk);
     Acc v = Acc(0);
     if (m < M)
-        for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) v += gpuconv_load_dz(dy, y, (gpuconv_i64)p * M + m, act);
+        for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) {
+            const gpuconv_i64 i = (gpuconv_i64)p * M + m;
+            const Acc d = gpuconv_load_dz(dy, y, i, act);
+            if (store_dz) gpuconv_store(dz + i, d);
+            v += d;  // the unrounded value, as without store_dz: db is the same either way
+        }
     red[threadIdx.y][threadIdx.x] = v;
     __syncthreads();
     if (threadIdx.y == 0 && m < M) {

@@ -308,6 +308,22 @@ def test_dx_nan_rule(be, mode):
     assert_within(dx[fin], want[fin], bound(dt, 9 * 32, s, want)[fin], "dx finite part")
 
 
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+def test_db_pass_stores_dz(be, mode):
+    """With a bias, backward's dz for the tensor-core kernels comes from db's pass over dy and y: the same dz as
+    the elementwise gpuconv_act_bwd and the same db as without it, bit for bit (db sums the unrounded values)."""
+    name, dt, precision = mode
+    rng = np.random.default_rng(8)
+    dy, y = (be.xp.asarray(rng.uniform(lo, 1, (2, 5, 6, 40)).astype(np.float32).astype(dt)) for lo in (-1, 0.01))
+    for act in ("relu", "sigmoid", "tanh"):
+        if act == "relu":  # relu's saved output: zeros (gradient 0) and positives
+            y = be.xp.asarray(np.maximum(host(dy), 0).astype(dt)[::-1].copy())
+        dz = be.xp.empty(dy.shape, dy.dtype)
+        db = be.backward_bias_fused(dy, y, act, dz_out=dz)
+        assert host(dz).tobytes() == host(be.activation_backward(dy, y, act)).tobytes(), act
+        assert host(db).tobytes() == host(be.backward_bias_fused(dy, y, act)).tobytes(), act
+
+
 def test_float16_few_channel_dx_on_tensor_cores_and_unaligned_on_simt(be):
     """float16 dx with few input channels (the stem's) runs on the tensor cores' fast variant only; a dz off a
     16-byte boundary takes the SIMT direct kernel instead. Both within the bound of the float64 reference."""

@@ -257,7 +257,7 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
 
 def table(shapes, detail: bool = False) -> str:
     peak = {m: dense_tflops(m) for m in MODES}
-    out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz us | fwd+bwd us | "
+    out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz + db us | fwd+bwd us | "
             "fwd TFLOP/s (% peak) | bound fwd / dx / dw | tiles fwd / dx / dw |"),
            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for name in shapes:

@@ -273,12 +273,13 @@ def backward_weight(cfg, dtype, activation: str) -> list:
     return [first, _sum_partials(e, n)]
 
 
-def backward_bias(p: int, m: int, activation: str) -> list:
-    """db of a (p, m) view of dy: partial sums per split (arrays dy, y, ws), then the splits added in order."""
+def backward_bias(p: int, m: int, activation: str, store_dz: bool = False) -> list:
+    """db of a (p, m) view of dy: partial sums per split (arrays dy, y, ws, dz), then the splits added in order.
+    store_dz: the first launch also writes dz = dy * act'(z) (for the tensor-core kernels), else dz is unused."""
     code = _act(activation)
     n, chunk = splits(p, RED_X * RED_Y, cdiv(m, RED_X), MAX_GRID_YZ)
     return [Launch(BACKWARD_FILE, "gpuconv_bias_grad", (), (cdiv(m, RED_X), n, 1), (RED_X, RED_Y, 1),
-                   (np.int32(p), np.int32(m), np.int32(chunk), code)),
+                   (np.int32(p), np.int32(m), np.int32(chunk), code, np.int32(store_dz))),
             _sum_partials(m, n)]
 
 

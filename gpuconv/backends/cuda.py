@@ -225,13 +225,18 @@ class CudaBackend:
     def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
-        dz = None  # the tensor-core kernels read dz: computed once here for both when they take dx or dw
+        dz = db = None  # the tensor-core kernels read dz: computed once here for both (with db, in db's pass)
         if (_registry.activation(activation, f"{self.name} backend").uses_output
                 and uses_tensor_cores(dy.dtype, precision, self._arch())):
-            dz = self.activation_backward(dy, y, activation)
+            if has_bias:
+                dz = self.xp.empty(dy.shape, dy.dtype)
+                db = self.backward_bias_fused(dy, y, activation, dz_out=dz)
+            else:
+                dz = self.activation_backward(dy, y, activation)
         dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz)
         dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz)
-        db = self.backward_bias_fused(dy, y, activation) if has_bias else None
+        if has_bias and db is None:
+            db = self.backward_bias_fused(dy, y, activation)
         return dx, dw, db
 
     def _dz(self, dy, y, activation, dz):
@@ -297,8 +302,10 @@ class CudaBackend:
         self._run(total, dy.dtype, ws, dw)
         return dw
 
-    def backward_bias_fused(self, dy, y, activation):
-        """db from dy (and y): column sums of the (P, M) view, split as for dw."""
+    def backward_bias_fused(self, dy, y, activation, dz_out=None):
+        """db from dy (and y): column sums of the (P, M) view, split as for dw. dz_out (an array like dy): the
+        same pass also stores dz = dy * act'(z) there, as activation_backward would (one read of dy and y for
+        both)."""
         m = dy.shape[-1]
         p = dy.size // m
         if p >= INDEX_LIMIT:
@@ -306,8 +313,8 @@ class CudaBackend:
                              "split the batch, or use backend='numpy'")
         dy, y = _contiguous(self.xp, dy, y)
         db = self.xp.empty((m,), dy.dtype)
-        partial, total = _plans.backward_bias(p, m, activation)
+        partial, total = _plans.backward_bias(p, m, activation, store_dz=dz_out is not None)
         ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
-        self._run(partial, dy.dtype, dy, dy if y is None else y, ws)
+        self._run(partial, dy.dtype, dy, dy if y is None else y, ws, dy if dz_out is None else dz_out)
         self._run(total, dy.dtype, ws, db)
         return db
