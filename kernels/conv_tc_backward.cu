@@ -1,7 +1,8 @@
 // Backward pass on tensor cores: dx and the dw partial sums, the same implicit GEMMs as gpuconv_conv_bwd_input
 // and gpuconv_conv_bwd_weight (kernels/conv_backward.cu), on tensor cores. Design: kernels/gpuconv_tc.cuh.
-// They read dz itself: for relu / sigmoid / tanh the backend first runs gpuconv_act_bwd once (dz = dy * act'(z),
-// rounded to the storage type) for both, so the main loops stay pure asynchronous copies and MMAs.
+// They read dz itself: for relu / sigmoid / tanh the backend first computes dz = dy * act'(z), rounded to the
+// storage type, once for both (gpuconv_act_bwd; with a bias, db's gpuconv_bias_grad pass stores it as it sums),
+// so the main loops stay pure asynchronous copies and MMAs.
 //
 //   (gpuconv_nonfinite_flag of conv_backward.cu sets flag = 1 if w holds an inf or NaN: one launch before the dx
 //   kernels, no host sync; the SIMT dx path uses the same kernel)

@@ -210,7 +210,7 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
                         has_bias: bool = False, out_activation: str = "identity") -> Optional[list]:
     """dx from dz on tensor cores, or None: first gpuconv_nonfinite_flag (arrays w, flag: w holds inf / NaN), then
     one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
-    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd), once for dx and dw. has_bias / out_activation: the
+    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw. has_bias / out_activation: the
     epilogue act(dx + b) of a transposed convolution."""
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
