@@ -22,10 +22,12 @@
 //       shape only): rows = KH*KW*Cg taps (k1, k2, n), columns = Mg, reduction = the split's pixels. A (x) is
 //       stored column-major (input channels fastest), B (dz) row-major. gpuconv_sum_partials then adds the splits
 //       in order, so dw is bitwise the same on every run. VEC: Cg and Mg multiples of 16 bytes, aligned arrays.
-// Tiles: 128 x 128 for more than 64 columns, else 128 x 64, 4 stages (2 for the FP16 kernels of sm_70 / sm_75;
-// generic variants: 128 x 64, 2 stages).
+// Tiles (cuda_tc._tile): 128 x 128 (dx also 96 x 128) for more than 64 columns, else 128 x 64 (dx also
+// 256 x 64), 4 stages (3 for 256 x 64, 2 for the FP16 kernels of sm_70 / sm_75; generic variants: 128 x 64, 2
+// stages).
 // gpuconv-name-expressions: gpuconv_nonfinite_flag<float>, gpuconv_nonfinite_flag<__half>, gpuconv_nonfinite_flag<__nv_bfloat16>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 128, 4, true>, gpuconv_tc_bwd_input<__half, 128, 128, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 128, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 96, 128, 4, true>, gpuconv_tc_bwd_input<__half, 96, 128, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 96, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 4, true>, gpuconv_tc_bwd_input<__half, 128, 64, 4, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 256, 64, 3, true>, gpuconv_tc_bwd_input<__half, 256, 64, 3, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 256, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__half, 128, 64, 2, true>
@@ -100,6 +102,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     if constexpr (VEC) {
         constexpr int KCH = BK / V, RA = BM * KCH / TH, RB = BN * KCH / TH;
         static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
+        static_assert(TH % KCH == 0 && RA * TH == BM * KCH && RB * TH == BN * KCH,
+                      "the loaders' chunks cover the tiles exactly once");
         const int kc = t % KCH;  // this thread's 16-byte chunk of a reduction step (A and B alike)
         int a_b[RA], a_qh[RA], a_qw[RA];  // batch (-1: past the end), output row / column of a tap of offset 0
 #pragma unroll
@@ -263,6 +267,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
         constexpr int MCH = BM / V, RA = BK * MCH / TH;
         constexpr int NCH = BN / V, RB = BK * NCH / TH;
         static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
+        static_assert(TH % MCH == 0 && TH % NCH == 0 && RA * TH == BK * MCH && RB * TH == BK * NCH,
+                      "the loaders' chunks cover the tiles exactly once");  // e.g. no BM = 96 (MCH = 12)
         const int am = (t % MCH) * V;
         int k1d1, k2d2, n;
         bool r_ok;

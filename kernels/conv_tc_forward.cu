@@ -5,7 +5,8 @@
 //
 //   gpuconv_tc_fwd<T, BM, BN, STAGES, VEC>
 //     T       float (TF32 products, precision="tf32"), __half (FP16) or __nv_bfloat16 (BF16); float accumulators
-//     BM x BN block tile (128 x 128, or 128 x 64 for at most 64 output channels per group), STAGES buffers
+//     BM x BN block tile (128 x 128 or 96 x 128; 128 x 64 or 256 x 64 for at most 64 output channels per
+//             group: cuda_tc._tile), STAGES buffers
 //     VEC     true: 16-byte cp.async copies of x and w runs; needs Cg and Mg multiples of 16 bytes (so one
 //             copy lies in one tap) and 16-byte aligned x, w (the routing checks).
 //             false: element loads, zeros outside, for any shape (the C = 3 stem, odd channel counts).
@@ -13,6 +14,7 @@
 // fastest, as in HWIO). Padding enters as zeros that are multiplied (a NaN weight reaches every output whose
 // window covers it, as the SIMT kernels and the NumPy backend do).
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 128, 4, true>, gpuconv_tc_fwd<__half, 128, 128, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 128, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_fwd<float, 96, 128, 4, true>, gpuconv_tc_fwd<__half, 96, 128, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 96, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 4, true>, gpuconv_tc_fwd<__half, 128, 64, 4, true>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 256, 64, 3, true>, gpuconv_tc_fwd<__half, 256, 64, 3, true>, gpuconv_tc_fwd<__nv_bfloat16, 256, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<__half, 128, 128, 2, true>, gpuconv_tc_fwd<__half, 128, 64, 2, true>
@@ -47,6 +49,8 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
         constexpr int KCH = BK / V, RA = BM * KCH / TH;
         constexpr int NCH = BN / V, RB = BK * NCH / TH;
         static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
+        static_assert(TH % KCH == 0 && TH % NCH == 0 && RA * TH == BM * KCH && RB * TH == BK * NCH,
+                      "the loaders' chunks cover the tiles exactly once");
         const int akc = t % KCH;
         int a_pix[RA], a_ih[RA], a_iw[RA];  // b * H (-1: row past the end), window's top row, left column
 #pragma unroll

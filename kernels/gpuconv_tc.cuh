@@ -8,7 +8,8 @@
 //     __half, BF16 for __nv_bfloat16; float accumulators in every case, rounded once to the storage type on the
 //     store.
 //   - Block tile BM x BN, 128 threads = 4 warps: 128 x 128 as 2 x 2 warp tiles of 64 x 64 (128 accumulators per
-//     thread), 128 x 64 as 4 x 1 of 32 x 64, 256 x 64 as 4 x 1 of 64 x 64 (warp tiles at most 64 columns wide).
+//     thread), 96 x 128 as 2 x 2 of 48 x 64 (more blocks where 128 x 128 would leave SMs idle in the last
+//     round), 128 x 64 as 4 x 1 of 32 x 64, 256 x 64 as 4 x 1 of 64 x 64 (warp tiles at most 64 columns wide).
 //     Large warp tiles read each shared byte for more products: per reduction step the warps of a 128 x 128
 //     tile load 32 KB of operands, where 8 warps of 64 x 32 would load 48 KB, which would leave the ldmatrix
 //     path bound by shared-memory bandwidth rather than by the tensor cores (docs/performance.md).

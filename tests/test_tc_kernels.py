@@ -8,7 +8,7 @@ sum of the absolute products): float32 accumulation |r^ - r| <= (K + 1) * 2^-23 
 accumulation is looser than round-to-nearest: u = 2^-23 as in tests/test_precision.py), plus the activation's
 Lipschitz factor (sigmoid: 1/4, and 2^-20 for its float32 evaluation), plus one rounding on the store of a 2-byte
 dtype (2^-11 half, 2^-8 bfloat16, relative). The cases cover both kernel variants (16-byte cp.async tiles and
-element loads), both tile shapes, stride, dilation, asymmetric padding, groups, stride phases no tap reaches,
+element loads), every tile shape, stride, dilation, asymmetric padding, groups, stride phases no tap reaches,
 channel counts that do and do not fill a fragment, and every activation. dw and db must be bitwise equal over
 runs and under the reverse schedule (which also permutes the emulator's wmma fragment layout).
 """
@@ -140,11 +140,12 @@ def test_cases_cover_every_variant():
             seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
         if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
             seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
-        if case in TALL_CASES:  # test_tall_tiles_against_float64
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(cuda_tc, "TALL_ROWS", 0)
-                for _, dt, precision in MODES:
-                    seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
+        for tiles, patch in ((TALL_CASES, ("TALL_ROWS", 0)), (WIDE_CASES, ("WIDE_TILES", ((128, 1.0),)))):
+            if case in tiles:  # test_tall_tiles_against_float64, test_wide_tiles_against_float64
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(cuda_tc, *patch)
+                    for _, dt, precision in MODES:
+                        seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
     registered = set()
     for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
         registered |= {e for e in registered_name_expressions(kernel_source(f)) if e.startswith("gpuconv_tc_")}
@@ -219,6 +220,25 @@ def test_tall_tiles_against_float64(be, case, mode, monkeypatch):
     cfg = make_config("test", case[1], case[2], **case[3])
     assert any(v is not None and "256, 64" in v for v in _routes(cfg, mode[1], mode[2]).values()) or \
         all(v is None for v in _routes(cfg, mode[1], mode[2]).values())
+    _check_against_float64(be, case, mode)
+
+
+# forward and dx with more than 64 columns on 128-row tiles (their default route takes 96 x 128): stride,
+# dilation, phases; and two row blocks of either tile
+WIDE_CASES = [CASES[1], CASES[7]]
+WIDE_ROWS = ("wide-rows", (2, 9, 8, 80), (3, 3, 80, 80), {"padding": 1}, "tanh")
+WIDE_RUNS = [(c, 128) for c in WIDE_CASES] + [(WIDE_ROWS, 96), (WIDE_ROWS, 128)]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+@pytest.mark.parametrize("case, bm", WIDE_RUNS, ids=[f"{c[0]}-{bm}" for c, bm in WIDE_RUNS])
+def test_wide_tiles_against_float64(be, case, bm, mode, monkeypatch):
+    """The 96 x 128 and 128 x 128 tiles of forward and dx GEMMs of more than 64 columns. At these sizes every
+    launch is one round of blocks, which 96 x 128 tiles finish sooner (cuda_tc.WIDE_TILES); large layers take
+    128 x 128 (tests/test_tc_routing.py), as they do here with WIDE_TILES set to one tile."""
+    monkeypatch.setattr(cuda_tc, "WIDE_TILES", tuple(t for t in cuda_tc.WIDE_TILES if t[0] == bm))
+    cfg = make_config("test", case[1], case[2], **case[3])
+    assert any(v is not None and f"{bm}, 128, 4" in v for v in _routes(cfg, mode[1], mode[2]).values())
     _check_against_float64(be, case, mode)
 
 

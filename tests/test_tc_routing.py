@@ -33,8 +33,8 @@ def _cfg(xs, ws, opts):
     return make_config("test", xs, ws, **opts)
 
 
-def fwd(cfg, dtype, precision, arch, aligned=True):
-    plan = cuda_tc.forward_plan(cfg, dtype, precision, arch, "relu", True, aligned)
+def fwd(cfg, dtype, precision, arch, aligned=True, sms=None):
+    plan = cuda_tc.forward_plan(cfg, dtype, precision, arch, "relu", True, aligned, sms)
     return None if plan is None else plan[0]
 
 
@@ -108,9 +108,14 @@ def test_info_names_the_tensor_core_instructions():
 def test_forward_variants():
     big = _cfg((2, 8, 8, 64), (3, 3, 64, 256), {"padding": 1})
     r = fwd(big, np.float16, "highest", 90)
-    assert r.kernel == "gpuconv_tc_fwd" and r.template == (128, 128, 4, True)
-    assert r.grid == (1, 2, 1) and r.block == (128, 1, 1)  # 4 warps
-    assert r.shared_mem == 4 * (128 * (32 + 8) + 32 * (128 + 8)) * 2  # 4 stages of A and B, 16-byte skews
+    # one round of blocks either way (2 of 128 x 128 or 4 of 96 x 128): the smaller blocks finish first
+    assert r.kernel == "gpuconv_tc_fwd" and r.template == (96, 128, 4, True)
+    assert r.grid == (2, 2, 1) and r.block == (128, 1, 1)  # 4 warps
+    assert r.shared_mem == 4 * (96 * (32 + 8) + 32 * (128 + 8)) * 2  # 4 stages of A and B, 16-byte skews
+    taller = _cfg((2, 8, 16, 64), (3, 3, 64, 256), {"padding": 1})  # 256 rows: 4 blocks against 6
+    r = fwd(taller, np.float16, "highest", 90, sms=2)
+    assert r.template == (128, 128, 4, True) and r.grid == (2, 2, 1)
+    assert r.shared_mem == 4 * (128 * (32 + 8) + 32 * (128 + 8)) * 2
     # sm_70 / sm_75 (FP16 on wmma): 2 stages, no cp.async hardware there, and an sm_75 block gets at most 64 KB
     for arch in (70, 75):
         r = fwd(big, np.float16, "highest", arch)
@@ -207,11 +212,33 @@ def test_shared_memory_of_the_plans_is_the_kernels(tmp_path):
     assert 2 * max(sizes) <= 164 * 1024 and max(sizes) <= 96 * 1024
 
 
+@pytest.mark.parametrize("name, sms, bm", [
+    ("rn50-3x3-28", 132, 128),  # 392 blocks: 3 rounds of 128 x 128, 4 of 96 x 128
+    ("rn50-3x3-14", 132, 96),   # 196 blocks: 2 rounds, the second a half; 262 of 96 x 128: 2 full rounds
+    ("rn50-3x3-7", 132, 96),    # 100 blocks leave 32 SMs idle; 132 of 96 x 128 fill one round
+    ("rn50-3x3-14", 108, 128),  # an A100: 2 rounds against 3
+    ("rn50-3x3-7", 108, 128),   # 1 round against 2
+    ("rn50-1x1-up", 132, 128),  # 3136 blocks: 24 rounds against 32
+])
+def test_wide_tiles_fill_the_rounds_of_blocks(name, sms, bm):
+    """Forward and dx GEMMs of more than 64 columns take 96 x 128 tiles where fewer, fuller rounds of blocks pay
+    for their costlier steps (cuda_tc.WIDE_TILES), on the device's SM count; dw keeps 128 rows."""
+    s = bd.SHAPES[name]
+    cfg = make_config("model", s.x_shape, s.w_shape, stride=s.stride, padding=s.padding)
+    for dtype, precision in ((np.float16, "highest"), (np.float32, "tf32")):
+        f = cuda_tc.forward_plan(cfg, dtype, precision, 90, "relu", True, sms=sms)[0]
+        d = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, 1, sms=sms)[-1]
+        assert f.template == (bm, 128, 4, True) and f.grid[0] == -(-cfg.n * cfg.oh * cfg.ow // bm)
+        if cfg.cg > 64:
+            assert d.template == (bm, 128, 4, True)
+        assert dw(cfg, dtype, precision, 90).template[0] == 128
+
+
 def test_backward_variants():
     cfg = _cfg((2, 8, 8, 256), (3, 3, 256, 256), {"padding": 1})
     for dtype, precision in ((np.float16, "highest"), (np.float32, "tf32")):
-        assert dx(cfg, dtype, precision, 90).template == (128, 128, 4, True)
-        assert dw(cfg, dtype, precision, 90).template == (128, 128, 4, True)
+        assert dx(cfg, dtype, precision, 90).template == (96, 128, 4, True)  # one round either way
+        assert dw(cfg, dtype, precision, 90).template == (128, 128, 4, True)  # dw: always 128 rows
     assert dx(cfg, np.float32, "highest", 90) is None
     assert dw(cfg, np.float32, "highest", 90) is None
     # dx steps through output channels: Mg must be a whole reduction step; dw needs 16-byte runs of both

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 7
+MUTANTS_VERSION = 8
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -352,6 +352,11 @@ MUTANTS = [
     M("t-plan-04", PLAN, "ns = (cdiv(tiles * splits, ROUND_BLOCKS) * (chunk // bk)",
       "ns = ((tiles * splits / ROUND_BLOCKS) * (chunk // bk)",
       "dw splits: a partial round of blocks charged as a fraction of one"),
+    M("t-plan-05", PLAN, "return step * sum(cdiv(cdiv(r, bm) * tiles_n, sms) for r in rows)",
+      "return step * sum(cdiv(r, bm) * tiles_n / sms for r in rows)",
+      "wide tiles: a partial round of blocks charged as a fraction of one"),
+    M("t-plan-06", PLAN, "tiles_n = cdiv(columns, 128) * groups", "tiles_n = groups",
+      "wide tiles: the column tiles left out of the blocks of a round"),
     M("t-pad-01", "gpuconv/backends/cuda.py", "self.xp.ascontiguousarray(dw[:, :, :cfg.c])",
       "self.xp.ascontiguousarray(dw[:, :, -cfg.c:])", "channel padding: dw of the padded channels kept"),
     M("t-pad-02", PLAN, "    if cfg.groups != 1 or _simt(dtype, precision, arch, cfg.mg):\n        return None\n    _, vec",

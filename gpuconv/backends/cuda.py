@@ -30,11 +30,20 @@ only the tensor-core kernels (and three reductions), so it needs sm_80 on a GPU.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import _registry
 from . import _plans, cuda_tc
 from ._plans import INDEX_LIMIT, check_limits
+
+
+@functools.lru_cache(maxsize=None)
+def _device_sms(cp, device_id: int) -> int:
+    """The SM count of CUDA device ``device_id`` (asked once: a driver call per launch would cost microseconds)."""
+    rt = cp.cuda.runtime
+    return int(rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, device_id))
 
 
 def _contiguous(xp, *arrays):
@@ -129,6 +138,10 @@ class CudaBackend:
         """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
 
+    def _sms(self):
+        """The current CUDA device's SM count (the tensor-core plans' rounds of blocks), None on the emulator."""
+        return _device_sms(self.xp, self.xp.cuda.Device().id) if self.kind == "cupy" else None
+
     def math_path(self, dtype, precision: str) -> str:
         """``math_path`` on this backend's device."""
         return math_path(dtype, precision, self._arch())
@@ -180,7 +193,7 @@ class CudaBackend:
         y = self.xp.empty(cfg.y_shape, x.dtype)
         tc_cfg, xt, wt = self._pad_channels(cfg, x.dtype, precision, x, w)
         plan = cuda_tc.forward_plan(tc_cfg, x.dtype, precision, self._arch(), activation, b is not None,
-                                    _aligned16(xt, wt))
+                                    _aligned16(xt, wt), self._sms())
         if plan is not None:
             x, w = xt, wt
         for launch in plan or _plans.forward(cfg, activation, b is not None):
@@ -254,7 +267,7 @@ class CudaBackend:
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
-        tc = dict(has_bias=b is not None, out_activation=out_activation)
+        tc = dict(has_bias=b is not None, out_activation=out_activation, sms=self._sms())
         plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, **tc)
         if plan is not None:
             dz = self._dz(dy, y, activation, dz)
