@@ -226,7 +226,7 @@ def test_tall_tiles_against_float64(be, case, mode, monkeypatch):
 # forward and dx with more than 64 columns on 128-row tiles (their default route takes 96 x 128): stride,
 # dilation, phases; and two row blocks of either tile
 WIDE_CASES = [CASES[1], CASES[7]]
-WIDE_ROWS = ("wide-rows", (2, 9, 8, 80), (3, 3, 80, 80), {"padding": 1}, "tanh")
+WIDE_ROWS = ("wide-rows", (2, 9, 8, 80), (3, 3, 80, 96), {"padding": 1}, "tanh")  # Mg whole steps
 WIDE_RUNS = [(c, 128) for c in WIDE_CASES] + [(WIDE_ROWS, 96), (WIDE_ROWS, 128)]
 
 
@@ -240,6 +240,25 @@ def test_wide_tiles_against_float64(be, case, bm, mode, monkeypatch):
     cfg = make_config("test", case[1], case[2], **case[3])
     assert any(v is not None and f"{bm}, 128, 4" in v for v in _routes(cfg, mode[1], mode[2]).values())
     _check_against_float64(be, case, mode)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
+def test_wide_tiles_give_the_same_bits(be, mode, monkeypatch):
+    """The tile is the plans' choice by the device's SM count, so it must not change a result: forward and dx
+    of 96 x 128 and 128 x 128 tiles are bitwise equal (each output's sum runs through the same steps)."""
+    name, dt, precision = mode
+    cfg, opts, act, x, w, b, dy, y = _data(WIDE_ROWS, dt, seed=11)
+    d = be.xp.asarray
+    runs, tiles = [], cuda_tc.WIDE_TILES
+    for bm in (96, 128):
+        monkeypatch.setattr(cuda_tc, "WIDE_TILES", tuple(t for t in tiles if t[0] == bm))
+        routes = _routes(cfg, dt, precision)
+        assert f"{bm}, 128, 4" in routes["forward"] and f"{bm}, 128, 4" in routes["backward_input"]
+        out = host(be.forward(d(x), d(w), d(b), cfg, act, precision=precision))
+        dx = host(be.backward_input(d(kernel_dz(dy, y, act, dt)), d(w), cfg, precision=precision))
+        runs.append((out, dx))
+    for got, want, what in zip(runs[0], runs[1], ("forward", "dx")):
+        assert got.tobytes() == want.tobytes(), f"{name} {what}: 96 x 128 and 128 x 128 tiles differ"
 
 
 def _check_against_float64(be, case, mode, arch=None):
