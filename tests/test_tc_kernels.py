@@ -140,10 +140,10 @@ def test_cases_cover_every_variant():
             seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
         if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
             seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
-        for tiles, patch in ((TALL_CASES, ("TALL_ROWS", 0)), (WIDE_CASES, ("WIDE_TILES", ((128, 1.0),)))):
-            if case in tiles:  # test_tall_tiles_against_float64, test_wide_tiles_against_float64
+        for cases, table, bm in ((TALL_CASES, "NARROW_TILES", 256), (WIDE_CASES, "WIDE_TILES", 128)):
+            if case in cases:  # test_tall_tiles_against_float64, test_wide_tiles_against_float64
                 with pytest.MonkeyPatch.context() as mp:
-                    mp.setattr(cuda_tc, *patch)
+                    _only_tile(mp, table, bm)
                     for _, dt, precision in MODES:
                         seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
     registered = set()
@@ -209,14 +209,20 @@ def test_sm75_fp16_path_against_float64(sm75_be, case):
     _check_against_float64(sm75_be, case, MODES[1], arch=75)
 
 
+def _only_tile(mp, table, bm):
+    """cuda_tc's tile table (NARROW_TILES or WIDE_TILES) cut to its tile of ``bm`` rows: the emulator's small
+    layers are one round of blocks, where the cheapest step wins."""
+    mp.setattr(cuda_tc, table, tuple(t for t in getattr(cuda_tc, table) if t[0] == bm))
+
+
 TALL_CASES = [CASES[0], CASES[2], CASES[5]]  # forward and dx with at most 64 columns: stride, groups, phases
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
 @pytest.mark.parametrize("case", TALL_CASES, ids=[c[0] for c in TALL_CASES])
 def test_tall_tiles_against_float64(be, case, mode, monkeypatch):
-    """The 256 x 64 tiles of tall forward and dx GEMMs (cuda_tc.TALL_ROWS rows, lowered to reach them here)."""
-    monkeypatch.setattr(cuda_tc, "TALL_ROWS", 0)
+    """The 256 x 64 tiles of tall forward and dx GEMMs (cuda_tc.NARROW_TILES; large layers take them)."""
+    _only_tile(monkeypatch, "NARROW_TILES", 256)
     cfg = make_config("test", case[1], case[2], **case[3])
     assert any(v is not None and "256, 64" in v for v in _routes(cfg, mode[1], mode[2]).values()) or \
         all(v is None for v in _routes(cfg, mode[1], mode[2]).values())
@@ -236,27 +242,28 @@ def test_wide_tiles_against_float64(be, case, bm, mode, monkeypatch):
     """The 96 x 128 and 128 x 128 tiles of forward and dx GEMMs of more than 64 columns. At these sizes every
     launch is one round of blocks, which 96 x 128 tiles finish sooner (cuda_tc.WIDE_TILES); large layers take
     128 x 128 (tests/test_tc_routing.py), as they do here with WIDE_TILES set to one tile."""
-    monkeypatch.setattr(cuda_tc, "WIDE_TILES", tuple(t for t in cuda_tc.WIDE_TILES if t[0] == bm))
+    _only_tile(monkeypatch, "WIDE_TILES", bm)
     cfg = make_config("test", case[1], case[2], **case[3])
     assert any(v is not None and f"{bm}, 128, 4" in v for v in _routes(cfg, mode[1], mode[2]).values())
     _check_against_float64(be, case, mode)
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])
-def test_wide_tiles_give_the_same_bits(be, mode, monkeypatch):
+def test_wide_tiles_give_the_same_bits(be, mode):
     """The tile is the plans' choice by the device's SM count, so it must not change a result: forward and dx
     of 96 x 128 and 128 x 128 tiles are bitwise equal (each output's sum runs through the same steps)."""
     name, dt, precision = mode
     cfg, opts, act, x, w, b, dy, y = _data(WIDE_ROWS, dt, seed=11)
     d = be.xp.asarray
-    runs, tiles = [], cuda_tc.WIDE_TILES
+    runs = []
     for bm in (96, 128):
-        monkeypatch.setattr(cuda_tc, "WIDE_TILES", tuple(t for t in tiles if t[0] == bm))
-        routes = _routes(cfg, dt, precision)
-        assert f"{bm}, 128, 4" in routes["forward"] and f"{bm}, 128, 4" in routes["backward_input"]
-        out = host(be.forward(d(x), d(w), d(b), cfg, act, precision=precision))
-        dx = host(be.backward_input(d(kernel_dz(dy, y, act, dt)), d(w), cfg, precision=precision))
-        runs.append((out, dx))
+        with pytest.MonkeyPatch.context() as mp:
+            _only_tile(mp, "WIDE_TILES", bm)
+            routes = _routes(cfg, dt, precision)
+            assert f"{bm}, 128, 4" in routes["forward"] and f"{bm}, 128, 4" in routes["backward_input"]
+            out = host(be.forward(d(x), d(w), d(b), cfg, act, precision=precision))
+            dx = host(be.backward_input(d(kernel_dz(dy, y, act, dt)), d(w), cfg, precision=precision))
+            runs.append((out, dx))
     for got, want, what in zip(runs[0], runs[1], ("forward", "dx")):
         assert got.tobytes() == want.tobytes(), f"{name} {what}: 96 x 128 and 128 x 128 tiles differ"
 

@@ -84,14 +84,15 @@ def test_kernel_files_without_ml_dtypes(monkeypatch):
 
 
 def test_tall_tiles_for_tall_forward_and_dx():
-    """256 x 64 tiles where a GEMM has at most 64 columns and enough rows for every SM (cuda_tc.TALL_ROWS)."""
+    """256 x 64 tiles where a GEMM has at most 64 columns and fills whole rounds of blocks with them
+    (cuda_tc.NARROW_TILES)."""
     big = _cfg((64, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})  # ResNet-50's 3x3 of stage 1: 200704 rows
     for dtype, precision in ((np.float16, "highest"), (np.float32, "tf32")):
         assert fwd(big, dtype, precision, 90).template == (256, 64, 3, True)
         assert dx(big, dtype, precision, 80).template == (256, 64, 3, True)
         assert dw(big, dtype, precision, 90).template == (128, 64, 4, True)  # its rows are 9 x 64 taps
     assert fwd(big, np.float16, "highest", 75).template == (128, 64, 2, True)  # the wmma path keeps 128 rows
-    small = _cfg((1, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})  # 3136 rows: 128-row tiles, more blocks
+    small = _cfg((1, 56, 56, 64), (3, 3, 64, 64), {"padding": 1})  # 3136 rows: one round either way
     assert fwd(small, np.float16, "highest", 90).template == (128, 64, 4, True)
 
 

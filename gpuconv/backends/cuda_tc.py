@@ -17,10 +17,10 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
   each plan) and 16-byte aligned arrays; other shapes (odd channel counts, grouped or not) take the generic
   variant, which loads element by element into the same tiles. The C = 3 stem's forward and dw run on x and w
   zero-padded to one 16-byte run a pixel (``padded_channels``), on the fast variants.
-- Tiles 128 x 128 for more than 64 columns (96 x 128 for forward and dx GEMMs whose blocks then fill the
-  SMs' rounds better: WIDE_TILES), else 128 x 64 (256 x 64 for tall forward and dx GEMMs: TALL_ROWS), with 4
-  stages of cp.async copies in flight (CUTLASS's sm_80 choice for 64-byte reduction steps; 3 for 256 x 64, 2
-  on sm_70 / sm_75); generic variants 128 x 64, 2 stages. The pipeline buffers are dynamic shared memory
+- Tiles 128 x 128 for more than 64 columns, else 128 x 64; forward and dx GEMMs take 96 x 128 or 256 x 64
+  where their blocks then fill the SMs' rounds better (WIDE_TILES, NARROW_TILES), with 4 stages of cp.async
+  copies in flight (CUTLASS's sm_80 choice for 64-byte reduction steps; 3 for 256 x 64, 2 on sm_70 / sm_75);
+  generic variants 128 x 64, 2 stages. The pipeline buffers are dynamic shared memory
   (``smem_bytes``: up to 76 KB a block, so two blocks share an SM), past the 48 KB a kernel gets without
   asking: the CUDA backend raises the kernel's limit to the launch's ``shared_mem``.
 """
@@ -125,45 +125,47 @@ def _steps(dtype) -> tuple:
     return TC_BYTES_K // size, 16 // size
 
 
-# Forward and dx launches with at most 64 columns and at least TALL_ROWS rows take 256 x 64 tiles (4 warps of
-# 64 x 64): per product they load 28% fewer shared bytes than 128 x 64 tiles (warp tiles of 32 x 64), which leaves
-# those layers bound by shared memory (docs/performance.md); from 132 x 256 rows every SM of an H100 still gets a
-# block. dw keeps 128 rows: its rows are the filter's taps x channels (576 for a 3x3 layer of 64 channels).
-TALL_ROWS = 132 * 256
-# Forward and dx launches with more than 64 columns take 128 x 128 tiles (2 x 2 warps of 64 x 64) or 96 x 128
-# (2 x 2 of 48 x 64), whichever costs less in rounds of blocks x the cost of a block's reduction step. A round is
-# one block an SM (two blocks on an SM each run at half speed), so a partial last round costs a whole one: the
-# 14 x 14 ResNet layer's 196 blocks of 128 x 128 take two rounds on 132 SMs, the second a half, where its 262
-# blocks of 96 x 128 fill both; the 7 x 7 layer's 100 blocks leave 32 SMs idle, its 132 of 96 x 128 none.
-# (BM, step cost relative to 128 x 128's): tools/tc_model.py on an H100, FP16 336 / 394 clocks (96 x 128 is
-# bound by shared memory, 128 x 128 by the tensor cores); TF32 0.81 (forward) to 0.94 (dx).
-WIDE_TILES = ((128, 1.0), (96, 0.85))
+# Forward and dx launches take, of the tiles of their width, the one that costs least in rounds of blocks x the
+# cost of a block's reduction step. A round is one block an SM (two blocks on an SM each run at half speed), so
+# a partial last round costs a whole one. (BM, BN, STAGES, step cost relative to the first tile of the width),
+# the costs from tools/tc_model.py's FP16 step clocks on an H100:
+# - at most 64 columns: 128 x 64 (4 warps of 32 x 64), or 256 x 64 (4 of 64 x 64: 28% fewer shared bytes per
+#   product, 416 clocks a step against 288, both bound by shared memory), which tall GEMMs take once they fill
+#   whole rounds with it (ResNet-50's 56 x 56 layers: 784 blocks, 6 rounds against 12 of 128 x 64);
+# - more: 128 x 128 (2 x 2 warps of 64 x 64), or 96 x 128 (2 x 2 of 48 x 64; 336 clocks, bound by shared
+#   memory, against 394, by the tensor cores; TF32 0.81 forward to 0.94 dx): the 14 x 14 ResNet layer's 196
+#   blocks of 128 x 128 take two rounds on 132 SMs, the second a half, where its 262 of 96 x 128 fill both; the
+#   7 x 7 layer's 100 blocks leave 32 SMs idle, its 132 of 96 x 128 none.
+# Layers of one round either way take the cheaper step. dw keeps 128 x 128 or 128 x 64: its rows are the
+# filter's taps x channels (576 for a 3x3 layer of 64 channels), and its split count, which sets its summation
+# order, stays a function of the shape alone.
+NARROW_TILES = ((128, 64, 4, 1.0), (256, 64, 3, 1.44))
+WIDE_TILES = ((128, 128, 4, 1.0), (96, 128, 4, 0.85))
 # The blocks of one round where the device is not known (the emulator, tools/tc_model.py): an H100's 132 SMs.
 ROUND_BLOCKS = 132
 
 
 def _tile(columns: int, fast: bool, arch, rows=(), groups: int = 1, sms: Optional[int] = None) -> tuple:
     """(BM, BN, STAGES) of a kernel variant for GEMMs of ``columns`` columns and ``rows`` rows, one launch per
-    entry of rows (dx: a launch per stride phase; empty: dw, which keeps 128 rows), in ``groups`` groups, on a
-    device with ``sms`` SMs (None: ROUND_BLOCKS). The tile never changes a result: each output's sum runs
+    entry of rows (dx: a launch per stride phase; empty: dw), in ``groups`` groups, on a device with ``sms`` SMs
+    (None: ROUND_BLOCKS): NARROW_TILES / WIDE_TILES. The tile never changes a result: each output's sum runs
     through the same reduction steps in the same order whatever the tile. Before sm_80 (the FP16 wmma path) 2
     stages: there is no cp.async hardware to keep more in flight (the copies are synchronous), and an sm_75
-    block has at most 64 KB of shared memory, less than 4 stages of a 128 x 128 tile. 256 x 64 tiles take 3
-    stages (75 KB: two blocks an SM on sm_80 too)."""
+    block has at most 64 KB of shared memory, less than 4 stages of a 128 x 128 tile."""
     if not fast:
         return 128, 64, 2
     if arch is not None and arch < MMA_SYNC_ARCH:
         return 128, 128 if columns > 64 else 64, 2
-    if columns <= 64:
-        return (256, 64, 3) if rows and max(rows) >= TALL_ROWS else (128, 64, 4)
+    if not rows:  # dw
+        return 128, 128 if columns > 64 else 64, 4
+    tiles = WIDE_TILES if columns > 64 else NARROW_TILES
     sms = sms or ROUND_BLOCKS
-    tiles_n = cdiv(columns, 128) * groups
 
-    def cost(bm, step):
-        return step * sum(cdiv(cdiv(r, bm) * tiles_n, sms) for r in rows)
+    def cost(tile):
+        bm, bn, _, step = tile
+        return step * sum(cdiv(cdiv(r, bm) * cdiv(columns, bn) * groups, sms) for r in rows)
 
-    bm = min(WIDE_TILES, key=lambda t: cost(*t))[0] if rows else 128
-    return bm, 128, 4
+    return min(tiles, key=cost)[:3]
 
 
 def smem_bytes(kernel: str, dtype, bm: int, bn: int, stages: int) -> int:
@@ -232,8 +234,8 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
                         sms: Optional[int] = None) -> Optional[list]:
     """dx from dz on tensor cores, or None: first gpuconv_nonfinite_flag (arrays w, flag: w holds inf / NaN), then
     one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
-    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw. has_bias / out_activation: the
-    epilogue act(dx + b) of a transposed convolution. sms: the device's SMs (_tile)."""
+    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw. has_bias /
+    out_activation: the epilogue act(dx + b) of a transposed convolution. sms: the device's SMs (_tile)."""
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
     # float16 with few input channels keeps the SIMT direct kernel only where the reduction is no whole steps:
