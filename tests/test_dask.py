@@ -281,13 +281,17 @@ def test_halos_are_exactly_what_the_window_needs(rng, k, d, s, padding):
         assert got[j] == min(r1, 60) - max(r0, 0), (j, got)
 
 
-def test_rechunks_channels_and_unaligned_boundaries(rng):
+@pytest.mark.parametrize("stride,out_chunks", [
+    (2, (4, 3, 3)),  # input boundaries moved up to multiples of 2: 7 -> 8, 14 stays
+    (3, (3, 2, 2)),  # and of 3: 7 -> 9, 14 -> 15 (output rows 3 and 5 start the next chunks)
+])
+def test_rechunks_channels_and_unaligned_boundaries(rng, stride, out_chunks):
     x = random_array(rng, (1, 20, 9, 6), np.float32)
     w = random_array(rng, (3, 3, 6, 2), np.float32)
-    xd = da.from_array(x, chunks=(1, (7, 7, 6), 9, (4, 2)))  # boundaries 7, 14: not multiples of the stride 2
-    yd = gpuconv.conv2d(xd, w, stride=2, padding=1)
-    assert yd.chunks[1] == (4, 3, 3)  # input boundaries moved up to multiples of 2: 7 -> 8, 14 stays
-    np.testing.assert_allclose(yd.compute(scheduler="threads"), gpuconv.conv2d(x, w, stride=2, padding=1),
+    xd = da.from_array(x, chunks=(1, (7, 7, 6), 9, (4, 2)))  # boundaries 7, 14: not multiples of the stride
+    yd = gpuconv.conv2d(xd, w, stride=stride, padding=1)
+    assert yd.chunks[1] == out_chunks
+    np.testing.assert_allclose(yd.compute(scheduler="threads"), gpuconv.conv2d(x, w, stride=stride, padding=1),
                                rtol=1e-5, atol=1e-5)
 
 

@@ -17,11 +17,11 @@ _spec.loader.exec_module(mutate)
 def test_the_list_is_well_formed():
     ids = [m.id for m in mutate.MUTANTS]
     assert len(ids) == len(set(ids))
-    assert {m.kind for m in mutate.MUTANTS} == {"kernels", "tc", "numpy"}
+    assert {m.kind for m in mutate.MUTANTS} == {"kernels", "tc", "numpy", "api"}
     for m in mutate.MUTANTS:
         assert m.old != m.new and (ROOT / m.path).is_file(), m.id
         assert m.path.startswith(("kernels/", "gpuconv/backends/numpy.py", "gpuconv/_registry.py")) or \
-            m.path in mutate.TC_PATHS, m.id
+            m.path in mutate.TC_PATHS + mutate.API_PATHS, m.id
         assert mutate.applies(m, ROOT), f"{m.id} no longer applies: update the list (and its version)"
 
 

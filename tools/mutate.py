@@ -1,10 +1,11 @@
-"""Mutation testing of kernels/ (with the tensor-core launch plans) and the NumPy backend: plant one small bug
-at a time, run the CI jobs that should catch it, and report which bugs got through.
+"""Mutation testing of kernels/ (with the tensor-core launch plans), the NumPy backend and the Python layer
+around them (options, layouts, transposed convolution, dask, torch, interop): plant one small bug at a time, run
+the CI jobs that should catch it, and report which bugs got through.
 
     python tools/mutate.py                      every mutant, every job (plain, reverse, asan), no time limit
     python tools/mutate.py --budget 1200        stop starting mutants after 20 minutes (the rest: "not run")
     python tools/mutate.py --only k-fwd-03,n-relu-fmax --jobs plain
-    python tools/mutate.py --kind numpy         only the NumPy-backend mutants (kinds: kernels, tc, numpy)
+    python tools/mutate.py --kind numpy         only the NumPy-backend mutants (kinds: kernels, tc, numpy, api)
     python tools/mutate.py --list               the mutants, and whether each still applies to the tree
 
 Each mutant is one exact text replacement in one file (MUTANTS below, a fixed list, versioned by
@@ -18,13 +19,16 @@ Jobs, as CI (.ci/run) runs them, each with -x so that a killed mutant costs one 
   plain    the emulator suite (tests/test_kernels.py + the shared backend suite, -k "emulator or test_kernels")
   reverse  the same with GPUCONV_EMULATOR_SCHEDULE=reverse (a missing barrier shows as a wrong result)
   asan     the same under tools/asan_emulator.sh (an out-of-bounds access is a report)
-  numpy    the NumPy backend's tests (the shared suite -k numpy, tests/test_numpy_backend.py)
+  numpy    the NumPy backend's tests (the shared suite -k numpy, tests/test_numpy_backend.py, the TF32 oracle's)
+  api      the tests of the Python layer (API_SUITE: argument checks, layouts, conv2d_transpose, gpuconv.dask,
+           gpuconv.torch, interop, and the shared suite) without the emulator, for the mutants of API_PATHS
 The tensor-core mutants (kind tc: kernels/gpuconv_tc*.cuh, conv_tc_*.cu, gpuconv/backends/cuda_tc.py and the
 emulator's gpuconv_ptx.h) run plain, reverse and asan over TC_SUITE instead (tests/test_tc_kernels.py first, then
 the tensor-core cases of the shared suites, the launch plans' tests and tests/test_emulator_ptx.py, with
 -k "emulator or kernels or routing": .ci/run's selection plus tests/test_tc_routing.py, which the plain pytest
 run of CI holds).
-A kernel mutant runs plain, then reverse, then asan, until one fails; a NumPy-backend mutant runs numpy. A
+A kernel mutant runs plain, then reverse, then asan, until one fails; a NumPy-backend mutant runs numpy, a
+Python-layer mutant api. A
 mutant is killed when a job fails or exceeds --timeout (a hang is a detected bug, as in mutmut and Stryker).
 
 Mutants that only an input of GPU size can reach (32-bit element offsets: wrong past 2**31 elements) are marked
@@ -45,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 8
+MUTANTS_VERSION = 9
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -54,7 +58,13 @@ EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_
 TC_SUITE = ["tests/test_tc_kernels.py", "tests/test_tc_routing.py", "tests/test_precision.py",
             "tests/test_nan_rule.py", "tests/test_transpose.py", "tests/test_emulator_ptx.py"]
 NUMPY_SUITE = ["tests/test_numpy_backend.py", "tests/test_forward.py", "tests/test_backward.py",
-               "tests/test_gradcheck.py", "tests/test_layer.py"]
+               "tests/test_gradcheck.py", "tests/test_layer.py", "tests/test_precision.py"]
+# The Python layer around the backends, and the tests that hold it (on the NumPy backend: -k "not emulator").
+API_PATHS = ("gpuconv/_config.py", "gpuconv/_layout.py", "gpuconv/_transpose.py", "gpuconv/dask.py",
+             "gpuconv/torch.py", "gpuconv/_interop.py", "gpuconv/_validate.py", "gpuconv/_api.py")
+API_SUITE = ["tests/test_errors.py", "tests/test_fuzz_arguments.py", "tests/test_layout.py", "tests/test_transpose.py",
+             "tests/test_dask.py", "tests/test_torch.py", "tests/test_interop.py", "tests/test_forward.py",
+             "tests/test_backward.py", "tests/test_layer.py", "tests/test_gradcheck.py", "tests/test_precision.py"]
 PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--tb=line", "-rf"]
 
 
@@ -79,7 +89,9 @@ def _emulator_jobs(suite: list, keyword: str) -> dict:
 JOBS = {
     "kernels": _emulator_jobs(EMULATOR_SUITE, "emulator or test_kernels"),
     "tc": _emulator_jobs(TC_SUITE, "emulator or kernels or routing"),
-    "numpy": {"numpy": ({}, [*PYTEST, "-k", "numpy or test_numpy_backend", *NUMPY_SUITE])},
+    # (tf32_round: the TF32 oracle's own tests in tests/test_precision.py, which take no backend)
+    "numpy": {"numpy": ({}, [*PYTEST, "-k", "numpy or test_numpy_backend or tf32_round", *NUMPY_SUITE])},
+    "api": {"api": ({}, [*PYTEST, "-k", "not emulator", *API_SUITE])},
 }
 KERNEL_JOBS = ("plain", "reverse", "asan")
 # The files whose mutants run the tensor-core jobs (kind "tc"). kernels/gpuconv_ptx.cuh has none: the emulator
@@ -104,6 +116,8 @@ class Mutant(NamedTuple):
     def kind(self) -> str:
         if self.path in TC_PATHS:
             return "tc"
+        if self.path in API_PATHS:
+            return "api"
         return "kernels" if self.path.startswith("kernels/") else "numpy"
 
 
@@ -112,6 +126,8 @@ TC, MMA, WMMA = "kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels
 TCF, TCB, PLAN = "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py"
 PTXH = "gpuconv/cuda/emulator/include/gpuconv_ptx.h"
 NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
+CFG, LAY, TRP, DSK = "gpuconv/_config.py", "gpuconv/_layout.py", "gpuconv/_transpose.py", "gpuconv/dask.py"
+TOR, IOP, VAL, API = "gpuconv/torch.py", "gpuconv/_interop.py", "gpuconv/_validate.py", "gpuconv/_api.py"
 M = Mutant
 MUTANTS = [
     # ---------------------------------------------------------------- forward: tiled implicit GEMM
@@ -401,6 +417,64 @@ MUTANTS = [
       "dz = np.multiply(u, u, dtype=dy.dtype)", "float16 tanh gradient computed in float16"),
     M("n-sigmoid-sign", REG, "        np.negative(z, out=z)\n        np.exp(z, out=z)", "        np.exp(z, out=z)",
       "sigmoid forward sign"),
+    M("n-tf32-tie", NP, "r = u + _TF32_HALF", "r = u + (_TF32_HALF - np.uint32(1))",
+      "TF32 oracle: ties rounded toward zero (cvt.rna rounds them away)"),
+    M("n-tf32-nan", NP, "        np.copyto(r, u, where=~finite)", "        pass",
+      "TF32 oracle: NaN bit patterns rounded like numbers (0x7FFFFFFF, CUDA's NaN, becomes -0.0)"),
+    # ---------------------------------------------------------------- the Python layer (kind api)
+    M("a-cfg-same", CFG, "out += [total // 2, total - total // 2]", "out += [total - total // 2, total // 2]",
+      "'same' padding: the odd pixel at the top / left (TensorFlow puts it at the bottom / right)"),
+    M("a-cfg-full", CFG, "ph, pw = d[0] * (kh - 1), d[1] * (kw - 1)", "ph, pw = d[0] * (kh - 1), d[0] * (kw - 1)",
+      "'full' padding: the columns padded by the row dilation"),
+    M("a-cfg-oh", CFG, "oh = (h + pt + pb - d[0] * (kh - 1) - 1) // s[0] + 1",
+      "oh = (h + pt + pb - d[0] * (kh - 1) - 1) // s[1] + 1", "output height by the column stride"),
+    M("a-cfg-pair", CFG, "values = (int(padding[0]), int(padding[0]), int(padding[1]), int(padding[1]))",
+      "values = (int(padding[0]), int(padding[1]), int(padding[0]), int(padding[1]))",
+      "padding (ph, pw) read as top ph, bottom pw, left ph, right pw"),
+    M("a-lay-reflect", LAY, "return -p if p < 0 else 2 * (size - 1) - p", "return -p if p < 0 else 2 * size - 1 - p",
+      "reflect padding's gradient folded as 'symmetric' (the edge repeated) at the bottom / right"),
+    M("a-lay-circular", LAY, "return p % size", "return (p + 1) % size",
+      "circular padding's gradient folded one pixel off"),
+    M("a-lay-replicate", LAY, "return min(max(p, 0), size - 1)", "return min(max(p, 1), size - 1)",
+      "replicate padding's gradient folded onto the second pixel at the top / left"),
+    M("a-lay-fold-after", LAY, "for i in (*range(before), *range(before + size, before + size + after)):",
+      "for i in (*range(before),):", "padding modes: the bottom / right padding's gradient dropped"),
+    M("a-lay-reflect-check", LAY, 'if mode == "reflect" and max(before, after) >= size:',
+      'if mode == "reflect" and max(before, after) > size:',
+      "bound: reflect padding as wide as the input accepted (PyTorch refuses it)"),
+    M("a-tr-oh", TRP, "oh = (h - 1) * s[0] - (pt + pb) + d[0] * (kh - 1) + op[0] + 1",
+      "oh = (h - 1) * s[0] - (pt + pb) + d[0] * (kh - 1) + 1", "conv2d_transpose: output_padding left out of the height"),
+    M("a-tr-same", TRP, "oh, ow = h * s[0], w * s[1]", "oh, ow = h * s[0], w * s[0]",
+      "conv2d_transpose, padding='same': the output width by the row stride"),
+    M("a-tr-check", TRP, "if op[i] >= max(s[i], d[i]):", "if op[i] > max(s[i], d[i]):",
+      "bound: output_padding equal to the stride accepted"),
+    M("a-dask-align", DSK, "a += (-a) % s", "a += a % s", "dask: chunk bounds moved off the stride's multiples"),
+    M("a-dask-span", DSK, "return o0 * s - pad, (o1 - 1) * s - pad + d * (k - 1) + 1",
+      "return o0 * s - pad, (o1 - 1) * s - pad + d * (k - 1)", "dask: the forward's halo one row short"),
+    M("a-dask-reach", DSK, "i1 = min(out_size, (a1 - 1 + pad) // s + 1)", "i1 = min(out_size, (a1 - 1 + pad) // s)",
+      "dask: dx / dw miss the last output row that reaches a chunk"),
+    M("a-dask-piece", DSK, "lo == bounds[k] and hi == bounds[k + 1]", "lo == bounds[k]",
+      "dask: a halo piece at the top of a block taken as the whole block"),
+    M("a-torch-dw", TOR, "dw = None if g.dw is None else g.dw.permute(3, 2, 0, 1).contiguous()",
+      "dw = None if g.dw is None else g.dw.permute(3, 2, 1, 0).contiguous()",
+      "gpuconv.torch: the weight gradient's KH and KW exchanged"),
+    M("a-torch-w", TOR, "return w.permute(2, 3, 1, 0)", "return w.permute(3, 2, 1, 0)",
+      "gpuconv.torch: the weight's KH and KW exchanged"),
+    M("a-torch-format", TOR, "return t  # already channels_last: the kernels' own layout", "return t.contiguous()",
+      "gpuconv.torch: a channels_last input's output returned NCHW-contiguous"),
+    M("a-iop-bf16-out", IOP, "return t.view(torch.bfloat16) if bf16 else t", "return t",
+      "interop: a bfloat16 result handed to torch as int16"),
+    M("a-iop-bf16-in", IOP, "        a = a.view(ml_dtypes.bfloat16)\n", "",
+      "interop: a bfloat16 tensor imported as int16"),
+    M("a-val-bool", VAL, "return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))",
+      "return isinstance(v, numbers.Integral)", "argument checks: True accepted as a size"),
+    M("a-cfg-precision", CFG, "return _float32_precision if precision is None else check_precision(fname, precision)",
+      'return "highest" if precision is None else check_precision(fname, precision)',
+      "set_float32_precision's default ignored by the calls"),
+    M("a-api-empty-db", API, "db = be.xp.zeros((cfg.m,), dtype) if has_bias else None",
+      "db = be.xp.ones((cfg.m,), dtype) if has_bias else None", "conv2d_backward of an empty batch: db not zero"),
+    M("a-api-grads-db", API, 'has_bias = has_bias and "db" in want', "has_bias = has_bias",
+      "conv2d_backward: db computed and returned though grads leaves it out"),
 ]
 del M
 
@@ -516,7 +590,7 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown jobs {sorted(bad)}; kernel jobs are {KERNEL_JOBS}")
 
-    jobs_of = lambda kind: kernel_jobs if kind != "numpy" else ["numpy"]
+    jobs_of = lambda kind: kernel_jobs if kind in ("kernels", "tc") else [kind]
     start = time.monotonic()
     results = {}  # id -> ("killed" | "survived" | "stale" | "not run" | "gpu-only", detail)
     with tempfile.TemporaryDirectory(prefix="gpuconv-mutate-") as tmp:
