@@ -513,6 +513,26 @@ def conv2d(x, w, b=None, *, stride=1, padding="valid", dilation=1, groups=1, act
     return lay.image_back(y4)
 
 
+def _gradient_arguments(fname, backend, lay, act, dy, x, w, y, config_of, y_shape_of) -> tuple:
+    """The checks of both backward functions, in order: y given where the activation needs it, the layouts
+    applied, one dtype and kind of array, dy (and y) of the output's shape, chunks of known size. config_of(x
+    shape, w shape) -> the ConvConfig; y_shape_of(cfg, ndim) -> the output's shape. Returns (dy, x, w, y, cfg)."""
+    if y is None and act != "identity":
+        raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
+    dy, x, y, w = lay.image(_lazy(dy)), lay.image(_lazy(x)), lay.image(_lazy(y)), lay.filter_(w)
+    _api._check_dtypes(fname, {"dy": dy, "x": x, "w": w, "y": y})
+    _check_kinds(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
+    cfg = config_of(x.shape, w.shape)
+    y_shape = y_shape_of(cfg, x.ndim)
+    _api._check_shape(fname, "dy", dy, y_shape)
+    if y is not None:
+        _api._check_shape(fname, "y", y, y_shape)
+    for argname, a in (("x", x), ("dy", dy), ("y", y)):
+        if a is not None:
+            _known_chunks(fname, argname, a)
+    return dy, x, w, y, cfg
+
+
 def conv2d_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid", dilation=1, groups=1,
                     activation=None, backend="auto", precision=None, grads=_api.GRADS, data_format="NHWC",
                     filter_format="HWIO", padding_mode="zeros"):
@@ -523,19 +543,9 @@ def conv2d_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padding="valid
     run = _run(fname, backend, precision)
     want = _api._grads_wanted(fname, grads)
     act = _config.activation_name(fname, activation)
-    if y is None and act != "identity":
-        raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    dy, x, y, w = lay.image(_lazy(dy)), lay.image(_lazy(x)), lay.image(_lazy(y)), lay.filter_(w)
-    _api._check_dtypes(fname, {"dy": dy, "x": x, "w": w, "y": y})
-    _check_kinds(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
-    cfg = _api._config_for(fname, x.shape, w.shape, stride, padding, dilation, groups)
-    y_shape = _config.user_y_shape(cfg, x.ndim)
-    _api._check_shape(fname, "dy", dy, y_shape)
-    if y is not None:
-        _api._check_shape(fname, "y", y, y_shape)
-    for argname, a in (("x", x), ("dy", dy), ("y", y)):
-        if a is not None:
-            _known_chunks(fname, argname, a)
+    dy, x, w, y, cfg = _gradient_arguments(
+        fname, backend, lay, act, dy, x, w, y,
+        lambda xs, ws: _api._config_for(fname, xs, ws, stride, padding, dilation, groups), _config.user_y_shape)
     x4 = _prepare_input(_to_4d(x, x.ndim), cfg)
     ob_h, ob_w = _out_chunks(x4, cfg)
     out_chunks = (x4.chunks[0], _diffs(ob_h), _diffs(ob_w), (cfg.m,))
@@ -601,20 +611,10 @@ def conv2d_transpose_backward(dy, x, w, y=None, *, has_bias=True, stride=1, padd
     lay = _Layouts(fname, data_format, filter_format)
     run = _run(fname, backend, precision)
     act = _config.activation_name(fname, activation)
-    if y is None and act != "identity":
-        raise ValueError(f"{fname}: argument 'y' (the forward output) is required for activation {act!r}")
-    dy, x, y, w = lay.image(_lazy(dy)), lay.image(_lazy(x)), lay.image(_lazy(y)), lay.filter_(w)
-    _api._check_dtypes(fname, {"dy": dy, "x": x, "w": w, "y": y})
-    _check_kinds(fname, backend, {"dy": dy, "x": x, "w": w, "y": y})
     opts = _transpose._options(stride, padding, output_padding, dilation, groups)
-    cfg = _transpose._config_for(fname, x.shape, w.shape, opts)
-    y_shape = _transpose._user_shape(cfg, x.ndim)
-    _api._check_shape(fname, "dy", dy, y_shape)
-    if y is not None:
-        _api._check_shape(fname, "y", y, y_shape)
-    for argname, a in (("x", x), ("dy", dy), ("y", y)):
-        if a is not None:
-            _known_chunks(fname, argname, a)
+    dy, x, w, y, cfg = _gradient_arguments(fname, backend, lay, act, dy, x, w, y,
+                                           lambda xs, ws: _transpose._config_for(fname, xs, ws, opts),
+                                           _transpose._user_shape)
     # dy, y: the input of the forward convolution cfg (aligned); x: its output (chunked as dy's output chunks)
     dy4 = _prepare_input(_to_4d(dy, x.ndim), cfg)
     y4 = None if act == "identity" else _to_4d(y, x.ndim).rechunk(dy4.chunks)
