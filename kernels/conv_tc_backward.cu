@@ -264,6 +264,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
 
     if constexpr (VEC) {
         // A: 16-byte chunk (V rows = input channels) t % MCH of pixels t / MCH + (TH / MCH) i; B likewise.
+        // The x copies are cached in L1 (gpuconv_tc_copy16_cached): where a tile's rows hold several taps
+        // (Cg < BM), the taps of a step copy the same pixels shifted by a tap, and L1 serves the re-reads.
         constexpr int MCH = BM / V, RA = BK * MCH / TH;
         constexpr int NCH = BN / V, RB = BK * NCH / TH;
         static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
@@ -286,7 +288,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
                 T* dst = Tile::a_at(smem, s, am, pk);
                 const int ih = px[i].i1 * s1 + k1d1, iw = px[i].i2 * s2 + k2d2;
                 if (p < p_end && r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    __pipeline_memcpy_async(dst, xg + (gpuconv_i64)((px[i].i0 * H + ih) * W + iw) * C + n, 16);
+                    gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((px[i].i0 * H + ih) * W + iw) * C + n);
                 else
                     gpuconv_tc_zero16(dst);
                 px[i].advance();  // issue runs for kt = 0, 1, 2, ... in order

@@ -160,12 +160,13 @@ __device__ __forceinline__ void gpuconv_tc_mainloop(T* smem, int KT, Issue& issu
     __syncthreads();  // the pipeline buffers are free for the epilogue scratch (the wmma path's)
 }
 
-// A 16-byte copy of an activation run (x in the forward, dz in dx) into a stage, allocating in L1 on sm_80 and
-// later (cp.async.ca): a window's taps re-read most of its pixels a few reduction steps later (the next tap
-// along a row shifts them by one pixel), so L1 serves those re-reads instead of L2. CUTLASS's implicit-GEMM
-// convolutions cache their activation copies the same way and stream the filter's (__pipeline_memcpy_async's
-// 16-byte copies are .cg: L2 only), as these kernels do for w and for every copy of dw, whose tiles no other
-// step of the block re-reads. Before sm_80 there is no cp.async: the pipeline primitive copies synchronously.
+// A 16-byte copy of an activation run (x in the forward and dw, dz in dx) into a stage, allocating in L1 on sm_80
+// and later (cp.async.ca): a window's taps re-read most of its pixels (the next tap along a row shifts them by
+// one pixel), a few reduction steps later in the forward and dx, within the same step in dw where a tile's
+// rows hold several taps, so L1 serves those re-reads instead of L2. CUTLASS's implicit-GEMM convolutions
+// cache their activation copies the same way and stream the filter's (__pipeline_memcpy_async's 16-byte
+// copies are .cg: L2 only), as these kernels do for w and for dw's dz, which no other copy of the block
+// re-reads. Before sm_80 there is no cp.async: the pipeline primitive copies synchronously.
 template <typename T>
 __device__ __forceinline__ void gpuconv_tc_copy16_cached(T* dst, const T* src) {
 #if GPUCONV_TC_PTX

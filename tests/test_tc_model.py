@@ -35,7 +35,8 @@ def test_predictions_respect_the_floors():
 def test_l1_serves_the_taps_rereads():
     """The LRU model of the activation copies (no SASS needed): a 1x1 layer re-reads nothing; a 3x3 layer's taps
     re-read their neighbours' pixels, which a large enough L1 serves (a 3x3 window: about a ninth of the bytes
-    plus the block's halo from L2), and a smaller L1 serves no more than a larger one."""
+    plus the block's halo from L2), and a smaller L1 serves no more than a larger one; dw's taps re-read each
+    other's only where a tile holds several."""
     import numpy as np
     import tc_model
 
@@ -50,7 +51,13 @@ def test_l1_serves_the_taps_rereads():
     assert fraction((8, 28, 28, 64), (1, 1, 64, 64), 1 << 20) == 1.0
     big, small, none = (fraction((8, 28, 28, 128), (3, 3, 128, 128), l1, padding=1) for l1 in (1 << 20, 16 << 10, 128))
     assert 1 / 9 < big < 0.25 and big <= small <= none and none > 0.9
-    # dw's copies are not cached
-    cfg = make_config("model", (8, 28, 28, 64), (3, 3, 64, 64), padding=1)
-    dw = cuda_tc.backward_weight_plan(cfg, np.float16, "highest", 90)[0]
-    assert tc_model.activation_l2_fraction(dw, cfg, np.float16, 1 << 20) == 1.0
+    # dw: the taps that share a 128-row tile (two of 64 channels) copy each other's pixels in the same step;
+    # with one tap a tile (128 channels, or a 1x1 layer) nothing is re-read
+    def dw_fraction(x_shape, w_shape, **kw):
+        cfg = make_config("model", x_shape, w_shape, **kw)
+        dw = cuda_tc.backward_weight_plan(cfg, np.float16, "highest", 90)[0]
+        return tc_model.activation_l2_fraction(dw, cfg, np.float16, 1 << 20)
+
+    assert 0.4 < dw_fraction((8, 28, 28, 64), (3, 3, 64, 64), padding=1) < 0.8
+    assert dw_fraction((8, 28, 28, 128), (3, 3, 128, 128), padding=1) == 1.0
+    assert dw_fraction((8, 28, 28, 64), (1, 1, 64, 64)) == 1.0

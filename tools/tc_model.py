@@ -12,9 +12,9 @@ The model (docs/performance.md says why each term is there; the first GPU run te
   in) / 128; tensor = warps x the loop's HMMA FMAs / rate; L2 = 132 SMs x the stage's bytes from L2 /
   L2_BYTES_PER_CLOCK (all SMs copying their stages at once). Instruction and load counts come from nvdisasm
   of the NVRTC cubin for sm_90 (gpuconv.cuda.sass), the main loop only.
-- The activation copies (x of the forward, dz of dx) are cp.async.ca: L1 serves the pixels that the next taps
-  re-read, and the L2 term counts only what an LRU simulation of one block's copies in its share of L1 misses
-  (activation_l2_fraction; the shares and carve-outs are assumptions, see L1_SMEM_KB).
+- The activation copies (x of the forward and dw, dz of dx) are cp.async.ca: L1 serves the pixels that the
+  other taps re-read, and the L2 term counts only what an LRU simulation of one block's copies in its share
+  of L1 misses (activation_l2_fraction; the shares and carve-outs are assumptions, see L1_SMEM_KB).
 - A launch takes ceil(blocks / SMs) x steps x step clocks (each SM works through its share of blocks at full
   throughput; the last, partial round of blocks is what the ceiling charges), plus LAUNCH_US; never less than
   its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the
@@ -46,8 +46,8 @@ ISSUE_PER_CLOCK, SMEM_BYTES_PER_CLOCK = 4, 128
 DENSE_FMA_PER_CLOCK = {"fp16": 2048, "bf16": 2048, "tf32": 1024}
 MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed; wgmma ~0.9)
 # L2 -> SM bandwidth, bytes a clock for the whole GPU: A100's published 5120 B/clk, assumed unchanged on H100
-# (NVIDIA publishes no H100 figure; 9.4 TB/s at 1.83 GHz). The copies bypass L1 (cp.async.cg), so every stage
-# a block loads comes from L2.
+# (NVIDIA publishes no H100 figure; 9.4 TB/s at 1.83 GHz). The filter's copies and dw's dz bypass L1
+# (cp.async.cg): all of their bytes come from L2; of the activation copies, what L1 misses (below).
 L2_BYTES_PER_CLOCK = 5120
 LAUNCH_US = 2.0                     # back-to-back launch gap on the GPU
 # L1 for the activation copies (cp.async.ca, kernels/gpuconv_tc.cuh gpuconv_tc_copy16_cached): an H100 SM has
@@ -142,16 +142,53 @@ def _activation_chunks(launch, cfg, dtype):
             yield at[np.broadcast_to(ok, at.shape)]
 
 
+DW_TILES_SIMULATED, DW_STEPS_SIMULATED = 8, 32  # dw: row tiles (spread over the filter) and steps of each
+
+
+def _dw_activation_chunks(launch, cfg, dtype):
+    """dw's A copies (x), per reduction step, as its VEC loader computes them: for up to DW_TILES_SIMULATED row
+    tiles of the first split (each a block of its own, so each starts with an empty L1: yielded as None
+    first), the first DW_STEPS_SIMULATED steps. A tile's rows are taps x channels; where Cg < BM they hold
+    several taps, whose copies in one step are the same pixels shifted by a tap."""
+    size = np.dtype(dtype).itemsize
+    bm = launch.template[0]
+    bk, vec = cuda_tc.TC_BYTES_K // size, 16 // size
+    k = cfg.kh * cfg.kw * cfg.cg
+    chunk = int(launch.scalars[-1])
+    for rt in sorted({int(v) for v in np.linspace(0, launch.grid[0] - 1, DW_TILES_SIMULATED)}):
+        yield None
+        r = rt * bm + np.arange(0, bm, vec)
+        r = r[r < k]
+        kk, n = np.divmod(r, cfg.cg)
+        k1, k2 = np.divmod(kk, cfg.kw)
+        for kt in range(min(DW_STEPS_SIMULATED, math.ceil(chunk / bk))):
+            p = kt * bk + np.arange(bk)
+            p = p[p < min(chunk, cfg.n * cfg.oh * cfg.ow)]
+            b, rem = np.divmod(p, cfg.oh * cfg.ow)
+            oi, oj = np.divmod(rem, cfg.ow)
+            ih = (oi * cfg.s1 - cfg.pt)[:, None] + k1 * cfg.d1
+            iw = (oj * cfg.s2 - cfg.pl)[:, None] + k2 * cfg.d2
+            ok = (ih >= 0) & (ih < cfg.h) & (iw >= 0) & (iw < cfg.w)
+            at = (((b[:, None] * cfg.h + ih) * cfg.w + iw) * cfg.c + n) * size
+            yield at[ok]
+
+
 def activation_l2_fraction(launch, cfg, dtype, l1_bytes=None) -> float:
     """The share of a launch's activation copy bytes that L1 misses (and L2 serves), 1.0 where the copies are not
-    cached (dw, the generic variants): an LRU simulation of the middle row block's A copies in its share of L1
-    (l1_bytes; default l1_bytes_per_block), a miss fetching the chunk's 32-byte sector."""
-    if launch.kernel == "gpuconv_tc_bwd_weight" or not launch.template[-1]:
+    cached (the generic variants): an LRU simulation of the A copies (the forward's and dx's middle row block,
+    dw's row tiles: _dw_activation_chunks) in a block's share of L1 (l1_bytes; default l1_bytes_per_block), a
+    miss fetching the chunk's 32-byte sector. The copies of one step are in flight together: a sector that an
+    earlier copy of the step fetched counts as a hit (assumed: that L1 merges a miss with one in flight)."""
+    if not launch.template[-1]:
         return 1.0
     lines = (l1_bytes_per_block(launch, dtype) if l1_bytes is None else l1_bytes) // LINE
+    dw = launch.kernel == "gpuconv_tc_bwd_weight"
     cache: OrderedDict = OrderedDict()
     copied = missed = 0
-    for chunks in _activation_chunks(launch, cfg, dtype):
+    for chunks in (_dw_activation_chunks if dw else _activation_chunks)(launch, cfg, dtype):
+        if chunks is None:  # another block: an L1 of its own
+            cache.clear()
+            continue
         copied += 16 * chunks.size
         for sector in (chunks // SECTOR).tolist():
             line = sector // (LINE // SECTOR)
