@@ -263,34 +263,43 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     };
 
     if constexpr (VEC) {
-        // A: 16-byte chunk (V rows = input channels) t % MCH of pixels t / MCH + (TH / MCH) i; B likewise.
+        // A: thread t copies the 16-byte chunks (V rows = input channels of one tap) t % 8 + 8 j, j < CPT, of
+        // pixels t / 8 + (TH / 8) i, i < PPT: eight threads copy 128 contiguous bytes of a pixel (whole lines,
+        // conflict-free stores), and a thread walks PPT pixels where a chunk a thread would walk RA (the walk
+        // and the pixel's address terms are most of dw's loop: docs/performance.md). B: chunk t % NCH of
+        // pixels t / NCH + (TH / NCH) j.
         // The x copies are cached in L1 (gpuconv_tc_copy16_cached): where a tile's rows hold several taps
         // (Cg < BM), the taps of a step copy the same pixels shifted by a tap, and L1 serves the re-reads.
-        constexpr int MCH = BM / V, RA = BK * MCH / TH;
+        constexpr int MCH = BM / V, RA = BK * MCH / TH, CPT = MCH / 8, PPT = RA / CPT;
         constexpr int NCH = BN / V, RB = BK * NCH / TH;
         static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
-        static_assert(TH % MCH == 0 && TH % NCH == 0 && RA * TH == BK * MCH && RB * TH == BK * NCH,
-                      "the loaders' chunks cover the tiles exactly once");  // e.g. no BM = 96 (MCH = 12)
-        const int am = (t % MCH) * V;
-        int k1d1, k2d2, n;
-        bool r_ok;
-        decode_row(row0 + am, k1d1, k2d2, n, r_ok);  // Cg % V == 0: the V rows share one tap
+        static_assert(MCH % 8 == 0 && TH % 8 == 0 && CPT * PPT == RA && (TH / 8) * PPT == BK && TH % NCH == 0 &&
+                      RB * TH == BK * NCH, "the loaders' chunks cover the tiles exactly once");  // e.g. no BM = 96
+        int k1d1[CPT], k2d2[CPT], n[CPT];
+        bool r_ok[CPT];
+#pragma unroll
+        for (int j = 0; j < CPT; ++j)  // Cg % V == 0: the V rows of a chunk share one tap
+            decode_row(row0 + (t % 8 + 8 * j) * V, k1d1[j], k2d2[j], n[j], r_ok[j]);
         const int bn = (t % NCH) * V;
         const bool c_ok = col0 + bn < Mg;
-        gpuconv_walk3 px[RA];  // digits (b, oi, oj) of this thread's A pixels, advanced by BK per step
+        gpuconv_walk3 px[PPT];  // digits (b, oi, oj) of this thread's A pixels, advanced by BK per step
 #pragma unroll
-        for (int i = 0; i < RA; ++i) px[i].init(p_begin + t / MCH + (TH / MCH) * i, BK, OH, OW);
+        for (int i = 0; i < PPT; ++i) px[i].init(p_begin + t / 8 + (TH / 8) * i, BK, OH, OW);
         auto issue = [&](int kt, int s) {
             const int p0 = p_begin + kt * BK;
 #pragma unroll
-            for (int i = 0; i < RA; ++i) {
-                const int pk = t / MCH + (TH / MCH) * i, p = p0 + pk;
-                T* dst = Tile::a_at(smem, s, am, pk);
-                const int ih = px[i].i1 * s1 + k1d1, iw = px[i].i2 * s2 + k2d2;
-                if (p < p_end && r_ok && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((px[i].i0 * H + ih) * W + iw) * C + n);
-                else
-                    gpuconv_tc_zero16(dst);
+            for (int i = 0; i < PPT; ++i) {
+                const int pk = t / 8 + (TH / 8) * i, p = p0 + pk;
+                const int ih0 = px[i].i1 * s1, iw0 = px[i].i2 * s2, bh = px[i].i0 * H;
+#pragma unroll
+                for (int j = 0; j < CPT; ++j) {
+                    T* dst = Tile::a_at(smem, s, (t % 8 + 8 * j) * V, pk);
+                    const int ih = ih0 + k1d1[j], iw = iw0 + k2d2[j];
+                    if (p < p_end && r_ok[j] && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                        gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((bh + ih) * W + iw) * C + n[j]);
+                    else
+                        gpuconv_tc_zero16(dst);
+                }
                 px[i].advance();  // issue runs for kt = 0, 1, 2, ... in order
             }
 #pragma unroll

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 9
+MUTANTS_VERSION = 10
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -354,6 +354,11 @@ MUTANTS = [
       "bound: NaN-rule exact dx path, column >= OW made >"),
     M("t-bwd-04", TCB, "const int KT = (p_end - p_begin + BK - 1) / BK;", "const int KT = (p_end - p_begin) / BK;",
       "dw split end: the last split's partial step dropped"),
+    M("t-bwd-07", TCB, "decode_row(row0 + (t % 8 + 8 * j) * V, k1d1[j], k2d2[j], n[j], r_ok[j]);",
+      "decode_row(row0 + (t % 8 + 8 * j) * V, k1d1[0], k2d2[0], n[j], r_ok[j]);",
+      "dw loader: every chunk of a thread given its first chunk's tap"),
+    M("t-bwd-08", TCB, "const int pk = t / 8 + (TH / 8) * i, p = p0 + pk;", "const int pk = t / 8 + 8 * i, p = p0 + pk;",
+      "index: dw loader's second pixel of a thread 8 on (for 16): pixels copied twice, others never"),
     M("t-bwd-05", TCB, "k2d2 = (kk - k1 * KW) * d2 - pl;", "k2d2 = (kk - k1 * KW) * d1 - pl;",
       "swapped: dw tap column dilation d2 made d1"),
     # ---------------------------------------------------------------- tensor cores: launch plans
