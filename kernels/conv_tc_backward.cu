@@ -265,9 +265,9 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     if constexpr (VEC) {
         // A: thread t copies the 16-byte chunks (V rows = input channels of one tap) t % 8 + 8 j, j < CPT, of
         // pixels t / 8 + (TH / 8) i, i < PPT: eight threads copy 128 contiguous bytes of a pixel (whole lines,
-        // conflict-free stores), and a thread walks PPT pixels where a chunk a thread would walk RA (the walk
-        // and the pixel's address terms are most of dw's loop: docs/performance.md). B: chunk t % NCH of
-        // pixels t / NCH + (TH / NCH) j.
+        // conflict-free stores), and a thread walks PPT pixels, not the RA that one chunk a thread would need
+        // (the walks and the pixels' address terms were most of dw's loop: docs/performance.md). B: chunk
+        // t % NCH of pixels t / NCH + (TH / NCH) j.
         // The x copies are cached in L1 (gpuconv_tc_copy16_cached): where a tile's rows hold several taps
         // (Cg < BM), the taps of a step copy the same pixels shifted by a tap, and L1 serves the re-reads.
         constexpr int MCH = BM / V, RA = BK * MCH / TH, CPT = MCH / 8, PPT = RA / CPT;
