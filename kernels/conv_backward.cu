@@ -2,6 +2,7 @@
 // activation gradient as it loads: dz = dy * act'(z) is never written to memory. With act = identity, dy is dz.
 //
 //   gpuconv_act_bwd               dz = dy * act'(z) alone, elementwise (the backend's activation_backward)
+//                                 (rounded to TF32 on request, for the DZ_TF32 tensor-core kernels)
 //   gpuconv_conv_bwd_input        dx, the transposed convolution, as a tiled implicit GEMM per group and
 //                                 stride phase (one launch per phase): rows = the phase's input pixels,
 //                                 columns = Cg, reduction = the phase's taps x Mg; taps reaching outside
@@ -52,11 +53,12 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_act_bwd(
     const T* __restrict__ y,   // saved output act(z), same shape
     T* __restrict__ dz,        // written: dy * act'(z)
     gpuconv_i64 size,          // number of elements
-    int act)                   // GPUCONV_ACT_*
+    int act,                   // GPUCONV_ACT_*
+    int tf32)                  // 1: store dz rounded to TF32 (float, for the DZ_TF32 tensor-core kernels)
 {
     const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;
     for (gpuconv_i64 i = (gpuconv_i64)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride)
-        gpuconv_store(dz + i, gpuconv_load_dz(dy, y, i, act));
+        gpuconv_store_dz(dz + i, gpuconv_load_dz(dy, y, i, act), tf32);
 }
 
 template <typename T, int BN>
@@ -462,7 +464,8 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
     int M,                     // channels
     int chunk,                 // rows per split; split = blockIdx.y
     int act,                   // GPUCONV_ACT_* of the forward pass
-    int store_dz)              // 1: also store dz (rounded to T, as gpuconv_act_bwd does), 0: only sum it
+    int store_dz,              // 1: also store dz (rounded to T, as gpuconv_act_bwd does), 0: only sum it
+    int tf32)                  // with store_dz, 1: dz rounded to TF32 instead (float; gpuconv_store_dz)
 {
     // Block (GPUCONV_RED_X, GPUCONV_RED_Y) = (32, 8): threadIdx.x = channel within the block's 32,
     // threadIdx.y = row phase.
@@ -476,7 +479,7 @@ __global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_bias_grad(
         for (int p = p_begin + threadIdx.y; p < p_end; p += GPUCONV_RED_Y) {
             const gpuconv_i64 i = (gpuconv_i64)p * M + m;
             const Acc d = gpuconv_load_dz(dy, y, i, act);
-            if (store_dz) gpuconv_store(dz + i, d);
+            if (store_dz) gpuconv_store_dz(dz + i, d, tf32);
             v += d;  // the unrounded value, as without store_dz: db is the same either way
         }
     red[threadIdx.y][threadIdx.x] = v;

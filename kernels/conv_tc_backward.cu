@@ -22,6 +22,11 @@
 //       shape only): rows = KH*KW*Cg taps (k1, k2, n), columns = Mg, reduction = the split's pixels. A (x) is
 //       stored column-major (input channels fastest), B (dz) row-major. gpuconv_sum_partials then adds the splits
 //       in order, so dw is bitwise the same on every run. VEC: Cg and Mg multiples of 16 bytes, aligned arrays.
+//   DZ_TF32 (float only, a template argument after VEC, false by default): dz holds TF32 values already (the
+//       backend's pass rounded it as it stored it, for relu / sigmoid / tanh in precision "tf32"), so the loads
+//       of dz's fragments (dx's A, dw's B) skip the conversion. The results are bitwise those of the default
+//       variant, which rounds dz in the loads (rounding twice rounds as once); the emulator's mma.sync fails on
+//       an operand that is no TF32 value, so a pass that forgot to round would be caught.
 // Tiles (cuda_tc._tile): 128 x 128 (dx also 96 x 128) for more than 64 columns, else 128 x 64 (dx also
 // 256 x 64), 4 stages (3 for 256 x 64, 2 for the FP16 kernels of sm_70 / sm_75; generic variants: 128 x 64, 2
 // stages).
@@ -32,8 +37,11 @@
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 256, 64, 3, true>, gpuconv_tc_bwd_input<__half, 256, 64, 3, true>, gpuconv_tc_bwd_input<__nv_bfloat16, 256, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<__half, 128, 128, 2, true>, gpuconv_tc_bwd_input<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 2, false>, gpuconv_tc_bwd_input<__half, 128, 64, 2, false>, gpuconv_tc_bwd_input<__nv_bfloat16, 128, 64, 2, false>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 128, 4, true, true>, gpuconv_tc_bwd_input<float, 96, 128, 4, true, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_input<float, 128, 64, 4, true, true>, gpuconv_tc_bwd_input<float, 256, 64, 3, true, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 128, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 128, 4, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 4, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 4, true>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 4, true>
+// gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 128, 4, true, true>, gpuconv_tc_bwd_weight<float, 128, 64, 4, true, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<__half, 128, 128, 2, true>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_bwd_weight<float, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__half, 128, 64, 2, false>, gpuconv_tc_bwd_weight<__nv_bfloat16, 128, 64, 2, false>
 // The bfloat16 instantiations of kernels of conv_backward.cu (included below; gpuconv_nonfinite_flag above): gpuconv_act_bwd (dz for these
@@ -43,11 +51,11 @@
 #include "gpuconv_tc.cuh"
 #include "conv_backward.cu"
 
-template <typename T, int BM, int BN, int STAGES, bool VEC>
+template <typename T, int BM, int BN, int STAGES, bool VEC, bool DZ_TF32>
 __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const T* __restrict__ dz, const T* __restrict__ w, const int* __restrict__ wflag, T* __restrict__ dx,
     const T* __restrict__ bias, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int has_bias, int out_act) {
-    typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false> Tile;
+    typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false, DZ_TF32, false> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
@@ -204,7 +212,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }
 
-template <typename T, int BM, int BN, int STAGES, bool VEC>
+template <typename T, int BM, int BN, int STAGES, bool VEC, bool DZ_TF32 = false>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ w,     // weights (KH, KW, Cg, M), HWIO
@@ -219,17 +227,16 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_input(
     // grid (ceil(N*Hp*Wp / BM), ceil(Cg / BN), G), block GPUCONV_TC_THREADS (128). Empty on targets without
     // this tensor-core type.
     if constexpr (gpuconv_tc<T>::enabled)
-        gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC>(dz, w, wflag, dx, bias, N, H, W, C, KH, KW, M, G, OH, OW,
-                                                           s1, s2, d1, d2, pt, pl, h0, Hp, qh0, w0, Wp, qw0, k1f,
-                                                           k1s, T1, k1b, k1i, k2f, k2s, T2, k2b, k2i, has_bias,
-                                                           out_act);
+        gpuconv_tc_bwd_input_body<T, BM, BN, STAGES, VEC, DZ_TF32>(
+            dz, w, wflag, dx, bias, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl, h0, Hp, qh0, w0, Wp,
+            qw0, k1f, k1s, T1, k1b, k1i, k2f, k2s, T2, k2b, k2i, has_bias, out_act);
 }
 
-template <typename T, int BM, int BN, int STAGES, bool VEC>
+template <typename T, int BM, int BN, int STAGES, bool VEC, bool DZ_TF32>
 __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     const T* __restrict__ dz, const T* __restrict__ x, float* __restrict__ ws, GPUCONV_CONV_SHAPE_PARAMS,
     int chunk) {
-    typedef gpuconv_tc_tile<T, BM, BN, STAGES, false, true> Tile;
+    typedef gpuconv_tc_tile<T, BM, BN, STAGES, false, true, false, DZ_TF32> Tile;
     constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
@@ -366,7 +373,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_weight_body(
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }
 
-template <typename T, int BM, int BN, int STAGES, bool VEC>
+template <typename T, int BM, int BN, int STAGES, bool VEC, bool DZ_TF32 = false>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_weight(
     const T* __restrict__ dz,    // gradient of the pre-activation output (N, OH, OW, M), contiguous
     const T* __restrict__ x,     // input (N, H, W, C)
@@ -377,6 +384,6 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_tc_bwd_weight(
     // grid (ceil(KH*KW*Cg / BM), ceil(Mg / BN) * G, splits), block GPUCONV_TC_THREADS (128). Empty on targets
     // without this type.
     if constexpr (gpuconv_tc<T>::enabled)
-        gpuconv_tc_bwd_weight_body<T, BM, BN, STAGES, VEC>(dz, x, ws, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2,
-                                                            d1, d2, pt, pl, chunk);
+        gpuconv_tc_bwd_weight_body<T, BM, BN, STAGES, VEC, DZ_TF32>(dz, x, ws, N, H, W, C, KH, KW, M, G, OH, OW,
+                                                                     s1, s2, d1, d2, pt, pl, chunk);
 }

@@ -111,6 +111,24 @@ __device__ __forceinline__ typename gpuconv_acc<T>::type gpuconv_load_dz(
     return gpuconv_act_backward(d, gpuconv_to_acc(y[i]), act);
 }
 
+// v rounded to TF32 as cvt.rna.tf32.f32 does (nearest, ties away from zero; NaN and inf unchanged), on its
+// bits, so that any target computes it. The backward pass stores dz this way for the tensor-core kernels that
+// take TF32 operands as they are (DZ_TF32 in kernels/conv_tc_backward.cu); gpuconv/backends/numpy.py
+// tf32_round is the same rule.
+__device__ __forceinline__ float gpuconv_round_tf32(float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7F800000u) != 0x7F800000u) u = (u + 0x1000u) & 0xFFFFE000u;
+    return __uint_as_float(u);
+}
+
+// dz = v stored for the tensor-core kernels: rounded to TF32 when tf32 != 0 (float only: the backend sets it
+// for float32 in precision "tf32"), else rounded to T as gpuconv_store does.
+template <typename T, typename Acc>
+__device__ __forceinline__ void gpuconv_store_dz(T* p, Acc v, int) { gpuconv_store(p, v); }
+__device__ __forceinline__ void gpuconv_store_dz(float* p, float v, int tf32) {
+    *p = tf32 ? gpuconv_round_tf32(v) : v;
+}
+
 // A flat index v = (i0 * n1 + i1) * n2 + i2 kept as its digits (i0, i1, i2) while it advances by a fixed
 // step, so that loops over pixels (b, oi, oj) or reduction indices (k1, k2, n) do no integer division (two
 // per element otherwise, and a division in a loop can make ptxas spill).

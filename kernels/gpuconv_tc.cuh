@@ -95,9 +95,12 @@ __device__ __forceinline__ float gpuconv_tc_operand<float>(float v) { return nvc
 // stored either "row" (the reduction index fastest for A, the column index fastest for B) or "col"
 // (transposed), whichever makes the global runs contiguous in shared memory:
 //   A row: As[BM][BK + SKEW]   A col: As[BK][BM + SKEW]   B row: Bs[BK][BN + SKEW]   B col: Bs[BN][BK + SKEW]
-template <typename T, int BM_, int BN_, int STAGES_, bool A_ROW, bool B_ROW>
+// A_TF32 / B_TF32: the operand is stored as TF32 values already (dz rounded by the pass that wrote it), so the
+// float fragment loads of the ldmatrix path skip their conversion; rounding twice would round as once.
+template <typename T, int BM_, int BN_, int STAGES_, bool A_ROW, bool B_ROW, bool A_TF32 = false, bool B_TF32 = false>
 struct gpuconv_tc_tile {
     static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
+    static constexpr bool ROUND_A = sizeof(T) == 4 && !A_TF32, ROUND_B = sizeof(T) == 4 && !B_TF32;
     static constexpr int BK = GPUCONV_TC_BYTES_K / sizeof(T);
     static constexpr int VEC = 16 / sizeof(T);  // elements of one 16-byte copy
     // Row padding: 32 bytes for the TF32 tiles the PTX path reads as 32-bit elements (A column-major, B

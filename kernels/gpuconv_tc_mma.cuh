@@ -10,7 +10,8 @@
 //   TF32      ldmatrix has no 32-bit transpose: A row-major and B column-major with ldmatrix.x4 (an 8 x 8 block
 //             of 16-bit pairs is 8 rows of 4 floats: each lane receives one float), the others with 32-bit
 //             shared loads, conflict-free through the layouts' 32-byte skew (gpuconv_tc_tile).
-// TF32 operands are rounded (cvt.rna) in registers as they are loaded.
+// TF32 operands are rounded (cvt.rna) in registers as they are loaded, but for those stored rounded already
+// (Tile::ROUND_A / ROUND_B false: dz of the backward's pass).
 // Accumulators stay in the ISA's C layout, so the epilogue applies bias and activation to them in place.
 #pragma once
 
@@ -53,12 +54,16 @@ struct gpuconv_tc_acc {
 // ptxas drops the final mask of the low 13 bits, which the tensor core ignores).
 // Rounding in registers costs issue slots; rounding each stage in shared memory instead would cost a read and a
 // write of the whole stage, and shared-memory bandwidth is what binds this path (docs/performance.md).
+template <bool ROUND>
 __device__ __forceinline__ unsigned gpuconv_tc_bits(const float* p) {
-    return __float_as_uint(nvcuda::wmma::__float_to_tf32(*p));
+    return ROUND ? __float_as_uint(nvcuda::wmma::__float_to_tf32(*p)) : __float_as_uint(*p);
 }
+template <bool ROUND>
 __device__ __forceinline__ void gpuconv_tc_round_bits(unsigned (&r)[4]) {
+    if constexpr (ROUND) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) r[e] = __float_as_uint(nvcuda::wmma::__float_to_tf32(__uint_as_float(r[e])));
+        for (int e = 0; e < 4; ++e) r[e] = __float_as_uint(nvcuda::wmma::__float_to_tf32(__uint_as_float(r[e])));
+    }
 }
 
 // Where each lane's operand loads start inside a stage, relative to the warp tile's corner (the same for every
@@ -85,14 +90,14 @@ template <typename T, typename Tile, bool A_ROW>
 __device__ __forceinline__ void gpuconv_tc_load_a(const T* sa, int m, int k, unsigned (&a)[4]) {
     if constexpr (A_ROW) {
         gpuconv_ldmatrix_x4(a, sa + Tile::a_off(m, k));
-        if constexpr (sizeof(T) == 4) gpuconv_tc_round_bits(a);
+        gpuconv_tc_round_bits<Tile::ROUND_A>(a);
     } else if constexpr (sizeof(T) == 2) {
         gpuconv_ldmatrix_x4_trans(a, sa + Tile::a_off(m, k));
     } else {
-        a[0] = gpuconv_tc_bits(sa + Tile::a_off(m, k));
-        a[1] = gpuconv_tc_bits(sa + Tile::a_off(m + 8, k));
-        a[2] = gpuconv_tc_bits(sa + Tile::a_off(m, k + 4));
-        a[3] = gpuconv_tc_bits(sa + Tile::a_off(m + 8, k + 4));
+        a[0] = gpuconv_tc_bits<Tile::ROUND_A>(sa + Tile::a_off(m, k));
+        a[1] = gpuconv_tc_bits<Tile::ROUND_A>(sa + Tile::a_off(m + 8, k));
+        a[2] = gpuconv_tc_bits<Tile::ROUND_A>(sa + Tile::a_off(m, k + 4));
+        a[3] = gpuconv_tc_bits<Tile::ROUND_A>(sa + Tile::a_off(m + 8, k + 4));
     }
 }
 
@@ -102,14 +107,14 @@ __device__ __forceinline__ void gpuconv_tc_load_b(const T* sb, int k, int n, uns
     unsigned r[4];
     if constexpr (!B_ROW) {
         gpuconv_ldmatrix_x4(r, sb + Tile::b_off(k, n));
-        if constexpr (sizeof(T) == 4) gpuconv_tc_round_bits(r);
+        gpuconv_tc_round_bits<Tile::ROUND_B>(r);
     } else if constexpr (sizeof(T) == 2) {
         gpuconv_ldmatrix_x4_trans(r, sb + Tile::b_off(k, n));
     } else {
-        r[0] = gpuconv_tc_bits(sb + Tile::b_off(k, n));
-        r[1] = gpuconv_tc_bits(sb + Tile::b_off(k + 4, n));
-        r[2] = gpuconv_tc_bits(sb + Tile::b_off(k, n + 8));
-        r[3] = gpuconv_tc_bits(sb + Tile::b_off(k + 4, n + 8));
+        r[0] = gpuconv_tc_bits<Tile::ROUND_B>(sb + Tile::b_off(k, n));
+        r[1] = gpuconv_tc_bits<Tile::ROUND_B>(sb + Tile::b_off(k + 4, n));
+        r[2] = gpuconv_tc_bits<Tile::ROUND_B>(sb + Tile::b_off(k, n + 8));
+        r[3] = gpuconv_tc_bits<Tile::ROUND_B>(sb + Tile::b_off(k + 4, n + 8));
     }
     b0[0] = r[0], b0[1] = r[1], b1[0] = r[2], b1[1] = r[3];
 }

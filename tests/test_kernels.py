@@ -172,6 +172,29 @@ def test_relu_backward_is_a_select(be):
     np.testing.assert_array_equal(dz, [[0, 0, 0, 2.0, np.inf]])
 
 
+def test_dz_passes_round_to_tf32_bit_for_bit(be):
+    """For the DZ_TF32 tensor-core kernels the two dz passes (gpuconv_act_bwd, and db's gpuconv_bias_grad with
+    store_dz) store dz rounded as the TF32 oracle rounds (gpuconv.backends.numpy.tf32_round), on the values
+    where rounding is subtle: ties (away from zero), a carry into the exponent, the float32 maximum (to inf),
+    subnormals, NaN and inf; db sums the unrounded values."""
+    from gpuconv.backends.numpy import tf32_round
+
+    bits = np.array([0x3F801000, 0xBF801000, 0x3F800FFF, 0x3FFFF000, 0x7F7FFFFF, 0x00001000, 0x80000FFF,
+                     0x7FC00001, 0x7F800001, 0x7F800000, 0xFF800000, 0x00000000, 0x80000000, 0x3EAAAAAB],
+                    np.uint32)
+    dy = np.resize(bits, 2 * 3 * 40).view(np.float32).reshape(2, 3, 40)
+    dy[1] = np.random.default_rng(5).uniform(-1, 1, (3, 40))  # finite rows for db
+    y = np.ones_like(dy)  # relu passes dy where the output is positive
+    want = tf32_round(dy).view(np.uint32)
+    dz = to_module(be.activation_backward(_dev(be, dy), _dev(be, y), "relu", tf32=True), np)
+    assert dz.view(np.uint32).tolist() == want.tolist()
+    dz_out = be.xp.empty(dy.shape, dy.dtype)
+    db = to_module(be.backward_bias_fused(_dev(be, dy), _dev(be, y), "relu", dz_out=dz_out, dz_tf32=True), np)
+    assert to_module(dz_out, np).view(np.uint32).tolist() == want.tolist()
+    db_plain = to_module(be.backward_bias_fused(_dev(be, dy), _dev(be, y), "relu"), np)
+    assert db.tobytes() == db_plain.tobytes()
+
+
 def test_sigmoid_saturates_without_nan(be):
     x = np.full((1, 1, 1, 1), 1.0, np.float32)
     w = np.full((1, 1, 1, 2), 1.0, np.float32)

@@ -192,7 +192,9 @@ def test_backward_plans():
     partial, total = _plans.backward_bias(1000, 40, "tanh")
     assert partial.block == (_plans.RED_X, _plans.RED_Y, 1) and partial.grid[:2] == (2, _plans.partials_shape(total)[0])
     (act,) = _plans.activation_backward(10**9, "relu")
-    assert act.grid == (_plans.ACT_BWD_MAX_BLOCKS, 1, 1) and act.scalars == (10**9, 1)
+    assert act.grid == (_plans.ACT_BWD_MAX_BLOCKS, 1, 1) and act.scalars == (10**9, 1, 0)
+    assert _plans.activation_backward(8, "relu", tf32=True)[0].scalars[-1] == 1  # dz stored rounded to TF32
+    assert _plans.backward_bias(8, 4, "relu", True, tf32=True)[0].scalars[-2:] == (1, 1)
     assert _plans.activation_backward(0, "relu") == []
 
 

@@ -118,8 +118,17 @@ def _data(case, dtype, seed):
     return cfg, opts, act, u(xs), u(ws), u(ws[3]), u(cfg.y_shape), y
 
 
-def _routes(cfg, dtype, precision, arch=None):
-    return cuda_tc.routes(cfg, dtype, precision, arch)
+def _routes(cfg, dtype, precision, arch=None, activation="identity"):
+    return cuda_tc.routes(cfg, dtype, precision, arch, activation=activation)
+
+
+def _tested_routes(case, cfg, dtype, precision):
+    """The kernels _check_against_float64 runs for a case: its activation's, and (tf32 with an activation whose
+    dz a pass stores rounded) those of the identity too, which round dz in their loads."""
+    out = set()
+    for act in {case[4], "identity"}:
+        out |= {v for v in _routes(cfg, dtype, precision, activation=act).values() if v is not None}
+    return out
 
 
 def test_cases_cover_every_activation():
@@ -137,7 +146,7 @@ def test_cases_cover_every_variant():
     for case in CASES:
         cfg = make_config("test", case[1], case[2], **case[3])
         for _, dt, precision in MODES:
-            seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
+            seen |= _tested_routes(case, cfg, dt, precision)
         if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
             seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
         for cases, table, bm in ((TALL_CASES, "NARROW_TILES", 256), (WIDE_CASES, "WIDE_TILES", 128)):
@@ -145,7 +154,7 @@ def test_cases_cover_every_variant():
                 with pytest.MonkeyPatch.context() as mp:
                     _only_tile(mp, table, bm)
                     for _, dt, precision in MODES:
-                        seen |= {v for v in _routes(cfg, dt, precision).values() if v is not None}
+                        seen |= _tested_routes(case, cfg, dt, precision)
     registered = set()
     for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
         registered |= {e for e in registered_name_expressions(kernel_source(f)) if e.startswith("gpuconv_tc_")}
@@ -299,6 +308,16 @@ def _check_against_float64(be, case, mode, arch=None):
         want = ref.backward_weight(dz, xr, cfg.w_shape, **opts)
         s = ref.backward_weight(np.abs(dz), np.abs(xr), cfg.w_shape, **opts)
         assert_within(dw, want, bound(dt, cfg.n * cfg.oh * cfg.ow, s, want), f"{routes['backward_weight']} dw")
+    if name == "tf32" and act != "identity":
+        # backward's pass stored dz rounded to TF32 for the DZ_TF32 kernels: bitwise what the kernels that round
+        # a user's dz in their loads give
+        # a user's dz, and without a bias the elementwise pass's dz (gpuconv_act_bwd) in place of db's
+        dz_dev = be.activation_backward(d(dy), d(y), act)
+        dx_nb, dw_nb, _ = be.backward(d(dy), d(y), d(x), d(w), cfg, act, False, precision=precision)
+        for got, again, what in ((dx, be.backward_input(dz_dev, d(w), cfg, precision=precision), "dx"),
+                                 (dw, be.backward_weight(dz_dev, d(x), cfg, precision=precision), "dw"),
+                                 (dx, dx_nb, "dx without a bias"), (dw, dw_nb, "dw without a bias")):
+            assert host(got).tobytes() == host(again).tobytes(), f"{what}: DZ_TF32 against rounding in the loads"
     dz_exact = kernel_dz(dy, y, act, np.float32).astype(np.float64)  # db: the SIMT kernel's unrounded dz
     want = ref.backward_bias(dz_exact)
     assert_within(db, want, bound(dt, cfg.n * cfg.oh * cfg.ow, ref.backward_bias(np.abs(dz_exact)), want), "db")
@@ -368,6 +387,13 @@ def test_db_pass_stores_dz(be, mode):
         db = be.backward_bias_fused(dy, y, act, dz_out=dz)
         assert host(dz).tobytes() == host(be.activation_backward(dy, y, act)).tobytes(), act
         assert host(db).tobytes() == host(be.backward_bias_fused(dy, y, act)).tobytes(), act
+        if name == "tf32":  # dz for the DZ_TF32 kernels: rounded as tf32_round, by either pass; db unchanged
+            dz_tf32 = be.xp.empty(dy.shape, dy.dtype)
+            db_tf32 = be.backward_bias_fused(dy, y, act, dz_out=dz_tf32, dz_tf32=True)
+            want = tf32_round(host(dz)).tobytes()
+            assert host(dz_tf32).tobytes() == want and host(db_tf32).tobytes() == host(db).tobytes(), act
+            assert host(be.activation_backward(dy, y, act, tf32=True)).tobytes() == want, act
+
 
 
 def test_float16_few_channel_dx_on_tensor_cores_and_unaligned_on_simt(be):

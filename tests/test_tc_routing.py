@@ -184,7 +184,7 @@ def _registered_tc_kernels():
         for expr in registered_name_expressions(kernel_source(f)):
             if expr.startswith("gpuconv_tc_"):
                 name, args = expr[:-1].split("<")
-                ctype, bm, bn, stages, _ = (a.strip() for a in args.split(","))
+                ctype, bm, bn, stages, *_ = (a.strip() for a in args.split(","))  # then VEC (, DZ_TF32)
                 yield name, ctype, int(bm), int(bn), int(stages)
 
 

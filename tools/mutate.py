@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 10
+MUTANTS_VERSION = 11
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -282,17 +282,18 @@ MUTANTS = [
       "const Acc xv = ((unsigned)ih < (unsigned)H && (unsigned)iw <= (unsigned)W)",
       "bound: small dw input column < W made <="),
     # ---------------------------------------------------------------- tensor cores: tiles and main loop
-    M("k-bwd-36", BWD, "if (store_dz) gpuconv_store(dz + i, d);",
-      "if (store_dz) gpuconv_store(dz + i, gpuconv_to_acc(dy[i]));",
+    M("k-bwd-36", BWD, "if (store_dz) gpuconv_store_dz(dz + i, d, tf32);",
+      "if (store_dz) gpuconv_store_dz(dz + i, gpuconv_to_acc(dy[i]), tf32);",
       "db's pass stores dy for dz (the activation gradient dropped from the tensor-core kernels' input)"),
     M("t-loop-01", TC, "__pipeline_wait_prior(Tile::STAGES - 2);", "__pipeline_wait_prior(Tile::STAGES - 1);",
       "wait count: a step read before its copies landed"),
     M("t-loop-02", TC, "        __pipeline_wait_prior(Tile::STAGES - 2);\n        __syncthreads();",
       "        __pipeline_wait_prior(Tile::STAGES - 2);",
       "barrier dropped: before a step reads the other threads' copies"),
-    M("t-loop-03", MMA, "        if constexpr (sizeof(T) == 4) gpuconv_tc_round_bits(a);\n", "",
+    M("t-loop-03", MMA, "        gpuconv_tc_round_bits<Tile::ROUND_A>(a);\n", "",
       "TF32 rounding dropped: the A operands ldmatrix loads"),
-    M("t-loop-04", MMA, "return __float_as_uint(nvcuda::wmma::__float_to_tf32(*p));", "return __float_as_uint(*p);",
+    M("t-loop-04", MMA, "return ROUND ? __float_as_uint(nvcuda::wmma::__float_to_tf32(*p)) : __float_as_uint(*p);",
+      "return __float_as_uint(*p);",
       "TF32 rounding dropped: the operands of the 32-bit shared loads"),
     M("t-loop-05", TC, "if (next < KT) issue(next, next % Tile::STAGES);",
       "if (next < KT) issue(next, kt % Tile::STAGES);",
@@ -310,8 +311,8 @@ MUTANTS = [
     M("t-mma-02", MMA, "return Tile::b_off(Tile::VEC * ((lane / 8) % 2), lane % 8 + 8 * (lane / 16));",
       "return Tile::b_off(Tile::VEC * (lane / 16), lane % 8 + 8 * (lane / 16));",
       "ldmatrix lane address: B (column-major) reduction half"),
-    M("t-mma-03", MMA, "a[1] = gpuconv_tc_bits(sa + Tile::a_off(m + 8, k));",
-      "a[1] = gpuconv_tc_bits(sa + Tile::a_off(m, k + 4));", "TF32 scalar load: a[1] as (g, q + 4)"),
+    M("t-mma-03", MMA, "a[1] = gpuconv_tc_bits<Tile::ROUND_A>(sa + Tile::a_off(m + 8, k));",
+      "a[1] = gpuconv_tc_bits<Tile::ROUND_A>(sa + Tile::a_off(m, k + 4));", "TF32 scalar load: a[1] as (g, q + 4)"),
     M("t-mma-04", MMA, "emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][2 * h]);",
       "emit(base, wn0 + 8 * j + 2 * q, acc.d[i][j][h]);", "epilogue: row g + 8 of column 2q read as d[1]"),
     M("t-mma-05", MMA, "emit(base, wn0 + 8 * j + 2 * q + 1, acc.d[i][j][2 * h + 1]);",
@@ -361,6 +362,24 @@ MUTANTS = [
       "index: dw loader's second pixel of a thread 8 on (for 16): pixels copied twice, others never"),
     M("t-bwd-05", TCB, "k2d2 = (kk - k1 * KW) * d2 - pl;", "k2d2 = (kk - k1 * KW) * d1 - pl;",
       "swapped: dw tap column dilation d2 made d1"),
+    # ---------------------------------------------------------------- dz stored TF32-rounded (DZ_TF32)
+    M("k-bwd-37", COMMON, "u = (u + 0x1000u) & 0xFFFFE000u;", "u = (u + 0x0FFFu) & 0xFFFFE000u;",
+      "TF32 rounding of the dz passes: ties rounded down, not away from zero"),
+    M("k-bwd-38", BWD, "gpuconv_store_dz(dz + i, gpuconv_load_dz(dy, y, i, act), tf32);",
+      "gpuconv_store_dz(dz + i, gpuconv_load_dz(dy, y, i, act), 0);",
+      "gpuconv_act_bwd ignores tf32: dz stored unrounded for the DZ_TF32 kernels"),
+    M("k-bwd-39", BWD, "if (store_dz) gpuconv_store_dz(dz + i, d, tf32);", "if (store_dz) gpuconv_store_dz(dz + i, d, 0);",
+      "db's pass ignores tf32: dz stored unrounded for the DZ_TF32 kernels"),
+    M("t-dz-01", TC, "ROUND_A = sizeof(T) == 4 && !A_TF32,", "ROUND_A = sizeof(T) == 4 && !B_TF32,",
+      "DZ_TF32: A's rounding skipped on B's flag (dw's x taken unrounded)"),
+    M("t-dz-02", TCB, "gpuconv_tc_tile<T, BM, BN, STAGES, true, false, DZ_TF32, false>",
+      "gpuconv_tc_tile<T, BM, BN, STAGES, true, false, false, DZ_TF32>",
+      "DZ_TF32: dx skips the rounding of w (B) instead of dz (A)"),
+    M("t-dz-03", "gpuconv/backends/cuda.py", "dz = self.activation_backward(dy, y, activation, tf32)",
+      "dz = self.activation_backward(dy, y, activation)",
+      "backend: dz without a bias computed unrounded, yet handed to the DZ_TF32 kernels"),
+    M("t-dz-04", PLAN, "template = (*tile, fast, True) if dz_tf32 and fast", "template = (*tile, fast, True) if fast",
+      "plans: the DZ_TF32 variant for a user's unrounded dz (conv2d_backward_input, identity)"),
     # ---------------------------------------------------------------- tensor cores: launch plans
     M("t-plan-01", PLAN, "skew_b = 2 * vec if size == 4 and b_row else vec",
       "skew_b = 2 * vec if size == 4 and not b_row else vec",

@@ -179,7 +179,7 @@ def activation_l2_fraction(launch, cfg, dtype, l1_bytes=None) -> float:
     dw's row tiles: _dw_activation_chunks) in a block's share of L1 (l1_bytes; default l1_bytes_per_block), a
     miss fetching the chunk's 32-byte sector. The copies of one step are in flight together: a sector that an
     earlier copy of the step fetched counts as a hit (assumed: that L1 merges a miss with one in flight)."""
-    if not launch.template[-1]:
+    if not launch.template[3]:  # VEC
         return 1.0
     lines = (l1_bytes_per_block(launch, dtype) if l1_bytes is None else l1_bytes) // LINE
     dw = launch.kernel == "gpuconv_tc_bwd_weight"
@@ -213,7 +213,7 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     instructions = sum(ops.values())
     reads = sum(n * SMEM_LOAD_BYTES.get(op, 0) for op, n in ops.items())
     fma = sum(n * f for op, n in ops.items() for prefix, f in HMMA_FMA.items() if op.startswith(prefix + "."))
-    bm, bn, _, _ = launch.template
+    bm, bn = launch.template[:2]
     bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
     a_in, b_in = (rows * bk * np.dtype(dtype).itemsize for rows in (bm, bn))
     from_l2 = a_in * activation_l2_fraction(launch, cfg, dtype) + b_in
@@ -269,11 +269,11 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
     if op == "fwd":
         plan = cuda_tc.forward_plan(tc_cfg, dtype, precision, 90, "relu", True)
         floor = _bytes_us(size * (x + w + y))
-    elif op == "dx":
-        plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w)
+    elif op == "dx":  # the relu backward: dz from its pass, stored rounded to TF32 in tf32 (DZ_TF32)
+        plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w, dz_tf32=True)
         floor = _bytes_us(size * (y + w + x))
     else:
-        plan = cuda_tc.backward_weight_plan(tc_cfg, dtype, precision, 90)
+        plan = cuda_tc.backward_weight_plan(tc_cfg, dtype, precision, 90, dz_tf32=True)
         floor = _bytes_us(size * (y + x) + 4 * w)
     if plan is None:  # the SIMT kernels (float16 dx of the 3-channel stem)
         return 2 * cfg.multiplications / (SIMT_FP16_DX_TFLOPS * 1e12) * 1e6, "SIMT", "SIMT direct"
@@ -284,7 +284,7 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
         if launch.kernel.startswith("gpuconv_tc_"):
             bounds.append(which)
     tc = next(la for la in plan if la.kernel.startswith("gpuconv_tc_"))
-    path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[-1] else ' generic'}"
+    path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[3] else ' generic'}"
     if channels is not None:
         path += f" (C padded to {channels})"
     if floor > total:

@@ -199,13 +199,15 @@ def forward(cfg, activation: str, has_bias: bool) -> list:
                    (THREADS, 1, 1), tail)]
 
 
-def activation_backward(size: int, activation: str) -> list:
-    """dz = dy * act'(z) elementwise over ``size`` elements (arrays dy, y, dz); [] when there is nothing to do."""
+def activation_backward(size: int, activation: str, tf32: bool = False) -> list:
+    """dz = dy * act'(z) elementwise over ``size`` elements (arrays dy, y, dz); [] when there is nothing to do.
+    tf32: dz stored rounded to TF32 (float32; the DZ_TF32 tensor-core kernels take it as it is)."""
     code = _act(activation)
     if size == 0:
         return []
     grid = (min(cdiv(size, THREADS), ACT_BWD_MAX_BLOCKS), 1, 1)
-    return [Launch(BACKWARD_FILE, "gpuconv_act_bwd", (), grid, (THREADS, 1, 1), (np.int64(size), code))]
+    return [Launch(BACKWARD_FILE, "gpuconv_act_bwd", (), grid, (THREADS, 1, 1),
+                   (np.int64(size), code, np.int32(tf32)))]
 
 
 def backward_input(cfg, activation: str, has_bias: bool = False, out_activation: str = "identity") -> list:
@@ -273,13 +275,14 @@ def backward_weight(cfg, dtype, activation: str) -> list:
     return [first, _sum_partials(e, n)]
 
 
-def backward_bias(p: int, m: int, activation: str, store_dz: bool = False) -> list:
+def backward_bias(p: int, m: int, activation: str, store_dz: bool = False, tf32: bool = False) -> list:
     """db of a (p, m) view of dy: partial sums per split (arrays dy, y, ws, dz), then the splits added in order.
-    store_dz: the first launch also writes dz = dy * act'(z) (for the tensor-core kernels), else dz is unused."""
+    store_dz: the first launch also writes dz = dy * act'(z) (for the tensor-core kernels), else dz is unused;
+    tf32: that dz rounded to TF32 (db still sums the unrounded values)."""
     code = _act(activation)
     n, chunk = splits(p, RED_X * RED_Y, cdiv(m, RED_X), MAX_GRID_YZ)
     return [Launch(BACKWARD_FILE, "gpuconv_bias_grad", (), (cdiv(m, RED_X), n, 1), (RED_X, RED_Y, 1),
-                   (np.int32(p), np.int32(m), np.int32(chunk), code, np.int32(store_dz))),
+                   (np.int32(p), np.int32(m), np.int32(chunk), code, np.int32(store_dz), np.int32(tf32))),
             _sum_partials(m, n)]
 
 

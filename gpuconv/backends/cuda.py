@@ -212,13 +212,14 @@ class CudaBackend:
         return cuda_tc.with_channels(cfg, c), x, w
 
     # -- backward -----------------------------------------------------------------------------------------
-    def activation_backward(self, dy, y, activation):
-        """dz = dy * act'(z) from the saved output y, elementwise (any shape)."""
+    def activation_backward(self, dy, y, activation, tf32=False):
+        """dz = dy * act'(z) from the saved output y, elementwise (any shape). tf32 (float32 only): dz stored
+        rounded to TF32, for the DZ_TF32 tensor-core kernels."""
         if not _registry.activation(activation, f"{self.name} backend").uses_output:
             return dy.copy()
         dy, y = _contiguous(self.xp, dy, y)
         dz = self.xp.empty(dy.shape, dy.dtype)
-        for launch in _plans.activation_backward(dz.size, activation):
+        for launch in _plans.activation_backward(dz.size, activation, tf32):
             self._run(launch, dy.dtype, dy, y, dz)
         return dz
 
@@ -239,15 +240,18 @@ class CudaBackend:
         """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
         gradient as it loads, so dz = dy * act'(z) is never written to memory."""
         dz = db = None  # the tensor-core kernels read dz: computed once here for both (with db, in db's pass)
+        # In TF32 that pass stores dz rounded to TF32 already, so that dx and dw take it as it is (DZ_TF32)
+        tf32 = _mode(dy.dtype, precision) == "tf32"
         if (_registry.activation(activation, f"{self.name} backend").uses_output
                 and uses_tensor_cores(dy.dtype, precision, self._arch())):
             if has_bias:
                 dz = self.xp.empty(dy.shape, dy.dtype)
-                db = self.backward_bias_fused(dy, y, activation, dz_out=dz)
+                db = self.backward_bias_fused(dy, y, activation, dz_out=dz, dz_tf32=tf32)
             else:
-                dz = self.activation_backward(dy, y, activation)
-        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz)
-        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz)
+                dz = self.activation_backward(dy, y, activation, tf32)
+        dz_tf32 = tf32 and dz is not None
+        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz, dz_tf32=dz_tf32)
+        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz, dz_tf32)
         if has_bias and db is None:
             db = self.backward_bias_fused(dy, y, activation)
         return dx, dw, db
@@ -260,14 +264,15 @@ class CudaBackend:
         return self.activation_backward(dy, y, activation) if dz is None else self.xp.ascontiguousarray(dz)
 
     def backward_input_fused(self, dy, y, w, cfg, activation, b=None, out_activation="identity",
-                             precision="highest", dz=None):
+                             precision="highest", dz=None, dz_tf32=False):
         """dx from dy (and the saved output y unless activation is identity): one launch per stride phase.
         b and out_activation: the epilogue act(dx + b) of a transposed convolution. Tensor cores: from dz (the
-        given one, or dy * act'(z) computed here)."""
+        given one, or dy * act'(z) computed here); dz_tf32: the given dz holds TF32 values (backward's pass)."""
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
-        tc = dict(has_bias=b is not None, out_activation=out_activation, sms=self._sms())
+        tc = dict(has_bias=b is not None, out_activation=out_activation, sms=self._sms(),
+                  dz_tf32=dz_tf32 and dz is not None)
         plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, **tc)
         if plan is not None:
             dz = self._dz(dy, y, activation, dz)
@@ -293,16 +298,18 @@ class CudaBackend:
                 self._run(launch, dy.dtype, dy, dy if y is None else y, w, dx, bias)
         return dx
 
-    def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest", dz=None):
+    def backward_weight_fused(self, dy, y, x, cfg, activation, precision="highest", dz=None, dz_tf32=False):
         """dw from dy (and y), x: partial sums per split in a workspace, then the splits added in order
-        (tensor cores: from dz, the given one or dy * act'(z) computed here)."""
+        (tensor cores: from dz, the given one or dy * act'(z) computed here; dz_tf32: the given dz holds TF32
+        values)."""
         check_limits(self.name, cfg, _simt_dtype(dy.dtype))
         dy, y, x = _contiguous(self.xp, dy, y, x)
         if cuda_tc.backward_weight_plan(cfg, dy.dtype, precision, self._arch()) is not None:
+            dz_tf32 = dz_tf32 and dz is not None  # only a given dz can hold TF32 values
             dz = self._dz(dy, y, activation, dz)
             tc_cfg, x, _ = self._pad_channels(cfg, dy.dtype, precision, x)
             partial, total = cuda_tc.backward_weight_plan(tc_cfg, dy.dtype, precision, self._arch(),
-                                                          _aligned16(dz, x))
+                                                          _aligned16(dz, x), dz_tf32=dz_tf32)
             ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
             dw = self.xp.empty(tc_cfg.w_shape, dy.dtype)
             self._run(partial, dy.dtype, dz, x, ws)
@@ -315,10 +322,11 @@ class CudaBackend:
         self._run(total, dy.dtype, ws, dw)
         return dw
 
-    def backward_bias_fused(self, dy, y, activation, dz_out=None):
+    def backward_bias_fused(self, dy, y, activation, dz_out=None, dz_tf32=False):
         """db from dy (and y): column sums of the (P, M) view, split as for dw. dz_out (an array like dy): the
         same pass also stores dz = dy * act'(z) there, as activation_backward would (one read of dy and y for
-        both)."""
+        both); dz_tf32 (float32): rounded to TF32, as activation_backward(tf32=True). db sums the unrounded
+        values either way."""
         m = dy.shape[-1]
         p = dy.size // m
         if p >= INDEX_LIMIT:
@@ -326,7 +334,7 @@ class CudaBackend:
                              "split the batch, or use backend='numpy'")
         dy, y = _contiguous(self.xp, dy, y)
         db = self.xp.empty((m,), dy.dtype)
-        partial, total = _plans.backward_bias(p, m, activation, store_dz=dz_out is not None)
+        partial, total = _plans.backward_bias(p, m, activation, store_dz=dz_out is not None, tf32=dz_tf32)
         ws = self.xp.empty(_plans.partials_shape(total), _registry.accumulator(dy.dtype))
         self._run(partial, dy.dtype, dy, dy if y is None else y, ws, dy if dz_out is None else dz_out)
         self._run(total, dy.dtype, ws, db)

@@ -205,10 +205,12 @@ def with_channels(cfg, c: Optional[int]):
     return cfg if c is None else dataclasses.replace(cfg, c=c)
 
 
-def _launch(file, kernel, dtype, tile, fast, grid, scalars) -> Launch:
-    """A tensor-core GEMM launch of ``tile`` = (BM, BN, STAGES), with its dynamic shared memory."""
-    return Launch(file, kernel, (*tile, fast), grid, (TC_THREADS, 1, 1), scalars,
-                  smem_bytes(kernel, dtype, *tile))
+def _launch(file, kernel, dtype, tile, fast, grid, scalars, dz_tf32: bool = False) -> Launch:
+    """A tensor-core GEMM launch of ``tile`` = (BM, BN, STAGES), with its dynamic shared memory. dz_tf32: the
+    DZ_TF32 variant (template arguments BM, BN, STAGES, VEC, true), for a float32 dz stored as TF32 values;
+    only the fast float variants are built so (kernels/conv_tc_backward.cu)."""
+    template = (*tile, fast, True) if dz_tf32 and fast and np.dtype(dtype) == np.float32 else (*tile, fast)
+    return Launch(file, kernel, template, grid, (TC_THREADS, 1, 1), scalars, smem_bytes(kernel, dtype, *tile))
 
 
 def _act(activation: str) -> np.int32:
@@ -231,11 +233,12 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
 
 def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
                         has_bias: bool = False, out_activation: str = "identity",
-                        sms: Optional[int] = None) -> Optional[list]:
+                        sms: Optional[int] = None, dz_tf32: bool = False) -> Optional[list]:
     """dx from dz on tensor cores, or None: first gpuconv_nonfinite_flag (arrays w, flag: w holds inf / NaN), then
     one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
-    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw. has_bias /
-    out_activation: the epilogue act(dx + b) of a transposed convolution. sms: the device's SMs (_tile)."""
+    m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw; dz_tf32: stored
+    rounded to TF32 by that pass (the DZ_TF32 variants). has_bias / out_activation: the epilogue act(dx + b) of a
+    transposed convolution. sms: the device's SMs (_tile)."""
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
     # float16 with few input channels keeps the SIMT direct kernel only where the reduction is no whole steps:
@@ -251,7 +254,8 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     for phase in phases:
         grid = (cdiv(cfg.n * phase[1] * phase[4], tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
         out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid,
-                           (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation))))
+                           (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation)),
+                           dz_tf32))
     return out
 
 
@@ -282,9 +286,10 @@ def dw_splits(pixels: int, bk: int, tiles: int, elements: int, workspace_bytes: 
 
 
 def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
-                         workspace_bytes: Optional[int] = None) -> Optional[list]:
+                         workspace_bytes: Optional[int] = None, dz_tf32: bool = False) -> Optional[list]:
     """dw from dz on tensor cores, or None: partial sums per split (arrays dz, x, ws), then gpuconv_sum_partials
-    adds the splits in order (arrays ws, dw), as the SIMT plan. vec: Cg and Mg multiples of VEC."""
+    adds the splits in order (arrays ws, dw), as the SIMT plan. vec: Cg and Mg multiples of VEC. dz_tf32: dz
+    stored rounded to TF32 (backward_input_plan)."""
     if _simt(dtype, precision, arch, cfg.mg):
         return None
     if workspace_bytes is None:
@@ -298,17 +303,20 @@ def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
     tiles = cdiv(k, bm) * cdiv(cfg.mg, bn) * cfg.groups
     n, chunk = dw_splits(cfg.n * cfg.oh * cfg.ow, bk, tiles, e, workspace_bytes)
     first = _launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_weight", dtype, tile, fast,
-                    (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (*dims(cfg), np.int32(chunk)))
+                    (cdiv(k, bm), cdiv(cfg.mg, bn) * cfg.groups, n), (*dims(cfg), np.int32(chunk)), dz_tf32)
     return [first, _plans._sum_partials(e, n)]
 
 
-def routes(cfg, dtype, precision: str, arch, aligned: bool = True) -> dict:
-    """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests)."""
+def routes(cfg, dtype, precision: str, arch, aligned: bool = True, activation: str = "identity") -> dict:
+    """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests), for
+    conv2d_backward with ``activation``: with one whose gradient needs the output (relu, sigmoid, tanh), a TF32
+    backward's pass stores dz rounded, and dx and dw take the DZ_TF32 variants."""
     padded = with_channels(cfg, padded_channels(cfg, dtype, precision, arch))
+    dz_tf32 = mode(dtype, precision) == "tf32" and _registry.activation(activation, "routes").uses_output
     plans = {
         "forward": forward_plan(padded, dtype, precision, arch, "identity", True, aligned),
-        "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned),
-        "backward_weight": backward_weight_plan(padded, dtype, precision, arch, aligned),
+        "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned, dz_tf32=dz_tf32),
+        "backward_weight": backward_weight_plan(padded, dtype, precision, arch, aligned, dz_tf32=dz_tf32),
     }
     return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,
                                                           plan[-1 if op == "backward_input" else 0].template)
