@@ -248,7 +248,7 @@ def conv2d_backward(
     db is None when ``has_bias`` is False; with a 2-D x it has shape (1,). ``precision`` applies to the
     products of dx and dw (dz = dy * act'(z) and db are float32 sums in every precision). ``grads``: the
     gradients wanted, any of ("dx", "dw", "db") (default all); the others come back None and are not computed
-    (a subset without both dx and dw runs activation_backward once, then only the gradients asked for).
+    (as gpuconv.torch asks for a first layer's ("dw", "db") when its input needs no gradient).
     """
     fname = "conv2d_backward"
     want = _grads_wanted(fname, grads)
@@ -270,9 +270,10 @@ def conv2d_backward(
     if cfg.n == 0:
         dx, dw = be.xp.zeros(cfg.x_shape, dtype), be.xp.zeros(cfg.w_shape, dtype)
         db = be.xp.zeros((cfg.m,), dtype) if has_bias else None
-    elif fused is not None and {"dx", "dw"} <= want:  # act' applied as dy is read: dz never goes to memory
+    elif fused is not None:  # act' applied as dy is read, or dz written once for all the gradients wanted
         y4 = a["y"].reshape(cfg.y_shape) if _config.needs_output(act) else None
-        dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias, precision=prec)
+        dx, dw, db = fused(a["dy"].reshape(cfg.y_shape), y4, x4, w4, cfg, act, has_bias, precision=prec,
+                           grads=want)
     else:
         dz = be.activation_backward(a["dy"], a["y"], act) if _config.needs_output(act) else a["dy"]
         dz4 = dz.reshape(cfg.y_shape)

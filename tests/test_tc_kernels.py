@@ -314,9 +314,14 @@ def _check_against_float64(be, case, mode, arch=None):
         # a user's dz, and without a bias the elementwise pass's dz (gpuconv_act_bwd) in place of db's
         dz_dev = be.activation_backward(d(dy), d(y), act)
         dx_nb, dw_nb, _ = be.backward(d(dy), d(y), d(x), d(w), cfg, act, False, precision=precision)
+        # and a first layer's (dw, db), as gpuconv.torch asks when the input needs no gradient
+        none, dw_first, db_first = be.backward(d(dy), d(y), d(x), d(w), cfg, act, True, precision=precision,
+                                               grads=("dw",))
+        assert none is None
         for got, again, what in ((dx, be.backward_input(dz_dev, d(w), cfg, precision=precision), "dx"),
                                  (dw, be.backward_weight(dz_dev, d(x), cfg, precision=precision), "dw"),
-                                 (dx, dx_nb, "dx without a bias"), (dw, dw_nb, "dw without a bias")):
+                                 (dx, dx_nb, "dx without a bias"), (dw, dw_nb, "dw without a bias"),
+                                 (dw, dw_first, "dw alone"), (db, db_first, "db with dw alone")):
             assert host(got).tobytes() == host(again).tobytes(), f"{what}: DZ_TF32 against rounding in the loads"
     dz_exact = kernel_dz(dy, y, act, np.float32).astype(np.float64)  # db: the SIMT kernel's unrounded dz
     want = ref.backward_bias(dz_exact)

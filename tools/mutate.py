@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 11
+MUTANTS_VERSION = 12
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -499,6 +499,10 @@ MUTANTS = [
       "db = be.xp.ones((cfg.m,), dtype) if has_bias else None", "conv2d_backward of an empty batch: db not zero"),
     M("a-api-grads-db", API, 'has_bias = has_bias and "db" in want', "has_bias = has_bias",
       "conv2d_backward: db computed and returned though grads leaves it out"),
+    M("a-api-grads-fused", API, "precision=prec,\n                           grads=want)", "precision=prec)",
+      "conv2d_backward: the fused backward computes dx and dw whatever grads asks for"),
+    M("t-grads-01", "gpuconv/backends/cuda.py", "        if want_dx:\n", "        if True:\n",
+      "backend: dx computed for a first layer's (dw, db) too"),
 ]
 del M
 

@@ -236,13 +236,16 @@ class CudaBackend:
         """db: dz summed over every axis but the last (deterministic)."""
         return self.backward_bias_fused(dz, None, "identity")
 
-    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
-        """(dx, dw, db) straight from dy and the saved output y: each gradient kernel applies the activation
-        gradient as it loads, so dz = dy * act'(z) is never written to memory."""
+    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest", grads=("dx", "dw")):
+        """(dx, dw, db) straight from dy and the saved output y: each SIMT gradient kernel applies the activation
+        gradient as it loads, so dz = dy * act'(z) is never written to memory; the tensor-core kernels read a dz
+        written once for both (with db, by db's pass). Only the gradients named in grads are computed (dx, dw;
+        db where has_bias), the others are None."""
+        want_dx, want_dw = "dx" in grads, "dw" in grads
         dz = db = None  # the tensor-core kernels read dz: computed once here for both (with db, in db's pass)
         # In TF32 that pass stores dz rounded to TF32 already, so that dx and dw take it as it is (DZ_TF32)
         tf32 = _mode(dy.dtype, precision) == "tf32"
-        if (_registry.activation(activation, f"{self.name} backend").uses_output
+        if ((want_dx or want_dw) and _registry.activation(activation, f"{self.name} backend").uses_output
                 and uses_tensor_cores(dy.dtype, precision, self._arch())):
             if has_bias:
                 dz = self.xp.empty(dy.shape, dy.dtype)
@@ -250,8 +253,11 @@ class CudaBackend:
             else:
                 dz = self.activation_backward(dy, y, activation, tf32)
         dz_tf32 = tf32 and dz is not None
-        dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz, dz_tf32=dz_tf32)
-        dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz, dz_tf32)
+        dx = dw = None
+        if want_dx:
+            dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz, dz_tf32=dz_tf32)
+        if want_dw:
+            dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz, dz_tf32)
         if has_bias and db is None:
             db = self.backward_bias_fused(dy, y, activation)
         return dx, dw, db

@@ -375,9 +375,10 @@ class NumpyBackend:
     def activation_backward(self, dy, y, activation):
         return _registry.activation(activation, "numpy backend").backward(dy, y)
 
-    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest"):
+    def backward(self, dy, y, x, w, cfg, activation, has_bias=True, precision="highest", grads=("dx", "dw")):
         """(dx, dw, db) from dy: activation_backward, backward_input, backward_weight, backward_bias in turn
-        (the public API calls this when a backend has it), with the same results.
+        (the public API calls this when a backend has it), with the same results. Only the gradients named in
+        grads are computed (dx, dw; db where has_bias), the others are None.
 
         The one difference: dZ goes to a work buffer kept between calls, not to a new array. Fresh memory is
         page-faulted on first write, which made relu backward cost ~4 ms instead of ~0.5 on shape small's fwd+bwd
@@ -393,7 +394,8 @@ class NumpyBackend:
             dz = act.backward(dy, y)
         db = self.backward_bias(dz) if has_bias else None
         dz, x, w = _operands(precision, dz, x, w)
-        return self.backward_input(dz, w, cfg), self.backward_weight(dz, x, cfg), db
+        dx = self.backward_input(dz, w, cfg) if "dx" in grads else None
+        return dx, self.backward_weight(dz, x, cfg) if "dw" in grads else None, db
 
     def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
         """dx; with a bias b (C,) and an activation, act(dx + b) (conv2d_transpose), in the compute dtype
