@@ -310,8 +310,7 @@ def _check_against_float64(be, case, mode, arch=None):
         assert_within(dw, want, bound(dt, cfg.n * cfg.oh * cfg.ow, s, want), f"{routes['backward_weight']} dw")
     if name == "tf32" and act != "identity":
         # backward's pass stored dz rounded to TF32 for the DZ_TF32 kernels: bitwise what the kernels that round
-        # a user's dz in their loads give
-        # a user's dz, and without a bias the elementwise pass's dz (gpuconv_act_bwd) in place of db's
+        # a user's dz in their loads give; so is the dz of the elementwise pass (gpuconv_act_bwd, no bias)
         dz_dev = be.activation_backward(d(dy), d(y), act)
         dx_nb, dw_nb, _ = be.backward(d(dy), d(y), d(x), d(w), cfg, act, False, precision=precision)
         # and a first layer's (dw, db), as gpuconv.torch asks when the input needs no gradient
@@ -398,7 +397,6 @@ def test_db_pass_stores_dz(be, mode):
             want = tf32_round(host(dz)).tobytes()
             assert host(dz_tf32).tobytes() == want and host(db_tf32).tobytes() == host(db).tobytes(), act
             assert host(be.activation_backward(dy, y, act, tf32=True)).tobytes() == want, act
-
 
 
 def test_float16_few_channel_dx_on_tensor_cores_and_unaligned_on_simt(be):

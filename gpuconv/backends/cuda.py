@@ -252,12 +252,11 @@ class CudaBackend:
                 db = self.backward_bias_fused(dy, y, activation, dz_out=dz, dz_tf32=tf32)
             else:
                 dz = self.activation_backward(dy, y, activation, tf32)
-        dz_tf32 = tf32 and dz is not None
-        dx = dw = None
+        dx = dw = None  # (dz_tf32 counts only with a dz: the fused methods compute their own from dy otherwise)
         if want_dx:
-            dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz, dz_tf32=dz_tf32)
+            dx = self.backward_input_fused(dy, y, w, cfg, activation, precision=precision, dz=dz, dz_tf32=tf32)
         if want_dw:
-            dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz, dz_tf32)
+            dw = self.backward_weight_fused(dy, y, x, cfg, activation, precision, dz, tf32)
         if has_bias and db is None:
             db = self.backward_bias_fused(dy, y, activation)
         return dx, dw, db

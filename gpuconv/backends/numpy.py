@@ -101,10 +101,11 @@ def tf32_round(a) -> np.ndarray:
 
 
 def _operands(precision: str, *arrays) -> tuple:
-    """The operands of the products in ``precision``: float32 rounded to TF32 for "tf32", else unchanged."""
+    """The operands of the products in ``precision``: float32 rounded to TF32 for "tf32", else unchanged (None
+    stays None: an operand no product needs)."""
     if precision != "tf32" or arrays[0].dtype != np.float32:
         return arrays
-    return tuple(tf32_round(a) for a in arrays)
+    return tuple(None if a is None else tf32_round(a) for a in arrays)
 
 
 def _tapmajor(cfg: ConvConfig) -> bool:
@@ -393,9 +394,11 @@ class NumpyBackend:
         else:
             dz = act.backward(dy, y)
         db = self.backward_bias(dz) if has_bias else None
-        dz, x, w = _operands(precision, dz, x, w)
-        dx = self.backward_input(dz, w, cfg) if "dx" in grads else None
-        return dx, self.backward_weight(dz, x, cfg) if "dw" in grads else None, db
+        if "dx" not in grads and "dw" not in grads:
+            return None, None, db
+        dz, x, w = _operands(precision, dz, x if "dw" in grads else None, w if "dx" in grads else None)
+        return (None if w is None else self.backward_input(dz, w, cfg),
+                None if x is None else self.backward_weight(dz, x, cfg), db)
 
     def backward_input(self, dz, w, cfg, precision="highest", b=None, activation="identity"):
         """dx; with a bias b (C,) and an activation, act(dx + b) (conv2d_transpose), in the compute dtype
