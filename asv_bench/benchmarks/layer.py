@@ -1,4 +1,5 @@
-"""gpuconv.Conv2D: a whole layer step, forward (relu) then backward (dx, dw, db), as in training."""
+"""gpuconv.Conv2D: a whole layer step, forward (relu) then backward (dx, dw, db), as in training; and a first
+layer's step, whose input needs no gradient (backward for dw and db only, as gpuconv.torch asks then)."""
 from .common import BACKENDS, DATA_FORMATS, DTYPES, GFLOPS, SHAPES, Case, gpuconv
 
 ACTIVATION = "relu"
@@ -18,11 +19,20 @@ class Conv2DLayer:
             layer(a["x"])
             return layer.backward(a["dy"])
 
-        self.run = run
+        def first_layer():
+            layer(a["x"])
+            return layer.backward(a["dy"], grads=("dw", "db"))
+
+        self.run, self.first_layer = run, first_layer
         c.warm_up(run)
+        c.warm_up(first_layer)
 
     def time_forward_backward(self, backend, dtype, shape, data_format):
         self.run()
+        self.case.sync()
+
+    def time_first_layer_step(self, backend, dtype, shape, data_format):
+        self.first_layer()
         self.case.sync()
 
     def peakmem_forward_backward(self, backend, dtype, shape, data_format):
