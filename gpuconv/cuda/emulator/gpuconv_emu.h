@@ -94,8 +94,8 @@ GPUCONV_EMU_HIDDEN unsigned char* warp_slot(unsigned lane);  // 16-byte exchange
 GPUCONV_EMU_HIDDEN unsigned warp_group(unsigned mask);       // lanes of my warp in mask that still run
 [[noreturn]] GPUCONV_EMU_HIDDEN void fail(const char* what, unsigned line);
 // The warp barrier kinds (for the messages): 0 __syncwarp, 1 shuffle, 2 vote, 3 wmma (mma.h), 4 ldmatrix and
-// mma.sync (gpuconv_ptx.h).
-enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3, WARP_PTX = 4 };
+// mma.sync (gpuconv_ptx.h), 5 wgmma (gpuconv_wgmma.h).
+enum WarpOp { WARP_SYNC = 0, WARP_SHUFFLE = 1, WARP_VOTE = 2, WARP_WMMA = 3, WARP_PTX = 4, WARP_WGMMA = 5 };
 // Whether this launch uses the permuted wmma fragment layout (GPUCONV_EMULATOR_WMMA_LAYOUT; mma.h).
 GPUCONV_EMU_HIDDEN bool wmma_permuted();
 // cuda_pipeline_primitives.h: asynchronous copies (runtime.cpp).
@@ -105,6 +105,18 @@ GPUCONV_EMU_HIDDEN void pipeline_commit();
 GPUCONV_EMU_HIDDEN void pipeline_wait_prior(size_t prior, unsigned line);
 // Whether bytes [p, p + n) lie in shared memory: a static __shared__ variable or the dynamic shared memory.
 GPUCONV_EMU_HIDDEN bool in_shared(const void* p, size_t n);
+// The launch's dynamic shared memory in bytes, and the number of threads of the block.
+GPUCONV_EMU_HIDDEN unsigned long long dyn_shared_bytes();
+GPUCONV_EMU_HIDDEN int block_threads();
+// State that a header keeps for the life of one block (gpuconv_wgmma.h: the asynchronous groups in flight).
+// Null at every block start. When the block ends, cleanly or not, the runtime calls finish(state, failed, msg,
+// len) once and clears the pointer; finish frees the state and returns false, with a message in msg, to fail a
+// block that had not failed already.
+struct BlockExtension {
+    void* state;
+    bool (*finish)(void* state, bool failed, char* msg, size_t len);
+};
+GPUCONV_EMU_HIDDEN BlockExtension& block_extension();
 
 // The caller's line, as a type no argument converts to by accident: the defaulted last argument of the
 // warp-collective headers' functions (mma.h, gpuconv_ptx.h).

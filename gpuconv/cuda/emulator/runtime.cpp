@@ -84,7 +84,7 @@ __thread State tl;
 enum FiberState : unsigned char { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
 enum Schedule { FORWARD = 0, REVERSE = 1, SHUFFLE = 2 };
 const char* const kBarrierKinds[] = {"__syncwarp", "a warp shuffle", "a warp vote", "a wmma operation",
-                                     "an ldmatrix / mma.sync instruction"};
+                                     "an ldmatrix / mma.sync instruction", "a wgmma instruction"};
 constexpr int kMaxThreads = 1024;
 constexpr int kErrLen = 1024;
 
@@ -155,6 +155,7 @@ struct Worker {
     int bar_count[2];
     bool failed;
     unsigned rng;
+    BlockExtension ext;  // gpuconv_wgmma.h's state of this block
     char error[kErrLen];
 };
 
@@ -400,6 +401,18 @@ bool dyn_guard_intact(Worker& w, const Launch& L, const void* dyn) {
     return true;
 }
 
+// Hands the block's extension state back to its header at the block's end; false when that fails the block.
+bool finish_extension(Worker& w) {
+    BlockExtension ext = w.ext;
+    w.ext = BlockExtension{nullptr, nullptr};
+    if (!ext.state) return true;
+    char msg[kErrLen / 2];
+    msg[0] = 0;
+    if (ext.finish(ext.state, w.failed, msg, sizeof msg) || w.failed) return true;
+    set_error(w, nullptr, msg);
+    return false;
+}
+
 // Runs one block to completion; false (with w.error) when it failed.
 bool run_block(Worker& w, Launch& L, long b, void* dyn) {
     unsigned bx = unsigned(b % L.grid.x);
@@ -467,6 +480,7 @@ bool run_block(Worker& w, Launch& L, long b, void* dyn) {
             break;
         }
     }
+    if (!finish_extension(w)) w.failed = true;
     if (w.failed) {
 #if GPUCONV_ASAN
         // Abandoned fibers leave poisoned frames on their stacks; the stacks are reused.
@@ -731,6 +745,12 @@ bool inside(const void* p, size_t n, const void* lo, size_t size) {
     auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(lo);
     return a >= b && a + n <= b + size && a + n >= a;
 }
+
+unsigned long long dyn_shared_bytes() { return tl.worker->launch->shmem; }
+
+int block_threads() { return tl.worker->nthreads; }
+
+BlockExtension& block_extension() { return tl.worker->ext; }
 
 bool in_shared(const void* p, size_t n) {
     const Worker& w = *tl.worker;
