@@ -28,6 +28,7 @@ REASON = sass.unavailable_reason()
 needs_sass = pytest.mark.skipif(REASON is not None, reason=f"SASS checks unavailable: {REASON}")
 
 SASS_KERNELS = Path(__file__).resolve().parent / "sass_kernels"
+WGMMA_KERNEL = Path(__file__).resolve().parent / "emulator_kernels" / "wgmma.cu"
 TC_FILES = [p for p in kernel_files() if p.name.startswith("conv_tc")]
 SIMT_FILES = [p for p in kernel_files() if not p.name.startswith("conv_tc")]
 TC_ARCHES = ("sm_80", "sm_90")
@@ -203,6 +204,18 @@ def test_no_local_memory(path, arch):
         rows = nvrtc.compile_report(str(path), arch)
         local = [r for r in rows if r.stack_bytes or r.spill_stores or r.spill_loads]
         assert not local, f"a stack frame (local memory) on {arch}: {local}"
+
+
+@needs_sass
+def test_wgmma_wrappers_lower_to_hgmma_of_each_precision():
+    # kernels/gpuconv_wgmma.cuh on sm_90a, through the emulator's wgmma test kernel: an HGMMA of every shape and
+    # precision it wraps, the fence and the wait of the asynchronous groups, and no local memory (64 or 128
+    # accumulators a thread stay in registers).
+    listing = sass.disassemble(nvrtc.compile_program(str(WGMMA_KERNEL), "sm_90a").cubin)
+    hgmma = set(re.findall(r"HGMMA\.(64x\d+x\d+\.F32(?:\.BF16|\.TF32)?)\s", listing))
+    assert hgmma == {f"64x{n}x{k}.F32{t}" for n in (64, 128) for k, t in ((16, ""), (16, ".BF16"), (8, ".TF32"))}
+    assert "WARPGROUP.ARRIVE" in listing and "WARPGROUP.DEPBAR.LE" in listing
+    assert not re.search(r"\b(LDL|STL)\b", listing)
 
 
 @needs_sass
