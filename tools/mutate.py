@@ -49,14 +49,16 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 12
+MUTANTS_VERSION = 13
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
 # The tensor-core kernels and their plans: their own tests first (with -x the first failure ends the job), then
 # the shared suites' tensor-core cases (precision="tf32", bfloat16, float16, the NaN rule, conv2d_transpose).
-TC_SUITE = ["tests/test_tc_kernels.py", "tests/test_tc_routing.py", "tests/test_precision.py",
-            "tests/test_nan_rule.py", "tests/test_transpose.py", "tests/test_emulator_ptx.py"]
+# The emulator's wgmma tests (7 s) lead: no kernel uses wgmma yet, so only they can kill its mutants.
+TC_SUITE = ["tests/test_emulator_wgmma.py", "tests/test_tc_kernels.py", "tests/test_tc_routing.py",
+            "tests/test_precision.py", "tests/test_nan_rule.py", "tests/test_transpose.py",
+            "tests/test_emulator_ptx.py"]
 NUMPY_SUITE = ["tests/test_numpy_backend.py", "tests/test_forward.py", "tests/test_backward.py",
                "tests/test_gradcheck.py", "tests/test_layer.py", "tests/test_precision.py"]
 # The Python layer around the backends, and the tests that hold it (on the NumPy backend: -k "not emulator").
@@ -100,7 +102,7 @@ KERNEL_JOBS = ("plain", "reverse", "asan")
 TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh",
             "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
             "gpuconv/cuda/emulator/include/gpuconv_ptx.h", "gpuconv/cuda/emulator/gpuconv_emu.h",
-            "gpuconv/backends/cuda.py")
+            "gpuconv/backends/cuda.py", "gpuconv/cuda/emulator/include/gpuconv_wgmma.h")
 
 
 class Mutant(NamedTuple):
@@ -125,6 +127,7 @@ FWD, BWD, COMMON = "kernels/conv_forward.cu", "kernels/conv_backward.cu", "kerne
 TC, MMA, WMMA = "kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh"
 TCF, TCB, PLAN = "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py"
 PTXH = "gpuconv/cuda/emulator/include/gpuconv_ptx.h"
+WGH = "gpuconv/cuda/emulator/include/gpuconv_wgmma.h"
 NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
 CFG, LAY, TRP, DSK = "gpuconv/_config.py", "gpuconv/_layout.py", "gpuconv/_transpose.py", "gpuconv/dask.py"
 TOR, IOP, VAL, API = "gpuconv/torch.py", "gpuconv/_interop.py", "gpuconv/_validate.py", "gpuconv/_api.py"
@@ -410,6 +413,29 @@ MUTANTS = [
     M("e-ptx-03", "gpuconv/cuda/emulator/gpuconv_emu.h", "return (bits & 0x1FFFu) == 0 || nan;",
       "return (bits & 0x0FFFu) == 0 || nan;",
       "emulator TF32 operand check: the 13th low mantissa bit not checked"),
+    # ---------------------------------------------------------------- the emulator's wgmma (tests/test_emulator_wgmma.py)
+    M("e-wg-01", WGH, "return lane / 4 + 8 * ((i / 2) % 2);", "return lane / 4 + 8 * (i % 2);",
+      "emulator wgmma D fragment: odd registers on row g + 8"),
+    M("e-wg-02", WGH, "a ^= ((a >> 7) & ((1u << d.bits) - 1)) << 4;", "a ^= ((a >> 6) & ((1u << d.bits) - 1)) << 4;",
+      "emulator swizzle: XOR from address bits 6.. (not 7..)"),
+    M("e-wg-03", WGH, "r / (T * W) * L + (k % 8) * W + (k / 8) * S;", "r / (T * W) * S + (k % 8) * W + (k / 8) * L;",
+      "emulator MN-major swizzled layout: LBO and SBO swapped"),
+    M("e-wg-04", WGH, "(k / T) * (d.layout == 0 ? L : 1)", "(k / T) * (d.layout == 0 ? S : 1)",
+      "emulator K-major interleaved layout: SBO for the k chunks"),
+    M("e-wg-05", WGH, "    if (!ws.fenced)\n", "    if (false)\n", "emulator: the missing wgmma.fence not caught"),
+    M("e-wg-06", WGH, "if ((long long)ws.ops[i].group < limit) execute", "if (true) execute",
+      "emulator wait_group: every mma_async in flight completes, committed or not"),
+    M("e-wg-07", WGH, "if (memcmp(A[r], p.A[r], sizeof(float) * size_t(p.k)))",
+      "if (false && memcmp(A[r], p.A[r], sizeof(float) * size_t(p.k)))",
+      "emulator: A's shared memory changed in flight not caught"),
+    M("e-wg-08", WGH, "float acc = p.accumulate ? ch.vals[r][n] : 0.0f;", "float acc = ch.vals[r][n];",
+      "emulator: scale-d (accumulate = 0) ignored"),
+    M("e-wg-09", WGH, "gather(p, int(linear_tid() / 32 % 4), p.A, p.B);", "gather(p, int(linear_tid() / 32 % 2), p.A, p.B);",
+      "emulator: warps 2 and 3 of a warpgroup take the rows of warps 0 and 1"),
+    M("e-wg-10", WGH, "a.waits == b.waits && a.hash == b.hash", "a.waits == b.waits",
+      "emulator: warps of a warpgroup with other descriptors not caught"),
+    M("e-wg-11", WGH, "            memcpy(&ch.d[l][i], &kPoison, 4);\n", "",
+      "emulator: accumulators in flight not poisoned"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),
