@@ -19,14 +19,14 @@
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 256, 64, 3, true>, gpuconv_tc_fwd<__half, 256, 64, 3, true>, gpuconv_tc_fwd<__nv_bfloat16, 256, 64, 3, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<__half, 128, 128, 2, true>, gpuconv_tc_fwd<__half, 128, 64, 2, true>
 // gpuconv-name-expressions: gpuconv_tc_fwd<float, 128, 64, 2, false>, gpuconv_tc_fwd<__half, 128, 64, 2, false>, gpuconv_tc_fwd<__nv_bfloat16, 128, 64, 2, false>
-#include "gpuconv_tc.cuh"
+#include "gpuconv_tc_fwd_copies.cuh"
 
 template <typename T, int BM, int BN, int STAGES, bool VEC>
 __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, const T* __restrict__ w,
                                                     const T* __restrict__ bias, T* __restrict__ y,
                                                     GPUCONV_CONV_SHAPE_PARAMS, int has_bias, int act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, true> Tile;
-    constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
+    constexpr int BK = Tile::BK, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
@@ -45,68 +45,8 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
     acc.zero();
 
     if constexpr (VEC) {
-        // A: 16-byte chunk akc of rows t / KCH + (TH / KCH) i; B: chunk bn of reduction rows t / NCH + ... .
-        constexpr int KCH = BK / V, RA = BM * KCH / TH;
-        constexpr int NCH = BN / V, RB = BK * NCH / TH;
-        static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
-        static_assert(TH % KCH == 0 && TH % NCH == 0 && RA * TH == BM * KCH && RB * TH == BK * NCH,
-                      "the loaders' chunks cover the tiles exactly once");
-        const int akc = t % KCH;
-        int a_pix[RA], a_ih[RA], a_iw[RA];  // b * H (-1: row past the end), window's top row, left column
-#pragma unroll
-        for (int i = 0; i < RA; ++i) {
-            const int row = row0 + t / KCH + (TH / KCH) * i;
-            a_pix[i] = -1;
-            a_ih[i] = a_iw[i] = 0;
-            if (row < P) {
-                const int b = row / (OH * OW), rem = row - b * (OH * OW);
-                const int oi = rem / OW, oj = rem - oi * OW;
-                a_pix[i] = b * H;
-                a_ih[i] = oi * s1 - pt;
-                a_iw[i] = oj * s2 - pl;
-            }
-        }
-        const int bn = (t % NCH) * V;
-        const bool b_ok = col0 + bn < Mg;
-        // The order of the steps (issue runs for kt = 0, 1, 2, ... in order). Where a step's channels lie in
-        // one tap (Cg a multiple of BK), the taps run inside each block of BK channels, digits (n / BK, k1, k2):
-        // the next step's x copies are this step's pixels shifted by one tap, which L1 still holds
-        // (gpuconv_tc_copy16_cached; CUTLASS's fprop iterators walk the filter the same way). Otherwise the
-        // steps follow the reduction index (k1, k2, n) and each thread walks its own chunk's digits: Cg % V == 0
-        // keeps a chunk inside one tap, but a step may span several taps (Cg < BK, e.g. the stem with its
-        // channels padded to one 16-byte run) and run past K (k1 == KH: zeros).
-        // One walker for either order: digits (n / BK, k1, k2) a step at a time, or (k1, k2, n) BK at a time.
-        const bool taps_inner = Cg % BK == 0;
-        gpuconv_walk3 ka;
-        if (taps_inner)
-            ka.init(0, 1, KH, KW);
-        else
-            ka.init(akc * V, BK, KW, Cg);
-        auto issue = [&](int, int s) {
-            // this thread's A chunk (k1, k2, n); k0: the reduction index of the step's first element
-            const int k1 = taps_inner ? ka.i1 : ka.i0, k2 = taps_inner ? ka.i2 : ka.i1;
-            const int n = taps_inner ? ka.i0 * BK + akc * V : ka.i2;
-            const int k0 = (k1 * KW + k2) * Cg + n - akc * V;
-            ka.advance();
-#pragma unroll
-            for (int i = 0; i < RA; ++i) {
-                T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, akc * V);
-                const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;
-                if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                    gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((a_pix[i] + ih) * W + iw) * C + n);
-                else
-                    gpuconv_tc_zero16(dst);
-            }
-#pragma unroll
-            for (int j = 0; j < RB; ++j) {
-                const int kr = t / NCH + (TH / NCH) * j, kk = k0 + kr;
-                T* dst = Tile::b_at(smem, s, kr, bn);
-                if (b_ok && kk < K)
-                    __pipeline_memcpy_async(dst, wg + (gpuconv_i64)kk * M + bn, 16);
-                else
-                    gpuconv_tc_zero16(dst);
-            }
-        };
+        auto issue = gpuconv_tc_fwd_copies<T, Tile>(smem, xg, wg, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2,
+                                                    pt, pl, row0, col0);
         gpuconv_tc_mainloop<T, Tile, true, true>(smem, KT, issue, acc, wm0, wn0);
     } else {
         // Element loads: A's reduction index kt * BK + t % BK for rows t / BK + (TH / BK) i (the rows' window
