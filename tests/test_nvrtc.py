@@ -1,12 +1,11 @@
 """NVRTC compile checks: every kernel file (kernels/ and the emulator's test kernels) compiles for sm_70/80/90
 with no error, no warning and no register spill. Needs cuda-bindings + nvidia-cuda-nvrtc-cu12, not a GPU."""
-import re
 from pathlib import Path
 
 import pytest
 
 from gpuconv.cuda import nvrtc
-from gpuconv.cuda.modules import build_inputs, kernel_files, registered_name_expressions
+from gpuconv.cuda.modules import build_inputs, declared_arches, kernel_files, registered_name_expressions
 
 REASON = nvrtc.unavailable_reason()
 needs_nvrtc = pytest.mark.skipif(REASON is not None, reason=f"NVRTC unavailable: {REASON}")
@@ -22,8 +21,7 @@ FILES = [*kernel_files(), *(p for p in sorted(TEST_KERNELS.glob("*.cu")) if p.na
 def test_compiles_cleanly_without_spills(path, arch):
     # A test kernel for some architectures only says so: "// gpuconv-nvrtc-arches: sm_80 sm_90". sm_90a (wgmma)
     # is for the files that name it.
-    declared = re.search(r"^//\s*gpuconv-nvrtc-arches:(.*)$", path.read_text(), re.MULTILINE)
-    arches = declared.group(1).replace(",", " ").split() if declared else nvrtc.ARCHES
+    arches = declared_arches(path.read_text()) or nvrtc.ARCHES
     if arch not in arches:
         pytest.skip(f"{path.name} is for {' '.join(arches)} only")
     rows = nvrtc.compile_report(str(path), arch)

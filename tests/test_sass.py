@@ -30,7 +30,8 @@ needs_sass = pytest.mark.skipif(REASON is not None, reason=f"SASS checks unavail
 SASS_KERNELS = Path(__file__).resolve().parent / "sass_kernels"
 WGMMA_KERNEL = Path(__file__).resolve().parent / "emulator_kernels" / "wgmma.cu"
 TC_FILES = [p for p in kernel_files() if p.name.startswith("conv_tc")]
-SIMT_FILES = [p for p in kernel_files() if not p.name.startswith("conv_tc")]
+WGMMA_FILES = [p for p in kernel_files() if p.name.startswith("conv_wgmma")]
+SIMT_FILES = [p for p in kernel_files() if not p.name.startswith(("conv_tc", "conv_wgmma"))]
 TC_ARCHES = ("sm_80", "sm_90")
 # The precision of a tensor-core kernel's HMMA, from its first template argument.
 TC_PRECISION = {"float": "tf32", "__half": "fp16", "__nv_bfloat16": "bf16"}
@@ -216,6 +217,27 @@ def test_wgmma_wrappers_lower_to_hgmma_of_each_precision():
     assert hgmma == {f"64x{n}x{k}.F32{t}" for n in (64, 128) for k, t in ((16, ""), (16, ".BF16"), (8, ".TF32"))}
     assert "WARPGROUP.ARRIVE" in listing and "WARPGROUP.DEPBAR.LE" in listing
     assert not re.search(r"\b(LDL|STL)\b", listing)
+
+
+@needs_sass
+def test_wgmma_forward_main_loop():
+    # kernels/conv_wgmma_forward.cu on sm_90a: a reduction step is 4 HGMMA 64x128x16 of the kernel's precision
+    # (2 row halves x 2 k16 steps) after one warpgroup arrive (the fence) and one wait, with the 16-byte copies
+    # (LDGSTS) of the next stage and one barrier; no local memory, no generic loads; and ptxas does not
+    # serialize the wgmma (its C75xx "Potential Performance Loss" notes, e.g. for accumulators that other
+    # instructions write inside the pipeline).
+    (path,) = WGMMA_FILES
+    log = nvrtc.compile_program(str(path), "sm_90a").log
+    assert "Potential Performance Loss" not in log, log
+    rows = _rows(path, "sm_90a")
+    assert {r.kernel for r in rows} == {"gpuconv_wgmma_fwd<__half, 4>", "gpuconv_wgmma_fwd<__nv_bfloat16, 4>"}
+    for r in rows:
+        want = "HGMMA.64x128x16.F32" + (".BF16" if "bfloat16" in r.kernel else "")
+        assert r.hmma == {want: 4} and r.loop_opcodes.get(want) == 4, (r.kernel, r.hmma)
+        loop = r.loop_counts
+        assert r.loop_opcodes["WARPGROUP.ARRIVE"] == 1 and r.loop_opcodes["WARPGROUP.DEPBAR.LE"] == 1, r.kernel
+        assert loop["LDGSTS"] == 8 and loop["BAR"] == 1 and loop["HMMA"] == 0, (r.kernel, loop)
+        assert r.counts["LDL"] == r.counts["STL"] == 0 and loop["LD"] == 0, (r.kernel, r.counts)
 
 
 @needs_sass

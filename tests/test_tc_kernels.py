@@ -119,7 +119,7 @@ def _data(case, dtype, seed):
 
 
 def _routes(cfg, dtype, precision, arch=None, activation="identity"):
-    return cuda_tc.routes(cfg, dtype, precision, arch, activation=activation)
+    return cuda_tc.routes(cfg, dtype, precision, arch, activation=activation, wgmma=arch == cuda_tc.WGMMA_ARCH)
 
 
 def _tested_routes(case, cfg, dtype, precision):
@@ -149,6 +149,9 @@ def test_cases_cover_every_variant():
             seen |= _tested_routes(case, cfg, dt, precision)
         if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
             seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
+        if case in HOPPER_CASES:  # test_sm90_wgmma_forward_against_float64
+            for _, dt, precision in HOPPER_MODES:
+                seen |= {v for v in _routes(cfg, dt, precision, 90).values() if v is not None}
         for cases, table, bm in ((TALL_CASES, "NARROW_TILES", 256), (WIDE_CASES, "WIDE_TILES", 128)):
             if case in cases:  # test_tall_tiles_against_float64, test_wide_tiles_against_float64
                 with pytest.MonkeyPatch.context() as mp:
@@ -156,8 +159,9 @@ def test_cases_cover_every_variant():
                     for _, dt, precision in MODES:
                         seen |= _tested_routes(case, cfg, dt, precision)
     registered = set()
-    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE):
-        registered |= {e for e in registered_name_expressions(kernel_source(f)) if e.startswith("gpuconv_tc_")}
+    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE, cuda_tc.WGMMA_FORWARD_FILE):
+        registered |= {e for e in registered_name_expressions(kernel_source(f))
+                       if e.startswith(("gpuconv_tc_", "gpuconv_wgmma_"))}
     if BF16 is None:
         registered = {e for e in registered if "bfloat16" not in e}
     assert registered <= seen, sorted(registered - seen)
@@ -169,37 +173,56 @@ def test_forward_and_backward_against_float64(be, case, mode):
     _check_against_float64(be, case, mode)
 
 
-def _wmma_backend(arch):
-    """A backend whose tensor-core kernels take the nvcuda::wmma path (sm_70 / sm_75's FP16 path): compiled with
-    -DGPUCONV_TC_WMMA, which the emulator otherwise never sees (it runs the ldmatrix / mma.sync path), and
-    planned for compute capability ``arch`` (None: the emulator's plans, every mode)."""
+def _planned_backend(arch, defines=(), wgmma=False):
+    """A backend whose tensor-core plans are those of compute capability ``arch`` (None: the emulator's, every
+    mode), its kernels compiled with the extra -D ``defines``: -DGPUCONV_TC_WMMA=1 for the nvcuda::wmma path
+    (sm_70 / sm_75's FP16 path), which the emulator otherwise never sees (it runs the ldmatrix / mma.sync path);
+    arch 90 and wgmma for the wgmma forward (kernels/conv_wgmma_forward.cu)."""
     from gpuconv.backends import _plans
     from gpuconv.backends.cuda import CudaBackend
     from gpuconv.cuda import modules
 
-    class WmmaEmulator(CudaBackend):
+    class PlannedEmulator(CudaBackend):
         def _arch(self):
             return arch
 
+        def _wgmma(self):
+            return wgmma
+
     with pytest.MonkeyPatch.context() as mp:
-        defines = _plans.kernel_defines()
-        mp.setattr(_plans, "kernel_defines", lambda: (*defines, "-DGPUCONV_TC_WMMA=1"))
-        mp.setattr(modules, "_fast", {})  # its keys leave out the package's -D options
-        yield WmmaEmulator("emulator", np)
+        if defines:
+            base = _plans.kernel_defines()
+            mp.setattr(_plans, "kernel_defines", lambda: (*base, *defines))
+            mp.setattr(modules, "_fast", {})  # its keys leave out the package's -D options
+        yield PlannedEmulator("emulator", np)
+
+
+def _emulator_only():
+    if BACKEND != "emulator":
+        pytest.skip("the GPU's architecture picks its path; the emulator runs each on request")
 
 
 @pytest.fixture(scope="module")
 def wmma_be():
-    if BACKEND != "emulator":
-        pytest.skip("the wmma path is chosen by the GPU's architecture; the emulator runs it on request")
-    yield from _wmma_backend(None)
+    _emulator_only()
+    yield from _planned_backend(None, ("-DGPUCONV_TC_WMMA=1",))
 
 
 @pytest.fixture(scope="module")
 def sm75_be():
+    _emulator_only()
+    yield from _planned_backend(75, ("-DGPUCONV_TC_WMMA=1",))
+
+
+@pytest.fixture(scope="module")
+def sm90_be(be):
+    """The wgmma forward: on the emulator by request; on a GPU where it is an sm_90 one and GPUCONV_WGMMA=1."""
     if BACKEND != "emulator":
-        pytest.skip("the wmma path is chosen by the GPU's architecture; the emulator runs it on request")
-    yield from _wmma_backend(75)
+        if be._arch() != cuda_tc.WGMMA_ARCH or not be._wgmma():
+            pytest.skip(f"the wgmma forward runs on sm_90 with {cuda_tc.WGMMA_ENV}=1")
+        yield be
+        return
+    yield from _planned_backend(90, wgmma=True)
 
 
 WMMA_CASES = [CASES[0], CASES[1], CASES[4], CASES[7]]  # both tiles and variants, the wide dx
@@ -216,6 +239,46 @@ def test_wmma_path_against_float64(wmma_be, case, mode):
 def test_sm75_fp16_path_against_float64(sm75_be, case):
     """What an sm_70 / sm_75 GPU runs: FP16 on wmma with the 2-stage plans (no cp.async hardware there)."""
     _check_against_float64(sm75_be, case, MODES[1], arch=75)
+
+
+# The wgmma forward's cases (an H100 / H200 runs it for FP16 and BF16 where Mg > 64 and the channels are whole
+# 16-byte runs): partial row and column tiles with groups, more reduction steps than stages, steps spanning
+# several taps with a partial last step (Cg = 8), stride, dilation and asymmetric padding.
+HOPPER_CASES = [
+    CASES[1],
+    ("wg-groups-partial-tiles", (2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1}, "relu"),
+    ("wg-long-reduction", (1, 6, 6, 64), (3, 3, 64, 96), {"padding": ((0, 1), (1, 0))}, "identity"),
+    ("wg-taps-per-step", (1, 7, 9, 8), (3, 3, 8, 72), {"stride": 2, "padding": ((1, 0), (0, 2))}, "tanh"),
+]
+HOPPER_MODES = [m for m in MODES if m[0] != "tf32"]
+
+
+@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
+@pytest.mark.parametrize("case", HOPPER_CASES, ids=[c[0] for c in HOPPER_CASES])
+def test_sm90_wgmma_forward_against_float64(sm90_be, case, mode):
+    """What an H100 / H200 runs: the FP16 / BF16 forward on wgmma (the rest as on sm_80)."""
+    cfg = make_config("test", case[1], case[2], **case[3])
+    assert _routes(cfg, mode[1], mode[2], 90)["forward"].startswith("gpuconv_wgmma_fwd<")
+    _check_against_float64(sm90_be, case, mode, arch=90)
+
+
+@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
+def test_sm90_wgmma_forward_without_bias_and_across_schedules(sm90_be, mode):
+    """No bias, and the same bits under both thread schedules (a missing barrier or wait shows as a change)."""
+    if BACKEND != "emulator":
+        pytest.skip("thread schedules are an emulator feature")
+    name, dt, precision = mode
+    case = HOPPER_CASES[1]
+    cfg, opts, act, x, w, *_ = _data(case, dt, seed=11)
+    xr, wr = operand(x, name), operand(w, name)
+    want = ref.activate(ref.conv2d_linear(xr, wr, None, **opts), act)
+    s = ref.conv2d_linear(np.abs(xr), np.abs(wr), None, **opts)
+    runs = []
+    for ctx in _schedules():
+        with ctx():
+            runs.append(host(sm90_be.forward(x, w, None, cfg, act, precision=precision)))
+    assert_within(runs[0], want, bound(dt, case[2][0] * case[2][1] * case[2][2], s, want), f"{name} forward")
+    assert runs[0].tobytes() == runs[1].tobytes(), f"{name}: the schedules give different bits"
 
 
 def _only_tile(mp, table, bm):

@@ -102,6 +102,10 @@ def test_info_names_the_tensor_core_instructions():
     assert "(wmma), FP16" in math_path(np.float16, "highest", 70)
     assert "(ldmatrix + mma.sync), FP16" in math_path(np.float16, "highest", 80)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90)
+    assert "(ldmatrix + mma.sync), FP16" in math_path(np.float16, "highest", 90)  # unless asked for wgmma:
+    assert "(wgmma for the forward, ldmatrix + mma.sync for the gradients), FP16" in math_path(
+        np.float16, "highest", 90, wgmma=True)
+    assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90, wgmma=True)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", None)  # the emulator
     assert "tensor cores" not in math_path(np.float32, "highest", 90)
 
@@ -336,3 +340,72 @@ def test_backend_launches(dtype, precision, expected):
     be.forward(xu, w, None, cfg, "relu", precision=precision)
     (name,) = [name for _, name, _, _ in rec.launches]
     assert name == (expected if "tc" not in expected else expected.replace("64, 4, true", "64, 2, false"))
+
+
+def test_wgmma_forward_route():
+    """The FP16 / BF16 forward takes the wgmma kernel on sm_90 only, when asked (cuda_tc.WGMMA_ENV), for more
+    than 64 columns whose channels are whole 16-byte runs; its shared memory is the tile's plus the alignment."""
+    cfg = _cfg((2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1})
+    for dtype in (np.float16, cuda_tc.BFLOAT16):
+        if dtype is None:
+            continue
+        (f,) = cuda_tc.forward_plan(cfg, dtype, "highest", 90, "relu", True, wgmma=True)
+        assert (f.file, f.kernel, f.template) == (cuda_tc.WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", (4,))
+        assert f.grid == (2, 2, 2) and f.block == (128, 1, 1) and f.shared_mem == 4 * 16384 + 1024
+        for arch, wgmma, aligned in ((90, False, True), (80, True, True), (100, True, True), (90, True, False)):
+            (g,) = cuda_tc.forward_plan(cfg, dtype, "highest", arch, "relu", True, aligned, wgmma=wgmma)
+            assert g.kernel == "gpuconv_tc_fwd", (arch, wgmma, aligned)
+    narrow = _cfg((2, 9, 8, 32), (3, 3, 32, 64), {"padding": 1})
+    assert fwd(narrow, np.float16, "highest", 90).kernel == "gpuconv_tc_fwd"
+    assert cuda_tc.forward_plan(narrow, np.float16, "highest", 90, "relu", True, wgmma=True)[0].kernel == \
+        "gpuconv_tc_fwd"
+    assert cuda_tc.forward_plan(cfg, np.float32, "tf32", 90, "relu", True, wgmma=True)[0].kernel == "gpuconv_tc_fwd"
+
+
+def test_wgmma_env(monkeypatch):
+    from gpuconv.backends.cuda import CudaBackend
+
+    monkeypatch.delenv(cuda_tc.WGMMA_ENV, raising=False)
+    assert not cuda_tc.wgmma_enabled() and not CudaBackend("emulator", np)._wgmma()
+    monkeypatch.setenv(cuda_tc.WGMMA_ENV, "1")
+    assert cuda_tc.wgmma_enabled() and CudaBackend("emulator", np)._wgmma()
+
+
+@pytest.mark.parametrize("cc, first", [("90", "-arch=sm_90a"), ("80", None), ("100", None)])
+def test_cupy_builds_the_wgmma_file_for_sm90a_on_sm90_only(monkeypatch, cc, first):
+    """CuPy appends its own -arch after the options, and NVRTC takes the first one: the wgmma file is built for
+    sm_90a on an sm_90 GPU (with empty kernels elsewhere); other files get no -arch of ours."""
+    import types
+
+    from gpuconv import _dispatch
+    from gpuconv.cuda import modules
+
+    built = []
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            built.append(options)
+
+    fake = types.SimpleNamespace(RawModule=RawModule, cuda=types.SimpleNamespace(
+        Device=lambda: types.SimpleNamespace(compute_capability=cc)))
+    monkeypatch.setattr(_dispatch, "import_cupy", lambda: fake)
+    for name in (cuda_tc.WGMMA_FORWARD_FILE, cuda_tc.TC_FORWARD_FILE):
+        path = modules.kernel_path(name)
+        modules._cupy_module(path.read_text(), path, (), ())
+    wg, tc = built
+    assert (wg[0] if wg[0].startswith("-arch") else None) == first
+    assert not any(o.startswith("-arch") for o in tc) and sum(o.startswith("-arch") for o in wg) <= 1
+
+
+@pytest.mark.skipif(nvrtc_reason() is not None, reason=f"NVRTC unavailable: {nvrtc_reason()}")
+def test_wgmma_shared_memory_of_the_plan_is_the_kernels(tmp_path):
+    from gpuconv.backends import _plans
+    from gpuconv.cuda import nvrtc
+    from gpuconv.cuda.modules import kernel_path
+
+    src = tmp_path / "wg_smem.cu"
+    src.write_text(f'#include "{kernel_path(cuda_tc.WGMMA_FORWARD_FILE)}"\n' + "".join(
+        f"static_assert(gpuconv_wg_tile<{t}, {cuda_tc.WGMMA_STAGES}>::SMEM_BYTES == {cuda_tc.wgmma_smem_bytes()}, "
+        f"\"{t}\");\n" for t in ("__half", "__nv_bfloat16")))
+    nvrtc.compile_program(str(src), "sm_90", options=_plans.kernel_defines())
+    assert 2 * cuda_tc.wgmma_smem_bytes() <= 227 * 1024  # two blocks an SM on sm_90

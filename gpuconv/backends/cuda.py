@@ -88,16 +88,17 @@ _MODE_NAMES = {"tf32": "TF32", "float16": "FP16", "bfloat16": "BF16"}
 DEFAULT_DYNAMIC_SHARED = 48 * 1024  # what a kernel may take without raising its attribute (every architecture)
 
 
-def math_path(dtype, precision: str, arch) -> str:
+def math_path(dtype, precision: str, arch, wgmma: bool = False) -> str:
     """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
-    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``."""
+    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``; wgmma: the wgmma forward
+    asked for (cuda_tc.WGMMA_ENV)."""
     dtype = np.dtype(dtype)
     if not _has_kernels(dtype):
         return f"no {dtype.name} kernels in this build (use backend='numpy')"
     mode = _mode(dtype, precision)
     where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
     if uses_tensor_cores(dtype, precision, arch):
-        return (f"{where}: tensor cores ({cuda_tc.instructions(arch)}), {_MODE_NAMES.get(mode, mode)} products, "
+        return (f"{where}: tensor cores ({cuda_tc.instructions(arch, dtype, wgmma)}), {_MODE_NAMES.get(mode, mode)} products, "
                 f"float32 accumulation")
     what = {"float32": "strict FP32", "float64": "FP64"}.get(dtype.name, f"{dtype.name} products in float32")
     text = f"{where}: CUDA cores, {what}"
@@ -138,13 +139,17 @@ class CudaBackend:
         """The current CUDA device's compute capability (e.g. 90), None on the emulator."""
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
 
+    def _wgmma(self):
+        """Whether the FP16 / BF16 forward may take the wgmma kernel (cuda_tc.WGMMA_ENV; only sm_90 has it)."""
+        return cuda_tc.wgmma_enabled()
+
     def _sms(self):
         """The current CUDA device's SM count (the tensor-core plans' rounds of blocks), None on the emulator."""
         return _device_sms(self.xp, self.xp.cuda.Device().id) if self.kind == "cupy" else None
 
     def math_path(self, dtype, precision: str) -> str:
         """``math_path`` on this backend's device."""
-        return math_path(dtype, precision, self._arch())
+        return math_path(dtype, precision, self._arch(), self._wgmma())
 
     def rounds_tf32(self) -> bool:
         """Whether precision="tf32" really rounds float32 operands to TF32 here (else it runs strict FP32)."""
@@ -193,7 +198,7 @@ class CudaBackend:
         y = self.xp.empty(cfg.y_shape, x.dtype)
         tc_cfg, xt, wt = self._pad_channels(cfg, x.dtype, precision, x, w)
         plan = cuda_tc.forward_plan(tc_cfg, x.dtype, precision, self._arch(), activation, b is not None,
-                                    _aligned16(xt, wt), self._sms())
+                                    _aligned16(xt, wt), self._sms(), self._wgmma())
         if plan is not None:
             x, w = xt, wt
         for launch in plan or _plans.forward(cfg, activation, b is not None):

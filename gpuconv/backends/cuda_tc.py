@@ -27,6 +27,7 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 import numpy as np
@@ -37,6 +38,7 @@ from . import _plans
 from ._plans import Launch, cdiv, dims, stride_phases
 
 TC_FORWARD_FILE = "conv_tc_forward.cu"
+WGMMA_FORWARD_FILE = "conv_wgmma_forward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
 BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates four of its kernels
 TC_THREADS = 128  # 4 warps a block (GPUCONV_TC_THREADS)
@@ -64,6 +66,18 @@ TENSOR_CORE_ARCH = {
 # From this compute capability the warp-level MMAs are ldmatrix + mma.sync (kernels/gpuconv_tc_mma.cuh); before
 # it (sm_70 / sm_75, FP16 only) nvcuda::wmma (kernels/gpuconv_tc_wmma.cuh). The emulator runs the mma.sync path.
 MMA_SYNC_ARCH = 80
+# Hopper's warpgroup MMA (kernels/conv_wgmma_forward.cu) is sm_90a's, not a feature later architectures keep: the
+# FP16 / BF16 forward can take it on compute capability 90 exactly, for GEMMs of more than 64 columns (its tile is
+# 128 x 128, one warpgroup) whose channels are whole 16-byte runs. It has run on the CPU emulator only, whose
+# wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run confirms it (tools/gpu_check.sh runs the
+# tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1 (WGMMA_ENV; forward_plan's wgmma). WGMMA_STAGES shared buffers of
+# WGMMA_STAGE_BYTES, plus 1024 bytes to align the 128-byte swizzle's atoms (gpuconv_wg_tile::SMEM_BYTES).
+WGMMA_ARCH = 90
+WGMMA_ENV = "GPUCONV_WGMMA"
+WGMMA_TILE = (128, 128)
+WGMMA_STAGES = 4
+WGMMA_STAGE_BYTES = 128 * TC_BYTES_K + TC_BYTES_K // 2 * 128 * 2
+WGMMA_ALIGN = 1024
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
 TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
 # The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
@@ -106,9 +120,21 @@ def uses_tensor_cores(dtype, precision: str, arch) -> bool:
     return m in TENSOR_CORE_MODES and (arch is None or arch >= TENSOR_CORE_ARCH[m])
 
 
-def instructions(arch) -> str:
-    """The tensor-core instructions of the kernels on compute capability ``arch`` (None: the emulator)."""
+def instructions(arch, dtype=None, wgmma: bool = False) -> str:
+    """The tensor-core instructions of ``dtype``'s kernels on compute capability ``arch`` (None: the emulator)."""
+    if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype).itemsize == 2:
+        return "wgmma for the forward, ldmatrix + mma.sync for the gradients"
     return "ldmatrix + mma.sync" if arch is None or arch >= MMA_SYNC_ARCH else "wmma"
+
+
+def wgmma_enabled() -> bool:
+    """Whether the user asked for the wgmma forward (WGMMA_ENV=1)."""
+    return os.environ.get(WGMMA_ENV) == "1"
+
+
+def wgmma_smem_bytes(stages: int = WGMMA_STAGES) -> int:
+    """gpuconv_wg_tile<T, stages>::SMEM_BYTES of kernels/conv_wgmma_forward.cu."""
+    return stages * WGMMA_STAGE_BYTES + WGMMA_ALIGN
 
 
 def _simt(dtype, precision: str, arch, channels: int) -> bool:
@@ -218,17 +244,23 @@ def _act(activation: str) -> np.int32:
 
 
 def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bool,
-                 aligned: bool = True, sms: Optional[int] = None) -> Optional[list]:
+                 aligned: bool = True, sms: Optional[int] = None, wgmma: bool = False) -> Optional[list]:
     """y = act(conv(x, w) + b) on tensor cores (arrays x, w, b, y), or None. vec: Cg and Mg multiples of VEC
-    (whole 16-byte runs of x and w; a reduction step may span several taps). sms: the device's SMs (_tile)."""
+    (whole 16-byte runs of x and w; a reduction step may span several taps). sms: the device's SMs (_tile).
+    wgmma: the wgmma forward where it applies (WGMMA_ARCH)."""
     if _simt(dtype, precision, arch, cfg.mg):
         return None
     _, vec = _steps(dtype)
     fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
-    tile = _tile(cfg.mg, fast, arch, (cfg.n * cfg.oh * cfg.ow,), cfg.groups, sms)
-    grid = (cdiv(cfg.n * cfg.oh * cfg.ow, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
-    return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid,
-                    (*dims(cfg), np.int32(has_bias), _act(activation)))]
+    scalars = (*dims(cfg), np.int32(has_bias), _act(activation))
+    rows = cfg.n * cfg.oh * cfg.ow
+    if wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize == 2 and cfg.mg > 64:
+        grid = (cdiv(rows, WGMMA_TILE[0]), cdiv(cfg.mg, WGMMA_TILE[1]), cfg.groups)
+        return [Launch(WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", (WGMMA_STAGES,), grid, (TC_THREADS, 1, 1), scalars,
+                       wgmma_smem_bytes())]
+    tile = _tile(cfg.mg, fast, arch, (rows,), cfg.groups, sms)
+    grid = (cdiv(rows, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
+    return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid, scalars)]
 
 
 def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
@@ -307,14 +339,15 @@ def backward_weight_plan(cfg, dtype, precision: str, arch, aligned: bool = True,
     return [first, _plans._sum_partials(e, n)]
 
 
-def routes(cfg, dtype, precision: str, arch, aligned: bool = True, activation: str = "identity") -> dict:
+def routes(cfg, dtype, precision: str, arch, aligned: bool = True, activation: str = "identity",
+           wgmma: bool = False) -> dict:
     """{operation: the tensor-core kernel's name expression, or None for SIMT} (``gpuconv info``, tests), for
     conv2d_backward with ``activation``: with one whose gradient needs the output (relu, sigmoid, tanh), a TF32
-    backward's pass stores dz rounded, and dx and dw take the DZ_TF32 variants."""
+    backward's pass stores dz rounded, and dx and dw take the DZ_TF32 variants. wgmma: forward_plan's."""
     padded = with_channels(cfg, padded_channels(cfg, dtype, precision, arch))
     dz_tf32 = mode(dtype, precision) == "tf32" and _registry.activation(activation, "routes").uses_output
     plans = {
-        "forward": forward_plan(padded, dtype, precision, arch, "identity", True, aligned),
+        "forward": forward_plan(padded, dtype, precision, arch, "identity", True, aligned, wgmma=wgmma),
         "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned, dz_tf32=dz_tf32),
         "backward_weight": backward_weight_plan(padded, dtype, precision, arch, aligned, dz_tf32=dz_tf32),
     }

@@ -29,6 +29,7 @@ from pathlib import Path
 
 KINDS = ("cupy", "emulator")
 NAME_EXPRESSIONS_TAG = "gpuconv-name-expressions:"
+NVRTC_ARCHES_TAG = "gpuconv-nvrtc-arches:"
 
 _cache: dict = {}
 _fast: dict = {}
@@ -97,6 +98,12 @@ def registered_name_expressions(source: str) -> tuple:
             if expr not in found:
                 found.append(expr)
     return tuple(found)
+
+
+def declared_arches(source: str) -> tuple:
+    """The architectures a kernel file says it is for (`// gpuconv-nvrtc-arches: sm_90a`), or () for all."""
+    m = re.search(r"^//\s*" + re.escape(NVRTC_ARCHES_TAG) + r"(.*)$", source, re.MULTILINE)
+    return tuple(m.group(1).replace(",", " ").split()) if m else ()
 
 
 def package_build(path) -> tuple:
@@ -183,6 +190,12 @@ def _cupy_module(source, path, exprs, options):
 
     cupy = import_cupy()
     opts = list(options)
+    # A file for an architecture-specific target (sm_90a: wgmma) is built for it on that GPU. CuPy appends its own
+    # -arch (sm_90 or compute_90) after ours; of two -arch options NVRTC 12.9 keeps the last, but keeps sm_90a
+    # over sm_90 / compute_90 in either order (measured: ../shared/notes/nvrtc-arch-options.md). Elsewhere the
+    # file compiles for CuPy's target, with empty kernels.
+    here = f"sm_{cupy.cuda.Device().compute_capability}"
+    opts[:0] = [f"-arch={a}" for a in declared_arches(source) if a.endswith("a") and a[:-1] == here][:1]
     opts.append(f"-I{path.parent}")
     for d in cuda_include_dirs():
         if f"-I{d}" not in opts:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ._headers import ENV_INCLUDE, cuda_include_dirs
-from .modules import build_inputs, kernel_dirs, kernel_files, kernel_path
+from .modules import build_inputs, declared_arches, kernel_dirs, kernel_files, kernel_path
 
 ARCHES = ("sm_70", "sm_80", "sm_90")
 
@@ -195,13 +195,21 @@ def compile_report(filename, arch, name_expressions=(), options=()) -> list:
     return rows
 
 
+def file_arches(path, arches=ARCHES) -> list:
+    """The architectures of ``arches`` that a kernel file is for: those its `// gpuconv-nvrtc-arches:` line
+    names (its architecture-specific ones, such as sm_90a, always), else all of them."""
+    declared = declared_arches(Path(path).read_text())
+    return [a for a in declared if a in arches or a.endswith("a")] if declared else list(arches)
+
+
 def resource_table(files=None, arches=ARCHES) -> list:
-    """Rows (file, KernelResources) for every kernel file (default: every .cu in kernels/) and arch."""
+    """Rows (file, KernelResources) for every kernel file (default: every .cu in kernels/) and arch it is for."""
     files = kernel_files() if files is None else [kernel_path(f) for f in files]
     rows = []
     for f in files:
-        per_file = [row for arch in arches for row in compile_report(str(f), arch)]
-        order = {arch: i for i, arch in enumerate(arches)}
+        mine = file_arches(f, arches)
+        per_file = [row for arch in mine for row in compile_report(str(f), arch)]
+        order = {arch: i for i, arch in enumerate(mine)}
         per_file.sort(key=lambda r: (r.kernel, order[r.arch]))
         rows += [(Path(f).name, row) for row in per_file]
     return rows

@@ -31,8 +31,8 @@ from .modules import kernel_dirs, kernel_files, kernel_path
 ENV_NVDISASM = "GPUCONV_NVDISASM"
 # LD / ST: generic loads and stores (any address space, e.g. a shared tile reached through a generic pointer,
 # which costs more than LDS / LDSM)
-CLASSES = ("HMMA", "FFMA", "DFMA", "LDS", "STS", "LDSM", "LDG", "STG", "LDGSTS", "LDL", "STL", "LD", "ST", "BAR")
-MATH = ("HMMA", "FFMA", "DFMA")
+CLASSES = ("HMMA", "HGMMA", "FFMA", "DFMA", "LDS", "STS", "LDSM", "LDG", "STG", "LDGSTS", "LDL", "STL", "LD", "ST", "BAR")
+MATH = ("HMMA", "HGMMA", "FFMA", "DFMA")  # HGMMA: Hopper's warpgroup MMA (wgmma)
 SHARED_LOADS = ("LDS", "LDSM")
 INSTALL_HINT = "pip install nvidia-cuda-nvdisasm (or set GPUCONV_NVDISASM to an nvdisasm binary)"
 
@@ -153,7 +153,7 @@ def disassemble(cubin: bytes, arch: str = "") -> str:
 
 _FUNCTION = re.compile(r"^\.text\.(\S+):\s*$")
 _LABEL = re.compile(r"^(\.L_x_\d+):\s*$")
-_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P(?:T|\d+)\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(@!?U?P(?:T|\d+)\s+)?([A-Z][A-Z0-9_.]*(?:x[0-9A-Z_.x]+)?)\s*(.*?)\s*;")
 _TARGET = re.compile(r"\.L_x_\d+")
 
 
@@ -189,8 +189,9 @@ def instruction_class(opcode: str) -> str:
 
 
 def hmma_precision(opcode: str):
-    """The input precision of an HMMA opcode: "tf32", "bf16", "fp16" (F32 or F16 accumulation), else None."""
-    if instruction_class(opcode) != "HMMA":
+    """The input precision of an HMMA or HGMMA opcode: "tf32", "bf16", "fp16" (F32 or F16 accumulation), else
+    None."""
+    if instruction_class(opcode) not in ("HMMA", "HGMMA"):
         return None
     mods = opcode.split(".")[1:]
     if "TF32" in mods:
@@ -239,7 +240,7 @@ def _class_counts(instrs) -> dict:
 def analyze(instrs, labels, kernel: str, arch: str) -> KernelSass:
     """The instruction mix of one function's SASS."""
     hmma = Counter(re.sub(r"\.STEP\d+$", "", i.opcode) for i in _executed(instrs)
-                   if instruction_class(i.opcode) == "HMMA")
+                   if instruction_class(i.opcode) in ("HMMA", "HGMMA"))
     loop = main_loop(instrs, labels)
     body = _executed(_inside(instrs, loop)) if loop else []
     return KernelSass(kernel, arch, _class_counts(instrs), dict(sorted(hmma.items())), loop,
@@ -277,15 +278,16 @@ def sass_table(files=None, arches=nvrtc.ARCHES) -> tuple:
                for a in arches if a not in readable}
     rows = []
     for f in files:
-        per_file = [row for arch in readable for row in kernel_sass(str(f), arch)]
-        order = {arch: i for i, arch in enumerate(readable)}
+        mine = nvrtc.file_arches(f, readable)
+        per_file = [row for arch in mine for row in kernel_sass(str(f), arch)]
+        order = {arch: i for i, arch in enumerate(mine)}
         per_file.sort(key=lambda r: (r.kernel, order[r.arch]))
         rows += [(Path(f).name, row) for row in per_file]
     return rows, skipped
 
 
 def _hmma_text(hmma: dict) -> str:
-    return " ".join(f"{name.removeprefix('HMMA.')}:{n}" for name, n in hmma.items()) or "-"
+    return " ".join(f"{name.removeprefix('HMMA.')}:{n}" for name, n in hmma.items()) or "-"  # HGMMA keeps its name
 
 
 def _loop_text(r: KernelSass) -> str:
