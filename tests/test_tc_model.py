@@ -30,6 +30,11 @@ def test_predictions_respect_the_floors():
         assert flops / peak * 1e6 < us < 20 * flops / peak * 1e6  # above the dense peak, not absurdly far
     table = tc_model.table(["rn50-3x3-28"])
     assert table.count("\n| rn50-3x3-28 |") == len(tc_model.MODES) + 1  # and strict fp32's measured-rate row
+    # the wgmma forward: above the dense peak too, faster than mma.sync (its assumed efficiency is higher)
+    us, bound, path = tc_model.operation_us(cfg, "fp16", "fwd", wgmma=True)
+    assert path == "wgmma 128x128" and bound in ("issue", "smem", "tensor", "L2")
+    assert flops / 989e12 * 1e6 < us < tc_model.operation_us(cfg, "fp16", "fwd")[0]
+    assert tc_model.operation_us(cfg, "tf32", "fwd", wgmma=True)[2] == "128x128"  # TF32 keeps mma.sync
 
 
 def test_l1_serves_the_taps_rereads():

@@ -2,6 +2,7 @@
 
     python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every mode
     python tools/tc_model.py --shape rn50-3x3-28 --detail
+    python tools/tc_model.py --wgmma         the FP16 / BF16 forwards on the wgmma kernel (GPUCONV_WGMMA=1)
 
 The model (docs/performance.md says why each term is there; the first GPU run tests it):
 - Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
@@ -20,6 +21,10 @@ The model (docs/performance.md says why each term is there; the first GPU run te
   its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the
   activation gradient) are charged their bytes at the bandwidth plus LAUNCH_US. Strict FP32 (the SIMT
   kernels) is a row at the rates measured on an H100, not a model.
+- The wgmma forward (--wgmma; kernels/conv_wgmma_forward.cu, sm_90a SASS): the same four bounds, its tensor
+  term at WGMMA_EFFICIENCY of the dense rate, its shared-memory term every HGMMA's operand bytes (A 64 x 16 and B
+  16 x 128 elements, both read from shared memory by the tensor cores) plus the stage's copies; one warpgroup's
+  HGMMA (each warp's SASS shows the warpgroup's instruction) count once.
 What it leaves out: pipeline bubbles (4 stages are meant to hide the copies), L2 misses on the re-read tiles,
 the epilogue, and clocks below boost under load. Expect measured times above these.
 """
@@ -44,7 +49,8 @@ SMS, CLOCK_GHZ = 132, 1.83          # H100 SXM (the clock its dense peaks are qu
 HBM_TBS = 3.35                      # H100 SXM; an H200 has 4.8
 ISSUE_PER_CLOCK, SMEM_BYTES_PER_CLOCK = 4, 128
 DENSE_FMA_PER_CLOCK = {"fp16": 2048, "bf16": 2048, "tf32": 1024}
-MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed; wgmma ~0.9)
+MMA_SYNC_EFFICIENCY = 0.65          # mma.sync's share of Hopper's dense tensor rate (assumed)
+WGMMA_EFFICIENCY = 0.9              # wgmma's (assumed: CUTLASS's Hopper GEMMs reach ~80-90% of the peak)
 # L2 -> SM bandwidth, bytes a clock for the whole GPU: A100's published 5120 B/clk, assumed unchanged on H100
 # (NVIDIA publishes no H100 figure; 9.4 TB/s at 1.83 GHz). The filter's copies and dw's dz bypass L1
 # (cp.async.cg): all of their bytes come from L2; of the activation copies, what L1 misses (below).
@@ -76,13 +82,35 @@ def dense_tflops(mode: str) -> float:
     return 2 * DENSE_FMA_PER_CLOCK[mode] * SMS * CLOCK_GHZ / 1e3
 
 
+def _arch(file: str) -> str:
+    """The H100 target a kernel file is built for there: sm_90a for the wgmma file, else sm_90."""
+    return nvrtc.file_arches(nvrtc.kernel_path(file), ("sm_90",))[0]
+
+
 def _loop(expr: str, file: str) -> dict:
-    rows = {r.kernel: r for r in sass.kernel_sass(file, "sm_90")}
+    rows = {r.kernel: r for r in sass.kernel_sass(file, _arch(file))}
     return rows[expr].loop_opcodes
 
 
 def _registers(expr: str, file: str) -> int:
-    return next(r.registers for r in nvrtc.compile_report(file, "sm_90") if r.kernel == expr)
+    return next(r.registers for r in nvrtc.compile_report(file, _arch(file)) if r.kernel == expr)
+
+
+def _is_gemm(launch) -> bool:
+    return launch.kernel.startswith(("gpuconv_tc_", "gpuconv_wgmma_"))
+
+
+def _as_tc_forward(launch):
+    """The wgmma forward as the mma.sync forward of its tile, for what they share: the copies (L1 simulation)."""
+    if launch.kernel != "gpuconv_wgmma_fwd":
+        return launch
+    return launch._replace(kernel="gpuconv_tc_fwd", template=(*cuda_tc.WGMMA_TILE, cuda_tc.WGMMA_STAGES, True))
+
+
+def _hgmma_fma_and_bytes(opcode: str, size: int) -> tuple:
+    """(FMAs, shared bytes read) of one HGMMA.MxNxK opcode with both operands in shared memory."""
+    m, n, k = (int(v) for v in opcode.split(".")[1].split("x"))
+    return m * n * k, (m * k + k * n) * size
 
 
 def blocks_per_sm(launch, dtype) -> int:
@@ -211,15 +239,24 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     ops = _loop(expr, launch.file)
     warps = launch.block[0] // 32
     instructions = sum(ops.values())
-    reads = sum(n * SMEM_LOAD_BYTES.get(op, 0) for op, n in ops.items())
-    fma = sum(n * f for op, n in ops.items() for prefix, f in HMMA_FMA.items() if op.startswith(prefix + "."))
-    bm, bn = launch.template[:2]
-    bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
-    a_in, b_in = (rows * bk * np.dtype(dtype).itemsize for rows in (bm, bn))
-    from_l2 = a_in * activation_l2_fraction(launch, cfg, dtype) + b_in
+    size = np.dtype(dtype).itemsize
+    if launch.kernel == "gpuconv_wgmma_fwd":  # per warpgroup (the block): its HGMMA once, not once a warp
+        hgmma = [(_hgmma_fma_and_bytes(op, size), n) for op, n in ops.items() if op.startswith("HGMMA.")]
+        fma, reads, rate = sum(f * n for (f, _), n in hgmma), sum(b * n for (_, b), n in hgmma), WGMMA_EFFICIENCY
+        bm, bn = cuda_tc.WGMMA_TILE
+    else:
+        reads = warps * sum(n * SMEM_LOAD_BYTES.get(op, 0) for op, n in ops.items())
+        fma = warps * sum(n * f for op, n in ops.items() for prefix, f in HMMA_FMA.items()
+                          if op.startswith(prefix + "."))
+        rate = MMA_SYNC_EFFICIENCY
+        bm, bn = launch.template[:2]
+    bk = cuda_tc.TC_BYTES_K // size
+    a_in, b_in = (rows * bk * size for rows in (bm, bn))
+    l1 = l1_bytes_per_block(launch, dtype)  # the real kernel's blocks an SM share its L1
+    from_l2 = a_in * activation_l2_fraction(_as_tc_forward(launch), cfg, dtype, l1) + b_in
     bounds = {"issue": warps * instructions / ISSUE_PER_CLOCK,
-              "smem": (warps * reads + a_in + b_in) / SMEM_BYTES_PER_CLOCK,
-              "tensor": warps * fma / (DENSE_FMA_PER_CLOCK[mode] * MMA_SYNC_EFFICIENCY),
+              "smem": (reads + a_in + b_in) / SMEM_BYTES_PER_CLOCK,
+              "tensor": fma / (DENSE_FMA_PER_CLOCK[mode] * rate),
               "L2": SMS * from_l2 / L2_BYTES_PER_CLOCK}  # every SM copying its stage at once
     which = max(bounds, key=bounds.get)
     return bounds[which], which
@@ -227,7 +264,7 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
 
 def _steps(launch, cfg, dtype) -> int:
     bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
-    if launch.kernel == "gpuconv_tc_fwd":
+    if launch.kernel in ("gpuconv_tc_fwd", "gpuconv_wgmma_fwd"):
         return math.ceil(cfg.kh * cfg.kw * cfg.cg / bk)
     if launch.kernel == "gpuconv_tc_bwd_input":
         phase = [int(v) for v in launch.scalars[16:32]]
@@ -242,7 +279,7 @@ def _bytes_us(nbytes: float) -> float:
 def launch_us(launch, cfg, dtype, mode: str) -> tuple:
     """(microseconds, what bounds it) of one launch."""
     size = np.dtype(dtype).itemsize
-    if not launch.kernel.startswith("gpuconv_tc_"):
+    if not _is_gemm(launch):
         if launch.kernel == "gpuconv_sum_partials":
             return LAUNCH_US + _bytes_us(4 * launch.scalars[0] * (launch.scalars[1] + 1)), "memory"
         if launch.kernel == "gpuconv_nonfinite_flag":
@@ -254,8 +291,9 @@ def launch_us(launch, cfg, dtype, mode: str) -> tuple:
     return LAUNCH_US + compute, which
 
 
-def operation_us(cfg, mode: str, op: str) -> tuple:
-    """(microseconds, bounds, path) of the forward, dx or dw of a layer in a mode, with its DRAM floor."""
+def operation_us(cfg, mode: str, op: str, wgmma: bool = False) -> tuple:
+    """(microseconds, bounds, path) of the forward, dx or dw of a layer in a mode, with its DRAM floor; wgmma:
+    the forward's plan with the wgmma kernel allowed."""
     dtype, precision = MODES[mode]
     size = dtype.itemsize
     x = cfg.n * cfg.h * cfg.w * cfg.c
@@ -267,7 +305,7 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
     tc_cfg = cuda_tc.with_channels(cfg, channels)
     pad = 0.0 if channels is None else LAUNCH_US + _bytes_us(size * (x + x // cfg.c * channels))
     if op == "fwd":
-        plan = cuda_tc.forward_plan(tc_cfg, dtype, precision, 90, "relu", True)
+        plan = cuda_tc.forward_plan(tc_cfg, dtype, precision, 90, "relu", True, wgmma=wgmma)
         floor = _bytes_us(size * (x + w + y))
     elif op == "dx":  # the relu backward: dz from its pass, stored rounded to TF32 in tf32 (DZ_TF32)
         plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w, dz_tf32=True)
@@ -281,10 +319,13 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
     for launch in plan:
         t, which = launch_us(launch, tc_cfg, dtype, mode)
         total += t
-        if launch.kernel.startswith("gpuconv_tc_"):
+        if _is_gemm(launch):
             bounds.append(which)
-    tc = next(la for la in plan if la.kernel.startswith("gpuconv_tc_"))
-    path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[3] else ' generic'}"
+    tc = next(la for la in plan if _is_gemm(la))
+    if tc.kernel == "gpuconv_wgmma_fwd":
+        path = "wgmma {}x{}".format(*cuda_tc.WGMMA_TILE)
+    else:
+        path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[3] else ' generic'}"
     if channels is not None:
         path += f" (C padded to {channels})"
     if floor > total:
@@ -292,7 +333,7 @@ def operation_us(cfg, mode: str, op: str) -> tuple:
     return total, "/".join(sorted(set(bounds))), path
 
 
-def table(shapes, detail: bool = False) -> str:
+def table(shapes, detail: bool = False, wgmma: bool = False) -> str:
     peak = {m: dense_tflops(m) for m in MODES}
     out = [("| layer | GFLOP | mode | fwd us | dx us | dw us | relu dz + db us | fwd+bwd us | "
             "fwd TFLOP/s (% peak) | bound fwd / dx / dw | tiles fwd / dx / dw |"),
@@ -308,7 +349,7 @@ def table(shapes, detail: bool = False) -> str:
         for mode in MODES:
             if MODES[mode][0] is None:
                 continue
-            res = {op: operation_us(cfg, mode, op) for op in ("fwd", "dx", "dw")}
+            res = {op: operation_us(cfg, mode, op, wgmma) for op in ("fwd", "dx", "dw")}
             dz = LAUNCH_US + _bytes_us(3 * MODES[mode][0].itemsize * cfg.n * cfg.oh * cfg.ow * cfg.m)
             tot = sum(r[0] for r in res.values()) + dz
             tflops = gflop / res["fwd"][0] * 1e3
@@ -320,7 +361,8 @@ def table(shapes, detail: bool = False) -> str:
     if detail:
         out.append("")
         out.append(f"model: {SMS} SMs at {CLOCK_GHZ} GHz, HBM {HBM_TBS} TB/s, mma.sync at "
-                   f"{MMA_SYNC_EFFICIENCY:.0%} of the dense rate, L2 {L2_BYTES_PER_CLOCK} B/clock, "
+                   f"{MMA_SYNC_EFFICIENCY:.0%} of the dense rate"
+                   + (f" (wgmma at {WGMMA_EFFICIENCY:.0%})" if wgmma else "") + f", L2 {L2_BYTES_PER_CLOCK} B/clock, "
                    f"{LAUNCH_US} us per launch")
     return "\n".join(out)
 
@@ -329,12 +371,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", nargs="*", default=DEFAULT_SHAPES, help="shape names of gpuconv/_benchdata.py")
     ap.add_argument("--detail", action="store_true", help="print the model's constants under the table")
+    ap.add_argument("--wgmma", action="store_true", help="the FP16 / BF16 forwards on wgmma where it applies")
     args = ap.parse_args(argv)
     reason = sass.unavailable_reason()
     if reason:
         print(f"tc_model: needs SASS: {reason}", file=sys.stderr)
         return 1
-    print(table(args.shape, args.detail))
+    print(table(args.shape, args.detail, args.wgmma))
     return 0
 
 
