@@ -335,13 +335,17 @@ def _cudnn(torch, shape, activation, dtype="float32", precision="highest"):
 
 
 def bench():
+    """Timings next to cuDNN in every BENCH_MODES mode, or in those named after the command (fp32 tf32 fp16 bf16)."""
     from gpuconv._config import dtype_from_name
 
     be = _cupy_backend()
     torch = _torch()
     shapes = _gpu_shapes(be)
+    wanted = set(sys.argv[2:])
     for dtype, precision in BENCH_MODES:
         mode = _mode_name(dtype, precision)
+        if wanted and mode not in wanted:
+            continue
         print()
         reason = _mode_reason(be, dtype, precision)
         if reason is not None:

@@ -9,6 +9,8 @@
 #   4. every kernel vs the NumPy float64 reference in every mode (float64, fp32, tf32, fp16, bf16), each error
 #      against its bound from the error analysis (gpuconv/_accuracy.py)
 #   5. dw / db bitwise-determinism over repeated runs, every mode
+#   5b. the wgmma forward (sm_90 only, GPUCONV_WGMMA=1): its tests against float64, then its fp16 timings next to
+#      cuDNN (elsewhere the tests skip and the timings are the mma.sync kernels' again)
 #   6. compute-sanitizer memcheck and racecheck over one pass of every kernel, every mode
 #   7. forward / backward timings of the benchmark shapes and the ResNet-50 training-size layers next to cuDNN
 #      (PyTorch) in the same mode: fp32 (TF32 off), tf32 (TF32 on), fp16, bf16
@@ -20,7 +22,7 @@
 # GPU_CHECK_STEPS=kernels,accuracy,determinism,bench to leave out the shared suite, which pytest already runs on
 # the emulator and which takes longer than its GPU time limit there.
 # GPU_CHECK_STEPS=kernels,suite,... runs only the named steps (resources kernels suite accuracy determinism
-# memcheck racecheck bench torch; default: all but resources, which CI runs with the pinned NVRTC 12).
+# wgmma memcheck racecheck bench torch; default: all but resources, which CI runs with the pinned NVRTC 12).
 # GPU_CHECK_BUDGET_S caps the whole script (default 350 s). Keep the full log: bash tools/gpu_check.sh | tee LOG
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +35,7 @@ export GPU_CHECK_BACKEND="$BE"
 FAILED=()
 
 BUDGET_S="${GPU_CHECK_BUDGET_S:-350}"  # a step gets at most what is left of this
-STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,memcheck,racecheck,bench,torch},"
+STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,wgmma,memcheck,racecheck,bench,torch},"
 export PYTHONUNBUFFERED=1
 
 step() {  # step KEY NAME TIMEOUT_S COMMAND...
@@ -92,6 +94,10 @@ fi
 
 step accuracy "accuracy vs NumPy float64, every mode" 45 "$PY" tools/gpu_check.py accuracy
 step determinism "dw/db determinism" 30 "$PY" tools/gpu_check.py determinism
+# Not yet the default path (gpuconv/backends/cuda_tc.py, WGMMA_ENV): its first GPU run is here.
+step wgmma "wgmma forward on $BE: tests vs float64" 45 env GPUCONV_WGMMA=1 GPUCONV_KERNEL_BACKEND="$BE" \
+    "${PYTEST[@]}" tests/test_tc_kernels.py -k "sm90 or forward_and_backward"
+[ "$BE" = cupy ] && step wgmma "wgmma forward: fp16 timings vs cuDNN" 60 env GPUCONV_WGMMA=1 "$PY" tools/gpu_check.py bench fp16
 step bigoffsets "offsets past 2**31 elements (tiled paths)" 60 "$PY" tools/gpu_check.py bigoffsets
 
 SAN="$(command -v compute-sanitizer || true)"
