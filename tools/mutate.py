@@ -49,13 +49,13 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 13
+MUTANTS_VERSION = 14
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
 # The tensor-core kernels and their plans: their own tests first (with -x the first failure ends the job), then
 # the shared suites' tensor-core cases (precision="tf32", bfloat16, float16, the NaN rule, conv2d_transpose).
-# The emulator's wgmma tests (7 s) lead: no kernel uses wgmma yet, so only they can kill its mutants.
+# The emulator's wgmma tests (7 s) lead: they alone see its mutants' layouts bit for bit.
 TC_SUITE = ["tests/test_emulator_wgmma.py", "tests/test_tc_kernels.py", "tests/test_tc_routing.py",
             "tests/test_precision.py", "tests/test_nan_rule.py", "tests/test_transpose.py",
             "tests/test_emulator_ptx.py"]
@@ -102,7 +102,8 @@ KERNEL_JOBS = ("plain", "reverse", "asan")
 TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpuconv_tc_wmma.cuh",
             "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
             "gpuconv/cuda/emulator/include/gpuconv_ptx.h", "gpuconv/cuda/emulator/gpuconv_emu.h",
-            "gpuconv/backends/cuda.py", "gpuconv/cuda/emulator/include/gpuconv_wgmma.h")
+            "gpuconv/backends/cuda.py", "gpuconv/cuda/emulator/include/gpuconv_wgmma.h",
+            "kernels/conv_wgmma_forward.cu", "kernels/gpuconv_tc_fwd_copies.cuh")
 
 
 class Mutant(NamedTuple):
@@ -128,6 +129,7 @@ TC, MMA, WMMA = "kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels
 TCF, TCB, PLAN = "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py"
 PTXH = "gpuconv/cuda/emulator/include/gpuconv_ptx.h"
 WGH = "gpuconv/cuda/emulator/include/gpuconv_wgmma.h"
+WGF = "kernels/conv_wgmma_forward.cu"
 NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
 CFG, LAY, TRP, DSK = "gpuconv/_config.py", "gpuconv/_layout.py", "gpuconv/_transpose.py", "gpuconv/dask.py"
 TOR, IOP, VAL, API = "gpuconv/torch.py", "gpuconv/_interop.py", "gpuconv/_validate.py", "gpuconv/_api.py"
@@ -436,6 +438,31 @@ MUTANTS = [
       "emulator: warps of a warpgroup with other descriptors not caught"),
     M("e-wg-11", WGH, "            memcpy(&ch.d[l][i], &kPoison, 4);\n", "",
       "emulator: accumulators in flight not poisoned"),
+    # ---------------------------------------------------------------- the wgmma forward (sm_90a)
+    M("t-wgf-01", WGF, "(((k / VEC) ^ ((m / 2) % 4)) << 4)", "(((k / VEC) ^ ((m / 4) % 4)) << 4)",
+      "wgmma forward: A's 64-byte swizzle from the wrong row bits"),
+    M("t-wgf-02", WGF, "((((n % 64) / VEC) ^ (k % 8)) << 4)", "((((n % 64) / VEC) ^ (k % 4)) << 4)",
+      "wgmma forward: B's 128-byte swizzle from too few row bits"),
+    M("t-wgf-03", WGF, "constexpr int S = Tile::STAGES, D = S - 2;", "constexpr int S = Tile::STAGES, D = S - 1;",
+      "wgmma forward: copies run one step further ahead, into the stage of the wgmma in flight"),
+    M("t-wgf-04", WGF, "gpuconv_wgmma_wait_group<1>();", "gpuconv_wgmma_wait_group<2>();",
+      "wgmma forward: two steps' wgmma left in flight (the copies overwrite one's operands)"),
+    M("t-wgf-05", WGF, "__pipeline_wait_prior(D - 1);", "__pipeline_wait_prior(D);",
+      "wgmma forward: the wgmma reads a stage whose copies may not have landed"),
+    M("t-wgf-06", WGF, "st + 4096 * h + 32 * j", "st + 4096 * h + 16 * j",
+      "wgmma forward: A's descriptor advances 16 bytes a k16 step (not 32)"),
+    M("t-wgf-07", WGF, "st + Tile::A_BYTES + 4096 * j, 1024, 2048,", "st + Tile::A_BYTES + 4096 * j, 2048, 1024,",
+      "wgmma forward: B's LBO and SBO swapped"),
+    M("t-wgf-08", WGF, "float v = acc[h][4 * j + 2 * r8 + c];", "float v = acc[h][4 * j + r8 + 2 * c];",
+      "wgmma forward: epilogue reads D's fragment with rows and columns swapped"),
+    M("t-wgf-09", WGF, "            if (row >= P) continue;", "            if (row > P) continue;",
+      "wgmma forward: epilogue stores one row past the output"),
+    M("t-wgf-10", WGF, "gpuconv_wg_mma<T>::run(acc[h], a, b, kt > 0 || j > 0);",
+      "gpuconv_wg_mma<T>::run(acc[h], a, b, kt > 0);", "wgmma forward: the first step's second k16 overwrites"),
+    M("t-wgf-11", WGF, "unsigned char* smem = smem_bytes + ((Tile::ALIGN - (gpuconv_smem_addr(smem_bytes) % Tile::ALIGN)) % Tile::ALIGN);",
+      "unsigned char* smem = smem_bytes;", "wgmma forward: shared memory not aligned to the swizzle atoms"),
+    M("t-wgf-12", PLAN, "if wgmma and fast and arch == WGMMA_ARCH and", "if wgmma and fast and arch >= WGMMA_ARCH and",
+      "plan: the sm_90a kernel routed on later architectures"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),
