@@ -71,7 +71,9 @@ template <> struct gpuconv_wg_mma<__nv_bfloat16> {
 // step kt __pipeline_wait_prior(D - 1) means "step kt has landed" for this thread's copies, and the barrier
 // after it makes everyone's visible. The copies issued then overwrite the stage of step kt - 2, whose wgmma
 // every warp has waited for (wait_group 1 at the end of step kt - 1) before that barrier; step kt - 1's
-// wgmma may still run, on its own stage.
+// wgmma may still run, on its own stage. With one warpgroup a block the barrier is what CUDA's memory model
+// asks for; CUTLASS's single-warpgroup cp.async mainloop (MainloopSm90CpAsyncGmma) does without it, relying on
+// wgmma being one warpgroup operation (the emulator's lockstep of warp-collective operations cannot tell).
 template <typename T, typename Tile, typename Issue>
 __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT, Issue& issue,
                                                     float (&acc)[2][64]) {

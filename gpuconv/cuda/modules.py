@@ -192,7 +192,7 @@ def _cupy_module(source, path, exprs, options):
     opts = list(options)
     # A file for an architecture-specific target (sm_90a: wgmma) is built for it on that GPU. CuPy appends its own
     # -arch (sm_90 or compute_90) after ours; of two -arch options NVRTC 12.9 keeps the last, but keeps sm_90a
-    # over sm_90 / compute_90 in either order (measured: ../shared/notes/nvrtc-arch-options.md). Elsewhere the
+    # over sm_90 / compute_90 in either order (measured: kernels/README.md, Conventions). Elsewhere the
     # file compiles for CuPy's target, with empty kernels.
     here = f"sm_{cupy.cuda.Device().compute_capability}"
     opts[:0] = [f"-arch={a}" for a in declared_arches(source) if a.endswith("a") and a[:-1] == here][:1]
