@@ -75,26 +75,26 @@ __device__ __forceinline__ void gpuconv_wgmma_wait_group() {
                  : D                                                                                      \
                  : "l"(a), "l"(b), "r"(accumulate))
 
+// Both shapes of one 16-bit type, inside a wrapper with N, TRANS_A, TRANS_B, d, a, b and accumulate in scope.
+#define GPUCONV_WG_MMA16_N(TYPE)                                                                         \
+    static_assert(N == 64 || N == 128, "gpuconv_wgmma_" TYPE ": N is 64 or 128");                         \
+    if constexpr (N == 64)                                                                                \
+        GPUCONV_WG_MMA16("m64n64k16", TYPE, GPUCONV_WG_S32, GPUCONV_WG_D32, "32", "33", "34", "35", "36"); \
+    else                                                                                                  \
+        GPUCONV_WG_MMA16("m64n128k16", TYPE, GPUCONV_WG_S64, GPUCONV_WG_D64, "64", "65", "66", "67", "68")
+
 // d (this thread's N / 2 accumulators of D, 64 x N) = A (64 x 16) B (16 x N) + (accumulate ? d : 0), f16.
 template <int N, int TRANS_A, int TRANS_B>
 __device__ __forceinline__ void gpuconv_wgmma_f16(float (&d)[N / 2], unsigned long long a, unsigned long long b,
                                                   int accumulate) {
-    static_assert(N == 64 || N == 128, "gpuconv_wgmma_f16: N is 64 or 128");
-    if constexpr (N == 64)
-        GPUCONV_WG_MMA16("m64n64k16", "f16", GPUCONV_WG_S32, GPUCONV_WG_D32, "32", "33", "34", "35", "36");
-    else
-        GPUCONV_WG_MMA16("m64n128k16", "f16", GPUCONV_WG_S64, GPUCONV_WG_D64, "64", "65", "66", "67", "68");
+    GPUCONV_WG_MMA16_N("f16");
 }
 
 // The same with bf16 operands.
 template <int N, int TRANS_A, int TRANS_B>
 __device__ __forceinline__ void gpuconv_wgmma_bf16(float (&d)[N / 2], unsigned long long a, unsigned long long b,
                                                    int accumulate) {
-    static_assert(N == 64 || N == 128, "gpuconv_wgmma_bf16: N is 64 or 128");
-    if constexpr (N == 64)
-        GPUCONV_WG_MMA16("m64n64k16", "bf16", GPUCONV_WG_S32, GPUCONV_WG_D32, "32", "33", "34", "35", "36");
-    else
-        GPUCONV_WG_MMA16("m64n128k16", "bf16", GPUCONV_WG_S64, GPUCONV_WG_D64, "64", "65", "66", "67", "68");
+    GPUCONV_WG_MMA16_N("bf16");
 }
 
 // d = A (64 x 8) B (8 x N) + (accumulate ? d : 0), tf32 operands, both K-major.
@@ -108,6 +108,7 @@ __device__ __forceinline__ void gpuconv_wgmma_tf32(float (&d)[N / 2], unsigned l
         GPUCONV_WG_MMA_TF32("m64n128k8", GPUCONV_WG_S64, GPUCONV_WG_D64, "64", "65", "66");
 }
 
+#undef GPUCONV_WG_MMA16_N
 #undef GPUCONV_WG_MMA16
 #undef GPUCONV_WG_MMA_TF32
 #undef GPUCONV_WG_S64
