@@ -369,6 +369,11 @@ def test_wgmma_env(monkeypatch):
     assert not cuda_tc.wgmma_enabled() and not CudaBackend("emulator", np)._wgmma()
     monkeypatch.setenv(cuda_tc.WGMMA_ENV, "1")
     assert cuda_tc.wgmma_enabled() and CudaBackend("emulator", np)._wgmma()
+    monkeypatch.setenv(cuda_tc.WGMMA_ENV, "0")
+    assert not cuda_tc.wgmma_enabled()
+    monkeypatch.setenv(cuda_tc.WGMMA_ENV, "yes")
+    with pytest.raises(ValueError, match="GPUCONV_WGMMA='yes' is not one of 0, 1"):
+        cuda_tc.wgmma_enabled()
 
 
 @pytest.mark.parametrize("cc, first", [("90", "-arch=sm_90a"), ("80", None), ("100", None)])

@@ -27,13 +27,13 @@ SIMT plans, so the CUDA backend runs either), or None where the SIMT kernels run
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional
 
 import numpy as np
 
 from .. import _registry
 from .._config import get_workspace_limit
+from .._validate import env_choice
 from . import _plans
 from ._plans import Launch, cdiv, dims, stride_phases
 
@@ -128,8 +128,8 @@ def instructions(arch, dtype=None, wgmma: bool = False) -> str:
 
 
 def wgmma_enabled() -> bool:
-    """Whether the user asked for the wgmma forward (WGMMA_ENV=1)."""
-    return os.environ.get(WGMMA_ENV) == "1"
+    """Whether the user asked for the wgmma forward (WGMMA_ENV=1; 0 or unset: no; anything else: ValueError)."""
+    return env_choice(WGMMA_ENV, ("0", "1"), "0") == "1"
 
 
 def wgmma_smem_bytes(stages: int = WGMMA_STAGES) -> int:
