@@ -48,7 +48,7 @@
 // kernels), gpuconv_bias_grad and gpuconv_sum_partials (the deterministic db / dw reductions). bfloat16 has no
 // entry in gpuconv/_registry.py DTYPES yet, so conv_backward.cu's generated instantiations do not cover it.
 // gpuconv-name-expressions: gpuconv_act_bwd<__nv_bfloat16>, gpuconv_bias_grad<__nv_bfloat16>, gpuconv_sum_partials<__nv_bfloat16>
-#include "gpuconv_tc.cuh"
+#include "gpuconv_tc_dx.cuh"
 #include "conv_backward.cu"
 
 template <typename T, int BM, int BN, int STAGES, bool VEC, bool DZ_TF32>
@@ -56,7 +56,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const T* __restrict__ dz, const T* __restrict__ w, const int* __restrict__ wflag, T* __restrict__ dx,
     const T* __restrict__ bias, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int has_bias, int out_act) {
     typedef gpuconv_tc_tile<T, BM, BN, STAGES, true, false, DZ_TF32, false> Tile;
-    constexpr int BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
+    constexpr int BK = Tile::BK, TH = Tile::THREADS;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     T* smem = reinterpret_cast<T*>(smem_bytes);
 
@@ -71,36 +71,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     const T* dzg = dz + g * Mg;
     const T* wg = w + g * Mg;
 
-    // The input pixel of phase row `row`: offset of its first channel of group g in dx.
-    auto pixel_of = [&](int row) -> gpuconv_i64 {
-        const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
-        const int hp = rem / Wp;
-        return (gpuconv_i64)((b * H + h0 + hp * s1) * W + w0 + (rem - hp * Wp) * s2) * C + g * Cg;
-    };
-
     if (*wflag) {
-        // Exact path (w holds inf or NaN): each element sums only the taps that reach an output pixel.
-        for (int e = t; e < BM * BN; e += TH) {
-            const int row = row0 + e / BN, col = col0 + e % BN;
-            if (row >= P || col >= Cg) continue;
-            const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
-            const int hp = rem / Wp, qh = qh0 + hp, qw = qw0 + rem - hp * Wp;
-            float v = 0.0f;
-            for (int i1 = 0; i1 < T1; ++i1) {
-                const int oi = qh - k1b - i1 * k1i, k1 = k1f + i1 * k1s;
-                if ((unsigned)oi >= (unsigned)OH) continue;
-                for (int i2 = 0; i2 < T2; ++i2) {
-                    const int oj = qw - k2b - i2 * k2i, k2 = k2f + i2 * k2s;
-                    if ((unsigned)oj >= (unsigned)OW) continue;
-                    const gpuconv_i64 o = (gpuconv_i64)((b * OH + oi) * OW + oj) * M;
-                    const T* wk = wg + ((k1 * KW + k2) * Cg + col) * M;
-                    for (int mm = 0; mm < Mg; ++mm)
-                        v += gpuconv_tc_operand(dzg[o + mm]) * gpuconv_tc_operand(wk[mm]);
-                }
-            }
-            if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col]);
-            gpuconv_store(dx + pixel_of(row) + col, gpuconv_act_forward(v, out_act));
-        }
+        gpuconv_tc_dx_exact<T, BM, BN, TH>(dzg, wg, dx, bias, g, row0, col0, GPUCONV_DX_ARGS, has_bias, out_act);
         return;
     }
 
@@ -108,55 +80,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     acc.zero();
 
     if constexpr (VEC) {
-        constexpr int KCH = BK / V, RA = BM * KCH / TH, RB = BN * KCH / TH;
-        static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
-        static_assert(TH % KCH == 0 && RA * TH == BM * KCH && RB * TH == BN * KCH,
-                      "the loaders' chunks cover the tiles exactly once");
-        const int kc = t % KCH;  // this thread's 16-byte chunk of a reduction step (A and B alike)
-        int a_b[RA], a_qh[RA], a_qw[RA];  // batch (-1: past the end), output row / column of a tap of offset 0
-#pragma unroll
-        for (int i = 0; i < RA; ++i) {
-            const int row = row0 + t / KCH + (TH / KCH) * i;
-            a_b[i] = -1;
-            a_qh[i] = a_qw[i] = 0;
-            if (row < P) {
-                const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
-                const int hp = rem / Wp;
-                a_b[i] = b;
-                a_qh[i] = qh0 + hp;
-                a_qw[i] = qw0 + rem - hp * Wp;
-            }
-        }
-        int i1 = 0, i2 = 0, mm0 = 0;  // tap and first output channel of the step the next issue loads (taps fastest)
-        auto issue = [&](int kt, int s) {
-            const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row = qh - di, column = qw - dj
-            const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k2s;
-#pragma unroll
-            for (int i = 0; i < RA; ++i) {
-                T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, kc * V);
-                const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
-                if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
-                    gpuconv_tc_copy16_cached(dst, dzg + (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V);
-                else
-                    gpuconv_tc_zero16(dst);
-            }
-#pragma unroll
-            for (int j = 0; j < RB; ++j) {
-                const int bc = t / KCH + (TH / KCH) * j;  // column (input channel) of the tile
-                T* dst = Tile::b_at(smem, s, kc * V, bc);
-                if (col0 + bc < Cg)
-                    __pipeline_memcpy_async(dst, wg + (gpuconv_i64)((k1 * KW + k2) * Cg + col0 + bc) * M + mm0 + kc * V, 16);
-                else
-                    gpuconv_tc_zero16(dst);
-            }
-            // issue runs for kt = 0, 1, 2, ... in order. The taps run inside each block of BK output channels:
-            // the next step's dz copies are this step's pixels shifted by one tap, which L1 still holds
-            // (gpuconv_tc_copy16_cached).
-            if (++i2 == T2) {
-                i2 = 0;
-                if (++i1 == T1) { i1 = 0; mm0 += BK; }
-            }
-        };
+        auto issue = gpuconv_tc_dx_copies<T, Tile>(smem, dzg, wg, row0, col0, GPUCONV_DX_ARGS);
         gpuconv_tc_mainloop<T, Tile, true, false>(smem, KT, issue, acc, wm0, wn0);
     } else {
         // Element loads: reduction index kt * BK + t % BK for A rows t / BK + (TH / BK) i and B columns likewise.
@@ -203,7 +127,9 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
         gpuconv_tc_mainloop<T, Tile, true, false>(smem, KT, issue, acc, wm0, wn0);
     }
 
-    auto row_of = [&](int r) -> gpuconv_i64 { return row0 + r < P ? pixel_of(row0 + r) : -1; };
+    auto row_of = [&](int r) -> gpuconv_i64 {
+        return row0 + r < P ? gpuconv_tc_dx_pixel(row0 + r, g, GPUCONV_DX_ARGS) : -1;
+    };
     auto emit = [&](gpuconv_i64 base, int c, float v) {
         if (col0 + c >= Cg) return;
         if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col0 + c]);
