@@ -1,0 +1,142 @@
+// Shared device code of the wgmma kernels (kernels/conv_wgmma_*.cu, sm_90a): the block tile and its layouts in
+// shared memory, the main loop, and the epilogue from D's fragment. The block is one warpgroup (128 threads) and
+// a 128 x 128 tile; a 64-byte reduction step is 2 x 2 wgmma.mma_async m64n128k16 (rows 0-63 and 64-127 of the
+// tile, 64 accumulators a thread each), FP16 or BF16 operands, float accumulators. The operands stay in shared
+// memory, in wgmma's canonical layouts (kernels/gpuconv_wgmma.cuh):
+//   A (BM x BK, the reduction index fastest: x of the forward, dz of dx) K-major with the 64-byte swizzle, a
+//     64-byte row a tile row;
+//   B (BK x BN) either N-major with the 128-byte swizzle, atoms of 8 reduction rows x 64 columns (w of the
+//     forward: output channels fastest, as in HWIO), or K-major like A (w of dx: its reduction index, the output
+//     channel, is fastest).
+// Included where GPUCONV_WGMMA_BUILT (sm_90a, or the emulator); the kernels compile empty elsewhere.
+#pragma once
+
+#include "gpuconv_tc.cuh"
+
+#if defined(GPUCONV_EMULATOR) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GPUCONV_WGMMA_BUILT 1
+#include "gpuconv_wgmma.cuh"
+#else
+#define GPUCONV_WGMMA_BUILT 0
+#endif
+
+// The tile: per stage A (8 KB) then B (8 KB), from a 1024-byte aligned base (the 128-byte swizzle repeats every
+// 1024 bytes; the launch's shared_mem has room to align). B_KMAJOR: B is stored K-major (else N-major).
+template <typename T, int STAGES_, bool B_KMAJOR_>
+struct gpuconv_wg_tile {
+    static constexpr int BM = 128, BN = 128, STAGES = STAGES_;
+    static constexpr bool B_KMAJOR = B_KMAJOR_;
+    static constexpr int BK = GPUCONV_TC_BYTES_K / sizeof(T);  // 32: one 64-byte swizzle row of A
+    static constexpr int VEC = 16 / sizeof(T), THREADS = GPUCONV_TC_THREADS;
+    static constexpr int A_BYTES = BM * GPUCONV_TC_BYTES_K, B_BYTES = BK * BN * (int)sizeof(T);
+    static constexpr int STAGE_BYTES = A_BYTES + B_BYTES, ALIGN = 1024;
+    static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + ALIGN;
+    static_assert(sizeof(T) == 2 && BK == 32 && THREADS == 128, "16-bit operands, one warpgroup");
+
+    // Byte offsets in a stage's A of element (m, k), and in its B of (k, n): 16-byte unit u of a swizzle row r
+    // is stored at unit u ^ (r's bits that the swizzle takes: (r / 2) % 4 for 64 bytes, k % 8 for 128).
+    __host__ __device__ static constexpr int kmajor_byte(int r, int k) {
+        return r * 64 + (((k / VEC) ^ ((r / 2) % 4)) << 4) + (k % VEC) * 2;
+    }
+    __host__ __device__ static constexpr int a_byte(int m, int k) { return kmajor_byte(m, k); }
+    __host__ __device__ static constexpr int b_byte(int k, int n) {
+        if (B_KMAJOR) return kmajor_byte(n, k);
+        return ((k / 8) * 2 + n / 64) * 1024 + (k % 8) * 128 + ((((n % 64) / VEC) ^ (k % 8)) << 4) + (n % VEC) * 2;
+    }
+    __device__ static T* a_at(T* smem, int s, int m, int k) {
+        return reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(smem) + s * STAGE_BYTES + a_byte(m, k));
+    }
+    __device__ static T* b_at(T* smem, int s, int k, int n) {
+        return reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(smem) + s * STAGE_BYTES + A_BYTES +
+                                    b_byte(k, n));
+    }
+};
+
+#if GPUCONV_WGMMA_BUILT
+// The dynamic shared memory of a wgmma kernel, aligned up to Tile::ALIGN in the shared address space.
+template <typename Tile>
+__device__ __forceinline__ unsigned char* gpuconv_wg_smem(unsigned char* smem_bytes) {
+    return smem_bytes + ((Tile::ALIGN - (gpuconv_smem_addr(smem_bytes) % Tile::ALIGN)) % Tile::ALIGN);
+}
+
+// One m64n128k16 of a storage type; B read N-major (TRANS_B) unless B_KMAJOR.
+template <typename T, bool B_KMAJOR> struct gpuconv_wg_mma;
+template <bool B_KMAJOR> struct gpuconv_wg_mma<__half, B_KMAJOR> {
+    __device__ static void run(float (&d)[64], unsigned long long a, unsigned long long b, int accumulate) {
+        gpuconv_wgmma_f16<128, 0, B_KMAJOR ? 0 : 1>(d, a, b, accumulate);
+    }
+};
+template <bool B_KMAJOR> struct gpuconv_wg_mma<__nv_bfloat16, B_KMAJOR> {
+    __device__ static void run(float (&d)[64], unsigned long long a, unsigned long long b, int accumulate) {
+        gpuconv_wgmma_bf16<128, 0, B_KMAJOR ? 0 : 1>(d, a, b, accumulate);
+    }
+};
+
+// acc[h] = A (rows 64 h ..) B over KT >= 1 reduction steps. Every thread commits one cp.async batch a step, so
+// at step kt __pipeline_wait_prior(D - 1) means "step kt has landed" for this thread's copies, and the barrier
+// after it makes everyone's visible. The copies issued then overwrite the stage of step kt - 2, whose wgmma
+// every warp has waited for (wait_group 1 at the end of step kt - 1) before that barrier; step kt - 1's
+// wgmma may still run, on its own stage. With one warpgroup a block the barrier is what CUDA's memory model
+// asks for; CUTLASS's single-warpgroup cp.async mainloop (MainloopSm90CpAsyncGmma) does without it, relying on
+// wgmma being one warpgroup operation (the emulator's lockstep of warp-collective operations cannot tell).
+// The first wgmma of each half runs with accumulate 0, so acc needs no zeroing: moves into the accumulators
+// before the loop would make ptxas serialize the wgmma (its note C7515).
+template <typename T, typename Tile, typename Issue>
+__device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT, Issue& issue,
+                                                    float (&acc)[2][64]) {
+    constexpr int S = Tile::STAGES, D = S - 2;
+    static_assert(D >= 1, "at least 3 stages");
+#pragma unroll
+    for (int s = 0; s < D; ++s) {
+        if (s < KT) issue(s, s);
+        __pipeline_commit();
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+        __pipeline_wait_prior(D - 1);
+        __syncthreads();
+        const int next = kt + D;
+        if (next < KT) issue(next, next % S);
+        __pipeline_commit();
+        const unsigned char* st = smem + (kt % S) * Tile::STAGE_BYTES;
+        gpuconv_wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < Tile::BK / 16; ++j) {
+            // B N-major: 16 reduction rows are two atoms along k (SBO 2048 bytes), 128 columns two along n (LBO
+            // 1024); B K-major as A: 8-row groups of 512 bytes (SBO), the k16 step j 32 bytes into each row
+            const unsigned long long b =
+                Tile::B_KMAJOR ? gpuconv_wgmma_desc(st + Tile::A_BYTES + 32 * j, 16, 512, GPUCONV_WGMMA_SW64)
+                               : gpuconv_wgmma_desc(st + Tile::A_BYTES + 4096 * j, 1024, 2048, GPUCONV_WGMMA_SW128);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const unsigned long long a = gpuconv_wgmma_desc(st + 4096 * h + 32 * j, 16, 512,
+                                                                GPUCONV_WGMMA_SW64);
+                gpuconv_wg_mma<T, Tile::B_KMAJOR>::run(acc[h], a, b, kt > 0 || j > 0);
+            }
+        }
+        gpuconv_wgmma_commit_group();
+        gpuconv_wgmma_wait_group<1>();
+    }
+    gpuconv_wgmma_wait_group<0>();
+}
+
+// Epilogue from D's fragment: lane (g, q) of warp w holds rows 16 w + g and + 8 of each 64-row half, columns
+// 8 j + 2 q and + 1 (register 4 j + 2 r8 + c). row_of(r) maps a tile row to the output offset of its first
+// element (-1: no such row), once per row; emit(offset, c, value) stores the value of tile column c.
+template <typename RowOf, typename Emit>
+__device__ __forceinline__ void gpuconv_wg_epilogue(const float (&acc)[2][64], RowOf& row_of, Emit& emit) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, gr = lane / 4, q = lane % 4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int r8 = 0; r8 < 2; ++r8) {
+            const gpuconv_i64 base = row_of(64 * h + 16 * warp + 8 * r8 + gr);
+            if (base < 0) continue;
+#pragma unroll
+            for (int j = 0; j < 16; ++j) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) emit(base, 8 * j + 2 * q + c, acc[h][4 * j + 2 * r8 + c]);
+            }
+        }
+    }
+}
+#endif  // GPUCONV_WGMMA_BUILT
