@@ -97,7 +97,7 @@ def test_parse_sass_counts_loops_and_main_loop():
     assert sass.main_loop(instrs, labels) == sass.Loop(0x40, 0x90)  # the innermost loop holding math
     r = sass.analyze(instrs, labels, "k", "sm_80")
     # the @!PT LDS (never executed) is not counted
-    assert r.counts == {"HMMA": 1, "FFMA": 2, "DFMA": 0, "LDS": 1, "STS": 1, "LDSM": 0, "LDG": 1, "STG": 1,
+    assert r.counts == {"HMMA": 1, "HGMMA": 0, "FFMA": 2, "DFMA": 0, "LDS": 1, "STS": 1, "LDSM": 0, "LDG": 1, "STG": 1,
                         "LDGSTS": 1, "LDL": 0, "STL": 0, "LD": 0, "ST": 0, "BAR": 1}
     assert r.hmma == {"HMMA.1684.F32.TF32": 1}
     assert (r.loop_math, r.loop_shared_loads, r.loop_ratio) == (3, 1, 3.0)
@@ -114,6 +114,11 @@ def test_hmma_precision_names():
     assert sass.hmma_precision("HMMA.16816.F16") == "fp16"
     assert sass.instruction_class("LDS.U.128") == "LDS"
     assert sass.instruction_class("LDGSTS.E.BYPASS.128") == "LDGSTS"
+    assert sass.hmma_precision("HGMMA.64x128x16.F32.BF16") == "bf16"
+    assert sass.hmma_precision("HGMMA.64x64x8.F32.TF32") == "tf32"
+    line = "        /*0a70*/                   HGMMA.64x128x16.F32 R24, gdesc[UR4], R24, gsb0 ;"
+    ((instr,), _) = sass.parse_sass(".text.k:\n" + line + "\n")["k"]
+    assert instr.opcode == "HGMMA.64x128x16.F32" and sass.instruction_class(instr.opcode) == "HGMMA"
 
 
 def test_missing_nvdisasm_says_what_to_install(monkeypatch):
@@ -220,23 +225,23 @@ def test_wgmma_wrappers_lower_to_hgmma_of_each_precision():
 
 
 @needs_sass
-def test_wgmma_forward_main_loop():
-    # kernels/conv_wgmma_forward.cu on sm_90a: a reduction step is 4 HGMMA 64x128x16 of the kernel's precision
-    # (2 row halves x 2 k16 steps) after one warpgroup arrive (the fence) and one wait, with the 16-byte copies
-    # (LDGSTS) of the next stage and one barrier; no local memory, no generic loads; and ptxas does not
-    # serialize the wgmma (its C75xx "Potential Performance Loss" notes, e.g. for accumulators that other
-    # instructions write inside the pipeline).
-    (path,) = WGMMA_FILES
+@pytest.mark.parametrize("path", WGMMA_FILES, ids=lambda p: p.name)
+def test_wgmma_main_loops(path):
+    # kernels/conv_wgmma_*.cu on sm_90a: a reduction step is 4 HGMMA 64x128x16 of the kernel's precision (2 row
+    # halves x 2 k16 steps) after one warpgroup arrive (the fence) and one wait, with the 16-byte copies (LDGSTS)
+    # of the next stage and one barrier; no local memory, no generic loads; and ptxas does not serialize the
+    # wgmma (its C75xx "Potential Performance Loss" notes, e.g. for accumulators that other instructions write
+    # inside the pipeline).
     log = nvrtc.compile_program(str(path), "sm_90a").log
     assert "Potential Performance Loss" not in log, log
     rows = _rows(path, "sm_90a")
-    assert {r.kernel for r in rows} == {"gpuconv_wgmma_fwd<__half, 4>", "gpuconv_wgmma_fwd<__nv_bfloat16, 4>"}
+    assert len(rows) == 2 and {_template_args(r.kernel)[0] for r in rows} == {"__half", "__nv_bfloat16"}
     for r in rows:
         want = "HGMMA.64x128x16.F32" + (".BF16" if "bfloat16" in r.kernel else "")
         assert r.hmma == {want: 4} and r.loop_opcodes.get(want) == 4, (r.kernel, r.hmma)
         loop = r.loop_counts
         assert r.loop_opcodes["WARPGROUP.ARRIVE"] == 1 and r.loop_opcodes["WARPGROUP.DEPBAR.LE"] == 1, r.kernel
-        assert loop["LDGSTS"] == 8 and loop["BAR"] == 1 and loop["HMMA"] == 0, (r.kernel, loop)
+        assert loop["LDGSTS"] == 8 and loop["BAR"] == 1 and loop["HMMA"] == loop["FFMA"] == 0, (r.kernel, loop)
         assert r.counts["LDL"] == r.counts["STL"] == 0 and loop["LD"] == 0, (r.kernel, r.counts)
 
 

@@ -14,6 +14,7 @@ runs and under the reverse schedule (which also permutes the emulator's wmma fra
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -139,7 +140,7 @@ def test_cases_cover_every_activation():
 
 def test_cases_cover_every_variant():
     """The cases reach every registered tensor-core kernel of the three modes (so each one runs here), the
-    sm_70 / sm_75 FP16 plans included."""
+    sm_70 / sm_75 FP16 plans and the wgmma kernels of sm_90 included."""
     from gpuconv.cuda.modules import kernel_source, registered_name_expressions
 
     seen = set()
@@ -149,17 +150,19 @@ def test_cases_cover_every_variant():
             seen |= _tested_routes(case, cfg, dt, precision)
         if case in WMMA_CASES:  # test_sm75_fp16_path_against_float64: the 2-stage FP16 plans of sm_70 / sm_75
             seen |= {v for v in _routes(cfg, np.dtype(np.float16), "highest", 75).values() if v is not None}
-        if case in HOPPER_CASES:  # test_sm90_wgmma_forward_against_float64
-            for _, dt, precision in HOPPER_MODES:
-                seen |= {v for v in _routes(cfg, dt, precision, 90).values() if v is not None}
         for cases, table, bm in ((TALL_CASES, "NARROW_TILES", 256), (WIDE_CASES, "WIDE_TILES", 128)):
             if case in cases:  # test_tall_tiles_against_float64, test_wide_tiles_against_float64
                 with pytest.MonkeyPatch.context() as mp:
                     _only_tile(mp, table, bm)
                     for _, dt, precision in MODES:
                         seen |= _tested_routes(case, cfg, dt, precision)
+    for case in HOPPER_CASES:  # test_sm90_wgmma_forward_against_float64: the wgmma kernels
+        cfg = make_config("test", case[1], case[2], **case[3])
+        for _, dt, precision in HOPPER_MODES:
+            seen |= {v for v in _routes(cfg, dt, precision, 90).values() if v is not None}
     registered = set()
-    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE, cuda_tc.WGMMA_FORWARD_FILE):
+    for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE, cuda_tc.WGMMA_FORWARD_FILE,
+              cuda_tc.WGMMA_BACKWARD_FILE):
         registered |= {e for e in registered_name_expressions(kernel_source(f))
                        if e.startswith(("gpuconv_tc_", "gpuconv_wgmma_"))}
     if BF16 is None:
@@ -249,6 +252,10 @@ HOPPER_CASES = [
     ("wg-groups-partial-tiles", (2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1}, "relu"),
     ("wg-long-reduction", (1, 6, 6, 64), (3, 3, 64, 96), {"padding": ((0, 1), (1, 0))}, "identity"),
     ("wg-taps-per-step", (1, 7, 9, 8), (3, 3, 8, 72), {"stride": 2, "padding": ((1, 0), (0, 2))}, "tanh"),
+    # dx on wgmma (Cg > 64): stride phases, a partial column tile; groups with phases no tap reaches
+    ("wg-dx-stride2", (1, 9, 10, 144), (3, 3, 144, 64), {"stride": 2, "padding": 1}, "relu"),
+    ("wg-dx-groups-empty-phases", (1, 9, 10, 160), (3, 3, 80, 64),
+     {"groups": 2, "stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))}, "sigmoid"),
 ]
 HOPPER_MODES = [m for m in MODES if m[0] != "tf32"]
 
@@ -256,9 +263,11 @@ HOPPER_MODES = [m for m in MODES if m[0] != "tf32"]
 @pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
 @pytest.mark.parametrize("case", HOPPER_CASES, ids=[c[0] for c in HOPPER_CASES])
 def test_sm90_wgmma_forward_against_float64(sm90_be, case, mode):
-    """What an H100 / H200 runs: the FP16 / BF16 forward on wgmma (the rest as on sm_80)."""
+    """What an H100 / H200 runs with GPUCONV_WGMMA=1: the FP16 / BF16 forward and dx on wgmma where they
+    apply (the rest as on sm_80)."""
     cfg = make_config("test", case[1], case[2], **case[3])
-    assert _routes(cfg, mode[1], mode[2], 90)["forward"].startswith("gpuconv_wgmma_fwd<")
+    routes = _routes(cfg, mode[1], mode[2], 90)
+    assert "gpuconv_wgmma_" in (routes["forward"] or "") + (routes["backward_input"] or "")
     _check_against_float64(sm90_be, case, mode, arch=90)
 
 
@@ -279,6 +288,27 @@ def test_sm90_wgmma_forward_without_bias_and_across_schedules(sm90_be, mode):
             runs.append(host(sm90_be.forward(x, w, None, cfg, act, precision=precision)))
     assert_within(runs[0], want, bound(dt, case[2][0] * case[2][1] * case[2][2], s, want), f"{name} forward")
     assert runs[0].tobytes() == runs[1].tobytes(), f"{name}: the schedules give different bits"
+
+
+@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
+def test_sm90_wgmma_dx_with_the_transposed_convolutions_epilogue(sm90_be, mode):
+    """conv2d_transpose's act(dx + b) from the wgmma dx, phases no tap reaches included (they store act(b)),
+    and the same bits under both thread schedules."""
+    name, dt, precision = mode
+    case = HOPPER_CASES[-1]
+    cfg, opts, _, _, w, _, dz, _ = _data(case, dt, seed=13)
+    assert _routes(cfg, dt, precision, 90)["backward_input"].startswith("gpuconv_wgmma_bwd_input<")
+    b = np.random.default_rng(14).uniform(-1, 1, cfg.x_shape[3]).astype(np.float32).astype(dt)
+    runs = []
+    for ctx in _schedules() or [contextlib.nullcontext]:
+        with ctx():
+            runs.append(host(sm90_be.backward_input(dz, w, cfg, precision=precision, b=b, activation="tanh")))
+    dzr, wr = operand(dz, name), operand(w, name)
+    z = ref.backward_input(dzr, wr, cfg.x_shape, **opts) + b.astype(np.float64)
+    want = np.tanh(z)
+    s = ref.backward_input(np.abs(dzr), np.abs(wr), cfg.x_shape, **opts) + np.abs(b.astype(np.float64))
+    assert_within(runs[0], want, bound(dt, cfg.kh * cfg.kw * cfg.mg, s, want, 1.0, 2.0**-20), f"{name} dx")
+    assert all(r.tobytes() == runs[0].tobytes() for r in runs), f"{name}: the schedules give different bits"
 
 
 def _only_tile(mp, table, bm):
@@ -421,14 +451,24 @@ def test_deterministic_across_runs_and_schedules(be, mode):
 def test_dx_nan_rule(be, mode):
     """A NaN / inf weight at a tap reaches dx only where that tap reaches an output pixel (the chain rule),
     though the GEMM would multiply a zero-filled dz by it: the non-finite flag sends the blocks to the exact loop."""
+    _check_dx_nan_rule(be, mode, make_config("test", (1, 6, 7, 32), (3, 3, 32, 32)))  # valid: border taps miss
+
+
+@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
+def test_sm90_wgmma_dx_nan_rule(sm90_be, mode):
+    cfg = make_config("test", (1, 6, 7, 96), (3, 3, 96, 32))
+    assert _routes(cfg, mode[1], mode[2], 90)["backward_input"].startswith("gpuconv_wgmma_bwd_input<")
+    _check_dx_nan_rule(sm90_be, mode, cfg, arch=90)
+
+
+def _check_dx_nan_rule(be, mode, cfg, arch=None):
     name, dt, precision = mode
-    cfg = make_config("test", (1, 6, 7, 32), (3, 3, 32, 32))  # valid padding: the border taps miss
     rng = np.random.default_rng(3)
     w = rng.uniform(-1, 1, cfg.w_shape).astype(np.float32).astype(dt)
     w[2, 2, 1, 5] = np.nan
     w[0, 1, 3, 7] = np.inf
     dz = rng.uniform(-1, 1, cfg.y_shape).astype(np.float32).astype(dt)
-    assert _routes(cfg, dt, precision)["backward_input"] is not None
+    assert _routes(cfg, dt, precision, arch)["backward_input"] is not None
     dx = host(be.backward_input(be.xp.asarray(dz), be.xp.asarray(w), cfg, precision=precision)).astype(np.float64)
     with np.errstate(invalid="ignore"):
         want = ref.backward_input(operand(dz, name), operand(w, name), cfg.x_shape)
@@ -437,7 +477,7 @@ def test_dx_nan_rule(be, mode):
     fin = np.isfinite(want)
     s = ref.backward_input(np.abs(operand(dz, name)), np.where(np.isfinite(w), np.abs(operand(w, name)), 0),
                            cfg.x_shape)
-    assert_within(dx[fin], want[fin], bound(dt, 9 * 32, s, want)[fin], "dx finite part")
+    assert_within(dx[fin], want[fin], bound(dt, 9 * cfg.mg, s, want)[fin], "dx finite part")
 
 
 @pytest.mark.parametrize("mode", MODES, ids=[m[0] for m in MODES])

@@ -103,7 +103,7 @@ def test_info_names_the_tensor_core_instructions():
     assert "(ldmatrix + mma.sync), FP16" in math_path(np.float16, "highest", 80)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90)
     assert "(ldmatrix + mma.sync), FP16" in math_path(np.float16, "highest", 90)  # unless asked for wgmma:
-    assert "(wgmma for the forward, ldmatrix + mma.sync for the gradients), FP16" in math_path(
+    assert "(wgmma for the forward and dx, ldmatrix + mma.sync for dw), FP16" in math_path(
         np.float16, "highest", 90, wgmma=True)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90, wgmma=True)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", None)  # the emulator
@@ -409,8 +409,8 @@ def test_wgmma_shared_memory_of_the_plan_is_the_kernels(tmp_path):
     from gpuconv.cuda.modules import kernel_path
 
     src = tmp_path / "wg_smem.cu"
-    src.write_text(f'#include "{kernel_path(cuda_tc.WGMMA_FORWARD_FILE)}"\n' + "".join(
-        f"static_assert(gpuconv_wg_tile<{t}, {cuda_tc.WGMMA_STAGES}>::SMEM_BYTES == {cuda_tc.wgmma_smem_bytes()}, "
-        f"\"{t}\");\n" for t in ("__half", "__nv_bfloat16")))
+    src.write_text(f'#include "{kernel_path("gpuconv_wg.cuh")}"\n' + "".join(
+        f"static_assert(gpuconv_wg_tile<{t}, {cuda_tc.WGMMA_STAGES}, {b}>::SMEM_BYTES == "
+        f"{cuda_tc.wgmma_smem_bytes()}, \"{t}\");\n" for t in ("__half", "__nv_bfloat16") for b in ("false", "true")))
     nvrtc.compile_program(str(src), "sm_90", options=_plans.kernel_defines())
     assert 2 * cuda_tc.wgmma_smem_bytes() <= 227 * 1024  # two blocks an SM on sm_90

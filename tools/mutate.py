@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 14
+MUTANTS_VERSION = 15
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -103,7 +103,8 @@ TC_PATHS = ("kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels/gpu
             "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py",
             "gpuconv/cuda/emulator/include/gpuconv_ptx.h", "gpuconv/cuda/emulator/gpuconv_emu.h",
             "gpuconv/backends/cuda.py", "gpuconv/cuda/emulator/include/gpuconv_wgmma.h",
-            "kernels/conv_wgmma_forward.cu", "kernels/gpuconv_tc_fwd_copies.cuh")
+            "kernels/conv_wgmma_forward.cu", "kernels/gpuconv_tc_fwd_copies.cuh",
+            "kernels/conv_wgmma_backward.cu", "kernels/gpuconv_wg.cuh", "kernels/gpuconv_tc_dx.cuh")
 
 
 class Mutant(NamedTuple):
@@ -129,7 +130,8 @@ TC, MMA, WMMA = "kernels/gpuconv_tc.cuh", "kernels/gpuconv_tc_mma.cuh", "kernels
 TCF, TCB, PLAN = "kernels/conv_tc_forward.cu", "kernels/conv_tc_backward.cu", "gpuconv/backends/cuda_tc.py"
 PTXH = "gpuconv/cuda/emulator/include/gpuconv_ptx.h"
 WGH = "gpuconv/cuda/emulator/include/gpuconv_wgmma.h"
-WGF = "kernels/conv_wgmma_forward.cu"
+WGF, WGB, WGC = "kernels/conv_wgmma_forward.cu", "kernels/conv_wgmma_backward.cu", "kernels/gpuconv_wg.cuh"
+FWC, DXC = "kernels/gpuconv_tc_fwd_copies.cuh", "kernels/gpuconv_tc_dx.cuh"
 NP, REG = "gpuconv/backends/numpy.py", "gpuconv/_registry.py"
 CFG, LAY, TRP, DSK = "gpuconv/_config.py", "gpuconv/_layout.py", "gpuconv/_transpose.py", "gpuconv/dask.py"
 TOR, IOP, VAL, API = "gpuconv/torch.py", "gpuconv/_interop.py", "gpuconv/_validate.py", "gpuconv/_api.py"
@@ -327,36 +329,36 @@ MUTANTS = [
     M("t-wmma-01", WMMA, "            gpuconv_tc_round(b[j], (const T*)nullptr);\n", "",
       "wmma: the B fragments' TF32 rounding dropped"),
     # ---------------------------------------------------------------- tensor cores: loaders and epilogues
-    M("t-fwd-01", TCF, "if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H",
+    M("t-fwd-01", FWC, "if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H",
       "if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih <= (unsigned)H",
       "bound: padding check of the cp.async forward loader, row < H made <="),
-    M("t-fwd-02", TCF, "ka.init(akc * V, BK, KW, Cg);", "ka.init(akc, BK, KW, Cg);",
+    M("t-fwd-02", FWC, "ka.init(akc * V, BK, KW, Cg);", "ka.init(akc, BK, KW, Cg);",
       "index: cp.async forward tap walk started at the chunk number (for its first element)"),
-    M("t-fwd-05", TCF, "if (b_ok && kk < K)", "if (b_ok)",
+    M("t-fwd-05", FWC, "if (b_ok && kk < K)", "if (b_ok)",
       "bound: cp.async forward w rows past K (a step that runs past the reduction) copied"),
-    M("t-fwd-06", TCF, "const int k0 = (k1 * KW + k2) * Cg + n - akc * V;", "const int k0 = (k1 * KW + k2) * Cg + n;",
+    M("t-fwd-06", FWC, "const int k0 = (k1 * KW + k2) * Cg + n - akc * V;", "const int k0 = (k1 * KW + k2) * Cg + n;",
       "index: cp.async forward w rows offset by the thread's own chunk"),
-    M("t-fwd-07", TCF, "const int n = taps_inner ? ka.i0 * BK + akc * V : ka.i2;",
+    M("t-fwd-07", FWC, "const int n = taps_inner ? ka.i0 * BK + akc * V : ka.i2;",
       "const int n = taps_inner ? akc * V : ka.i2;",
       "index: taps-inner forward order, x chunks of the first channel block for every block"),
-    M("t-fwd-08", TCF, "const bool taps_inner = Cg % BK == 0;", "const bool taps_inner = Cg % V == 0;",
+    M("t-fwd-08", FWC, "const bool taps_inner = Cg % BK == 0;", "const bool taps_inner = Cg % V == 0;",
       "bound: taps-inner forward order taken where a step spans several taps"),
-    M("t-fwd-09", TCF, "ka.init(0, 1, KH, KW);", "ka.init(0, 1, KW, KH);",
+    M("t-fwd-09", FWC, "ka.init(0, 1, KH, KW);", "ka.init(0, 1, KW, KH);",
       "swapped: taps-inner forward walk with the radices KH, KW exchanged"),
     M("t-fwd-03", TCF, "kr.init(ak, BK, KW, Cg);", "kr.init(ak, BK, KH, Cg);",
       "index: generic forward tap walk by KH (for KW)"),
     M("t-fwd-04", TCF, "if (has_bias) v += gpuconv_to_acc(bias[g * Mg + col]);",
       "if (has_bias) v += gpuconv_to_acc(bias[col]);",
       "index: bias of the group-local column"),
-    M("t-bwd-01", TCB, "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row",
+    M("t-bwd-01", DXC, "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row",
       "const int di = k1b + i1 * k1i, dj = k2b + i2 * k2s;  // output row",
       "dx phase: tap column's output shift by the tap step k2s (for k2i)"),
-    M("t-bwd-06", TCB, "if (++i1 == T1) { i1 = 0; mm0 += BK; }", "if (++i1 == T1) { i1 = 0; }",
+    M("t-bwd-06", DXC, "if (++i1 == T1) { i1 = 0; mm0 += BK; }", "if (++i1 == T1) { i1 = 0; }",
       "index: dx taps-inner order never moves to the next block of output channels"),
-    M("t-bwd-02", TCB, "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)",
+    M("t-bwd-02", DXC, "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)",
       "if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj <= (unsigned)OW)",
       "bound: padding check of the cp.async dx loader, column < OW made <="),
-    M("t-bwd-03", TCB, "if ((unsigned)oj >= (unsigned)OW) continue;", "if ((unsigned)oj > (unsigned)OW) continue;",
+    M("t-bwd-03", DXC, "if ((unsigned)oj >= (unsigned)OW) continue;", "if ((unsigned)oj > (unsigned)OW) continue;",
       "bound: NaN-rule exact dx path, column >= OW made >"),
     M("t-bwd-04", TCB, "const int KT = (p_end - p_begin + BK - 1) / BK;", "const int KT = (p_end - p_begin) / BK;",
       "dw split end: the last split's partial step dropped"),
@@ -438,31 +440,45 @@ MUTANTS = [
       "emulator: warps of a warpgroup with other descriptors not caught"),
     M("e-wg-11", WGH, "            memcpy(&ch.d[l][i], &kPoison, 4);\n", "",
       "emulator: accumulators in flight not poisoned"),
-    # ---------------------------------------------------------------- the wgmma forward (sm_90a)
-    M("t-wgf-01", WGF, "(((k / VEC) ^ ((m / 2) % 4)) << 4)", "(((k / VEC) ^ ((m / 4) % 4)) << 4)",
-      "wgmma forward: A's 64-byte swizzle from the wrong row bits"),
-    M("t-wgf-02", WGF, "((((n % 64) / VEC) ^ (k % 8)) << 4)", "((((n % 64) / VEC) ^ (k % 4)) << 4)",
+    # ---------------------------------------------------------------- the wgmma forward and dx (sm_90a)
+    M("t-wgf-01", WGC, "(((k / VEC) ^ ((r / 2) % 4)) << 4)", "(((k / VEC) ^ ((r / 4) % 4)) << 4)",
+      "wgmma: the 64-byte swizzle (A, and dx's B) from the wrong row bits"),
+    M("t-wgf-02", WGC, "((((n % 64) / VEC) ^ (k % 8)) << 4)", "((((n % 64) / VEC) ^ (k % 4)) << 4)",
       "wgmma forward: B's 128-byte swizzle from too few row bits"),
-    M("t-wgf-03", WGF, "constexpr int S = Tile::STAGES, D = S - 2;", "constexpr int S = Tile::STAGES, D = S - 1;",
-      "wgmma forward: copies run one step further ahead, into the stage of the wgmma in flight"),
-    M("t-wgf-04", WGF, "gpuconv_wgmma_wait_group<1>();", "gpuconv_wgmma_wait_group<2>();",
-      "wgmma forward: two steps' wgmma left in flight (the copies overwrite one's operands)"),
-    M("t-wgf-05", WGF, "__pipeline_wait_prior(D - 1);", "__pipeline_wait_prior(D);",
-      "wgmma forward: the wgmma reads a stage whose copies may not have landed"),
-    M("t-wgf-06", WGF, "st + 4096 * h + 32 * j", "st + 4096 * h + 16 * j",
-      "wgmma forward: A's descriptor advances 16 bytes a k16 step (not 32)"),
-    M("t-wgf-07", WGF, "st + Tile::A_BYTES + 4096 * j, 1024, 2048,", "st + Tile::A_BYTES + 4096 * j, 2048, 1024,",
+    M("t-wgf-03", WGC, "constexpr int S = Tile::STAGES, D = S - 2;", "constexpr int S = Tile::STAGES, D = S - 1;",
+      "wgmma: copies run one step further ahead, into the stage of the wgmma in flight"),
+    M("t-wgf-04", WGC, "gpuconv_wgmma_wait_group<1>();", "gpuconv_wgmma_wait_group<2>();",
+      "wgmma: two steps' wgmma left in flight (the copies overwrite one's operands)"),
+    M("t-wgf-05", WGC, "__pipeline_wait_prior(D - 1);", "__pipeline_wait_prior(D);",
+      "wgmma: the wgmma reads a stage whose copies may not have landed"),
+    M("t-wgf-06", WGC, "st + 4096 * h + 32 * j", "st + 4096 * h + 16 * j",
+      "wgmma: A's descriptor advances 16 bytes a k16 step (not 32)"),
+    M("t-wgf-07", WGC, "st + Tile::A_BYTES + 4096 * j, 1024, 2048,", "st + Tile::A_BYTES + 4096 * j, 2048, 1024,",
       "wgmma forward: B's LBO and SBO swapped"),
-    M("t-wgf-08", WGF, "float v = acc[h][4 * j + 2 * r8 + c];", "float v = acc[h][4 * j + r8 + 2 * c];",
-      "wgmma forward: epilogue reads D's fragment with rows and columns swapped"),
-    M("t-wgf-09", WGF, "            if (row >= P) continue;", "            if (row > P) continue;",
-      "wgmma forward: epilogue stores one row past the output"),
-    M("t-wgf-10", WGF, "gpuconv_wg_mma<T>::run(acc[h], a, b, kt > 0 || j > 0);",
-      "gpuconv_wg_mma<T>::run(acc[h], a, b, kt > 0);", "wgmma forward: the first step's second k16 overwrites"),
-    M("t-wgf-11", WGF, "unsigned char* smem = smem_bytes + ((Tile::ALIGN - (gpuconv_smem_addr(smem_bytes) % Tile::ALIGN)) % Tile::ALIGN);",
-      "unsigned char* smem = smem_bytes;", "wgmma forward: shared memory not aligned to the swizzle atoms"),
+    M("t-wgf-08", WGC, "acc[h][4 * j + 2 * r8 + c]", "acc[h][4 * j + r8 + 2 * c]",
+      "wgmma: the epilogue reads D's fragment with rows and columns swapped"),
+    M("t-wgf-09", WGF, "return row0 + r < P ? (gpuconv_i64)(row0 + r) * M + g * Mg : -1;",
+      "return row0 + r <= P ? (gpuconv_i64)(row0 + r) * M + g * Mg : -1;",
+      "wgmma forward: the epilogue stores one row past the output"),
+    M("t-wgf-10", WGC, "run(acc[h], a, b, kt > 0 || j > 0);", "run(acc[h], a, b, kt > 0);",
+      "wgmma: the first step's second k16 overwrites the first"),
+    M("t-wgf-11", WGC, "return smem_bytes + ((Tile::ALIGN - (gpuconv_smem_addr(smem_bytes) % Tile::ALIGN)) % Tile::ALIGN);",
+      "return smem_bytes;", "wgmma: shared memory not aligned to the swizzle atoms"),
     M("t-wgf-12", PLAN, "if wgmma and fast and arch == WGMMA_ARCH and", "if wgmma and fast and arch >= WGMMA_ARCH and",
       "plan: the sm_90a kernel routed on later architectures"),
+    M("t-wgd-01", WGC, "gpuconv_wgmma_desc(st + Tile::A_BYTES + 32 * j, 16, 512, GPUCONV_WGMMA_SW64)",
+      "gpuconv_wgmma_desc(st + Tile::A_BYTES + 16 * j, 16, 512, GPUCONV_WGMMA_SW64)",
+      "wgmma dx: B's descriptor advances 16 bytes a k16 step (not 32)"),
+    M("t-wgd-02", WGC, "if (B_KMAJOR) return kmajor_byte(n, k);", "if (B_KMAJOR) return kmajor_byte(k, n);",
+      "wgmma dx: B stored with its row and reduction indices swapped"),
+    M("t-wgd-03", WGC, "gpuconv_wgmma_f16<128, 0, B_KMAJOR ? 0 : 1>", "gpuconv_wgmma_f16<128, 0, 1>",
+      "wgmma dx: a K-major B read as N-major (FP16)"),
+    M("t-wgd-04", WGB, "for (int i = 0; i < 64; ++i) acc[h][i] = 0.0f;", "for (int i = 0; i < 64; ++i) acc[h][i] = 1.0f;",
+      "wgmma dx: a phase no tap reaches stores act(1 + b)"),
+    M("t-wgd-05", WGB, "if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col0 + c]);",
+      "if (has_bias) v += gpuconv_to_acc(bias[col0 + c]);", "wgmma dx: the transposed convolution's bias of group 0"),
+    M("t-wgd-06", PLAN, "cdiv(cfg.cg, WGMMA_TILE[1]), cfg.groups)", "cdiv(cfg.cg, 2 * WGMMA_TILE[1]), cfg.groups)",
+      "plan: wgmma dx grid with half the column tiles"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),

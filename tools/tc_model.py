@@ -2,7 +2,7 @@
 
     python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every mode
     python tools/tc_model.py --shape rn50-3x3-28 --detail
-    python tools/tc_model.py --wgmma         the FP16 / BF16 forwards on the wgmma kernel (GPUCONV_WGMMA=1)
+    python tools/tc_model.py --wgmma         the FP16 / BF16 forward and dx on the wgmma kernels (GPUCONV_WGMMA=1)
 
 The model (docs/performance.md says why each term is there; the first GPU run tests it):
 - Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
@@ -21,7 +21,7 @@ The model (docs/performance.md says why each term is there; the first GPU run te
   its minimum DRAM traffic at the HBM bandwidth. Small kernels (the NaN/Inf flag, the split sum, the
   activation gradient) are charged their bytes at the bandwidth plus LAUNCH_US. Strict FP32 (the SIMT
   kernels) is a row at the rates measured on an H100, not a model.
-- The wgmma forward (--wgmma; kernels/conv_wgmma_forward.cu, sm_90a SASS): the same four bounds, its tensor
+- The wgmma forward and dx (--wgmma; kernels/conv_wgmma_*.cu, sm_90a SASS): the same four bounds, its tensor
   term at WGMMA_EFFICIENCY of the dense rate, its shared-memory term every HGMMA's operand bytes (A 64 x 16 and B
   16 x 128 elements, both read from shared memory by the tensor cores) plus the stage's copies; one warpgroup's
   HGMMA (each warp's SASS shows the warpgroup's instruction) count once.
@@ -100,11 +100,17 @@ def _is_gemm(launch) -> bool:
     return launch.kernel.startswith(("gpuconv_tc_", "gpuconv_wgmma_"))
 
 
-def _as_tc_forward(launch):
-    """The wgmma forward as the mma.sync forward of its tile, for what they share: the copies (L1 simulation)."""
-    if launch.kernel != "gpuconv_wgmma_fwd":
+def _is_wgmma(launch) -> bool:
+    return launch.kernel.startswith("gpuconv_wgmma_")
+
+
+def _as_tc(launch):
+    """A wgmma launch as the mma.sync launch of its tile, for what they share: the copies (L1 simulation), the
+    reduction steps."""
+    if not _is_wgmma(launch):
         return launch
-    return launch._replace(kernel="gpuconv_tc_fwd", template=(*cuda_tc.WGMMA_TILE, cuda_tc.WGMMA_STAGES, True))
+    return launch._replace(kernel=launch.kernel.replace("gpuconv_wgmma_", "gpuconv_tc_"),
+                           template=(*cuda_tc.WGMMA_TILE, cuda_tc.WGMMA_STAGES, True))
 
 
 def _hgmma_fma_and_bytes(opcode: str, size: int) -> tuple:
@@ -240,7 +246,7 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     warps = launch.block[0] // 32
     instructions = sum(ops.values())
     size = np.dtype(dtype).itemsize
-    if launch.kernel == "gpuconv_wgmma_fwd":  # per warpgroup (the block): its HGMMA once, not once a warp
+    if _is_wgmma(launch):  # per warpgroup (the block): its HGMMA once, not once a warp
         hgmma = [(_hgmma_fma_and_bytes(op, size), n) for op, n in ops.items() if op.startswith("HGMMA.")]
         fma, reads, rate = sum(f * n for (f, _), n in hgmma), sum(b * n for (_, b), n in hgmma), WGMMA_EFFICIENCY
         bm, bn = cuda_tc.WGMMA_TILE
@@ -253,7 +259,7 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     bk = cuda_tc.TC_BYTES_K // size
     a_in, b_in = (rows * bk * size for rows in (bm, bn))
     l1 = l1_bytes_per_block(launch, dtype)  # the real kernel's blocks an SM share its L1
-    from_l2 = a_in * activation_l2_fraction(_as_tc_forward(launch), cfg, dtype, l1) + b_in
+    from_l2 = a_in * activation_l2_fraction(_as_tc(launch), cfg, dtype, l1) + b_in
     bounds = {"issue": warps * instructions / ISSUE_PER_CLOCK,
               "smem": (reads + a_in + b_in) / SMEM_BYTES_PER_CLOCK,
               "tensor": fma / (DENSE_FMA_PER_CLOCK[mode] * rate),
@@ -264,7 +270,8 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
 
 def _steps(launch, cfg, dtype) -> int:
     bk = cuda_tc.TC_BYTES_K // np.dtype(dtype).itemsize
-    if launch.kernel in ("gpuconv_tc_fwd", "gpuconv_wgmma_fwd"):
+    launch = _as_tc(launch)
+    if launch.kernel == "gpuconv_tc_fwd":
         return math.ceil(cfg.kh * cfg.kw * cfg.cg / bk)
     if launch.kernel == "gpuconv_tc_bwd_input":
         phase = [int(v) for v in launch.scalars[16:32]]
@@ -293,7 +300,7 @@ def launch_us(launch, cfg, dtype, mode: str) -> tuple:
 
 def operation_us(cfg, mode: str, op: str, wgmma: bool = False) -> tuple:
     """(microseconds, bounds, path) of the forward, dx or dw of a layer in a mode, with its DRAM floor; wgmma:
-    the forward's plan with the wgmma kernel allowed."""
+    the forward's and dx's plans with the wgmma kernels allowed."""
     dtype, precision = MODES[mode]
     size = dtype.itemsize
     x = cfg.n * cfg.h * cfg.w * cfg.c
@@ -308,7 +315,7 @@ def operation_us(cfg, mode: str, op: str, wgmma: bool = False) -> tuple:
         plan = cuda_tc.forward_plan(tc_cfg, dtype, precision, 90, "relu", True, wgmma=wgmma)
         floor = _bytes_us(size * (x + w + y))
     elif op == "dx":  # the relu backward: dz from its pass, stored rounded to TF32 in tf32 (DZ_TF32)
-        plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w, dz_tf32=True)
+        plan = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, w, dz_tf32=True, wgmma=wgmma)
         floor = _bytes_us(size * (y + w + x))
     else:
         plan = cuda_tc.backward_weight_plan(tc_cfg, dtype, precision, 90, dz_tf32=True)
@@ -322,7 +329,7 @@ def operation_us(cfg, mode: str, op: str, wgmma: bool = False) -> tuple:
         if _is_gemm(launch):
             bounds.append(which)
     tc = next(la for la in plan if _is_gemm(la))
-    if tc.kernel == "gpuconv_wgmma_fwd":
+    if _is_wgmma(tc):
         path = "wgmma {}x{}".format(*cuda_tc.WGMMA_TILE)
     else:
         path = f"{tc.template[0]}x{tc.template[1]}{'' if tc.template[3] else ' generic'}"
@@ -371,7 +378,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", nargs="*", default=DEFAULT_SHAPES, help="shape names of gpuconv/_benchdata.py")
     ap.add_argument("--detail", action="store_true", help="print the model's constants under the table")
-    ap.add_argument("--wgmma", action="store_true", help="the FP16 / BF16 forwards on wgmma where it applies")
+    ap.add_argument("--wgmma", action="store_true", help="the FP16 / BF16 forward and dx on wgmma where it applies")
     args = ap.parse_args(argv)
     reason = sass.unavailable_reason()
     if reason:

@@ -140,7 +140,7 @@ class CudaBackend:
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
 
     def _wgmma(self):
-        """Whether the FP16 / BF16 forward may take the wgmma kernel (cuda_tc.WGMMA_ENV; only sm_90 has it)."""
+        """Whether the FP16 / BF16 forward and dx may take the wgmma kernels (cuda_tc.WGMMA_ENV; sm_90 only)."""
         return cuda_tc.wgmma_enabled()
 
     def _sms(self):
@@ -282,7 +282,7 @@ class CudaBackend:
         dy, y, w, b = _contiguous(self.xp, dy, y, w, b)
         dx = self.xp.empty(cfg.x_shape, dy.dtype)
         tc = dict(has_bias=b is not None, out_activation=out_activation, sms=self._sms(),
-                  dz_tf32=dz_tf32 and dz is not None)
+                  dz_tf32=dz_tf32 and dz is not None, wgmma=self._wgmma())
         plan = cuda_tc.backward_input_plan(cfg, dy.dtype, precision, self._arch(), w.size, **tc)
         if plan is not None:
             dz = self._dz(dy, y, activation, dz)

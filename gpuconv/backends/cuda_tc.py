@@ -39,6 +39,7 @@ from ._plans import Launch, cdiv, dims, stride_phases
 
 TC_FORWARD_FILE = "conv_tc_forward.cu"
 WGMMA_FORWARD_FILE = "conv_wgmma_forward.cu"
+WGMMA_BACKWARD_FILE = "conv_wgmma_backward.cu"
 TC_BACKWARD_FILE = "conv_tc_backward.cu"
 BF16_REDUCTIONS_FILE = TC_BACKWARD_FILE  # it includes conv_backward.cu and instantiates four of its kernels
 TC_THREADS = 128  # 4 warps a block (GPUCONV_TC_THREADS)
@@ -66,9 +67,9 @@ TENSOR_CORE_ARCH = {
 # From this compute capability the warp-level MMAs are ldmatrix + mma.sync (kernels/gpuconv_tc_mma.cuh); before
 # it (sm_70 / sm_75, FP16 only) nvcuda::wmma (kernels/gpuconv_tc_wmma.cuh). The emulator runs the mma.sync path.
 MMA_SYNC_ARCH = 80
-# Hopper's warpgroup MMA (kernels/conv_wgmma_forward.cu) is sm_90a's, not a feature later architectures keep: the
-# FP16 / BF16 forward can take it on compute capability 90 exactly, for GEMMs of more than 64 columns (its tile is
-# 128 x 128, one warpgroup) whose channels are whole 16-byte runs. It has run on the CPU emulator only, whose
+# Hopper's warpgroup MMA (kernels/conv_wgmma_*.cu) is sm_90a's, not a feature later architectures keep: the FP16 /
+# BF16 forward and dx can take it on compute capability 90 exactly, for GEMMs of more than 64 columns (its tile is
+# 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast variants' conditions). It has run on the CPU emulator only, whose
 # wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run confirms it (tools/gpu_check.sh runs the
 # tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1 (WGMMA_ENV; forward_plan's wgmma). WGMMA_STAGES shared buffers of
 # WGMMA_STAGE_BYTES, plus 1024 bytes to align the 128-byte swizzle's atoms (gpuconv_wg_tile::SMEM_BYTES).
@@ -123,7 +124,7 @@ def uses_tensor_cores(dtype, precision: str, arch) -> bool:
 def instructions(arch, dtype=None, wgmma: bool = False) -> str:
     """The tensor-core instructions of ``dtype``'s kernels on compute capability ``arch`` (None: the emulator)."""
     if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype).itemsize == 2:
-        return "wgmma for the forward, ldmatrix + mma.sync for the gradients"
+        return "wgmma for the forward and dx, ldmatrix + mma.sync for dw"
     return "ldmatrix + mma.sync" if arch is None or arch >= MMA_SYNC_ARCH else "wmma"
 
 
@@ -265,12 +266,13 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
 
 def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: bool = True,
                         has_bias: bool = False, out_activation: str = "identity",
-                        sms: Optional[int] = None, dz_tf32: bool = False) -> Optional[list]:
+                        sms: Optional[int] = None, dz_tf32: bool = False, wgmma: bool = False) -> Optional[list]:
     """dx from dz on tensor cores, or None: first gpuconv_nonfinite_flag (arrays w, flag: w holds inf / NaN), then
     one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
     m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw; dz_tf32: stored
     rounded to TF32 by that pass (the DZ_TF32 variants). has_bias / out_activation: the epilogue act(dx + b) of a
-    transposed convolution. sms: the device's SMs (_tile)."""
+    transposed convolution. sms: the device's SMs (_tile). wgmma: the wgmma kernel where it applies
+    (WGMMA_ARCH)."""
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
     # float16 with few input channels keeps the SIMT direct kernel only where the reduction is no whole steps:
@@ -283,11 +285,16 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
                   (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
                   (np.int64(w_size),))]
+    on_wgmma = wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize == 2 and cfg.cg > 64
     for phase in phases:
+        scalars = (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation))
+        if on_wgmma:
+            grid = (cdiv(cfg.n * phase[1] * phase[4], WGMMA_TILE[0]), cdiv(cfg.cg, WGMMA_TILE[1]), cfg.groups)
+            out.append(Launch(WGMMA_BACKWARD_FILE, "gpuconv_wgmma_bwd_input", (WGMMA_STAGES,), grid,
+                              (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes()))
+            continue
         grid = (cdiv(cfg.n * phase[1] * phase[4], tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
-        out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid,
-                           (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation)),
-                           dz_tf32))
+        out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid, scalars, dz_tf32))
     return out
 
 
@@ -348,7 +355,8 @@ def routes(cfg, dtype, precision: str, arch, aligned: bool = True, activation: s
     dz_tf32 = mode(dtype, precision) == "tf32" and _registry.activation(activation, "routes").uses_output
     plans = {
         "forward": forward_plan(padded, dtype, precision, arch, "identity", True, aligned, wgmma=wgmma),
-        "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned, dz_tf32=dz_tf32),
+        "backward_input": backward_input_plan(cfg, dtype, precision, arch, 1, aligned, dz_tf32=dz_tf32,
+                                              wgmma=wgmma),
         "backward_weight": backward_weight_plan(padded, dtype, precision, arch, aligned, dz_tf32=dz_tf32),
     }
     return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,

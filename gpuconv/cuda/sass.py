@@ -10,8 +10,8 @@ What is counted is what the GPU would execute, read the way CUTLASS's and Triton
   (``HMMA.1684.F32.TF32``: TF32, ``HMMA.16816.F32.BF16``: BF16, ``HMMA.16816.F32``: FP16 with float
   accumulation); instructions predicated ``@!PT`` (never executed: ptxas's padding) are not counted;
 - loops from the branch structure: a branch to a label at or before it closes a loop from that label to the
-  branch. The main loop is the innermost loop that holds math (HMMA, FFMA, DFMA), the one with the most math
-  if several; its ratio is math instructions per shared-memory load (LDS + LDSM).
+  branch. The main loop is the innermost loop that holds math (HMMA, HGMMA, FFMA, DFMA), the one with the most
+  tensor-core math, then the most math, if several; its ratio is math instructions per shared-memory load (LDS + LDSM).
 """
 from __future__ import annotations
 
@@ -223,13 +223,16 @@ def _inside(instrs, loop):
 
 
 def main_loop(instrs, labels):
-    """The innermost loop that holds math (the most math if several), or None."""
+    """The innermost loop that holds math, or None: of several, the one with the most tensor-core math (HMMA,
+    HGMMA: a kernel's slow exact path may unroll more FFMA than its GEMM issues HGMMA), then the most math."""
     found = loops(instrs, labels)
-    math = {lp: sum(instruction_class(i.opcode) in MATH for i in _executed(_inside(instrs, lp))) for lp in found}
+    classes = {lp: [instruction_class(i.opcode) for i in _executed(_inside(instrs, lp))] for lp in found}
+    math = {lp: sum(c in MATH for c in cs) for lp, cs in classes.items()}
+    tensor = {lp: sum(c in ("HMMA", "HGMMA") for c in cs) for lp, cs in classes.items()}
     with_math = [lp for lp in found if math[lp]]
     innermost = [lp for lp in with_math
                  if not any(o != lp and lp.start <= o.start and o.end <= lp.end for o in with_math)]
-    return max(innermost, key=lambda lp: (math[lp], lp.end - lp.start), default=None)
+    return max(innermost, key=lambda lp: (tensor[lp], math[lp], lp.end - lp.start), default=None)
 
 
 def _class_counts(instrs) -> dict:
