@@ -35,6 +35,8 @@ def test_predictions_respect_the_floors():
     assert path == "wgmma 128x128" and bound in ("issue", "smem", "tensor", "L2")
     assert flops / 989e12 * 1e6 < us < tc_model.operation_us(cfg, "fp16", "fwd")[0]
     assert tc_model.operation_us(cfg, "tf32", "fwd", wgmma=True)[2] == "128x128"  # TF32 keeps mma.sync
+    dx, _, path = tc_model.operation_us(cfg, "fp16", "dx", wgmma=True)
+    assert path == "wgmma 128x128" and flops / 989e12 * 1e6 < dx < tc_model.operation_us(cfg, "fp16", "dx")[0]
 
 
 def test_l1_serves_the_taps_rereads():
