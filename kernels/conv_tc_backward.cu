@@ -131,9 +131,7 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
         return row0 + r < P ? gpuconv_tc_dx_pixel(row0 + r, g, GPUCONV_DX_ARGS) : -1;
     };
     auto emit = [&](gpuconv_i64 base, int c, float v) {
-        if (col0 + c >= Cg) return;
-        if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col0 + c]);
-        gpuconv_store(dx + base + col0 + c, gpuconv_act_forward(v, out_act));
+        gpuconv_tc_store(dx + base, bias, g * Cg, col0 + c, Cg, v, has_bias, out_act);
     };
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }

@@ -97,10 +97,7 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
     // Epilogue: bias and activation on the float sums, one rounding on the store.
     auto row_of = [&](int r) -> gpuconv_i64 { return row0 + r < P ? (gpuconv_i64)(row0 + r) * M + g * Mg : -1; };
     auto emit = [&](gpuconv_i64 base, int c, float v) {
-        const int col = col0 + c;
-        if (col >= Mg) return;
-        if (has_bias) v += gpuconv_to_acc(bias[g * Mg + col]);
-        gpuconv_store(y + base + col, gpuconv_act_forward(v, act));
+        gpuconv_tc_store(y + base, bias, g * Mg, col0 + c, Mg, v, has_bias, act);
     };
     gpuconv_tc_epilogue<T, Tile>(smem_bytes, acc, wm0, wn0, row_of, emit);
 }

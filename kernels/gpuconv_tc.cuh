@@ -179,6 +179,17 @@ __device__ __forceinline__ void gpuconv_tc_copy16_cached(T* dst, const T* src) {
 #endif
 }
 
+// The epilogues' store of one output: act(v + bias[bias0 + col]) (the bias where has_bias) into out[col], one
+// rounding, for col < n only (forward: n = Mg, bias0 = g * Mg; dx, whose bias is a transposed convolution's:
+// n = Cg, bias0 = g * Cg).
+template <typename T>
+__device__ __forceinline__ void gpuconv_tc_store(T* out, const T* __restrict__ bias, int bias0, int col, int n, float v,
+                                                 int has_bias, int act) {
+    if (col >= n) return;
+    if (has_bias) v += gpuconv_to_acc(bias[bias0 + col]);
+    gpuconv_store(out + col, gpuconv_act_forward(v, act));
+}
+
 // A 16-byte chunk of zeros into shared memory (a tile chunk in padding or past the tile's edge).
 template <typename T>
 __device__ __forceinline__ void gpuconv_tc_zero16(T* dst) {

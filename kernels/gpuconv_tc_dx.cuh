@@ -47,8 +47,8 @@ __device__ __forceinline__ void gpuconv_tc_dx_exact(const T* __restrict__ dzg, c
                     v += gpuconv_tc_operand(dzg[o + mm]) * gpuconv_tc_operand(wk[mm]);
             }
         }
-        if (has_bias) v += gpuconv_to_acc(bias[g * Cg + col]);
-        gpuconv_store(dx + gpuconv_tc_dx_pixel(row, g, GPUCONV_DX_ARGS) + col, gpuconv_act_forward(v, out_act));
+        gpuconv_tc_store(dx + gpuconv_tc_dx_pixel(row, g, GPUCONV_DX_ARGS), bias, g * Cg, col, Cg, v, has_bias,
+                         out_act);
     }
 }
 
