@@ -117,6 +117,8 @@ __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT,
         gpuconv_wgmma_wait_group<1>();
     }
     gpuconv_wgmma_wait_group<0>();
+    gpuconv_wgmma_fence_operands(acc[0]);  // the epilogue's reads stay after the wait
+    gpuconv_wgmma_fence_operands(acc[1]);
 }
 
 // Epilogue from D's fragment: lane (g, q) of warp w holds rows 16 w + g and + 8 of each 64-row half, columns

@@ -49,6 +49,15 @@ __device__ __forceinline__ void gpuconv_wgmma_wait_group() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
+// Ties N accumulator registers to this point of the instruction stream (CUTLASS's warpgroup_fence_operand):
+// reads after it stay after the wait_group before it. The wait does not name the registers, so without it the
+// compiler may move their reads above the wait, and ptxas then serializes the wgmma (its note C7514).
+template <int N>
+__device__ __forceinline__ void gpuconv_wgmma_fence_operands(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 #define GPUCONV_WG_R8(b)                                                                                  \
     "+f"(d[b + 0]), "+f"(d[b + 1]), "+f"(d[b + 2]), "+f"(d[b + 3]), "+f"(d[b + 4]), "+f"(d[b + 5]),     \
         "+f"(d[b + 6]), "+f"(d[b + 7])

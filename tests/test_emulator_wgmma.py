@@ -227,3 +227,19 @@ def test_tf32_operands_must_be_rounded():
     a[5, 3] = np.float32(1 + 2 ** -20)  # low mantissa bits set: never rounded to TF32
     with pytest.raises(EmulatorError, match=r"element \(5, 3\) of A .* not a TF32 value"):
         run("tf32", a_values=a)
+
+
+@pytest.mark.parametrize("copies", (0, 1))
+def test_rate_probe_runs_the_kernels_main_loop(copies):
+    # kernels/probe_wgmma_rate.cu (tools/gpu_check.py wgmma_rate) on the wgmma kernels' main loop: every element of
+    # src 1/8, so each accumulator sums steps x 32 / 64 and a thread's 128 of them 64 x steps, whatever the layout;
+    # on stages filled once, or copied anew every step.
+    from gpuconv.backends import cuda_tc
+
+    k = get_module("emulator", "probe_wgmma_rate.cu").get_function("gpuconv_wgmma_rate<__half>")
+    smem = cuda_tc.wgmma_smem_bytes()
+    k.max_dynamic_shared_size_bytes = smem
+    src = np.full(cuda_tc.WGMMA_STAGES * cuda_tc.WGMMA_STAGE_BYTES // 2, 0.125, np.float16)
+    out = np.full(2 * 128, np.nan, np.float32)
+    k((2,), (128,), (src, out, np.int32(5), np.int32(copies)), shared_mem=smem)
+    np.testing.assert_array_equal(out, np.float32(64 * 5))

@@ -40,3 +40,10 @@ def test_accuracy_dry_run_on_the_emulator():
     proc = _run("accuracy", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode == 0 and "accuracy: all within the bounds" in proc.stdout, proc.stdout + proc.stderr
     assert "sigmoid" in proc.stdout and "fused dw" in proc.stdout
+
+
+@pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
+def test_wgmma_rate_dry_run_on_the_emulator():
+    proc = _run("wgmma_rate", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("result ok") == 2 and "copies=1" in proc.stdout, proc.stdout

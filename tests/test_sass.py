@@ -31,7 +31,7 @@ SASS_KERNELS = Path(__file__).resolve().parent / "sass_kernels"
 WGMMA_KERNEL = Path(__file__).resolve().parent / "emulator_kernels" / "wgmma.cu"
 TC_FILES = [p for p in kernel_files() if p.name.startswith("conv_tc")]
 WGMMA_FILES = [p for p in kernel_files() if p.name.startswith("conv_wgmma")]
-SIMT_FILES = [p for p in kernel_files() if not p.name.startswith(("conv_tc", "conv_wgmma"))]
+SIMT_FILES = [p for p in kernel_files() if not p.name.startswith(("conv_tc", "conv_wgmma", "probe_"))]
 TC_ARCHES = ("sm_80", "sm_90")
 # The precision of a tensor-core kernel's HMMA, from its first template argument.
 TC_PRECISION = {"float": "tf32", "__half": "fp16", "__nv_bfloat16": "bf16"}

@@ -381,6 +381,42 @@ def bench():
     return 0
 
 
+def wgmma_rate():
+    """The wgmma rate probe (kernels/probe_wgmma_rate.cu) on an sm_90 GPU: TFLOP/s of the wgmma kernels' main loop
+    on stages filled once and with every stage copied anew, against the FP16 dense peak, and its result checked
+    (layout-independent: every operand 1/8). What tools/tc_model.py assumes: WGMMA_EFFICIENCY, and the copies'
+    share of shared memory next to the HGMMA operands."""
+    import numpy as np
+
+    from gpuconv.backends import cuda_tc
+    from gpuconv.cuda.modules import get_module
+
+    be = _cupy_backend()
+    gpu = be.kind == "cupy"
+    if gpu and be._arch() != cuda_tc.WGMMA_ARCH:
+        print(f"wgmma_rate: skipped: sm_{be._arch()} has no wgmma (sm_90 only)")
+        return 0
+    kernel = get_module(be.kind, "probe_wgmma_rate.cu").get_function("gpuconv_wgmma_rate<__half>")
+    smem = cuda_tc.wgmma_smem_bytes()
+    kernel.max_dynamic_shared_size_bytes = smem
+    blocks, steps = (8 * be._sms(), 2048) if gpu else (2, 6)  # 4 rounds of 2 blocks an SM
+    src = be.xp.asarray(np.full(cuda_tc.WGMMA_STAGES * cuda_tc.WGMMA_STAGE_BYTES // 2, 0.125, np.float16))
+    out = be.xp.zeros(blocks * 128, np.float32)
+    peak = 989.0
+    failed = False
+    for copies in (0, 1):
+        def launch():
+            kernel((blocks,), (128,), (src, out, np.int32(steps), np.int32(copies)), shared_mem=smem)
+
+        ms = _device_ms(launch, be.xp, be.synchronize)
+        ok = bool((be.to_host(out) == np.float32(64 * steps)).all())
+        failed |= not ok
+        tflops = 2.0 * blocks * steps * 128 * 128 * 32 / (ms * 1e-3) / 1e12
+        print(f"wgmma_rate copies={copies}: {blocks} blocks x {steps} steps in {ms:.3f} ms: {tflops:.1f} TFLOP/s "
+              f"({100 * tflops / peak:.0f}% of the {peak:.0f} FP16 dense peak); result {'ok' if ok else 'WRONG'}")
+    return 1 if failed else 0
+
+
 def breakdown():
     """Per benchmark shape: GPU time of each operation (unfused and fused), and cuDNN's dx / dw alone."""
     be = _cupy_backend()
@@ -541,7 +577,7 @@ def work():
 
 COMMANDS = {"resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
             "bench": bench, "breakdown": breakdown, "once": once, "work": work,
-            "bigoffsets": bigoffsets}
+            "bigoffsets": bigoffsets, "wgmma_rate": wgmma_rate}
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "resources"

@@ -364,6 +364,11 @@ template <int N>
 inline void gpuconv_wgmma_wait_group(::gpuconv_emu::Line line = ::gpuconv_emu::Line(__builtin_LINE())) {
     ::gpuconv_emu::wgmma::run_simple(::gpuconv_emu::wgmma::WAIT, N, line.v);
 }
+// A compiler barrier on the GPU (kernels/gpuconv_wgmma.cuh); here the accumulators hold poison until the wait, so
+// a read the compiler moved above it would show as NaN.
+template <int N>
+inline void gpuconv_wgmma_fence_operands(float (&)[N]) {}
+
 template <int N, int TRANS_A, int TRANS_B>
 inline void gpuconv_wgmma_f16(float (&d)[N / 2], unsigned long long a, unsigned long long b, int accumulate,
                               ::gpuconv_emu::Line line = ::gpuconv_emu::Line(__builtin_LINE())) {
