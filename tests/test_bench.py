@@ -4,6 +4,7 @@ import inspect
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from gpuconv import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASV_DIR = os.path.join(ROOT, "asv_bench")
-ASV_MODULES = ("conv2d", "backward", "layer", "peers")
+ASV_MODULES = ("conv2d", "backward", "layer", "peers", "wgmma")
 TINY = "2x9x9x3:4:3x3"
 
 
@@ -286,6 +287,22 @@ def test_asv_peers_skip_without_torch(asv_benchmarks, monkeypatch):
     for cls in _benchmark_classes(asv_benchmarks["peers"]):
         with pytest.raises(NotImplementedError, match="PyTorch"):
             cls().setup(*_args(cls, "cpu"))
+
+
+def test_asv_wgmma_skips_but_on_an_sm90_gpu(asv_benchmarks, monkeypatch):
+    """The wgmma kernels' benchmark runs only with cupy on sm_90; it sets GPUCONV_WGMMA only for itself."""
+    cls = asv_benchmarks["wgmma"].WgmmaKernels
+    monkeypatch.setattr(bd._dispatch, "backend_status", lambda name: "no CUDA device here (test)")
+    with pytest.raises(NotImplementedError, match=r"no CUDA device here \(test\)"):
+        cls().setup("float16", "tiny")
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(
+        compute_capability="80")))
+    monkeypatch.setattr(bd._dispatch, "backend_status", lambda name: None)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delenv("GPUCONV_WGMMA", raising=False)
+    with pytest.raises(NotImplementedError, match="wgmma is sm_90's; this GPU is sm_80"):
+        cls().setup("float16", "tiny")
+    assert "GPUCONV_WGMMA" not in os.environ
 
 
 RELU_XFAIL = pytest.mark.xfail(_relu_backward_broken(), raises=TypeError, strict=True,
