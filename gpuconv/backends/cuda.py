@@ -90,7 +90,7 @@ DEFAULT_DYNAMIC_SHARED = 48 * 1024  # what a kernel may take without raising its
 
 def math_path(dtype, precision: str, arch, wgmma: bool = False) -> str:
     """Which units compute the products of ``dtype`` in ``precision`` on a device of compute capability
-    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``; wgmma: the wgmma forward
+    ``arch`` (e.g. 90; None for the CPU emulator), in words, for ``gpuconv info``; wgmma: the wgmma kernels
     asked for (cuda_tc.WGMMA_ENV)."""
     dtype = np.dtype(dtype)
     if not _has_kernels(dtype):
@@ -98,8 +98,8 @@ def math_path(dtype, precision: str, arch, wgmma: bool = False) -> str:
     mode = _mode(dtype, precision)
     where = f"GPU sm_{arch}" if arch is not None else "CPU emulator running the CUDA kernels"
     if uses_tensor_cores(dtype, precision, arch):
-        return (f"{where}: tensor cores ({cuda_tc.instructions(arch, dtype, wgmma)}), {_MODE_NAMES.get(mode, mode)} products, "
-                f"float32 accumulation")
+        return (f"{where}: tensor cores ({cuda_tc.instructions(arch, dtype, wgmma)}), "
+                f"{_MODE_NAMES.get(mode, mode)} products, float32 accumulation")
     what = {"float32": "strict FP32", "float64": "FP64"}.get(dtype.name, f"{dtype.name} products in float32")
     text = f"{where}: CUDA cores, {what}"
     if mode == "tf32":

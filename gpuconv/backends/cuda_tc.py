@@ -69,10 +69,11 @@ TENSOR_CORE_ARCH = {
 MMA_SYNC_ARCH = 80
 # Hopper's warpgroup MMA (kernels/conv_wgmma_*.cu) is sm_90a's, not a feature later architectures keep: the FP16 /
 # BF16 forward and dx can take it on compute capability 90 exactly, for GEMMs of more than 64 columns (its tile is
-# 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast variants' conditions). It has run on the CPU emulator only, whose
-# wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run confirms it (tools/gpu_check.sh runs the
-# tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1 (WGMMA_ENV; forward_plan's wgmma). WGMMA_STAGES shared buffers of
-# WGMMA_STAGE_BYTES, plus 1024 bytes to align the 128-byte swizzle's atoms (gpuconv_wg_tile::SMEM_BYTES).
+# 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast variants' conditions). It has
+# run on the CPU emulator only, whose wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run
+# confirms it (tools/gpu_check.sh runs the tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1
+# (WGMMA_ENV; the plans' wgmma). WGMMA_STAGES shared buffers of WGMMA_STAGE_BYTES, plus 1024 bytes to align the
+# 128-byte swizzle's atoms (gpuconv_wg_tile::SMEM_BYTES, kernels/gpuconv_wg.cuh).
 WGMMA_ARCH = 90
 WGMMA_ENV = "GPUCONV_WGMMA"
 WGMMA_TILE = (128, 128)
@@ -129,13 +130,23 @@ def instructions(arch, dtype=None, wgmma: bool = False) -> str:
 
 
 def wgmma_enabled() -> bool:
-    """Whether the user asked for the wgmma forward (WGMMA_ENV=1; 0 or unset: no; anything else: ValueError)."""
+    """Whether the user asked for the wgmma kernels (WGMMA_ENV=1; 0 or unset: no; anything else: ValueError)."""
     return env_choice(WGMMA_ENV, ("0", "1"), "0") == "1"
 
 
 def wgmma_smem_bytes(stages: int = WGMMA_STAGES) -> int:
-    """gpuconv_wg_tile<T, stages>::SMEM_BYTES of kernels/conv_wgmma_forward.cu."""
+    """gpuconv_wg_tile<T, stages, B_KMAJOR>::SMEM_BYTES of kernels/gpuconv_wg.cuh (either B layout)."""
     return stages * WGMMA_STAGE_BYTES + WGMMA_ALIGN
+
+
+def _wgmma_launch(wgmma: bool, fast: bool, arch, dtype, file: str, kernel: str, rows: int, columns: int,
+                  groups: int, scalars: tuple) -> Optional[Launch]:
+    """The launch of a wgmma kernel over a GEMM of rows x columns per group, or None where it does not apply:
+    not asked for, not sm_90, not a 2-byte dtype, not the fast variant's channels, or at most 64 columns."""
+    if not (wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize == 2 and columns > 64):
+        return None
+    grid = (cdiv(rows, WGMMA_TILE[0]), cdiv(columns, WGMMA_TILE[1]), groups)
+    return Launch(file, kernel, (WGMMA_STAGES,), grid, (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes())
 
 
 def _simt(dtype, precision: str, arch, channels: int) -> bool:
@@ -255,10 +266,10 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
     fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
     scalars = (*dims(cfg), np.int32(has_bias), _act(activation))
     rows = cfg.n * cfg.oh * cfg.ow
-    if wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize == 2 and cfg.mg > 64:
-        grid = (cdiv(rows, WGMMA_TILE[0]), cdiv(cfg.mg, WGMMA_TILE[1]), cfg.groups)
-        return [Launch(WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", (WGMMA_STAGES,), grid, (TC_THREADS, 1, 1), scalars,
-                       wgmma_smem_bytes())]
+    on_wgmma = _wgmma_launch(wgmma, fast, arch, dtype, WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", rows, cfg.mg,
+                             cfg.groups, scalars)
+    if on_wgmma is not None:
+        return [on_wgmma]
     tile = _tile(cfg.mg, fast, arch, (rows,), cfg.groups, sms)
     grid = (cdiv(rows, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
     return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid, scalars)]
@@ -285,15 +296,15 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
                   (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
                   (np.int64(w_size),))]
-    on_wgmma = wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize == 2 and cfg.cg > 64
     for phase in phases:
         scalars = (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation))
-        if on_wgmma:
-            grid = (cdiv(cfg.n * phase[1] * phase[4], WGMMA_TILE[0]), cdiv(cfg.cg, WGMMA_TILE[1]), cfg.groups)
-            out.append(Launch(WGMMA_BACKWARD_FILE, "gpuconv_wgmma_bwd_input", (WGMMA_STAGES,), grid,
-                              (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes()))
+        rows = cfg.n * phase[1] * phase[4]
+        on_wgmma = _wgmma_launch(wgmma, fast, arch, dtype, WGMMA_BACKWARD_FILE, "gpuconv_wgmma_bwd_input", rows,
+                                 cfg.cg, cfg.groups, scalars)
+        if on_wgmma is not None:
+            out.append(on_wgmma)
             continue
-        grid = (cdiv(cfg.n * phase[1] * phase[4], tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
+        grid = (cdiv(rows, tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
         out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid, scalars, dz_tf32))
     return out
 
