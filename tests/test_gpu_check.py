@@ -47,3 +47,9 @@ def test_wgmma_rate_dry_run_on_the_emulator():
     proc = _run("wgmma_rate", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("result ok") == 2 and "copies=1" in proc.stdout, proc.stdout
+
+
+def test_bench_rejects_an_unknown_mode():
+    proc = _run("bench", "fp8", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode != 0 and "unknown mode(s) fp8; choose from bf16, fp16, fp32, tf32" in proc.stderr, \
+        proc.stdout + proc.stderr

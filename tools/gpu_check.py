@@ -342,6 +342,10 @@ def bench():
     torch = _torch()
     shapes = _gpu_shapes(be)
     wanted = set(sys.argv[2:])
+    known = {_mode_name(*m) for m in BENCH_MODES}
+    if wanted - known:
+        sys.exit(f"gpu_check.py bench: unknown mode(s) {', '.join(sorted(wanted - known))}; "
+                 f"choose from {', '.join(sorted(known))}")
     for dtype, precision in BENCH_MODES:
         mode = _mode_name(dtype, precision)
         if wanted and mode not in wanted:
