@@ -9,7 +9,9 @@
 // issue(kt, s) for the block tile at rows row0, columns col0 of the group whose x and w start at xg, wg (wg at
 // column col0): starts the copies of reduction step kt into stage s of smem. It must be called for kt = 0, 1, 2,
 // ... in order (it walks the taps). Needs Cg and Mg multiples of Tile::VEC and 16-byte aligned x, w.
-template <typename T, typename Tile>
+// W_KMAJOR: w is the filter transposed, (G, Mg, KH*KW*Cg) with the reduction index fastest
+// (gpuconv_tf32_filter_kmajor), and wg its row of output channel col0 of the group.
+template <typename T, typename Tile, bool W_KMAJOR = false>
 __device__ __forceinline__ auto gpuconv_tc_fwd_copies(T* smem, const T* __restrict__ xg, const T* __restrict__ wg,
                                                       GPUCONV_CONV_SHAPE_PARAMS, int row0, int col0) {
     constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
@@ -19,9 +21,10 @@ __device__ __forceinline__ auto gpuconv_tc_fwd_copies(T* smem, const T* __restri
     const int t = threadIdx.x;
     // A: 16-byte chunk akc of rows t / KCH + (TH / KCH) i; B: chunk bn of reduction rows t / NCH + ... .
     constexpr int KCH = BK / V, RA = BM * KCH / TH;
-    constexpr int NCH = BN / V, RB = BK * NCH / TH;
+    // B: chunk bn of reduction rows t / NCH + (TH / NCH) j, or (W_KMAJOR) chunk akc of tile columns t / KCH + ...
+    constexpr int NCH = W_KMAJOR ? KCH : BN / V, RB = W_KMAJOR ? BN * KCH / TH : BK * NCH / TH;
     static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
-    static_assert(TH % KCH == 0 && TH % NCH == 0 && RA * TH == BM * KCH && RB * TH == BK * NCH,
+    static_assert(TH % KCH == 0 && TH % NCH == 0 && RA * TH == BM * KCH && RB * TH == (W_KMAJOR ? BN : BK) * NCH,
                   "the loaders' chunks cover the tiles exactly once");
     const int akc = t % KCH;
     int a_pix[RA], a_ih[RA], a_iw[RA];  // b * H (-1: row past the end), window's top row, left column
@@ -69,13 +72,25 @@ __device__ __forceinline__ auto gpuconv_tc_fwd_copies(T* smem, const T* __restri
             else
                 gpuconv_tc_zero16(dst);
         }
+        if constexpr (W_KMAJOR) {
 #pragma unroll
-        for (int j = 0; j < RB; ++j) {
-            const int kr = t / NCH + (TH / NCH) * j, kk = k0 + kr;
-            T* dst = Tile::b_at(smem, s, kr, bn);
-            if (b_ok && kk < K)
-                __pipeline_memcpy_async(dst, wg + (gpuconv_i64)kk * M + bn, 16);
-            else
-                gpuconv_tc_zero16(dst);
+            for (int j = 0; j < RB; ++j) {
+                const int col = t / KCH + (TH / KCH) * j, kk = k0 + akc * V;
+                T* dst = Tile::b_at(smem, s, akc * V, col);
+                if (col0 + col < Mg && kk < K)
+                    __pipeline_memcpy_async(dst, wg + (gpuconv_i64)col * K + kk, 16);
+                else
+                    gpuconv_tc_zero16(dst);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < RB; ++j) {
+                const int kr = t / NCH + (TH / NCH) * j, kk = k0 + kr;
+                T* dst = Tile::b_at(smem, s, kr, bn);
+                if (b_ok && kk < K)
+                    __pipeline_memcpy_async(dst, wg + (gpuconv_i64)kk * M + bn, 16);
+                else
+                    gpuconv_tc_zero16(dst);
+            }
         }
     };}

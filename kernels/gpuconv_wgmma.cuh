@@ -83,6 +83,11 @@ __device__ __forceinline__ void gpuconv_wgmma_fence_operands(float (&d)[N]) {
                  ".f32.tf32.tf32 " S ", %" A ", %" B ", p, 1, 1;\n}\n"                                      \
                  : D                                                                                      \
                  : "l"(a), "l"(b), "r"(accumulate))
+#define GPUCONV_WG_MMA_TF32_RS(SHAPE, S, D, A, B, P)                                                      \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" P ", 0;\nwgmma.mma_async.sync.aligned." SHAPE       \
+                 ".f32.tf32.tf32 " S ", " A ", %" B ", p, 1, 1;\n}\n"                                       \
+                 : D                                                                                      \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate))
 
 // Both shapes of one 16-bit type, inside a wrapper with N, TRANS_A, TRANS_B, d, a, b and accumulate in scope.
 #define GPUCONV_WG_MMA16_N(TYPE)                                                                         \
@@ -117,6 +122,21 @@ __device__ __forceinline__ void gpuconv_wgmma_tf32(float (&d)[N / 2], unsigned l
         GPUCONV_WG_MMA_TF32("m64n128k8", GPUCONV_WG_S64, GPUCONV_WG_D64, "64", "65", "66");
 }
 
+// The register-A form: d = A (64 x 8, this thread's 4 registers of it) B (8 x N, K-major, from its descriptor) +
+// (accumulate ? d : 0), tf32. Register v of lane l of warp w holds A's row 16 w + l / 4 + 8 (v % 2), column
+// l % 4 + 4 (v / 2) (mma.sync's m16n8k8 A layout; CuTe's ALayout_64x8). A's registers are operands in flight
+// like the accumulators: not to be written before the wait_group that covers the instruction.
+template <int N>
+__device__ __forceinline__ void gpuconv_wgmma_tf32_rs(float (&d)[N / 2], const unsigned (&a)[4],
+                                                      unsigned long long b, int accumulate) {
+    static_assert(N == 64 || N == 128, "gpuconv_wgmma_tf32_rs: N is 64 or 128");
+    if constexpr (N == 64)
+        GPUCONV_WG_MMA_TF32_RS("m64n64k8", GPUCONV_WG_S32, GPUCONV_WG_D32, "{%32, %33, %34, %35}", "36", "37");
+    else
+        GPUCONV_WG_MMA_TF32_RS("m64n128k8", GPUCONV_WG_S64, GPUCONV_WG_D64, "{%64, %65, %66, %67}", "68", "69");
+}
+
+#undef GPUCONV_WG_MMA_TF32_RS
 #undef GPUCONV_WG_MMA16_N
 #undef GPUCONV_WG_MMA16
 #undef GPUCONV_WG_MMA_TF32

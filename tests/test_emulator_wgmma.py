@@ -229,6 +229,76 @@ def test_tf32_operands_must_be_rounded():
         run("tf32", a_values=a)
 
 
+# ---- the register-A form (tf32): A's fragment as CuTe's ALayout_64x8 writes it ---------------------------------
+A_REGISTERS = (((4, 8, 4), (64, 1, 16)), ((2, 2), (8, 256)))  # (thread, value) -> m + 64 k of a 64 x 8 A
+
+
+def a_cell(t, v):
+    """CuTe's register layout of a tf32 A operand: thread t of the warpgroup, register v -> (row, col)."""
+    (ts, td), (vs, vd) = A_REGISTERS
+    offset = cute(ts, td, t) + cute(vs, vd, v)
+    return offset % 64, offset // 64
+
+
+def run_rs(n=128, swz_b="128B", steps=3, accumulate_first=1, pipelined=0, mode=0, seed=0, a_values=None):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-3, 4, (64, steps * 8)).astype(np.float32) if a_values is None else a_values
+    b = rng.integers(-3, 4, (steps * 8, n)).astype(np.float32)
+    init = rng.integers(-8, 9, (64, n)).astype(np.float32)
+    lb = plan("K", swz_b, n, steps, 4, 0)
+    size = n * steps * 32 * 2 + 4096
+    image, used = np.zeros(size, np.uint8), np.zeros(size, bool)
+    place(image, used, b.T.copy(), 0, lb, "K", swz_b, steps, 4, 8)
+    regs = np.zeros((steps, 128, 4), np.float32)
+    for s, t, v in itertools.product(range(steps), range(128), range(4)):
+        r, k = a_cell(t, v)
+        regs[s, t, v] = a[r, 8 * s + k]
+    frag = np.zeros((128, n // 2), np.float32)
+    for t, i in itertools.product(range(128), range(n // 2)):
+        frag[t, i] = init[d_cell(t, i)]
+    out = np.full((128, n // 2), np.nan, np.float32)
+    lay = np.array([(0, lb[0]["per"], lb[0]["inner"], lb[0]["outer"], lb[0]["lbo"], lb[0]["sbo"],
+                     SWIZZLES[swz_b])], LAYOUT)[0]
+    k = get_module("emulator", str(SOURCE), options=(f"-I{KERNELS_DIR}",)).get_function("wgmma_gemm_rs")
+    k.max_dynamic_shared_size_bytes = 227 * 1024
+    i32 = np.int32
+    k((1,), (128,), (image.view("V16").copy(), i32(size // 16), out, frag, regs.view(np.uint32).ravel(), i32(n),
+                     lay, i32(steps), i32(accumulate_first), i32(pipelined), i32(mode)), shared_mem=size + 1024)
+    expected = a.astype(np.float64) @ b.astype(np.float64) + (init if accumulate_first else 0)
+    got = np.empty((64, n), np.float32)
+    for t, i in itertools.product(range(128), range(n // 2)):
+        got[d_cell(t, i)] = out[t, i]
+    return got, expected.astype(np.float32)
+
+
+def test_the_register_layout_is_mma_syncs_a_fragment():
+    # CuTe's ALayout_64x8 is, warp by warp, mma.sync m16n8k8's A: lane (g, q), register v -> row g + 8 (v % 2),
+    # column q + 4 (v / 2) of the warp's 16 rows
+    for t, v in itertools.product(range(128), range(4)):
+        warp, lane = divmod(t, 32)
+        assert a_cell(t, v) == (16 * warp + lane // 4 + 8 * (v % 2), lane % 4 + 4 * (v // 2))
+
+
+@pytest.mark.parametrize("n,swizzle,pipelined,accumulate_first",
+                         [(n, swz, p, af) for n in (64, 128) for swz in SWIZZLES for p, af in ((0, 1), (1, 0))])
+def test_register_a_lands_in_the_isa_fragment(n, swizzle, pipelined, accumulate_first):
+    got, expected = run_rs(n, swizzle, steps=3, accumulate_first=accumulate_first, pipelined=pipelined,
+                           seed=hash((n, swizzle, pipelined)) % 1000)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_register_a_changed_in_flight_fails(any_schedule):
+    with pytest.raises(EmulatorError, match=r"the registers that the .* reads \(A\) changed before"):
+        run_rs(mode=16)
+
+
+def test_register_a_must_be_rounded():
+    a = np.random.default_rng(2).integers(-3, 4, (64, 24)).astype(np.float32)
+    a[21, 8 + 6] = np.float32(1 + 2 ** -20)  # step 1, row 21 = warp 1's row 5 (g 5, r8 0), column 6 (q 2, v 2 or 3)
+    with pytest.raises(EmulatorError, match="register 2 of A in lane 22 .* not a TF32 value"):
+        run_rs(a_values=a)
+
+
 @pytest.mark.parametrize("copies", (0, 1))
 def test_rate_probe_runs_the_kernels_main_loop(copies):
     # kernels/probe_wgmma_rate.cu (tools/gpu_check.py wgmma_rate) on the wgmma kernels' main loop: every element of

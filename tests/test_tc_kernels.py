@@ -245,26 +245,31 @@ def test_sm75_fp16_path_against_float64(sm75_be, case):
 
 
 # The wgmma forward's cases (an H100 / H200 runs it for FP16 and BF16 where Mg > 64 and the channels are whole
-# 16-byte runs): partial row and column tiles with groups, more reduction steps than stages, steps spanning
-# several taps with a partial last step (Cg = 8), stride, dilation and asymmetric padding.
+# 16-byte runs; TF32 the forward): partial row and column tiles with groups, more reduction steps than stages,
+# odd and even step counts, a single step, steps spanning several taps with a partial last step (Cg = 8),
+# stride, dilation and asymmetric padding.
 HOPPER_CASES = [
     CASES[1],
     ("wg-groups-partial-tiles", (2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1}, "relu"),
     ("wg-long-reduction", (1, 6, 6, 64), (3, 3, 64, 96), {"padding": ((0, 1), (1, 0))}, "identity"),
     ("wg-taps-per-step", (1, 7, 9, 8), (3, 3, 8, 72), {"stride": 2, "padding": ((1, 0), (0, 2))}, "tanh"),
+    ("wg-one-step", (1, 5, 6, 16), (1, 1, 16, 80), {}, "relu"),  # one reduction step (TF32: only the odd tail)
     # dx on wgmma (Cg > 64): stride phases, a partial column tile; groups with phases no tap reaches
     ("wg-dx-stride2", (1, 9, 10, 144), (3, 3, 144, 64), {"stride": 2, "padding": 1}, "relu"),
     ("wg-dx-groups-empty-phases", (1, 9, 10, 160), (3, 3, 80, 64),
      {"groups": 2, "stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))}, "sigmoid"),
 ]
-HOPPER_MODES = [m for m in MODES if m[0] != "tf32"]
+HOPPER_MODES = MODES
+HOPPER_DX_MODES = [m for m in MODES if m[0] != "tf32"]  # TF32's dx stays on mma.sync
+# Every mode on every case where wgmma takes its forward or dx (TF32: the forward only, so not the dx cases)
+HOPPER_PAIRS = [(c, m) for c in HOPPER_CASES for m in HOPPER_MODES
+                if m[0] != "tf32" or c[2][3] // c[3].get("groups", 1) > 64]
 
 
-@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
-@pytest.mark.parametrize("case", HOPPER_CASES, ids=[c[0] for c in HOPPER_CASES])
+@pytest.mark.parametrize("case,mode", HOPPER_PAIRS, ids=[f"{c[0]}-{m[0]}" for c, m in HOPPER_PAIRS])
 def test_sm90_wgmma_forward_against_float64(sm90_be, case, mode):
-    """What an H100 / H200 runs with GPUCONV_WGMMA=1: the FP16 / BF16 forward and dx on wgmma where they
-    apply (the rest as on sm_80)."""
+    """What an H100 / H200 runs with GPUCONV_WGMMA=1: the FP16 / BF16 forward and dx, and the TF32 forward, on
+    wgmma where they apply (the rest as on sm_80)."""
     cfg = make_config("test", case[1], case[2], **case[3])
     routes = _routes(cfg, mode[1], mode[2], 90)
     assert "gpuconv_wgmma_" in (routes["forward"] or "") + (routes["backward_input"] or "")
@@ -290,7 +295,7 @@ def test_sm90_wgmma_forward_without_bias_and_across_schedules(sm90_be, mode):
     assert runs[0].tobytes() == runs[1].tobytes(), f"{name}: the schedules give different bits"
 
 
-@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
+@pytest.mark.parametrize("mode", HOPPER_DX_MODES, ids=[m[0] for m in HOPPER_DX_MODES])
 def test_sm90_wgmma_dx_with_the_transposed_convolutions_epilogue(sm90_be, mode):
     """conv2d_transpose's act(dx + b) from the wgmma dx, phases no tap reaches included (they store act(b)),
     and the same bits under both thread schedules."""
@@ -454,7 +459,7 @@ def test_dx_nan_rule(be, mode):
     _check_dx_nan_rule(be, mode, make_config("test", (1, 6, 7, 32), (3, 3, 32, 32)))  # valid: border taps miss
 
 
-@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
+@pytest.mark.parametrize("mode", HOPPER_DX_MODES, ids=[m[0] for m in HOPPER_DX_MODES])
 def test_sm90_wgmma_dx_nan_rule(sm90_be, mode):
     cfg = make_config("test", (1, 6, 7, 96), (3, 3, 96, 32))
     assert _routes(cfg, mode[1], mode[2], 90)["backward_input"].startswith("gpuconv_wgmma_bwd_input<")

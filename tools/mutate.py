@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 15
+MUTANTS_VERSION = 16
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -465,8 +465,8 @@ MUTANTS = [
       "return smem_bytes;", "wgmma: shared memory not aligned to the swizzle atoms"),
     M("t-wgf-12", PLAN, "(wgmma and fast and arch == WGMMA_ARCH and", "(wgmma and fast and arch >= WGMMA_ARCH and",
       "plan: the sm_90a kernel routed on later architectures"),
-    M("t-wgd-01", WGC, "gpuconv_wgmma_desc(st + Tile::A_BYTES + 32 * j, 16, 512, GPUCONV_WGMMA_SW64)",
-      "gpuconv_wgmma_desc(st + Tile::A_BYTES + 16 * j, 16, 512, GPUCONV_WGMMA_SW64)",
+    M("t-wgd-01", WGC, "? gpuconv_wgmma_desc(st + Tile::A_BYTES + 32 * j, 16, 512, GPUCONV_WGMMA_SW64)",
+      "? gpuconv_wgmma_desc(st + Tile::A_BYTES + 16 * j, 16, 512, GPUCONV_WGMMA_SW64)",
       "wgmma dx: B's descriptor advances 16 bytes a k16 step (not 32)"),
     M("t-wgd-02", WGC, "if (B_KMAJOR) return kmajor_byte(n, k);", "if (B_KMAJOR) return kmajor_byte(k, n);",
       "wgmma dx: B stored with its row and reduction indices swapped"),
@@ -478,6 +478,27 @@ MUTANTS = [
       "wgmma dx: the transposed convolution's bias of group 0"),
     M("t-wgd-06", PLAN, "cdiv(columns, WGMMA_TILE[1]), groups)", "cdiv(columns, 2 * WGMMA_TILE[1]), groups)",
       "plan: wgmma grid with half the column tiles"),
+    M("t-wgt-01", WGC, "a[j][h][v] = __float_as_uint(gpuconv_tc_operand<float>(x));", "a[j][h][v] = __float_as_uint(x);",
+      "wgmma TF32: A's registers never rounded"),
+    M("t-wgt-02", WGC, "8 * (v % 2), k = 8 * j + q + 4 * (v / 2);", "8 * (v / 2), k = 8 * j + q + 4 * (v % 2);",
+      "wgmma TF32: A's register fragment with registers 1 and 2 swapped"),
+    M("t-wgt-03", WGC, "Pipe::step(smem, kt + 1, KT, issue, mma(kt + 1, a_odd));",
+      "Pipe::step(smem, kt + 1, KT, issue, mma(kt + 1, a_even));",
+      "wgmma TF32: one set of A registers, rewritten while its wgmma is in flight"),
+    M("t-wgt-04", WGC, "if (kt < KT) Pipe::step(smem, kt, KT, issue, mma(kt, a_even));",
+      "if (kt + 1 < KT) Pipe::step(smem, kt, KT, issue, mma(kt, a_even));",
+      "wgmma TF32: an odd last reduction step skipped"),
+    M("t-wgt-05", WGC, "gpuconv_wgmma_desc(st + Tile::A_BYTES + 32 * j, 16, 512, GPUCONV_WGMMA_SW64);",
+      "gpuconv_wgmma_desc(st + Tile::A_BYTES + 16 * j, 16, 512, GPUCONV_WGMMA_SW64);",
+      "wgmma TF32: B's descriptor advances 16 bytes a k8 step (not 32)"),
+    M("t-wgt-06", WGF, "wt[i] = gpuconv_tc_operand<T>(w[(gpuconv_i64)k * M + gm]);", "wt[i] = w[(gpuconv_i64)k * M + gm];",
+      "TF32 filter pass: w transposed but not rounded"),
+    M("t-wgt-07", WGF, "const int gm = i / K, k = i - gm * K;", "const int gm = i % M, k = i / M;",
+      "TF32 filter pass: wt written in w's own order (not transposed)"),
+    M("t-wgt-08", FWC, "wg + (gpuconv_i64)col * K + kk, 16);", "wg + (gpuconv_i64)col * K + kk + 4, 16);",
+      "wgmma TF32 forward: B's copies one 16-byte run along the reduction off"),
+    M("t-wgt-09", "gpuconv/backends/cuda.py", "                w = w_kmajor\n", "",
+      "TF32 wgmma forward: the GEMM reads the HWIO filter as the transposed one"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),

@@ -140,7 +140,8 @@ class CudaBackend:
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
 
     def _wgmma(self):
-        """Whether the FP16 / BF16 forward and dx may take the wgmma kernels (cuda_tc.WGMMA_ENV; sm_90 only)."""
+        """Whether the FP16 / BF16 forward and dx, and the TF32 forward, may take the wgmma kernels
+        (cuda_tc.WGMMA_ENV; sm_90 only)."""
         return cuda_tc.wgmma_enabled()
 
     def _sms(self):
@@ -202,6 +203,11 @@ class CudaBackend:
         if plan is not None:
             x, w = xt, wt
         for launch in plan or _plans.forward(cfg, activation, b is not None):
+            if launch.kernel == cuda_tc.TF32_FILTER_KERNEL:  # the TF32 wgmma forward's w: transposed, rounded
+                w_kmajor = self.xp.empty(w.size, w.dtype)
+                self._run(launch, x.dtype, w, w_kmajor)
+                w = w_kmajor
+                continue
             self._run(launch, x.dtype, x, w, w if b is None else b, y)
         return y
 

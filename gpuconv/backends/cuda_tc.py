@@ -68,8 +68,10 @@ TENSOR_CORE_ARCH = {
 # it (sm_70 / sm_75, FP16 only) nvcuda::wmma (kernels/gpuconv_tc_wmma.cuh). The emulator runs the mma.sync path.
 MMA_SYNC_ARCH = 80
 # Hopper's warpgroup MMA (kernels/conv_wgmma_*.cu) is sm_90a's, not a feature later architectures keep: the FP16 /
-# BF16 forward and dx can take it on compute capability 90 exactly, for GEMMs of more than 64 columns (its tile is
-# 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast variants' conditions). It has
+# BF16 forward and dx, and the TF32 forward, can take it on compute capability 90 exactly, for GEMMs of more than
+# 64 columns (its tile is 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast
+# variants' conditions). wgmma's TF32 operands are K-major only: the TF32 forward first writes w transposed and
+# rounded (TF32_FILTER_KERNEL, into a scratch array the size of w) and reads that as its w. It has
 # run on the CPU emulator only, whose wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run
 # confirms it (tools/gpu_check.sh runs the tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1
 # (WGMMA_ENV; the plans' wgmma). WGMMA_STAGES shared buffers of WGMMA_STAGE_BYTES, plus 1024 bytes to align the
@@ -80,6 +82,8 @@ WGMMA_TILE = (128, 128)
 WGMMA_STAGES = 4
 WGMMA_STAGE_BYTES = 128 * TC_BYTES_K + TC_BYTES_K // 2 * 128 * 2
 WGMMA_ALIGN = 1024
+WGMMA_ITEMSIZES = {WGMMA_FORWARD_FILE: (2, 4), WGMMA_BACKWARD_FILE: (2,)}  # the dtypes' sizes each is built for
+TF32_FILTER_KERNEL = "gpuconv_tf32_filter_kmajor"
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
 TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
 # The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
@@ -126,6 +130,8 @@ def instructions(arch, dtype=None, wgmma: bool = False) -> str:
     """The tensor-core instructions of ``dtype``'s kernels on compute capability ``arch`` (None: the emulator)."""
     if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype).itemsize == 2:
         return "wgmma for the forward and dx, ldmatrix + mma.sync for dw"
+    if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype) == np.float32:
+        return "wgmma for the forward, ldmatrix + mma.sync for dx and dw"
     return "ldmatrix + mma.sync" if arch is None or arch >= MMA_SYNC_ARCH else "wmma"
 
 
@@ -142,8 +148,10 @@ def wgmma_smem_bytes(stages: int = WGMMA_STAGES) -> int:
 def _wgmma_launch(wgmma: bool, fast: bool, arch, dtype, file: str, kernel: str, rows: int, columns: int,
                   groups: int, scalars: tuple) -> Optional[Launch]:
     """The launch of a wgmma kernel over a GEMM of rows x columns per group, or None where it does not apply:
-    not asked for, not sm_90, not a 2-byte dtype, not the fast variant's channels, or at most 64 columns."""
-    if not (wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize == 2 and columns > 64):
+    not asked for, not sm_90, a dtype the file is not built for (WGMMA_ITEMSIZES), not the fast variant's
+    channels, or at most 64 columns."""
+    if not (wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize in WGMMA_ITEMSIZES[file]
+            and columns > 64):
         return None
     grid = (cdiv(rows, WGMMA_TILE[0]), cdiv(columns, WGMMA_TILE[1]), groups)
     return Launch(file, kernel, (WGMMA_STAGES,), grid, (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes())
@@ -259,7 +267,8 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
                  aligned: bool = True, sms: Optional[int] = None, wgmma: bool = False) -> Optional[list]:
     """y = act(conv(x, w) + b) on tensor cores (arrays x, w, b, y), or None. vec: Cg and Mg multiples of VEC
     (whole 16-byte runs of x and w; a reduction step may span several taps). sms: the device's SMs (_tile).
-    wgmma: the wgmma forward where it applies (WGMMA_ARCH)."""
+    wgmma: the wgmma forward where it applies (WGMMA_ARCH); in TF32 its plan starts with TF32_FILTER_KERNEL
+    (arrays w, wt: a scratch array of w's size), and the GEMM takes wt as its w."""
     if _simt(dtype, precision, arch, cfg.mg):
         return None
     _, vec = _steps(dtype)
@@ -268,6 +277,11 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
     rows = cfg.n * cfg.oh * cfg.ow
     on_wgmma = _wgmma_launch(wgmma, fast, arch, dtype, WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", rows, cfg.mg,
                              cfg.groups, scalars)
+    if on_wgmma is not None and np.dtype(dtype) == np.float32:  # TF32: w transposed and rounded first (arrays w, wt)
+        k, m = cfg.kh * cfg.kw * cfg.cg, cfg.m
+        blocks = max(1, min(cdiv(k * m, _plans.THREADS), _plans.FLAG_MAX_BLOCKS))
+        return [Launch(WGMMA_FORWARD_FILE, TF32_FILTER_KERNEL, (), (blocks, 1, 1), (_plans.THREADS, 1, 1),
+                       (np.int32(k), np.int32(m))), on_wgmma]
     if on_wgmma is not None:
         return [on_wgmma]
     tile = _tile(cfg.mg, fast, arch, (rows,), cfg.groups, sms)
@@ -370,6 +384,6 @@ def routes(cfg, dtype, precision: str, arch, aligned: bool = True, activation: s
                                               wgmma=wgmma),
         "backward_weight": backward_weight_plan(padded, dtype, precision, arch, aligned, dz_tf32=dz_tf32),
     }
-    return {op: None if plan is None else name_expression(plan[-1 if op == "backward_input" else 0].kernel, dtype,
-                                                          plan[-1 if op == "backward_input" else 0].template)
-            for op, plan in plans.items()}
+    # the GEMM: the last launch of the forward's and dx's plans (after the TF32 filter pass, the NaN flag), dw's first
+    gemm = {op: None if plan is None else plan[0 if op == "backward_weight" else -1] for op, plan in plans.items()}
+    return {op: None if g is None else name_expression(g.kernel, dtype, g.template) for op, g in gemm.items()}

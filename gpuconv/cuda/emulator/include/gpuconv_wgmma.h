@@ -1,9 +1,9 @@
 // gpuconv emulator: Hopper's warpgroup MMA of kernels/gpuconv_wgmma.cuh, for g++.
 //
-// The same names (fence, commit_group, wait_group, mma_async with f16 / bf16 / tf32 operands, the matrix
-// descriptor), run by gpuconv_wgmma.cuh's rules: the descriptor format, the canonical shared-memory layouts
-// with their swizzles, and D's fragment layout (tests/test_emulator_wgmma.py checks them against tables of its
-// own). Each instruction is warp-collective here (the frame of gpuconv_emu.h), and a warp computes its own 16
+// The same names (fence, commit_group, wait_group, mma_async with f16 / bf16 / tf32 operands, tf32 also with A
+// in registers, the matrix descriptor), run by gpuconv_wgmma.cuh's rules: the descriptor format, the canonical
+// shared-memory layouts with their swizzles, and the register fragments of A and D (tests/test_emulator_wgmma.py
+// checks them against tables of its own). Each instruction is warp-collective here (the frame of gpuconv_emu.h), and a warp computes its own 16
 // rows of D, which is all that the warpgroup's result is; the rest of the warpgroup rule is checked when the
 // block ends: its 4 warps must have executed the same instructions with the same descriptors.
 //
@@ -16,7 +16,8 @@
 // - an mma_async with no wgmma.fence since the last wait_group (or the block start) in its warp: the emulator
 //   asks for a fence before every batch, as CUTLASS issues one (the ISA needs it wherever other instructions
 //   touched the registers: after a wait_group that may always be so);
-// - accumulator registers written, or operand shared memory changed, while an mma_async is in flight;
+// - accumulator registers written, or operand shared memory or A's registers changed, while an mma_async is in
+//   flight;
 // - an mma_async still in flight when the block ends (no wait_group covered it);
 // - a descriptor with reserved bits or a base offset, a swizzled start address not aligned to its pattern's
 //   repeat, an operand byte outside the dynamic shared memory (the only shared memory that has a shared address
@@ -49,6 +50,7 @@ struct Call {  // what one lane passed (on its stack)
     int kind, n, ta, tb, accumulate, wait_n;
     unsigned long long a, b;
     float* d;
+    const unsigned* ra;  // A's fragment in registers (the register-A form; tf32 only), else nullptr
 };
 
 // Accumulators that mma_async in flight write: the lanes' registers, and this warp's 16 rows of D as they will be.
@@ -63,6 +65,7 @@ struct Pending {  // one mma_async in flight
     int chain, kind, n, k, ta, tb, accumulate;
     unsigned long long a, b;
     unsigned group, line;
+    const unsigned* ra[32];  // the register-A form: each lane's 4 registers of A, else all nullptr
     float A[16][16];     // this warp's 16 rows of A (64 x k)
     float B[16][kMaxN];  // B (k x n)
 };
@@ -199,10 +202,30 @@ inline float element(const Desc& d, bool mn_major, int r, int k, int kind, const
 }
 
 // This warp's operands of one mma_async: rows 16 w .. 16 w + 15 of A (64 x k), all of B (k x n).
+// A from registers (the register-A form, tf32): register v of lane l holds row l / 4 + 8 (v % 2) of the warp's
+// 16, column l % 4 + 4 (v / 2) (mma.sync's m16n8k8 A layout; CuTe's ALayout_64x8).
+inline void gather_a_registers(const Pending& p, float (&A)[16][16]) {
+    for (int l = 0; l < 32; ++l)
+        for (int v = 0; v < 4; ++v) {
+            const unsigned bits = p.ra[l][v];
+            if (!is_tf32_value(bits))
+                failf(p.line, "%s.tf32: register %d of A in lane %d is %.9g (bits 0x%08x), not a TF32 value (low 13 "
+                              "mantissa bits set; the hardware ignores them): round it with cvt.rna.tf32.f32 first",
+                      kOpNames[MMA], v, l, double(__builtin_bit_cast(float, bits)), bits);
+            A[l / 4 + 8 * (v % 2)][l % 4 + 4 * (v / 2)] = __builtin_bit_cast(float, bits);
+        }
+}
+
 inline void gather(const Pending& p, int warp_in_group, float (&A)[16][16], float (&B)[16][kMaxN]) {
-    const Desc da = decode(p.a, "A", p.line), db = decode(p.b, "B", p.line);
-    for (int r = 0; r < 16; ++r)
-        for (int k = 0; k < p.k; ++k) A[r][k] = element(da, p.ta, 16 * warp_in_group + r, k, p.kind, "A", p.line);
+    const Desc db = decode(p.b, "B", p.line);
+    if (p.ra[0]) {
+        gather_a_registers(p, A);
+    } else {
+        const Desc da = decode(p.a, "A", p.line);
+        for (int r = 0; r < 16; ++r)
+            for (int k = 0; k < p.k; ++k)
+                A[r][k] = element(da, p.ta, 16 * warp_in_group + r, k, p.kind, "A", p.line);
+    }
     for (int k = 0; k < p.k; ++k)
         for (int n = 0; n < p.n; ++n) B[k][n] = element(db, p.tb, n, k, p.kind, "B", p.line);
 }
@@ -246,7 +269,8 @@ inline int chain_of(WarpState& ws, Call* const* calls, unsigned line) {
 inline void issue(Call* const* calls, unsigned line) {
     const Call& c0 = *calls[0];
     for (int l = 1; l < 32; ++l)
-        if (calls[l]->a != c0.a || calls[l]->b != c0.b || calls[l]->accumulate != c0.accumulate)
+        if (calls[l]->a != c0.a || calls[l]->b != c0.b || calls[l]->accumulate != c0.accumulate ||
+            !calls[l]->ra != !c0.ra)
             failf(line, "%s: lane %d passes other descriptors or another accumulate flag than lane 0 (they are the "
                         "warpgroup's, the same in every lane)", kOpNames[MMA], l);
     if (block_threads() % 128)
@@ -259,14 +283,15 @@ inline void issue(Call* const* calls, unsigned line) {
     if (ws.nops == ws.capops) ws.ops = grow(ws.ops, ws.capops);
     Pending& p = ws.ops[ws.nops];
     p = Pending{-1, c0.kind, c0.n, c0.kind == TF32 ? 8 : 16, c0.ta, c0.tb, c0.accumulate, c0.a, c0.b, ws.commits,
-                line, {}, {}};
+                line, {}, {}, {}};
+    for (int l = 0; l < 32; ++l) p.ra[l] = calls[l]->ra;
     gather(p, int(linear_tid() / 32 % 4), p.A, p.B);
     p.chain = chain_of(ws, calls, line);
     ws.chains[p.chain].pending++;
     ws.nops++;
     ws.mmas++;
     const unsigned long long fields[] = {c0.a, c0.b, unsigned(c0.kind), unsigned(c0.n), unsigned(c0.ta),
-                                         unsigned(c0.tb), unsigned(c0.accumulate)};
+                                         unsigned(c0.tb), unsigned(c0.accumulate), c0.ra != nullptr};
     for (unsigned long long f : fields) ws.hash = (ws.hash ^ f) * 0x100000001B3ull;
 }
 
@@ -275,8 +300,8 @@ inline void execute(const Pending& p, WarpState& ws) {
     gather(p, int(linear_tid() / 32 % 4), A, B);
     for (int r = 0; r < 16; ++r)
         if (memcmp(A[r], p.A[r], sizeof(float) * size_t(p.k)))
-            failf(p.line, "the shared memory that the %s here reads (A) changed before the wgmma.wait_group that "
-                          "covers it", kOpNames[MMA]);
+            failf(p.line, "the %s that the %s here reads (A) changed before the wgmma.wait_group that covers it",
+                  p.ra[0] ? "registers" : "shared memory", kOpNames[MMA]);
     for (int k = 0; k < p.k; ++k)
         if (memcmp(B[k], p.B[k], sizeof(float) * size_t(p.n)))
             failf(p.line, "the shared memory that the %s here reads (B) changed before the wgmma.wait_group that "
@@ -332,14 +357,14 @@ inline void collective(Call& me, unsigned line, Body&& body) {
 
 template <int N>
 inline void run_mma(int kind, int ta, int tb, float (&d)[N / 2], unsigned long long a, unsigned long long b,
-                    int accumulate, unsigned line) {
+                    int accumulate, unsigned line, const unsigned* ra = nullptr) {
     static_assert(N == 64 || N == 128, "wgmma: N is 64 or 128");
-    Call me{MMA, kind, N, ta, tb, accumulate != 0, 0, a, b, d};
+    Call me{MMA, kind, N, ta, tb, accumulate != 0, 0, a, b, d, ra};
     collective(me, line, [&](Call* const* calls) { issue(calls, line); });
 }
 
 inline void run_simple(int op, int wait_n, unsigned line) {
-    Call me{op, -1, 0, 0, 0, 0, wait_n, 0, 0, nullptr};
+    Call me{op, -1, 0, 0, 0, 0, wait_n, 0, 0, nullptr, nullptr};
     collective(me, line, [&](Call* const*) {
         if (op == FENCE) warp_state().fenced = true;
         else if (op == COMMIT) warp_state().commits++;
@@ -383,4 +408,9 @@ template <int N>
 inline void gpuconv_wgmma_tf32(float (&d)[N / 2], unsigned long long a, unsigned long long b, int accumulate,
                                ::gpuconv_emu::Line line = ::gpuconv_emu::Line(__builtin_LINE())) {
     ::gpuconv_emu::wgmma::run_mma<N>(::gpuconv_emu::wgmma::TF32, 0, 0, d, a, b, accumulate, line.v);
+}
+template <int N>
+inline void gpuconv_wgmma_tf32_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long b, int accumulate,
+                                  ::gpuconv_emu::Line line = ::gpuconv_emu::Line(__builtin_LINE())) {
+    ::gpuconv_emu::wgmma::run_mma<N>(::gpuconv_emu::wgmma::TF32, 0, 0, d, 0, b, accumulate, line.v, a);
 }
