@@ -227,21 +227,26 @@ def test_wgmma_wrappers_lower_to_hgmma_of_each_precision():
 @needs_sass
 @pytest.mark.parametrize("path", WGMMA_FILES, ids=lambda p: p.name)
 def test_wgmma_main_loops(path):
-    # kernels/conv_wgmma_*.cu on sm_90a: a reduction step is 4 HGMMA 64x128x16 of the kernel's precision (2 row
-    # halves x 2 k16 steps) after one warpgroup arrive (the fence) and one wait, with the 16-byte copies (LDGSTS)
-    # of the next stage and one barrier; no local memory, no generic loads; and ptxas does not serialize the
-    # wgmma (its C75xx "Potential Performance Loss" notes, e.g. for accumulators that other instructions write
-    # inside the pipeline).
+    # kernels/conv_wgmma_*.cu on sm_90a: a reduction step is 4 HGMMA of the kernel's precision (2 row halves x 2
+    # k16 steps, or k8 for TF32) after one warpgroup arrive (the fence) and one wait, with the 16-byte copies
+    # (LDGSTS) of the next stage and one barrier; no local memory, no generic loads; and ptxas does not serialize
+    # the wgmma (its C75xx "Potential Performance Loss" notes, e.g. for accumulators that other instructions write
+    # inside the pipeline). The TF32 forward's loop runs two steps a trip (its two sets of A registers), each
+    # with A's 16 LDS a thread (rounded in registers: no LDSM).
     log = nvrtc.compile_program(str(path), "sm_90a").log
     assert "Potential Performance Loss" not in log, log
-    rows = _rows(path, "sm_90a")
-    assert len(rows) == 2 and {_template_args(r.kernel)[0] for r in rows} == {"__half", "__nv_bfloat16"}
+    rows = [r for r in _rows(path, "sm_90a") if r.kernel.startswith("gpuconv_wgmma_")]
+    want_types = {"__half", "__nv_bfloat16", "float"} if "forward" in path.name else {"__half", "__nv_bfloat16"}
+    assert {_template_args(r.kernel)[0] for r in rows} == want_types and len(rows) == len(want_types)
     for r in rows:
-        want = "HGMMA.64x128x16.F32" + (".BF16" if "bfloat16" in r.kernel else "")
-        assert r.hmma == {want: 4} and r.loop_opcodes.get(want) == 4, (r.kernel, r.hmma)
+        tf32 = _template_args(r.kernel)[0] == "float"
+        steps = 2 if tf32 else 1
+        want = "HGMMA.64x128x" + ("8.F32.TF32" if tf32 else "16.F32" + (".BF16" if "bfloat16" in r.kernel else ""))
+        assert r.loop_opcodes.get(want) == 4 * steps and set(r.hmma) == {want}, (r.kernel, r.hmma)
         loop = r.loop_counts
-        assert r.loop_opcodes["WARPGROUP.ARRIVE"] == 1 and r.loop_opcodes["WARPGROUP.DEPBAR.LE"] == 1, r.kernel
-        assert loop["LDGSTS"] == 8 and loop["BAR"] == 1 and loop["HMMA"] == loop["FFMA"] == 0, (r.kernel, loop)
+        assert r.loop_opcodes["WARPGROUP.ARRIVE"] == r.loop_opcodes["WARPGROUP.DEPBAR.LE"] == steps, r.kernel
+        assert loop["LDGSTS"] == 8 * steps and loop["BAR"] == steps, (r.kernel, loop)
+        assert loop["HMMA"] == loop["FFMA"] == loop["LDSM"] == 0 and loop["LDS"] == 16 * steps * tf32, (r.kernel, loop)
         assert r.counts["LDL"] == r.counts["STL"] == 0 and loop["LD"] == 0, (r.kernel, r.counts)
 
 

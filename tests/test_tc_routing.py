@@ -105,7 +105,9 @@ def test_info_names_the_tensor_core_instructions():
     assert "(ldmatrix + mma.sync), FP16" in math_path(np.float16, "highest", 90)  # unless asked for wgmma:
     assert "(wgmma for the forward and dx, ldmatrix + mma.sync for dw), FP16" in math_path(
         np.float16, "highest", 90, wgmma=True)
-    assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90, wgmma=True)
+    assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90)
+    assert "(wgmma for the forward, ldmatrix + mma.sync for dx and dw), TF32" in math_path(
+        np.float32, "tf32", 90, wgmma=True)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", None)  # the emulator
     assert "tensor cores" not in math_path(np.float32, "highest", 90)
 
@@ -359,7 +361,27 @@ def test_wgmma_forward_route():
     assert fwd(narrow, np.float16, "highest", 90).kernel == "gpuconv_tc_fwd"
     assert cuda_tc.forward_plan(narrow, np.float16, "highest", 90, "relu", True, wgmma=True)[0].kernel == \
         "gpuconv_tc_fwd"
-    assert cuda_tc.forward_plan(cfg, np.float32, "tf32", 90, "relu", True, wgmma=True)[0].kernel == "gpuconv_tc_fwd"
+
+
+def test_wgmma_tf32_forward_route():
+    """The TF32 forward on wgmma (sm_90, asked for) first writes w transposed and rounded (arrays w, wt: K x M
+    elements, one thread each, the grid capped as the flag kernel's), then the GEMM reads wt; dx stays on
+    mma.sync, and so does a forward of at most 64 columns or of channels that are no 16-byte runs."""
+    cfg = _cfg((2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1})
+    prep, gemm = cuda_tc.forward_plan(cfg, np.float32, "tf32", 90, "relu", True, wgmma=True)
+    assert (prep.file, prep.kernel, prep.template) == (cuda_tc.WGMMA_FORWARD_FILE, cuda_tc.TF32_FILTER_KERNEL, ())
+    assert prep.scalars == (3 * 3 * 16, 272) and prep.block == (256, 1, 1) and prep.grid == (153, 1, 1)
+    assert (gemm.kernel, gemm.template, gemm.grid) == ("gpuconv_wgmma_fwd", (4,), (2, 2, 2))
+    assert cuda_tc.routes(cfg, np.float32, "tf32", 90, wgmma=True) == {
+        "forward": "gpuconv_wgmma_fwd<float, 4>", "backward_input": "gpuconv_tc_bwd_input<float, 128, 64, 2, false>",
+        "backward_weight": "gpuconv_tc_bwd_weight<float, 128, 128, 4, true>"}
+    for arch, wgmma, aligned in ((90, False, True), (80, True, True), (90, True, False)):
+        (g,) = cuda_tc.forward_plan(cfg, np.float32, "tf32", arch, "relu", True, aligned, wgmma=wgmma)
+        assert g.kernel == "gpuconv_tc_fwd", (arch, wgmma, aligned)
+    for odd in (_cfg((2, 9, 8, 32), (3, 3, 32, 64), {"padding": 1}), _cfg((1, 6, 6, 6), (3, 3, 6, 96), {})):
+        assert [p.kernel for p in cuda_tc.forward_plan(odd, np.float32, "tf32", 90, "relu", True, wgmma=True)] == \
+            ["gpuconv_tc_fwd"]
+    assert cuda_tc.forward_plan(cfg, np.float32, "highest", 90, "relu", True, wgmma=True) is None
 
 
 def test_wgmma_env(monkeypatch):
@@ -411,6 +433,7 @@ def test_wgmma_shared_memory_of_the_plan_is_the_kernels(tmp_path):
     src = tmp_path / "wg_smem.cu"
     src.write_text(f'#include "{kernel_path("gpuconv_wg.cuh")}"\n' + "".join(
         f"static_assert(gpuconv_wg_tile<{t}, {cuda_tc.WGMMA_STAGES}, {b}>::SMEM_BYTES == "
-        f"{cuda_tc.wgmma_smem_bytes()}, \"{t}\");\n" for t in ("__half", "__nv_bfloat16") for b in ("false", "true")))
+        f"{cuda_tc.wgmma_smem_bytes()}, \"{t}\");\n" for t, b in (("__half", "false"), ("__half", "true"), ("__nv_bfloat16", "false"),
+                                                        ("__nv_bfloat16", "true"), ("float", "true"))))
     nvrtc.compile_program(str(src), "sm_90", options=_plans.kernel_defines())
     assert 2 * cuda_tc.wgmma_smem_bytes() <= 227 * 1024  # two blocks an SM on sm_90

@@ -98,25 +98,25 @@ extern "C" __global__ void wgmma_gemm(const uint4* image, int n16, float* out, c
 // (the host lays them out), B as wgmma_gemm's; every step's registers stay untouched until the wait that covers
 // its mma_async (at most 8 steps). pipelined as wgmma_gemm's. Misuse (mode): 16 thread 9 changes a register of
 // step 0's A while that mma_async is in flight (to another TF32 value).
-extern "C" __global__ void wgmma_gemm_rs(const uint4* image, int n16, float* out, const float* init,
-                                         const unsigned* a_regs, int n, WgLayout lb, int steps,
-                                         int accumulate_first, int pipelined, int mode) {
+template <int N>
+__device__ void wg_gemm_rs(const uint4* image, int n16, float* out, const float* init, const unsigned* a_regs,
+                           WgLayout lb, int steps, int accumulate_first, int pipelined, int mode) {
     extern __shared__ __align__(16) unsigned char dyn[];
     unsigned char* base = dyn + ((1024u - (gpuconv_smem_addr(dyn) & 1023u)) & 1023u);
     const int t = threadIdx.x;
     for (int i = t; i < n16; i += blockDim.x) reinterpret_cast<uint4*>(base)[i] = image[i];
     __syncthreads();
-    float d[64];
-    const int nd = n / 2;
-    for (int i = 0; i < nd; ++i) d[i] = init[t * nd + i];
+    float d[N / 2];
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) d[i] = init[t * (N / 2) + i];
     unsigned a[8][4];
-    for (int s = 0; s < steps && s < 8; ++s) {
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+        if (s >= steps) break;
+#pragma unroll
         for (int v = 0; v < 4; ++v) a[s][v] = a_regs[(s * 128 + t % 128) * 4 + v];
         if (s == 0 || pipelined) gpuconv_wgmma_fence();
-        const unsigned long long db = wg_desc(base, lb, s);
-        const int acc = s > 0 || accumulate_first;
-        if (n == 64) gpuconv_wgmma_tf32_rs<64>(reinterpret_cast<float(&)[32]>(d), a[s], db, acc);
-        else gpuconv_wgmma_tf32_rs<128>(d, a[s], db, acc);
+        gpuconv_wgmma_tf32_rs<N>(d, a[s], wg_desc(base, lb, s), s > 0 || accumulate_first);
         if (mode == 16 && t == 9 && s == 0) a[0][2] ^= 0x2000u;
         if (pipelined) {
             gpuconv_wgmma_commit_group();
@@ -125,5 +125,13 @@ extern "C" __global__ void wgmma_gemm_rs(const uint4* image, int n16, float* out
     }
     if (!pipelined) gpuconv_wgmma_commit_group();
     gpuconv_wgmma_wait_group<0>();
-    for (int i = 0; i < nd; ++i) out[t * nd + i] = d[i];
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) out[t * (N / 2) + i] = d[i];
+}
+
+extern "C" __global__ void wgmma_gemm_rs(const uint4* image, int n16, float* out, const float* init,
+                                         const unsigned* a_regs, int n, WgLayout lb, int steps,
+                                         int accumulate_first, int pipelined, int mode) {
+    if (n == 64) wg_gemm_rs<64>(image, n16, out, init, a_regs, lb, steps, accumulate_first, pipelined, mode);
+    else wg_gemm_rs<128>(image, n16, out, init, a_regs, lb, steps, accumulate_first, pipelined, mode);
 }
