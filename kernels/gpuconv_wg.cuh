@@ -173,6 +173,7 @@ __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT,
             Pipe::step(smem, kt + 1, KT, issue, mma(kt + 1, a_odd));
         }
         if (kt < KT) Pipe::step(smem, kt, KT, issue, mma(kt, a_even));
+        Pipe::finish(acc);  // inside the registers' scope: the last wgmma reads them until this wait
     } else {
         for (int kt = 0; kt < KT; ++kt)
             Pipe::step(smem, kt, KT, issue, [&](const unsigned char* st) {
@@ -194,8 +195,8 @@ __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT,
                     }
                 }
             });
+        Pipe::finish(acc);
     }
-    Pipe::finish(acc);
 }
 
 // Epilogue from D's fragment: lane (g, q) of warp w holds rows 16 w + g and + 8 of each 64-row half, columns

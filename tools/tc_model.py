@@ -2,7 +2,7 @@
 
     python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every mode
     python tools/tc_model.py --shape rn50-3x3-28 --detail
-    python tools/tc_model.py --wgmma         the FP16 / BF16 forward and dx on the wgmma kernels (GPUCONV_WGMMA=1)
+    python tools/tc_model.py --wgmma         the forward (and FP16 / BF16 dx) on the wgmma kernels (GPUCONV_WGMMA=1)
 
 The model (docs/performance.md says why each term is there; the first GPU run tests it):
 - Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
@@ -114,7 +114,8 @@ def _as_tc(launch):
 
 
 def _hgmma_fma_and_bytes(opcode: str, size: int) -> tuple:
-    """(FMAs, shared bytes read) of one HGMMA.MxNxK opcode with both operands in shared memory."""
+    """(FMAs, shared bytes read) of one HGMMA.MxNxK opcode with both operands in shared memory. The TF32
+    forward's A comes from registers, which its LDS load from shared memory: the same bytes, counted here."""
     m, n, k = (int(v) for v in opcode.split(".")[1].split("x"))
     return m * n * k, (m * k + k * n) * size
 
@@ -249,6 +250,9 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     if _is_wgmma(launch):  # per warpgroup (the block): its HGMMA once, not once a warp
         hgmma = [(_hgmma_fma_and_bytes(op, size), n) for op, n in ops.items() if op.startswith("HGMMA.")]
         fma, reads, rate = sum(f * n for (f, _), n in hgmma), sum(b * n for (_, b), n in hgmma), WGMMA_EFFICIENCY
+        # a step is 4 HGMMA (2 row halves x 2 k steps); the TF32 loop runs two steps a trip (its two register sets)
+        trip = sum(n for _, n in hgmma) // 4
+        instructions, fma, reads = instructions / trip, fma / trip, reads / trip
         bm, bn = cuda_tc.WGMMA_TILE
     else:
         reads = warps * sum(n * SMEM_LOAD_BYTES.get(op, 0) for op, n in ops.items())
@@ -291,6 +295,8 @@ def launch_us(launch, cfg, dtype, mode: str) -> tuple:
             return LAUNCH_US + _bytes_us(4 * launch.scalars[0] * (launch.scalars[1] + 1)), "memory"
         if launch.kernel == "gpuconv_nonfinite_flag":
             return LAUNCH_US + _bytes_us(size * int(launch.scalars[0])), "memory"
+        if launch.kernel == cuda_tc.TF32_FILTER_KERNEL:  # w read, its transposed copy written
+            return LAUNCH_US + _bytes_us(2 * size * int(launch.scalars[0]) * int(launch.scalars[1])), "memory"
         raise ValueError(f"no model for {launch.kernel}")
     clocks, which = _step_clocks(launch, cfg, dtype, mode)
     blocks = launch.grid[0] * launch.grid[1] * launch.grid[2]

@@ -1,6 +1,7 @@
-"""The FP16 / BF16 forward and dx on Hopper's wgmma kernels (kernels/conv_wgmma_*.cu), which the CUDA backend takes
-only on sm_90 with GPUCONV_WGMMA=1 until a GPU run confirms them. Compare with Conv2d (activation relu, NHWC) and
-Conv2dBackwardInput of the same mode and shape, which run the mma.sync kernels there."""
+"""The FP16 / BF16 forward and dx, and the TF32 forward, on Hopper's wgmma kernels (kernels/conv_wgmma_*.cu), which
+the CUDA backend takes only on sm_90 with GPUCONV_WGMMA=1 until a GPU run confirms them. Compare with Conv2d
+(activation relu, NHWC) and Conv2dBackwardInput of the same mode and shape, which run the mma.sync kernels there
+(TF32's dx runs them here too)."""
 import os
 
 from .common import GFLOPS, SHAPES, Case, gpuconv
@@ -28,7 +29,7 @@ def _wgmma_reason():
 
 
 class WgmmaKernels:
-    params = [["float16", "bfloat16"], SHAPES]
+    params = [["float16", "bfloat16", "float32-tf32"], SHAPES]
     param_names = ["dtype", "shape"]
     timeout = 120
 
