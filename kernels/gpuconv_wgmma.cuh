@@ -4,8 +4,9 @@
 // What the PTX ISA says ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate Instructions"):
 //   A warpgroup is 4 consecutive warps, the first a multiple of 4. wgmma.mma_async computes D (64 x N, float) =
 //   A (64 x K) B (K x N) + (accumulate ? D : 0), K = 32 bytes of elements (16 f16 / bf16, 8 tf32), with A and B
-//   read from shared memory through 64-bit matrix descriptors, asynchronously: D's registers and the shared
-//   memory read are not to be touched until a wgmma.wait_group covers the instruction. Every lane of the
+//   read from shared memory through 64-bit matrix descriptors (or A from registers), asynchronously: D's
+//   registers, A's registers and the shared memory read are not to be touched until a wgmma.wait_group covers
+//   the instruction. Every lane of the
 //   warpgroup executes each of these instructions (.sync.aligned), with the same descriptors.
 //   wgmma.fence orders the warpgroup's earlier register accesses before a wgmma.mma_async (needed before the
 //   first one and after the accumulators were touched); commit_group closes a group of the mma_async issued

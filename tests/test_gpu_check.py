@@ -49,6 +49,15 @@ def test_wgmma_rate_dry_run_on_the_emulator():
     assert proc.stdout.count("result ok") == 2 and "copies=1" in proc.stdout, proc.stdout
 
 
+@pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
+def test_sanitize_wgmma_dry_run_on_the_emulator():
+    # the same pass on the emulator with sm_90's plans: every wgmma kernel of the plans runs once
+    proc = _run("sanitize_wgmma", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for kernel in ("gpuconv_wgmma_fwd<__half, 4>", "gpuconv_wgmma_fwd<float, 4>", "gpuconv_wgmma_bwd_input<__half, 4>"):
+        assert kernel in proc.stdout, proc.stdout
+
+
 def test_bench_rejects_an_unknown_mode():
     proc = _run("bench", "fp8", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode != 0 and "unknown mode(s) fp8; choose from bf16, fp16, fp32, tf32" in proc.stderr, \

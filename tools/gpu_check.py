@@ -276,24 +276,70 @@ def determinism(repeats: int = 5):
     return 1 if failures else 0
 
 
-def sanitize():
-    """One pass of every kernel (both paths, every dtype) on small shapes; meant to run under compute-sanitizer."""
+def _sanitize_pass(be, cases, modes):
+    """Every gradient and the forward of each case in each mode, on small shapes (one launch of each kernel that
+    their plans take), with one cudaMalloc per array so that memcheck sees each array's true bounds."""
     import numpy as np
 
     from gpuconv._config import make_config
 
-    be = _cupy_backend()
     if be.kind == "cupy":
-        be.xp.cuda.set_allocator(None)  # one cudaMalloc per array, so memcheck sees each array's true bounds
-    modes = [m for m in MODES if _mode_reason(be, *m) is None]
-    for xs, ws, opts, act in ACCURACY_CASES[:5]:
+        be.xp.cuda.set_allocator(None)
+    for xs, ws, opts, act in cases:
         cfg = make_config("gpu_check", xs, ws, **opts)
         for dtype, precision in modes:
             rng = np.random.default_rng(0)
             arrays = [be.xp.asarray(_host(rng, s, dtype)) for s in (xs, ws, (ws[3],), cfg.y_shape)]
             _all_grads(be, cfg, act, *arrays, precision=precision)
     be.synchronize()
+
+
+def sanitize():
+    """One pass of every kernel (both paths, every dtype) on small shapes; meant to run under compute-sanitizer."""
+    be = _cupy_backend()
+    modes = [m for m in MODES if _mode_reason(be, *m) is None]
+    _sanitize_pass(be, ACCURACY_CASES[:5], modes)
     print(f"sanitize pass: every kernel ran once in {', '.join(_mode_name(*m) for m in modes)}")
+    return 0
+
+
+# Layers whose forward (Mg > 64) and dx (Cg > 64) take the wgmma kernels: groups, partial tiles, stride phases.
+WGMMA_CASES = [
+    ((2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1}, "relu"),
+    ((1, 9, 10, 144), (3, 3, 144, 64), {"stride": 2, "padding": 1}, "relu"),
+]
+
+
+def sanitize_wgmma():
+    """One pass of the wgmma kernels (GPUCONV_WGMMA=1: the FP16 / BF16 forward and dx, the TF32 forward) on an
+    sm_90 GPU, meant to run under compute-sanitizer; on the emulator (a dry run) the same pass on sm_90's plans."""
+    from gpuconv._config import dtype_from_name, make_config
+    from gpuconv.backends import cuda_tc
+    from gpuconv.backends.cuda import CudaBackend
+
+    os.environ[cuda_tc.WGMMA_ENV] = "1"
+    be = _cupy_backend()
+    if be.kind == "cupy" and be._arch() != cuda_tc.WGMMA_ARCH:
+        print(f"sanitize_wgmma: skipped: sm_{be._arch()} has no wgmma (sm_90 only)")
+        return 0
+    if be.kind != "cupy":
+        class Sm90Emulator(CudaBackend):  # the emulator runs whatever the plans of compute capability 9.0 take
+            def _arch(self):
+                return cuda_tc.WGMMA_ARCH
+
+        be = Sm90Emulator("emulator", be.xp)
+    modes = [m for m in MODES if _mode_reason(be, *m) is None
+             and cuda_tc.mode(dtype_from_name(m[0]), m[1]) in cuda_tc.TENSOR_CORE_MODES]
+    _sanitize_pass(be, WGMMA_CASES, modes)
+    ran = set()
+    for xs, ws, opts, act in WGMMA_CASES:
+        cfg = make_config("gpu_check", xs, ws, **opts)
+        for dtype, precision in modes:
+            routes = cuda_tc.routes(cfg, dtype_from_name(dtype), precision, cuda_tc.WGMMA_ARCH, activation=act,
+                                    wgmma=True)
+            ran |= {name for name in routes.values() if name and name.startswith("gpuconv_wgmma_")}
+    print(f"sanitize_wgmma pass, the plans' wgmma kernels: {', '.join(sorted(ran))} "
+          f"({', '.join(_mode_name(*m) for m in modes)})")
     return 0
 
 
@@ -580,7 +626,7 @@ def work():
 
 
 COMMANDS = {"resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
-            "bench": bench, "breakdown": breakdown, "once": once, "work": work,
+            "sanitize_wgmma": sanitize_wgmma, "bench": bench, "breakdown": breakdown, "once": once, "work": work,
             "bigoffsets": bigoffsets, "wgmma_rate": wgmma_rate}
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
 #      against float64, the wgmma rate probe (tools/gpu_check.py wgmma_rate: the main loop's TFLOP/s without and
 #      with the copies), then fp16 and tf32 timings next to cuDNN (elsewhere the tests skip and the timings are the
 #      mma.sync kernels' again)
-#   6. compute-sanitizer memcheck and racecheck over one pass of every kernel, every mode
+#   6. compute-sanitizer memcheck and racecheck over one pass of every kernel, every mode (and, in step wgmma, of
+#      the wgmma kernels: tools/gpu_check.py sanitize_wgmma)
 #   7. forward / backward timings of the benchmark shapes and the ResNet-50 training-size layers next to cuDNN
 #      (PyTorch) in the same mode: fp32 (TF32 off), tf32 (TF32 on), fp16, bf16
 #   8. the torch bridge on CUDA tensors (tools/gpu_torch_bridge.py): gpuconv.torch against torch.nn.Conv2d, run
@@ -108,6 +109,10 @@ SAN="$(command -v compute-sanitizer || true)"
 if [ -n "$SAN" ] && [ "$BE" = cupy ]; then
     step memcheck "compute-sanitizer memcheck" 45 "$SAN" --tool memcheck --error-exitcode 1 --leak-check no "$PY" tools/gpu_check.py sanitize
     step racecheck "compute-sanitizer racecheck" 60 "$SAN" --tool racecheck --error-exitcode 1 "$PY" tools/gpu_check.py sanitize
+    step wgmma "compute-sanitizer memcheck, wgmma kernels" 30 "$SAN" --tool memcheck --error-exitcode 1 --leak-check no \
+        "$PY" tools/gpu_check.py sanitize_wgmma
+    step wgmma "compute-sanitizer racecheck, wgmma kernels" 30 "$SAN" --tool racecheck --error-exitcode 1 \
+        "$PY" tools/gpu_check.py sanitize_wgmma
 else
     echo "(compute-sanitizer not found: memcheck / racecheck skipped)"
 fi
