@@ -50,6 +50,17 @@ def test_wgmma_rate_dry_run_on_the_emulator():
 
 
 @pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
+def test_compile_builds_every_kernel_file():
+    # the step that fills the kernel cache first (the emulator's builds here, CuPy's on a GPU): one line a file
+    from gpuconv.cuda.modules import kernel_files
+
+    proc = _run("compile", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("compile: ")]
+    assert sorted(ln.split()[1] for ln in lines) == sorted(p.name for p in kernel_files()), proc.stdout
+
+
+@pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
 def test_sanitize_wgmma_dry_run_on_the_emulator():
     # the same pass on the emulator with sm_90's plans: every wgmma kernel of the plans runs once
     proc = _run("sanitize_wgmma", GPU_CHECK_BACKEND="emulator")

@@ -276,6 +276,36 @@ def determinism(repeats: int = 5):
     return 1 if failures else 0
 
 
+def _compile_file(name):
+    """(file, seconds, kernels) of compiling kernels/<name> as the backend does (modules.get_module), forced by
+    asking for its first registered kernel: CuPy compiles a RawModule on first use."""
+    import time
+
+    from gpuconv.cuda.modules import build_inputs, get_module, kernel_path
+
+    t0 = time.perf_counter()
+    module = get_module(_cupy_backend().kind, name)
+    _, exprs, _ = build_inputs(kernel_path(name), (), ())  # the file's kernels, registered or generated
+    if exprs:
+        module.get_function(exprs[0])
+    return name, time.perf_counter() - t0, len(exprs)
+
+
+def compile_all():
+    """Every kernel file compiled for this GPU first, in parallel processes: CuPy's kernel cache on disk keeps
+    each for the steps after, whose time limits then measure the checks, not NVRTC (a fresh machine has no
+    cache; the largest files take about a minute each)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from gpuconv.cuda.modules import kernel_files
+
+    names = [p.name for p in kernel_files()]
+    with ProcessPoolExecutor(max_workers=max(1, min(len(names), os.cpu_count() or 1))) as pool:
+        for name, seconds, kernels in sorted(pool.map(_compile_file, names), key=lambda r: -r[1]):
+            print(f"compile: {name:28s} {seconds:6.1f} s  ({kernels} kernels)")
+    return 0
+
+
 def _sanitize_pass(be, cases, modes):
     """Every gradient and the forward of each case in each mode, on small shapes (one launch of each kernel that
     their plans take), with one cudaMalloc per array so that memcheck sees each array's true bounds."""
@@ -625,7 +655,7 @@ def work():
     return 0
 
 
-COMMANDS = {"resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
+COMMANDS = {"compile": compile_all, "resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
             "sanitize_wgmma": sanitize_wgmma, "bench": bench, "breakdown": breakdown, "once": once, "work": work,
             "bigoffsets": bigoffsets, "wgmma_rate": wgmma_rate}
 

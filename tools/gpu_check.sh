@@ -3,6 +3,8 @@
 # (PyTorch and compute-sanitizer are used when present). The repository is used in place: run from anywhere,
 #   bash tools/gpu_check.sh
 # Steps (each under its own timeout; the script goes on after a failure and exits non-zero if any failed):
+#   0. every kernel file compiled for the GPU, in parallel processes (tools/gpu_check.py compile): CuPy's kernel
+#      cache on disk then serves the steps below
 #   1. the NVRTC resource table (registers / shared memory / spills), when cuda-bindings is installed
 #   2. tests/test_kernels.py on the cupy backend
 #   3. the shared backend-parametrized suite on the cupy backend
@@ -24,8 +26,9 @@
 # emulator (small shapes, no sanitizer, no cuDNN) to check the script itself; add
 # GPU_CHECK_STEPS=kernels,accuracy,determinism,bench to leave out the shared suite, which pytest already runs on
 # the emulator and which takes longer than its GPU time limit there.
-# GPU_CHECK_STEPS=kernels,suite,... runs only the named steps (resources kernels suite accuracy determinism
-# wgmma memcheck racecheck bench torch; default: all but resources, which CI runs with the pinned NVRTC 12).
+# GPU_CHECK_STEPS=kernels,suite,... runs only the named steps (compile resources kernels suite accuracy
+# determinism wgmma memcheck racecheck bench torch; default: all but resources, which CI runs with the pinned
+# NVRTC 12).
 # GPU_CHECK_BUDGET_S caps the whole script (default 350 s). Keep the full log: bash tools/gpu_check.sh | tee LOG
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +41,7 @@ export GPU_CHECK_BACKEND="$BE"
 FAILED=()
 
 BUDGET_S="${GPU_CHECK_BUDGET_S:-350}"  # a step gets at most what is left of this
-STEPS=",${GPU_CHECK_STEPS:-kernels,suite,accuracy,determinism,wgmma,memcheck,racecheck,bench,torch},"
+STEPS=",${GPU_CHECK_STEPS:-compile,kernels,suite,accuracy,determinism,wgmma,memcheck,racecheck,bench,torch},"
 export PYTHONUNBUFFERED=1
 
 step() {  # step KEY NAME TIMEOUT_S COMMAND...
@@ -72,6 +75,8 @@ if "$PY" -c "import cuda.bindings.nvrtc" 2>/dev/null; then
 else
     echo "(cuda-bindings not installed: NVRTC resource table skipped)"
 fi
+
+step compile "compile every kernel file (parallel; fills CuPy's kernel cache)" 150 "$PY" tools/gpu_check.py compile
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -p no:benchmark --tb=short -rfEs)
 "$PY" -c "import xdist" 2>/dev/null && PARALLEL=(-n 8) || PARALLEL=()
