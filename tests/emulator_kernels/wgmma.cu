@@ -64,15 +64,21 @@ __device__ void wg_dispatch(float (&d)[N / 2], const unsigned char* base, WgLayo
     else wg_run<N, KIND, 1, 1>(d, base, la, lb, steps, accumulate_first, pipelined, mode, out);
 }
 
+// The block copies the host's image (n16 16-byte units) to dynamic shared memory from its first 1024-byte aligned
+// address (what a 128-byte swizzle's pattern repeats on), and returns that address.
+__device__ unsigned char* wg_stage_image(const uint4* image, int n16) {
+    extern __shared__ __align__(16) unsigned char dyn[];
+    unsigned char* base = dyn + ((1024u - (gpuconv_smem_addr(dyn) & 1023u)) & 1023u);
+    for (int i = threadIdx.x; i < n16; i += blockDim.x) reinterpret_cast<uint4*>(base)[i] = image[i];
+    __syncthreads();
+    return base;
+}
+
 template <int N>
 __device__ void wg_gemm(const uint4* image, int n16, float* out, const float* init, int kind, int ta, int tb,
                         WgLayout la, WgLayout lb, int steps, int accumulate_first, int pipelined, int mode) {
-    extern __shared__ __align__(16) unsigned char dyn[];
-    // The first 1024-byte aligned shared address: what a 128-byte swizzle's pattern repeats on.
-    unsigned char* base = dyn + ((1024u - (gpuconv_smem_addr(dyn) & 1023u)) & 1023u);
+    unsigned char* base = wg_stage_image(image, n16);
     const int t = threadIdx.x;
-    for (int i = t; i < n16; i += blockDim.x) reinterpret_cast<uint4*>(base)[i] = image[i];
-    __syncthreads();
     float d[N / 2];
     for (int i = 0; i < N / 2; ++i) d[i] = init[t * (N / 2) + i];
     if (kind == 0) wg_dispatch<N, 0>(d, base, la, lb, ta, tb, steps, accumulate_first, pipelined, mode, out);
@@ -101,11 +107,8 @@ extern "C" __global__ void wgmma_gemm(const uint4* image, int n16, float* out, c
 template <int N>
 __device__ void wg_gemm_rs(const uint4* image, int n16, float* out, const float* init, const unsigned* a_regs,
                            WgLayout lb, int steps, int accumulate_first, int pipelined, int mode) {
-    extern __shared__ __align__(16) unsigned char dyn[];
-    unsigned char* base = dyn + ((1024u - (gpuconv_smem_addr(dyn) & 1023u)) & 1023u);
+    unsigned char* base = wg_stage_image(image, n16);
     const int t = threadIdx.x;
-    for (int i = t; i < n16; i += blockDim.x) reinterpret_cast<uint4*>(base)[i] = image[i];
-    __syncthreads();
     float d[N / 2];
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) d[i] = init[t * (N / 2) + i];
