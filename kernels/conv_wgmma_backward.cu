@@ -1,18 +1,21 @@
 // dx on Hopper's warpgroup MMA (wgmma, sm_90a): the implicit GEMM of gpuconv_tc_bwd_input
 // (kernels/conv_tc_backward.cu; one launch per stride phase: rows = the phase's input pixels, columns = Cg,
 // reduction = the phase's taps x Mg) with the same 16-byte copies, exact path and epilogue rule
-// (kernels/gpuconv_tc_dx.cuh), FP16 and BF16 products, float accumulators.
+// (kernels/gpuconv_tc_dx.cuh), FP16, BF16 or TF32 products, float accumulators.
 //
 //   gpuconv_wgmma_bwd_input<T, STAGES>
-//     T       __half or __nv_bfloat16
+//     T       __half, __nv_bfloat16, or float (TF32: w rounded first, gpuconv_tf32_flag_round)
 //     STAGES  shared buffers (gpuconv_wg_mainloop)
 // The block is one warpgroup and a 128 x 128 tile (kernels/gpuconv_wg.cuh): A is dz (output channels fastest,
-// K-major), B is w read along its output channels (K-major too). The routing (cuda_tc.backward_input_plan) takes
-// it on sm_90 for Cg above 64 and Mg a multiple of 32, 16-byte aligned dz and w; NVRTC builds it for sm_90a only
-// (elsewhere the body is empty), and the CUDA backend compiles this file with -arch=sm_90a. The first launch of
-// the plan (gpuconv_nonfinite_flag, kernels/conv_tc_backward.cu) sets wflag when w holds inf / NaN.
+// K-major; in TF32 loaded to registers and rounded there), B is w read along its output channels (K-major too).
+// The routing (cuda_tc.backward_input_plan) takes it on sm_90 for Cg above 64 and Mg a multiple of a reduction
+// step, 16-byte aligned dz and w; NVRTC builds it for sm_90a only (elsewhere the body is empty), and the CUDA
+// backend compiles this file with -arch=sm_90a. The first launch of the plan sets wflag when w holds inf / NaN:
+// gpuconv_nonfinite_flag (kernels/conv_tc_backward.cu), or in TF32 gpuconv_tf32_flag_round, which also writes
+// the rounded w that the phases then read.
 // gpuconv-nvrtc-arches: sm_90a
 // gpuconv-name-expressions: gpuconv_wgmma_bwd_input<__half, 4>, gpuconv_wgmma_bwd_input<__nv_bfloat16, 4>
+// gpuconv-name-expressions: gpuconv_wgmma_bwd_input<float, 4>, gpuconv_tf32_flag_round<float>
 #include "gpuconv_tc_dx.cuh"
 #include "gpuconv_wg.cuh"
 
@@ -64,7 +67,7 @@ __device__ __forceinline__ void gpuconv_wgmma_bwd_input_body(
 template <typename T, int STAGES>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_wgmma_bwd_input(
     const T* __restrict__ dz,       // gradient of the pre-activation output (N, OH, OW, M), contiguous, aligned
-    const T* __restrict__ w,        // weights (KH, KW, Cg, M), HWIO, 16-byte aligned
+    const T* __restrict__ w,        // weights (KH, KW, Cg, M), HWIO, 16-byte aligned; float: TF32 values
     const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_nonfinite_flag), take the exact path
     T* __restrict__ dx,             // written: input gradient (N, H, W, C), the pixels of this stride phase
     const T* __restrict__ bias,     // bias (C,) of a transposed convolution; read only when has_bias != 0
@@ -77,4 +80,25 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_wgmma_bwd_input
 #if GPUCONV_WGMMA_BUILT
     gpuconv_wgmma_bwd_input_body<T, STAGES>(dz, w, wflag, dx, bias, GPUCONV_DX_ARGS, has_bias, out_act);
 #endif
+}
+
+// The TF32 dx's pass over w: flag = 1 if w holds inf / NaN (as gpuconv_nonfinite_flag: from the values as given,
+// so the NaN rule is the mma.sync kernels'), and wr = w rounded to TF32 (cvt.rna, the rounding of the mma.sync
+// kernels' fragments and of the NumPy oracle), which the wgmma phases read as B. The exact path rounds its
+// operands itself: reading wr there changes nothing.
+template <typename T>
+__global__ void __launch_bounds__(GPUCONV_THREADS) gpuconv_tf32_flag_round(
+    const T* __restrict__ w,   // weights, contiguous
+    int* __restrict__ flag,    // set to 1 if some element is NaN or +-Inf (zeroed by the caller; never cleared)
+    T* __restrict__ wr,        // written: w rounded to TF32
+    gpuconv_i64 size)          // number of elements
+{
+    const gpuconv_i64 stride = (gpuconv_i64)gridDim.x * blockDim.x;
+    bool bad = false;
+    for (gpuconv_i64 i = (gpuconv_i64)blockIdx.x * blockDim.x + threadIdx.x; i < size; i += stride) {
+        const T v = w[i];
+        bad |= !(v - v == v - v);  // NaN for NaN and +-Inf, 0 == 0 for every finite value
+        wr[i] = gpuconv_tc_operand<T>(v);
+    }
+    if (bad) *flag = 1;  // every writer writes the same value: no atomic needed
 }

@@ -65,7 +65,8 @@ def test_sanitize_wgmma_dry_run_on_the_emulator():
     # the same pass on the emulator with sm_90's plans: every wgmma kernel of the plans runs once
     proc = _run("sanitize_wgmma", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for kernel in ("gpuconv_wgmma_fwd<__half, 4>", "gpuconv_wgmma_fwd<float, 4>", "gpuconv_wgmma_bwd_input<__half, 4>"):
+    for kernel in ("gpuconv_wgmma_fwd<__half, 4>", "gpuconv_wgmma_fwd<float, 4>", "gpuconv_wgmma_bwd_input<__half, 4>",
+                   "gpuconv_wgmma_bwd_input<float, 4>"):
         assert kernel in proc.stdout, proc.stdout
 
 

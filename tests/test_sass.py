@@ -231,12 +231,12 @@ def test_wgmma_main_loops(path):
     # k16 steps, or k8 for TF32) after one warpgroup arrive (the fence) and one wait, with the 16-byte copies
     # (LDGSTS) of the next stage and one barrier; no local memory, no generic loads; and ptxas does not serialize
     # the wgmma (its C75xx "Potential Performance Loss" notes, e.g. for accumulators that other instructions write
-    # inside the pipeline). The TF32 forward's loop runs two steps a trip (its two sets of A registers), each
-    # with A's 16 LDS a thread (rounded in registers: no LDSM).
+    # inside the pipeline). The TF32 loops (forward and dx) run two steps a trip (their two sets of A registers),
+    # each with A's 16 LDS a thread (rounded in registers: no LDSM).
     log = nvrtc.compile_program(str(path), "sm_90a").log
     assert "Potential Performance Loss" not in log, log
     rows = [r for r in _rows(path, "sm_90a") if r.kernel.startswith("gpuconv_wgmma_")]
-    want_types = {"__half", "__nv_bfloat16", "float"} if "forward" in path.name else {"__half", "__nv_bfloat16"}
+    want_types = {"__half", "__nv_bfloat16", "float"}
     assert {_template_args(r.kernel)[0] for r in rows} == want_types and len(rows) == len(want_types)
     for r in rows:
         tf32 = _template_args(r.kernel)[0] == "float"

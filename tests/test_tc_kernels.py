@@ -180,7 +180,7 @@ def _planned_backend(arch, defines=(), wgmma=False):
     """A backend whose tensor-core plans are those of compute capability ``arch`` (None: the emulator's, every
     mode), its kernels compiled with the extra -D ``defines``: -DGPUCONV_TC_WMMA=1 for the nvcuda::wmma path
     (sm_70 / sm_75's FP16 path), which the emulator otherwise never sees (it runs the ldmatrix / mma.sync path);
-    arch 90 and wgmma for the wgmma forward (kernels/conv_wgmma_forward.cu)."""
+    arch 90 and wgmma for the wgmma kernels (kernels/conv_wgmma_*.cu)."""
     from gpuconv.backends import _plans
     from gpuconv.backends.cuda import CudaBackend
     from gpuconv.cuda import modules
@@ -244,8 +244,8 @@ def test_sm75_fp16_path_against_float64(sm75_be, case):
     _check_against_float64(sm75_be, case, MODES[1], arch=75)
 
 
-# The wgmma forward's cases (an H100 / H200 runs it for FP16 and BF16 where Mg > 64 and the channels are whole
-# 16-byte runs; TF32 the forward): partial row and column tiles with groups, more reduction steps than stages,
+# The wgmma kernels' cases (an H100 / H200 runs the forward where Mg > 64, dx where Cg > 64, and the channels are
+# whole 16-byte runs; FP16, BF16 and TF32): partial row and column tiles with groups, more reduction steps than stages,
 # odd and even step counts, a single step, steps spanning several taps with a partial last step (Cg = 8),
 # stride, dilation and asymmetric padding.
 HOPPER_CASES = [
@@ -260,16 +260,13 @@ HOPPER_CASES = [
      {"groups": 2, "stride": 2, "dilation": 2, "padding": ((1, 2), (2, 0))}, "sigmoid"),
 ]
 HOPPER_MODES = MODES
-HOPPER_DX_MODES = [m for m in MODES if m[0] != "tf32"]  # TF32's dx stays on mma.sync
-# Every mode on every case where wgmma takes its forward or dx (TF32: the forward only, so not the dx cases)
-HOPPER_PAIRS = [(c, m) for c in HOPPER_CASES for m in HOPPER_MODES
-                if m[0] != "tf32" or c[2][3] // c[3].get("groups", 1) > 64]
+HOPPER_PAIRS = [(c, m) for c in HOPPER_CASES for m in HOPPER_MODES]  # every mode on every case
 
 
 @pytest.mark.parametrize("case,mode", HOPPER_PAIRS, ids=[f"{c[0]}-{m[0]}" for c, m in HOPPER_PAIRS])
 def test_sm90_wgmma_forward_against_float64(sm90_be, case, mode):
-    """What an H100 / H200 runs with GPUCONV_WGMMA=1: the FP16 / BF16 forward and dx, and the TF32 forward, on
-    wgmma where they apply (the rest as on sm_80)."""
+    """What an H100 / H200 runs with GPUCONV_WGMMA=1: the forward and dx on wgmma where they apply (the rest as
+    on sm_80)."""
     cfg = make_config("test", case[1], case[2], **case[3])
     routes = _routes(cfg, mode[1], mode[2], 90)
     assert "gpuconv_wgmma_" in (routes["forward"] or "") + (routes["backward_input"] or "")
@@ -295,7 +292,7 @@ def test_sm90_wgmma_forward_without_bias_and_across_schedules(sm90_be, mode):
     assert runs[0].tobytes() == runs[1].tobytes(), f"{name}: the schedules give different bits"
 
 
-@pytest.mark.parametrize("mode", HOPPER_DX_MODES, ids=[m[0] for m in HOPPER_DX_MODES])
+@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
 def test_sm90_wgmma_dx_with_the_transposed_convolutions_epilogue(sm90_be, mode):
     """conv2d_transpose's act(dx + b) from the wgmma dx, phases no tap reaches included (they store act(b)),
     and the same bits under both thread schedules."""
@@ -459,7 +456,7 @@ def test_dx_nan_rule(be, mode):
     _check_dx_nan_rule(be, mode, make_config("test", (1, 6, 7, 32), (3, 3, 32, 32)))  # valid: border taps miss
 
 
-@pytest.mark.parametrize("mode", HOPPER_DX_MODES, ids=[m[0] for m in HOPPER_DX_MODES])
+@pytest.mark.parametrize("mode", HOPPER_MODES, ids=[m[0] for m in HOPPER_MODES])
 def test_sm90_wgmma_dx_nan_rule(sm90_be, mode):
     cfg = make_config("test", (1, 6, 7, 96), (3, 3, 96, 32))
     assert _routes(cfg, mode[1], mode[2], 90)["backward_input"].startswith("gpuconv_wgmma_bwd_input<")

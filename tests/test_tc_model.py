@@ -34,11 +34,11 @@ def test_predictions_respect_the_floors():
     us, bound, path = tc_model.operation_us(cfg, "fp16", "fwd", wgmma=True)
     assert path == "wgmma 128x128" and bound in ("issue", "smem", "tensor", "L2")
     assert flops / 989e12 * 1e6 < us < tc_model.operation_us(cfg, "fp16", "fwd")[0]
-    # the TF32 forward takes wgmma too (A from registers); TF32's dx keeps mma.sync
-    us, bound, path = tc_model.operation_us(cfg, "tf32", "fwd", wgmma=True)
-    assert path == "wgmma 128x128" and bound in ("issue", "smem", "tensor", "L2")
-    assert flops / 495e12 * 1e6 < us < tc_model.operation_us(cfg, "tf32", "fwd")[0]
-    assert tc_model.operation_us(cfg, "tf32", "dx", wgmma=True)[2] == "128x128"
+    # TF32 on wgmma too (A from registers), the forward and dx
+    for op in ("fwd", "dx"):
+        us, bound, path = tc_model.operation_us(cfg, "tf32", op, wgmma=True)
+        assert path == "wgmma 128x128" and bound in ("issue", "smem", "tensor", "L2"), op
+        assert flops / 495e12 * 1e6 < us < tc_model.operation_us(cfg, "tf32", op)[0], op
     dx, _, path = tc_model.operation_us(cfg, "fp16", "dx", wgmma=True)
     assert path == "wgmma 128x128" and flops / 989e12 * 1e6 < dx < tc_model.operation_us(cfg, "fp16", "dx")[0]
 

@@ -106,7 +106,7 @@ def test_info_names_the_tensor_core_instructions():
     assert "(wgmma for the forward and dx, ldmatrix + mma.sync for dw), FP16" in math_path(
         np.float16, "highest", 90, wgmma=True)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", 90)
-    assert "(wgmma for the forward, ldmatrix + mma.sync for dx and dw), TF32" in math_path(
+    assert "(wgmma for the forward and dx, ldmatrix + mma.sync for dw), TF32" in math_path(
         np.float32, "tf32", 90, wgmma=True)
     assert "(ldmatrix + mma.sync), TF32" in math_path(np.float32, "tf32", None)  # the emulator
     assert "tensor cores" not in math_path(np.float32, "highest", 90)
@@ -365,8 +365,9 @@ def test_wgmma_forward_route():
 
 def test_wgmma_tf32_forward_route():
     """The TF32 forward on wgmma (sm_90, asked for) first writes w transposed and rounded (arrays w, wt: K x M
-    elements, one thread each, the grid capped as the flag kernel's), then the GEMM reads wt; dx stays on
-    mma.sync, and so does a forward of at most 64 columns or of channels that are no 16-byte runs."""
+    elements, one thread each, the grid capped as the flag kernel's), then the GEMM reads wt; this layer's dx
+    (Cg = 16) stays on mma.sync, and so does a forward of at most 64 columns or of channels that are no 16-byte
+    runs."""
     cfg = _cfg((2, 9, 8, 32), (3, 3, 16, 272), {"groups": 2, "padding": 1})
     prep, gemm = cuda_tc.forward_plan(cfg, np.float32, "tf32", 90, "relu", True, wgmma=True)
     assert (prep.file, prep.kernel, prep.template) == (cuda_tc.WGMMA_FORWARD_FILE, cuda_tc.TF32_FILTER_KERNEL, ())
@@ -382,6 +383,29 @@ def test_wgmma_tf32_forward_route():
         assert [p.kernel for p in cuda_tc.forward_plan(odd, np.float32, "tf32", 90, "relu", True, wgmma=True)] == \
             ["gpuconv_tc_fwd"]
     assert cuda_tc.forward_plan(cfg, np.float32, "highest", 90, "relu", True, wgmma=True) is None
+
+
+def test_wgmma_dx_route():
+    """dx takes the wgmma kernel in every phase on sm_90 when asked, for Cg above 64 and Mg whole reduction
+    steps; its first pass over w sets the NaN rule's flag, and in TF32 also writes w rounded (arrays w, flag, wr:
+    the grid capped as the flag kernel's), which the phases read."""
+    cfg = _cfg((1, 9, 10, 144), (3, 3, 144, 64), {"stride": 2, "padding": 1})
+    for dtype, precision in ((np.float16, "highest"), (np.float32, "tf32")):
+        first, *phases = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, 3 * 3 * 144 * 64, wgmma=True)
+        flag = (cuda_tc.WGMMA_BACKWARD_FILE, cuda_tc.TF32_DX_FILTER_KERNEL) if precision == "tf32" else \
+            (cuda_tc.TC_BACKWARD_FILE, "gpuconv_nonfinite_flag")
+        assert (first.file, first.kernel, first.template) == (*flag, ())
+        assert first.scalars == (3 * 3 * 144 * 64,) and first.grid == (256, 1, 1) and first.block == (256, 1, 1)
+        assert len(phases) == 4 and {(p.kernel, p.template, p.grid[1:]) for p in phases} == \
+            {("gpuconv_wgmma_bwd_input", (4,), (2, 1))}
+        for arch, wgmma, aligned in ((90, False, True), (80, True, True), (90, True, False)):
+            first, *phases = cuda_tc.backward_input_plan(cfg, dtype, precision, arch, 10, aligned, wgmma=wgmma)
+            assert first.kernel == "gpuconv_nonfinite_flag" and first.grid == (1, 1, 1), (arch, wgmma, aligned)
+            assert {p.kernel for p in phases} == {"gpuconv_tc_bwd_input"}, (arch, wgmma, aligned)
+    narrow = _cfg((1, 9, 10, 64), (3, 3, 64, 64), {"padding": 1})  # Cg = 64: mma.sync's 128 x 64 tile
+    assert [p.kernel for p in cuda_tc.backward_input_plan(narrow, np.float32, "tf32", 90, 1, wgmma=True)] == \
+        ["gpuconv_nonfinite_flag", "gpuconv_tc_bwd_input"]
+    assert cuda_tc.backward_input_plan(cfg, np.float32, "highest", 90, 1, wgmma=True) is None
 
 
 def test_wgmma_env(monkeypatch):

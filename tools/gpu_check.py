@@ -341,8 +341,8 @@ WGMMA_CASES = [
 
 
 def sanitize_wgmma():
-    """One pass of the wgmma kernels (GPUCONV_WGMMA=1: the FP16 / BF16 forward and dx, the TF32 forward) on an
-    sm_90 GPU, meant to run under compute-sanitizer; on the emulator (a dry run) the same pass on sm_90's plans."""
+    """One pass of the wgmma kernels (GPUCONV_WGMMA=1: the FP16 / BF16 / TF32 forward and dx) on an sm_90 GPU,
+    meant to run under compute-sanitizer; on the emulator (a dry run) the same pass on sm_90's plans."""
     from gpuconv._config import dtype_from_name, make_config
     from gpuconv.backends import cuda_tc
     from gpuconv.backends.cuda import CudaBackend

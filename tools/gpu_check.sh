@@ -11,7 +11,7 @@
 #   4. every kernel vs the NumPy float64 reference in every mode (float64, fp32, tf32, fp16, bf16), each error
 #      against its bound from the error analysis (gpuconv/_accuracy.py)
 #   5. dw / db bitwise-determinism over repeated runs, every mode
-#   5b. the wgmma forward and dx (sm_90 only, GPUCONV_WGMMA=1; FP16 / BF16, and the TF32 forward): their tests
+#   5b. the wgmma forward and dx (sm_90 only, GPUCONV_WGMMA=1; FP16, BF16 and TF32): their tests
 #      against float64, the wgmma rate probe (tools/gpu_check.py wgmma_rate: the main loop's TFLOP/s without and
 #      with the copies), then fp16 and tf32 timings next to cuDNN (elsewhere the tests skip and the timings are the
 #      mma.sync kernels' again)
@@ -106,7 +106,7 @@ step determinism "dw/db determinism" 30 "$PY" tools/gpu_check.py determinism
 step wgmma "wgmma forward and dx on $BE: tests vs float64" 45 env GPUCONV_WGMMA=1 GPUCONV_KERNEL_BACKEND="$BE" \
     "${PYTEST[@]}" tests/test_tc_kernels.py -k "sm90 or forward_and_backward"
 step wgmma "wgmma rate probe (the model's wgmma assumptions)" 20 "$PY" tools/gpu_check.py wgmma_rate
-[ "$BE" = cupy ] && step wgmma "wgmma forward: fp16 and tf32 timings vs cuDNN" 90 env GPUCONV_WGMMA=1 "$PY" tools/gpu_check.py bench fp16 tf32
+[ "$BE" = cupy ] && step wgmma "wgmma forward and dx: fp16 and tf32 timings vs cuDNN" 90 env GPUCONV_WGMMA=1 "$PY" tools/gpu_check.py bench fp16 tf32
 step bigoffsets "offsets past 2**31 elements (tiled paths)" 60 "$PY" tools/gpu_check.py bigoffsets
 
 SAN="$(command -v compute-sanitizer || true)"

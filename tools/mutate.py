@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 16
+MUTANTS_VERSION = 17
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -499,6 +499,16 @@ MUTANTS = [
       "wgmma TF32 forward: B's copies one 16-byte run along the reduction off"),
     M("t-wgt-09", "gpuconv/backends/cuda.py", "                w = w_kmajor\n", "",
       "TF32 wgmma forward: the GEMM reads the HWIO filter as the transposed one"),
+    M("t-wgx-01", WGB, "wr[i] = gpuconv_tc_operand<T>(v);", "wr[i] = v;",
+      "TF32 wgmma dx: the pass copies w without rounding it"),
+    M("t-wgx-02", WGB, "if (bad) *flag = 1;", "if (false) *flag = 1;",
+      "TF32 wgmma dx: the pass never sets the NaN rule's flag"),
+    M("t-wgx-03", WGB, "i < size; i += stride) {\n        const T v", "i < size - 1; i += stride) {\n        const T v",
+      "TF32 wgmma dx: the pass leaves w's last element unwritten"),
+    M("t-wgx-04", "gpuconv/backends/cuda.py", "                w = w_rounded\n", "",
+      "TF32 wgmma dx: the phases read w unrounded"),
+    M("t-wgx-05", PLAN, "if on_wgmma and np.dtype(dtype) == np.float32:", "if on_wgmma and np.dtype(dtype) == np.float16:",
+      "plan: the TF32 wgmma dx starts with the plain flag pass (w unrounded)"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),

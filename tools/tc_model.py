@@ -2,7 +2,7 @@
 
     python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every mode
     python tools/tc_model.py --shape rn50-3x3-28 --detail
-    python tools/tc_model.py --wgmma         the forward (and FP16 / BF16 dx) on the wgmma kernels (GPUCONV_WGMMA=1)
+    python tools/tc_model.py --wgmma         the forward and dx on the wgmma kernels (GPUCONV_WGMMA=1)
 
 The model (docs/performance.md says why each term is there; the first GPU run tests it):
 - Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
@@ -115,7 +115,8 @@ def _as_tc(launch):
 
 def _hgmma_fma_and_bytes(opcode: str, size: int) -> tuple:
     """(FMAs, shared bytes read) of one HGMMA.MxNxK opcode with both operands in shared memory. The TF32
-    forward's A comes from registers, which its LDS load from shared memory: the same bytes, counted here."""
+    kernels' A (forward and dx) comes from registers, which their LDS load from shared memory: the same bytes,
+    counted here."""
     m, n, k = (int(v) for v in opcode.split(".")[1].split("x"))
     return m * n * k, (m * k + k * n) * size
 
@@ -295,6 +296,8 @@ def launch_us(launch, cfg, dtype, mode: str) -> tuple:
             return LAUNCH_US + _bytes_us(4 * launch.scalars[0] * (launch.scalars[1] + 1)), "memory"
         if launch.kernel == "gpuconv_nonfinite_flag":
             return LAUNCH_US + _bytes_us(size * int(launch.scalars[0])), "memory"
+        if launch.kernel == cuda_tc.TF32_DX_FILTER_KERNEL:  # the flag's read of w, and its rounded copy written
+            return LAUNCH_US + _bytes_us(2 * size * int(launch.scalars[0])), "memory"
         if launch.kernel == cuda_tc.TF32_FILTER_KERNEL:  # w read, its transposed copy written
             return LAUNCH_US + _bytes_us(2 * size * int(launch.scalars[0]) * int(launch.scalars[1])), "memory"
         raise ValueError(f"no model for {launch.kernel}")
@@ -384,7 +387,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", nargs="*", default=DEFAULT_SHAPES, help="shape names of gpuconv/_benchdata.py")
     ap.add_argument("--detail", action="store_true", help="print the model's constants under the table")
-    ap.add_argument("--wgmma", action="store_true", help="the FP16 / BF16 forward and dx on wgmma where it applies")
+    ap.add_argument("--wgmma", action="store_true", help="the forward and dx on wgmma where it applies")
     args = ap.parse_args(argv)
     reason = sass.unavailable_reason()
     if reason:

@@ -1,7 +1,6 @@
-"""The FP16 / BF16 forward and dx, and the TF32 forward, on Hopper's wgmma kernels (kernels/conv_wgmma_*.cu), which
-the CUDA backend takes only on sm_90 with GPUCONV_WGMMA=1 until a GPU run confirms them. Compare with Conv2d
-(activation relu, NHWC) and Conv2dBackwardInput of the same mode and shape, which run the mma.sync kernels there
-(TF32's dx runs them here too)."""
+"""The FP16 / BF16 / TF32 forward and dx on Hopper's wgmma kernels (kernels/conv_wgmma_*.cu), which the CUDA
+backend takes only on sm_90 with GPUCONV_WGMMA=1 until a GPU run confirms them. Compare with Conv2d (activation
+relu, NHWC) and Conv2dBackwardInput of the same mode and shape, which run the mma.sync kernels there."""
 import os
 
 from .common import GFLOPS, SHAPES, Case, gpuconv

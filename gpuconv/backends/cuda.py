@@ -140,8 +140,8 @@ class CudaBackend:
         return int(self.xp.cuda.Device().compute_capability) if self.kind == "cupy" else None
 
     def _wgmma(self):
-        """Whether the FP16 / BF16 forward and dx, and the TF32 forward, may take the wgmma kernels
-        (cuda_tc.WGMMA_ENV; sm_90 only)."""
+        """Whether the forward and dx (FP16 / BF16 / TF32) may take the wgmma kernels (cuda_tc.WGMMA_ENV; sm_90
+        only)."""
         return cuda_tc.wgmma_enabled()
 
     def _sms(self):
@@ -298,7 +298,12 @@ class CudaBackend:
             # The first launch sets flag if w holds inf / NaN; the dx launches then sum only the taps that
             # reach an output pixel (the NaN rule), decided on the device without a host sync.
             flag = self.xp.zeros((1,), np.int32)
-            self._run(plan[0], dy.dtype, w, flag)
+            if plan[0].kernel == cuda_tc.TF32_DX_FILTER_KERNEL:  # the TF32 wgmma dx's w: rounded, as it flags
+                w_rounded = self.xp.empty(w.size, w.dtype)
+                self._run(plan[0], dy.dtype, w, flag, w_rounded)
+                w = w_rounded
+            else:
+                self._run(plan[0], dy.dtype, w, flag)
             for launch in plan[1:]:
                 self._run(launch, dy.dtype, dz, w, flag, dx, w if b is None else b)
             return dx

@@ -68,10 +68,12 @@ TENSOR_CORE_ARCH = {
 # it (sm_70 / sm_75, FP16 only) nvcuda::wmma (kernels/gpuconv_tc_wmma.cuh). The emulator runs the mma.sync path.
 MMA_SYNC_ARCH = 80
 # Hopper's warpgroup MMA (kernels/conv_wgmma_*.cu) is sm_90a's, not a feature later architectures keep: the FP16 /
-# BF16 forward and dx, and the TF32 forward, can take it on compute capability 90 exactly, for GEMMs of more than
-# 64 columns (its tile is 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast
-# variants' conditions). wgmma's TF32 operands are K-major only: the TF32 forward first writes w transposed and
-# rounded (TF32_FILTER_KERNEL, into a scratch array the size of w) and reads that as its w. It has
+# BF16 / TF32 forward and dx can take it on compute capability 90 exactly, for GEMMs of more than 64 columns (its
+# tile is 128 x 128, one warpgroup) whose reduction runs are whole 16-byte copies (the fast variants'
+# conditions). wgmma's TF32 operands are K-major only, and B (w) must hold TF32 values in shared memory: the TF32
+# forward first writes w transposed and rounded (TF32_FILTER_KERNEL), dx's first pass over w writes it rounded
+# as it sets the NaN rule's flag (TF32_DX_FILTER_KERNEL), each into a scratch array the size of w that the GEMM
+# then reads as its w. It has
 # run on the CPU emulator only, whose wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run
 # confirms it (tools/gpu_check.sh runs the tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1
 # (WGMMA_ENV; the plans' wgmma). WGMMA_STAGES shared buffers of WGMMA_STAGE_BYTES, plus 1024 bytes to align the
@@ -82,8 +84,9 @@ WGMMA_TILE = (128, 128)
 WGMMA_STAGES = 4
 WGMMA_STAGE_BYTES = 128 * TC_BYTES_K + TC_BYTES_K // 2 * 128 * 2
 WGMMA_ALIGN = 1024
-WGMMA_ITEMSIZES = {WGMMA_FORWARD_FILE: (2, 4), WGMMA_BACKWARD_FILE: (2,)}  # the dtypes' sizes each is built for
+WGMMA_ITEMSIZES = {WGMMA_FORWARD_FILE: (2, 4), WGMMA_BACKWARD_FILE: (2, 4)}  # the dtypes' sizes each is built for
 TF32_FILTER_KERNEL = "gpuconv_tf32_filter_kmajor"
+TF32_DX_FILTER_KERNEL = "gpuconv_tf32_flag_round"
 # The modes this build routes to tensor-core kernels where the device has them (the emulator runs them all).
 TENSOR_CORE_MODES: frozenset = frozenset({"float16", "bfloat16", "tf32"})
 # The tensor-core dtypes: their C types (bfloat16 has no dtype-registry entry: only these kernels and three
@@ -128,10 +131,8 @@ def uses_tensor_cores(dtype, precision: str, arch) -> bool:
 
 def instructions(arch, dtype=None, wgmma: bool = False) -> str:
     """The tensor-core instructions of ``dtype``'s kernels on compute capability ``arch`` (None: the emulator)."""
-    if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype).itemsize == 2:
+    if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype).itemsize in (2, 4):
         return "wgmma for the forward and dx, ldmatrix + mma.sync for dw"
-    if wgmma and arch == WGMMA_ARCH and dtype is not None and np.dtype(dtype) == np.float32:
-        return "wgmma for the forward, ldmatrix + mma.sync for dx and dw"
     return "ldmatrix + mma.sync" if arch is None or arch >= MMA_SYNC_ARCH else "wmma"
 
 
@@ -145,16 +146,22 @@ def wgmma_smem_bytes(stages: int = WGMMA_STAGES) -> int:
     return stages * WGMMA_STAGE_BYTES + WGMMA_ALIGN
 
 
-def _wgmma_launch(wgmma: bool, fast: bool, arch, dtype, file: str, kernel: str, rows: int, columns: int,
-                  groups: int, scalars: tuple) -> Optional[Launch]:
-    """The launch of a wgmma kernel over a GEMM of rows x columns per group, or None where it does not apply:
-    not asked for, not sm_90, a dtype the file is not built for (WGMMA_ITEMSIZES), not the fast variant's
-    channels, or at most 64 columns."""
-    if not (wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize in WGMMA_ITEMSIZES[file]
-            and columns > 64):
-        return None
+def _takes_wgmma(wgmma: bool, fast: bool, arch, dtype, file: str, columns: int) -> bool:
+    """Whether a GEMM of ``columns`` columns per group runs on ``file``'s wgmma kernel: asked for, sm_90, a dtype
+    the file is built for (WGMMA_ITEMSIZES), the fast variant's channels, and more than 64 columns."""
+    return (wgmma and fast and arch == WGMMA_ARCH and np.dtype(dtype).itemsize in WGMMA_ITEMSIZES[file]
+            and columns > 64)
+
+
+def _wgmma_launch(file: str, kernel: str, rows: int, columns: int, groups: int, scalars: tuple) -> Launch:
+    """The launch of a wgmma kernel over a GEMM of rows x columns per group."""
     grid = (cdiv(rows, WGMMA_TILE[0]), cdiv(columns, WGMMA_TILE[1]), groups)
     return Launch(file, kernel, (WGMMA_STAGES,), grid, (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes())
+
+
+def _pass_blocks(size: int) -> int:
+    """The grid of a grid-stride pass over ``size`` elements of w (the NaN rule's flag, the TF32 filters)."""
+    return max(1, min(cdiv(size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS))
 
 
 def _simt(dtype, precision: str, arch, channels: int) -> bool:
@@ -275,15 +282,13 @@ def forward_plan(cfg, dtype, precision: str, arch, activation: str, has_bias: bo
     fast = aligned and cfg.cg % vec == 0 and cfg.mg % vec == 0
     scalars = (*dims(cfg), np.int32(has_bias), _act(activation))
     rows = cfg.n * cfg.oh * cfg.ow
-    on_wgmma = _wgmma_launch(wgmma, fast, arch, dtype, WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", rows, cfg.mg,
-                             cfg.groups, scalars)
-    if on_wgmma is not None and np.dtype(dtype) == np.float32:  # TF32: w transposed and rounded first (arrays w, wt)
-        k, m = cfg.kh * cfg.kw * cfg.cg, cfg.m
-        blocks = max(1, min(cdiv(k * m, _plans.THREADS), _plans.FLAG_MAX_BLOCKS))
-        return [Launch(WGMMA_FORWARD_FILE, TF32_FILTER_KERNEL, (), (blocks, 1, 1), (_plans.THREADS, 1, 1),
-                       (np.int32(k), np.int32(m))), on_wgmma]
-    if on_wgmma is not None:
-        return [on_wgmma]
+    if _takes_wgmma(wgmma, fast, arch, dtype, WGMMA_FORWARD_FILE, cfg.mg):
+        gemm = _wgmma_launch(WGMMA_FORWARD_FILE, "gpuconv_wgmma_fwd", rows, cfg.mg, cfg.groups, scalars)
+        if np.dtype(dtype) != np.float32:
+            return [gemm]
+        k, m = cfg.kh * cfg.kw * cfg.cg, cfg.m  # TF32: w transposed and rounded first (arrays w, wt)
+        return [Launch(WGMMA_FORWARD_FILE, TF32_FILTER_KERNEL, (), (_pass_blocks(k * m), 1, 1),
+                       (_plans.THREADS, 1, 1), (np.int32(k), np.int32(m))), gemm]
     tile = _tile(cfg.mg, fast, arch, (rows,), cfg.groups, sms)
     grid = (cdiv(rows, tile[0]), cdiv(cfg.mg, tile[1]), cfg.groups)
     return [_launch(TC_FORWARD_FILE, "gpuconv_tc_fwd", dtype, tile, fast, grid, scalars)]
@@ -293,7 +298,9 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
                         has_bias: bool = False, out_activation: str = "identity",
                         sms: Optional[int] = None, dz_tf32: bool = False, wgmma: bool = False) -> Optional[list]:
     """dx from dz on tensor cores, or None: first gpuconv_nonfinite_flag (arrays w, flag: w holds inf / NaN), then
-    one launch per stride phase (arrays dz, w, flag, dx, bias). vec: Mg a multiple of BK (dz and w runs along
+    one launch per stride phase (arrays dz, w, flag, dx, bias); on wgmma in TF32 the first launch is
+    TF32_DX_FILTER_KERNEL (arrays w, flag, wr: a scratch array of w's size, written rounded), and the phases take
+    wr as their w. vec: Mg a multiple of BK (dz and w runs along
     m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw; dz_tf32: stored
     rounded to TF32 by that pass (the DZ_TF32 variants). has_bias / out_activation: the epilogue act(dx + b) of a
     transposed convolution. sms: the device's SMs (_tile). wgmma: the wgmma kernel where it applies
@@ -306,17 +313,20 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
         return None
     phases = stride_phases(cfg)
     tile = _tile(cfg.cg, fast, arch, [cfg.n * p[1] * p[4] for p in phases], cfg.groups, sms)
-    # the SIMT dx path's flag kernel, instantiated in this file too (bfloat16 has no entry in conv_backward.cu's)
-    out = [Launch(TC_BACKWARD_FILE, "gpuconv_nonfinite_flag", (),
-                  (max(1, min(cdiv(w_size, _plans.THREADS), _plans.FLAG_MAX_BLOCKS)), 1, 1), (_plans.THREADS, 1, 1),
-                  (np.int64(w_size),))]
+    on_wgmma = _takes_wgmma(wgmma, fast, arch, dtype, WGMMA_BACKWARD_FILE, cfg.cg)
+    # The first pass over w sets the NaN rule's flag: the SIMT dx path's kernel, instantiated in this file too
+    # (bfloat16 has no entry in conv_backward.cu's); in TF32 on wgmma one that also writes w rounded.
+    if on_wgmma and np.dtype(dtype) == np.float32:
+        first = (WGMMA_BACKWARD_FILE, TF32_DX_FILTER_KERNEL)
+    else:
+        first = (TC_BACKWARD_FILE, "gpuconv_nonfinite_flag")
+    out = [Launch(*first, (), (_pass_blocks(w_size), 1, 1), (_plans.THREADS, 1, 1), (np.int64(w_size),))]
     for phase in phases:
         scalars = (*dims(cfg), *(np.int32(v) for v in phase), np.int32(has_bias), _act(out_activation))
         rows = cfg.n * phase[1] * phase[4]
-        on_wgmma = _wgmma_launch(wgmma, fast, arch, dtype, WGMMA_BACKWARD_FILE, "gpuconv_wgmma_bwd_input", rows,
-                                 cfg.cg, cfg.groups, scalars)
-        if on_wgmma is not None:
-            out.append(on_wgmma)
+        if on_wgmma:
+            out.append(_wgmma_launch(WGMMA_BACKWARD_FILE, "gpuconv_wgmma_bwd_input", rows, cfg.cg, cfg.groups,
+                                     scalars))
             continue
         grid = (cdiv(rows, tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
         out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid, scalars, dz_tf32))
