@@ -3,11 +3,14 @@
 // reduction = the phase's taps x Mg) with the same 16-byte copies, exact path and epilogue rule
 // (kernels/gpuconv_tc_dx.cuh), FP16, BF16 or TF32 products, float accumulators.
 //
-//   gpuconv_wgmma_bwd_input<T, STAGES>
-//     T       __half, __nv_bfloat16, or float (TF32: w rounded first, gpuconv_tf32_flag_round)
-//     STAGES  shared buffers (gpuconv_wg_mainloop)
+//   gpuconv_wgmma_bwd_input<T, STAGES, DZ_TF32>
+//     T        __half, __nv_bfloat16, or float (TF32: w rounded first, gpuconv_tf32_flag_round)
+//     STAGES   shared buffers (gpuconv_wg_mainloop)
+//     DZ_TF32  float only, false by default: dz holds TF32 values (backward's pass stored it rounded, as for the
+//              mma.sync kernels' DZ_TF32 variants), so A is read from shared memory as it is
 // The block is one warpgroup and a 128 x 128 tile (kernels/gpuconv_wg.cuh): A is dz (output channels fastest,
-// K-major; in TF32 loaded to registers and rounded there), B is w read along its output channels (K-major too).
+// K-major; in TF32 loaded to registers and rounded there, unless DZ_TF32), B is w read along its output channels
+// (K-major too).
 // The routing (cuda_tc.backward_input_plan) takes it on sm_90 for Cg above 64 and Mg a multiple of a reduction
 // step, 16-byte aligned dz and w; NVRTC builds it for sm_90a only (elsewhere the body is empty), and the CUDA
 // backend compiles this file with -arch=sm_90a. The first launch of the plan sets wflag when w holds inf / NaN:
@@ -15,16 +18,17 @@
 // the rounded w that the phases then read.
 // gpuconv-nvrtc-arches: sm_90a
 // gpuconv-name-expressions: gpuconv_wgmma_bwd_input<__half, 4>, gpuconv_wgmma_bwd_input<__nv_bfloat16, 4>
-// gpuconv-name-expressions: gpuconv_wgmma_bwd_input<float, 4>, gpuconv_tf32_flag_round<float>
+// gpuconv-name-expressions: gpuconv_wgmma_bwd_input<float, 4>, gpuconv_wgmma_bwd_input<float, 4, true>
+// gpuconv-name-expressions: gpuconv_tf32_flag_round<float>
 #include "gpuconv_tc_dx.cuh"
 #include "gpuconv_wg.cuh"
 
 #if GPUCONV_WGMMA_BUILT
-template <typename T, int STAGES>
+template <typename T, int STAGES, bool DZ_TF32>
 __device__ __forceinline__ void gpuconv_wgmma_bwd_input_body(
     const T* __restrict__ dz, const T* __restrict__ w, const int* __restrict__ wflag, T* __restrict__ dx,
     const T* __restrict__ bias, GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS, int has_bias, int out_act) {
-    typedef gpuconv_wg_tile<T, STAGES, true> Tile;
+    typedef gpuconv_wg_tile<T, STAGES, true, DZ_TF32> Tile;
     extern __shared__ __align__(128) unsigned char smem_bytes[];  // Tile::SMEM_BYTES, the launch's shared_mem
     unsigned char* smem = gpuconv_wg_smem<Tile>(smem_bytes);
 
@@ -64,9 +68,10 @@ __device__ __forceinline__ void gpuconv_wgmma_bwd_input_body(
 #endif  // GPUCONV_WGMMA_BUILT
 
 // Two blocks an SM: 128 accumulators a thread, at most 255 registers.
-template <typename T, int STAGES>
+template <typename T, int STAGES, bool DZ_TF32 = false>
 __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_wgmma_bwd_input(
-    const T* __restrict__ dz,       // gradient of the pre-activation output (N, OH, OW, M), contiguous, aligned
+    const T* __restrict__ dz,       // gradient of the pre-activation output (N, OH, OW, M), contiguous, aligned;
+                                    // DZ_TF32: TF32 values
     const T* __restrict__ w,        // weights (KH, KW, Cg, M), HWIO, 16-byte aligned; float: TF32 values
     const int* __restrict__ wflag,  // 1: w holds inf or NaN (gpuconv_nonfinite_flag), take the exact path
     T* __restrict__ dx,             // written: input gradient (N, H, W, C), the pixels of this stride phase
@@ -78,7 +83,7 @@ __global__ void __launch_bounds__(GPUCONV_TC_THREADS, 2) gpuconv_wgmma_bwd_input
 {
     // grid (ceil(N*Hp*Wp / 128), ceil(Cg / 128), G), block 128 (one warpgroup). Empty but on sm_90a.
 #if GPUCONV_WGMMA_BUILT
-    gpuconv_wgmma_bwd_input_body<T, STAGES>(dz, w, wflag, dx, bias, GPUCONV_DX_ARGS, has_bias, out_act);
+    gpuconv_wgmma_bwd_input_body<T, STAGES, DZ_TF32>(dz, w, wflag, dx, bias, GPUCONV_DX_ARGS, has_bias, out_act);
 #endif
 }
 

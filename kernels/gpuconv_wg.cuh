@@ -11,6 +11,8 @@
 // FP16 and BF16 read both from shared memory. TF32 operands must be TF32 values, and x is the user's: A goes
 // from shared memory to registers, is rounded there (cvt.rna, as the mma.sync kernels round their fragments)
 // and feeds wgmma's register-A form; B must then be rounded already (the TF32 forward's transposed filter is).
+// Where A holds TF32 values already (A_TF32: dx's dz as backward's pass stored it, DZ_TF32) TF32 reads both
+// from shared memory too.
 // Included where GPUCONV_WGMMA_BUILT (sm_90a, or the emulator); the kernels compile empty elsewhere.
 #pragma once
 
@@ -25,18 +27,22 @@
 
 // The tile: per stage A (8 KB) then B (8 KB), from a 1024-byte aligned base (the 128-byte swizzle repeats every
 // 1024 bytes; the launch's shared_mem has room to align). B_KMAJOR: B is stored K-major (else N-major; 16-bit
-// types only). T float: TF32 products, A from registers (gpuconv_wg_mainloop).
-template <typename T, int STAGES_, bool B_KMAJOR_>
+// types only). T float: TF32 products, A from registers (gpuconv_wg_mainloop) unless A_TF32 (A's copies are
+// TF32 values: read from shared memory as B).
+template <typename T, int STAGES_, bool B_KMAJOR_, bool A_TF32_ = false>
 struct gpuconv_wg_tile {
     static constexpr int BM = 128, BN = 128, STAGES = STAGES_;
-    static constexpr bool B_KMAJOR = B_KMAJOR_;
-    static constexpr int BK = GPUCONV_TC_BYTES_K / sizeof(T);  // 32: one 64-byte swizzle row of A
+    static constexpr bool B_KMAJOR = B_KMAJOR_, A_TF32 = A_TF32_;
+    static constexpr bool A_REGISTERS = sizeof(T) == 4 && !A_TF32;  // the register-A form, A rounded there
+    static constexpr int BK = GPUCONV_TC_BYTES_K / sizeof(T);  // one 64-byte swizzle row of A
+    static constexpr int KSTEPS = GPUCONV_TC_BYTES_K / 32;      // wgmma k steps a stage: 32 bytes of k each
     static constexpr int VEC = 16 / sizeof(T), THREADS = GPUCONV_TC_THREADS;
     static constexpr int A_BYTES = BM * GPUCONV_TC_BYTES_K, B_BYTES = BK * BN * (int)sizeof(T);
     static constexpr int STAGE_BYTES = A_BYTES + B_BYTES, ALIGN = 1024;
     static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + ALIGN;
     static_assert((sizeof(T) == 2 || (sizeof(T) == 4 && B_KMAJOR)) && BK * sizeof(T) == 64 && THREADS == 128,
                   "16-bit operands, or TF32 with B K-major; one warpgroup");
+    static_assert(!A_TF32 || sizeof(T) == 4, "A_TF32: float operands only");
 
     // Byte offsets in a stage's A of element (m, k), and in its B of (k, n): 16-byte unit u of a swizzle row r
     // is stored at unit u ^ (r's bits that the swizzle takes: (r / 2) % 4 for 64 bytes, k % 8 for 128).
@@ -74,6 +80,11 @@ template <bool B_KMAJOR> struct gpuconv_wg_mma<__half, B_KMAJOR> {
 template <bool B_KMAJOR> struct gpuconv_wg_mma<__nv_bfloat16, B_KMAJOR> {
     __device__ static void run(float (&d)[64], unsigned long long a, unsigned long long b, int accumulate) {
         gpuconv_wgmma_bf16<128, 0, B_KMAJOR ? 0 : 1>(d, a, b, accumulate);
+    }
+};
+template <> struct gpuconv_wg_mma<float, true> {  // m64n128k8: TF32 operands, both K-major
+    __device__ static void run(float (&d)[64], unsigned long long a, unsigned long long b, int accumulate) {
+        gpuconv_wgmma_tf32<128>(d, a, b, accumulate);
     }
 };
 
@@ -139,9 +150,10 @@ __device__ __forceinline__ void gpuconv_wg_load_a_tf32(const unsigned char* st, 
 // acc[h] = A (rows 64 h ..) B over KT >= 1 reduction steps (gpuconv_wg_pipeline). The first wgmma of each half
 // runs with accumulate 0, so acc needs no zeroing: moves into the accumulators before the loop would make ptxas
 // serialize the wgmma (its note C7515).
-// 16-bit operands: both from shared memory, 2 x 2 m64n128k16 a step.
-// TF32 (T float): A's registers loaded and rounded from the step's stage, B from shared memory (K-major, TF32
-// values already), 2 x 2 m64n128k8 a step. A step's registers are operands in flight until the wait_group 1 at
+// 16-bit operands, and TF32 ones that are TF32 values in shared memory (Tile::A_TF32): both from shared memory,
+// 2 x 2 m64n128k16 (m64n128k8 for TF32) a step.
+// TF32 otherwise (Tile::A_REGISTERS): A's registers loaded and rounded from the step's stage, B from shared
+// memory (K-major, TF32 values already), 2 x 2 m64n128k8 a step. A step's registers are operands in flight until the wait_group 1 at
 // the end of the next step, so two sets alternate: the loop runs two steps a trip, one with each, and a step
 // writes only the set whose wgmma (two steps back) was waited for. An odd last step runs after the loop: with
 // it inside, under a condition, a path would reach the even step with the even set still in flight (the
@@ -151,7 +163,7 @@ __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT,
                                                     float (&acc)[2][64]) {
     typedef gpuconv_wg_pipeline<Tile> Pipe;
     Pipe::prologue(KT, issue);
-    if constexpr (sizeof(T) == 4) {
+    if constexpr (Tile::A_REGISTERS) {
         static_assert(Tile::B_KMAJOR && Tile::BK == 16, "TF32: B K-major, two k8 steps a stage");
         unsigned a_even[2][2][4], a_odd[2][2][4];
         auto mma = [&](int kt, unsigned (&a)[2][2][4]) {
@@ -179,9 +191,9 @@ __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT,
             Pipe::step(smem, kt, KT, issue, [&](const unsigned char* st) {
                 gpuconv_wgmma_fence();
 #pragma unroll
-                for (int j = 0; j < Tile::BK / 16; ++j) {
+                for (int j = 0; j < Tile::KSTEPS; ++j) {
                     // B N-major: 16 reduction rows are two atoms along k (SBO 2048 bytes), 128 columns two along
-                    // n (LBO 1024); B K-major as A: 8-row groups of 512 bytes (SBO), the k16 step j 32 bytes
+                    // n (LBO 1024); B K-major as A: 8-row groups of 512 bytes (SBO), the k step j 32 bytes
                     // into each row
                     const unsigned long long b =
                         Tile::B_KMAJOR

@@ -74,3 +74,24 @@ def test_bench_rejects_an_unknown_mode():
     proc = _run("bench", "fp8", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode != 0 and "unknown mode(s) fp8; choose from bf16, fp16, fp32, tf32" in proc.stderr, \
         proc.stdout + proc.stderr
+
+
+def test_markdown_resource_table_marks_the_architectures_a_kernel_is_not_built_for(monkeypatch, capsys):
+    """`gpu_check.py resources --markdown`: a column per architecture, those of files built for others (sm_90a,
+    the wgmma files) after the default ones, and "-" where a kernel is not built for a column's."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    import gpu_check
+
+    from gpuconv.cuda import nvrtc
+
+    def row(kernel, arch, regs):
+        return "f.cu", nvrtc.KernelResources(kernel, arch, regs, 16, 0, 0, 0)
+
+    rows = [row("k_all", a, 30 + i) for i, a in enumerate(nvrtc.ARCHES)] + [row("k_bf16", "sm_80", 40),
+                                                                           row("k_wg", "sm_90a", 184)]
+    monkeypatch.setattr(nvrtc, "resource_table", lambda: rows)
+    assert gpu_check.print_resources(markdown=True) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| kernel | sm_70 regs | sm_80 regs | sm_90 regs | sm_90a regs | static smem (B) | spill bytes |"
+    assert "| `k_all` | 30 | 31 | 32 | - | 16 | 0 |" in lines
+    assert "| `k_bf16` | - | 40 | - | - | 16 | 0 |" in lines and "| `k_wg` | - | - | - | 184 | 16 | 0 |" in lines

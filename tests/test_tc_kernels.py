@@ -123,12 +123,12 @@ def _routes(cfg, dtype, precision, arch=None, activation="identity"):
     return cuda_tc.routes(cfg, dtype, precision, arch, activation=activation, wgmma=arch == cuda_tc.WGMMA_ARCH)
 
 
-def _tested_routes(case, cfg, dtype, precision):
+def _tested_routes(case, cfg, dtype, precision, arch=None):
     """The kernels _check_against_float64 runs for a case: its activation's, and (tf32 with an activation whose
     dz a pass stores rounded) those of the identity too, which round dz in their loads."""
     out = set()
     for act in {case[4], "identity"}:
-        out |= {v for v in _routes(cfg, dtype, precision, activation=act).values() if v is not None}
+        out |= {v for v in _routes(cfg, dtype, precision, arch, activation=act).values() if v is not None}
     return out
 
 
@@ -159,7 +159,7 @@ def test_cases_cover_every_variant():
     for case in HOPPER_CASES:  # test_sm90_wgmma_forward_against_float64: the wgmma kernels
         cfg = make_config("test", case[1], case[2], **case[3])
         for _, dt, precision in HOPPER_MODES:
-            seen |= {v for v in _routes(cfg, dt, precision, 90).values() if v is not None}
+            seen |= _tested_routes(case, cfg, dt, precision, 90)
     registered = set()
     for f in (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE, cuda_tc.WGMMA_FORWARD_FILE,
               cuda_tc.WGMMA_BACKWARD_FILE):

@@ -388,7 +388,8 @@ def test_wgmma_tf32_forward_route():
 def test_wgmma_dx_route():
     """dx takes the wgmma kernel in every phase on sm_90 when asked, for Cg above 64 and Mg whole reduction
     steps; its first pass over w sets the NaN rule's flag, and in TF32 also writes w rounded (arrays w, flag, wr:
-    the grid capped as the flag kernel's), which the phases read."""
+    the grid capped as the flag kernel's), which the phases read; a dz stored rounded takes the DZ_TF32
+    variant."""
     cfg = _cfg((1, 9, 10, 144), (3, 3, 144, 64), {"stride": 2, "padding": 1})
     for dtype, precision in ((np.float16, "highest"), (np.float32, "tf32")):
         first, *phases = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, 3 * 3 * 144 * 64, wgmma=True)
@@ -402,6 +403,10 @@ def test_wgmma_dx_route():
             first, *phases = cuda_tc.backward_input_plan(cfg, dtype, precision, arch, 10, aligned, wgmma=wgmma)
             assert first.kernel == "gpuconv_nonfinite_flag" and first.grid == (1, 1, 1), (arch, wgmma, aligned)
             assert {p.kernel for p in phases} == {"gpuconv_tc_bwd_input"}, (arch, wgmma, aligned)
+    # a dz that backward's pass stored rounded: the DZ_TF32 variant (A from shared memory) in TF32; FP16 has none
+    for dtype, precision, template in ((np.float16, "highest", (4,)), (np.float32, "tf32", (4, True))):
+        _, *phases = cuda_tc.backward_input_plan(cfg, dtype, precision, 90, 1, dz_tf32=True, wgmma=True)
+        assert {(p.kernel, p.template) for p in phases} == {("gpuconv_wgmma_bwd_input", template)}
     narrow = _cfg((1, 9, 10, 64), (3, 3, 64, 64), {"padding": 1})  # Cg = 64: mma.sync's 128 x 64 tile
     assert [p.kernel for p in cuda_tc.backward_input_plan(narrow, np.float32, "tf32", 90, 1, wgmma=True)] == \
         ["gpuconv_nonfinite_flag", "gpuconv_tc_bwd_input"]

@@ -36,10 +36,13 @@ def print_resources(markdown: bool = False):
         table = {}
         for f, r in rows:
             table.setdefault((f, r.kernel), {})[r.arch] = r
-        print("| kernel | " + " | ".join(f"{a} regs" for a in ARCHES) + " | static smem (B) | spill bytes |")
-        print("|---|" + "---:|" * (len(ARCHES) + 2))
+        # the default architectures, then those some files are built for instead (sm_90a: the wgmma files);
+        # "-": a kernel not built for that column's architecture
+        arches = [*ARCHES, *sorted({r.arch for _, r in rows} - set(ARCHES))]
+        print("| kernel | " + " | ".join(f"{a} regs" for a in arches) + " | static smem (B) | spill bytes |")
+        print("|---|" + "---:|" * (len(arches) + 2))
         for (f, k), by_arch in table.items():
-            regs = " | ".join(str(by_arch[a].registers) for a in ARCHES)
+            regs = " | ".join(str(by_arch[a].registers) if a in by_arch else "-" for a in arches)
             smem = max(r.shared_mem_bytes for r in by_arch.values())
             spill = sum(r.spill_stores + r.spill_loads for r in by_arch.values())
             print(f"| `{k}` | {regs} | {smem} | {spill} |")

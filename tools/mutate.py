@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-MUTANTS_VERSION = 17
+MUTANTS_VERSION = 18
 
 EMULATOR_SUITE = ["tests/test_kernels.py", "tests/test_forward.py", "tests/test_backward.py",
                   "tests/test_gradcheck.py", "tests/test_layer.py"]
@@ -509,6 +509,19 @@ MUTANTS = [
       "TF32 wgmma dx: the phases read w unrounded"),
     M("t-wgx-05", PLAN, "if on_wgmma and np.dtype(dtype) == np.float32:", "if on_wgmma and np.dtype(dtype) == np.float16:",
       "plan: the TF32 wgmma dx starts with the plain flag pass (w unrounded)"),
+    M("t-wgz-01", WGC, "A_REGISTERS = sizeof(T) == 4 && !A_TF32;", "A_REGISTERS = sizeof(T) == 4 && A_TF32;",
+      "TF32 wgmma: the user's dz read from shared memory unrounded, the rounded one through registers"),
+    M("t-wgz-02", WGC, "KSTEPS = GPUCONV_TC_BYTES_K / 32;", "KSTEPS = GPUCONV_TC_BYTES_K / 64;",
+      "wgmma, both operands from shared memory: one k step of a stage's two"),
+    M("t-wgz-03", WGC, "gpuconv_wgmma_tf32<128>(d, a, b, accumulate);", "gpuconv_wgmma_tf32<128>(d, a, b, 0);",
+      "TF32 wgmma from shared memory: every k step overwrites the accumulators"),
+    M("t-wgz-04", WGB, "typedef gpuconv_wg_tile<T, STAGES, true, DZ_TF32> Tile;",
+      "typedef gpuconv_wg_tile<T, STAGES, true, sizeof(T) == 4> Tile;",
+      "TF32 wgmma dx: every dz read from shared memory as TF32 values, the user's too"),
+    M("t-wgz-05", PLAN, "scalars, dz_tf32 and np.dtype(dtype) == np.float32))", "scalars, np.dtype(dtype) == np.float32))",
+      "plan: the TF32 wgmma dx takes the DZ_TF32 variant for a dz no pass rounded"),
+    M("t-wgz-06", PLAN, "scalars, dz_tf32 and np.dtype(dtype) == np.float32))", "scalars, False))",
+      "plan: the TF32 wgmma dx rounds a dz that backward's pass stored rounded again"),
     # ---------------------------------------------------------------- NumPy backend
     M("n-pad-view-right", NP, "r1 <= cfg.h and c1 <= cfg.w and (not channel_major",
       "r1 <= cfg.h and (not channel_major", "padding copy skipped when only the right is padded"),

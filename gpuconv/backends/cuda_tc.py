@@ -153,10 +153,13 @@ def _takes_wgmma(wgmma: bool, fast: bool, arch, dtype, file: str, columns: int) 
             and columns > 64)
 
 
-def _wgmma_launch(file: str, kernel: str, rows: int, columns: int, groups: int, scalars: tuple) -> Launch:
-    """The launch of a wgmma kernel over a GEMM of rows x columns per group."""
+def _wgmma_launch(file: str, kernel: str, rows: int, columns: int, groups: int, scalars: tuple,
+                  dz_tf32: bool = False) -> Launch:
+    """The launch of a wgmma kernel over a GEMM of rows x columns per group; dz_tf32: the DZ_TF32 variant
+    (template arguments STAGES, true: A holds TF32 values and stays in shared memory), float32 dx only."""
     grid = (cdiv(rows, WGMMA_TILE[0]), cdiv(columns, WGMMA_TILE[1]), groups)
-    return Launch(file, kernel, (WGMMA_STAGES,), grid, (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes())
+    template = (WGMMA_STAGES, True) if dz_tf32 else (WGMMA_STAGES,)
+    return Launch(file, kernel, template, grid, (TC_THREADS, 1, 1), scalars, wgmma_smem_bytes())
 
 
 def _pass_blocks(size: int) -> int:
@@ -302,9 +305,9 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
     TF32_DX_FILTER_KERNEL (arrays w, flag, wr: a scratch array of w's size, written rounded), and the phases take
     wr as their w. vec: Mg a multiple of BK (dz and w runs along
     m). dz = dy * act'(z) is the caller's (gpuconv_act_bwd, or db's pass), once for dx and dw; dz_tf32: stored
-    rounded to TF32 by that pass (the DZ_TF32 variants). has_bias / out_activation: the epilogue act(dx + b) of a
-    transposed convolution. sms: the device's SMs (_tile). wgmma: the wgmma kernel where it applies
-    (WGMMA_ARCH)."""
+    rounded to TF32 by that pass (the DZ_TF32 variants, wgmma's included). has_bias / out_activation: the
+    epilogue act(dx + b) of a transposed convolution. sms: the device's SMs (_tile). wgmma: the wgmma kernel
+    where it applies (WGMMA_ARCH)."""
     bk, _ = _steps(dtype)
     fast = aligned and cfg.mg % bk == 0
     # float16 with few input channels keeps the SIMT direct kernel only where the reduction is no whole steps:
@@ -326,7 +329,7 @@ def backward_input_plan(cfg, dtype, precision: str, arch, w_size: int, aligned: 
         rows = cfg.n * phase[1] * phase[4]
         if on_wgmma:
             out.append(_wgmma_launch(WGMMA_BACKWARD_FILE, "gpuconv_wgmma_bwd_input", rows, cfg.cg, cfg.groups,
-                                     scalars))
+                                     scalars, dz_tf32 and np.dtype(dtype) == np.float32))
             continue
         grid = (cdiv(rows, tile[0]), cdiv(cfg.cg, tile[1]), cfg.groups)
         out.append(_launch(TC_BACKWARD_FILE, "gpuconv_tc_bwd_input", dtype, tile, fast, grid, scalars, dz_tf32))
