@@ -66,7 +66,7 @@ def test_sanitize_wgmma_dry_run_on_the_emulator():
     proc = _run("sanitize_wgmma", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for kernel in ("gpuconv_wgmma_fwd<__half, 4>", "gpuconv_wgmma_fwd<float, 4>", "gpuconv_wgmma_bwd_input<__half, 4>",
-                   "gpuconv_wgmma_bwd_input<float, 4>"):
+                   "gpuconv_wgmma_bwd_input<float, 4>", "gpuconv_wgmma_bwd_input<float, 4, true>"):
         assert kernel in proc.stdout, proc.stdout
 
 

@@ -18,6 +18,7 @@ _benchdata's too.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -367,8 +368,9 @@ def sanitize_wgmma():
     ran = set()
     for xs, ws, opts, act in WGMMA_CASES:
         cfg = make_config("gpu_check", xs, ws, **opts)
-        for dtype, precision in modes:
-            routes = cuda_tc.routes(cfg, dtype_from_name(dtype), precision, cuda_tc.WGMMA_ARCH, activation=act,
+        for (dtype, precision), a in itertools.product(modes, {act, "identity"}):
+            # the fused backward's routes (with act: a TF32 dz stored rounded), and the plain dx's from a dz
+            routes = cuda_tc.routes(cfg, dtype_from_name(dtype), precision, cuda_tc.WGMMA_ARCH, activation=a,
                                     wgmma=True)
             ran |= {name for name in routes.values() if name and name.startswith("gpuconv_wgmma_")}
     print(f"sanitize_wgmma pass, the plans' wgmma kernels: {', '.join(sorted(ran))} "

@@ -3,6 +3,7 @@
     python tools/tc_model.py                 markdown table: the ResNet-50 batch-64 layers, every mode
     python tools/tc_model.py --shape rn50-3x3-28 --detail
     python tools/tc_model.py --wgmma         the forward and dx on the wgmma kernels (GPUCONV_WGMMA=1)
+    python tools/tc_model.py --sass          the kernels' main loops and registers (docs/performance.md's table)
 
 The model (docs/performance.md says why each term is there; the first GPU run tests it):
 - Per SM and clock: 4 warp instructions issued, 128 bytes of shared memory moved, and 2048 (FP16, BF16) or
@@ -383,17 +384,59 @@ def table(shapes, detail: bool = False, wgmma: bool = False) -> str:
     return "\n".join(out)
 
 
+SASS_FILES = (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE, cuda_tc.WGMMA_FORWARD_FILE,
+              cuda_tc.WGMMA_BACKWARD_FILE)
+DTYPES = {"__half": np.dtype(np.float16), "float": np.dtype(np.float32), "__nv_bfloat16": cuda_tc.BFLOAT16}
+
+
+def _template(expr: str) -> tuple:
+    """(kernel, [template arguments]) of a name expression."""
+    inner = expr[expr.index("<") + 1:expr.rindex(">")]
+    return expr[:expr.index("<")], [a.strip() for a in inner.split(",")]
+
+
+def sass_table() -> str:
+    """The markdown table of the tensor-core GEMMs' main loops on the model's H100 (sm_90, sm_90a for the wgmma
+    files), per warp and reduction step (a loop of two steps a trip, the TF32 wgmma ones', counted halved), with
+    each kernel's registers on every architecture it is built for ("-": its mode has no tensor cores there, the
+    body compiles empty) and the launch's dynamic shared memory."""
+    out = ["| kernel (main loop, per warp and reduction step) | instructions | HMMA | LDSM | LDS | LD (generic) | "
+           "LDGSTS | BAR | registers | dynamic smem (B) |", "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+    for file in SASS_FILES:
+        arches = nvrtc.file_arches(nvrtc.kernel_path(file), nvrtc.ARCHES)
+        regs = {a: {r.kernel: r.registers for r in nvrtc.compile_report(file, a)} for a in arches}
+        for r in sass.kernel_sass(file, _arch(file)):
+            if not r.kernel.startswith(("gpuconv_tc_", "gpuconv_wgmma_")):
+                continue
+            kernel, args = _template(r.kernel)
+            dtype = DTYPES[args[0]]
+            ops = r.loop_opcodes
+            tensor = {op: n for op, n in ops.items() if op.startswith(("HMMA.", "HGMMA."))}
+            steps = sum(tensor.values()) // 4 if kernel.startswith("gpuconv_wgmma_") else 1
+            if kernel.startswith("gpuconv_wgmma_"):
+                smem = cuda_tc.wgmma_smem_bytes(int(args[1]))
+            else:
+                smem = cuda_tc.smem_bytes(kernel, dtype, *(int(a) for a in args[1:4]))
+            first = cuda_tc.TENSOR_CORE_ARCH[cuda_tc.mode(dtype, "tf32")]
+            by_arch = " / ".join(f"{a} {regs[a][r.kernel]}" if int(a[3:5]) >= first else f"{a} -" for a in arches)
+            counts = " | ".join(str(r.loop_counts[c] // steps) for c in ("LDSM", "LDS", "LD", "LDGSTS", "BAR"))
+            hmma = ", ".join(f"{n // steps} x {op.removeprefix('HMMA.')}" for op, n in tensor.items())
+            out.append(f"| `{r.kernel}` | {sum(ops.values()) // steps} | {hmma} | {counts} | {by_arch} | {smem} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", nargs="*", default=DEFAULT_SHAPES, help="shape names of gpuconv/_benchdata.py")
     ap.add_argument("--detail", action="store_true", help="print the model's constants under the table")
     ap.add_argument("--wgmma", action="store_true", help="the forward and dx on wgmma where it applies")
+    ap.add_argument("--sass", action="store_true", help="instead: the table of the kernels' main loops (SASS)")
     args = ap.parse_args(argv)
     reason = sass.unavailable_reason()
     if reason:
         print(f"tc_model: needs SASS: {reason}", file=sys.stderr)
         return 1
-    print(table(args.shape, args.detail, args.wgmma))
+    print(sass_table() if args.sass else table(args.shape, args.detail, args.wgmma))
     return 0
 
 

@@ -73,7 +73,8 @@ MMA_SYNC_ARCH = 80
 # conditions). wgmma's TF32 operands are K-major only, and B (w) must hold TF32 values in shared memory: the TF32
 # forward first writes w transposed and rounded (TF32_FILTER_KERNEL), dx's first pass over w writes it rounded
 # as it sets the NaN rule's flag (TF32_DX_FILTER_KERNEL), each into a scratch array the size of w that the GEMM
-# then reads as its w. It has
+# then reads as its w. A goes through registers, rounded there, except a dz that backward's pass stored rounded
+# (dz_tf32: dx's DZ_TF32 variant reads it from shared memory, as the 16-bit kernels read theirs). It has
 # run on the CPU emulator only, whose wgmma follows our reading of the PTX ISA and CUTLASS: until a GPU run
 # confirms it (tools/gpu_check.sh runs the tests with it), the CUDA backend takes it only where GPUCONV_WGMMA=1
 # (WGMMA_ENV; the plans' wgmma). WGMMA_STAGES shared buffers of WGMMA_STAGE_BYTES, plus 1024 bytes to align the
