@@ -80,7 +80,8 @@ __device__ __forceinline__ void gpuconv_tc_bwd_input_body(
     acc.zero();
 
     if constexpr (VEC) {
-        auto issue = gpuconv_tc_dx_copies<T, Tile>(smem, dzg, wg, row0, col0, GPUCONV_DX_ARGS);
+        gpuconv_tc_rows<Tile> rows;
+        auto issue = gpuconv_tc_dx_copies<T, Tile>(rows, smem, dzg, wg, row0, col0, GPUCONV_DX_ARGS);
         gpuconv_tc_mainloop<T, Tile, true, false>(smem, KT, issue, acc, wm0, wn0);
     } else {
         // Element loads: reduction index kt * BK + t % BK for A rows t / BK + (TH / BK) i and B columns likewise.

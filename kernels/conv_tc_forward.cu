@@ -45,8 +45,9 @@ __device__ __forceinline__ void gpuconv_tc_fwd_body(const T* __restrict__ x, con
     acc.zero();
 
     if constexpr (VEC) {
-        auto issue = gpuconv_tc_fwd_copies<T, Tile>(smem, xg, wg, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2, d1, d2,
-                                                    pt, pl, row0, col0);
+        gpuconv_tc_rows<Tile> rows;
+        auto issue = gpuconv_tc_fwd_copies<T, Tile>(rows, smem, xg, wg, N, H, W, C, KH, KW, M, G, OH, OW, s1, s2,
+                                                    d1, d2, pt, pl, row0, col0);
         gpuconv_tc_mainloop<T, Tile, true, true>(smem, KT, issue, acc, wm0, wn0);
     } else {
         // Element loads: A's reduction index kt * BK + t % BK for rows t / BK + (TH / BK) i (the rows' window

@@ -48,7 +48,9 @@ __device__ __forceinline__ void gpuconv_wgmma_bwd_input_body(
     }
     float acc[2][64];
     if (KT > 0) {
-        auto issue = gpuconv_tc_dx_copies<T, Tile>(reinterpret_cast<T*>(smem), dzg, wg, row0, col0, GPUCONV_DX_ARGS);
+        gpuconv_tc_rows<Tile> rows;
+        auto issue = gpuconv_tc_dx_copies<T, Tile>(rows, reinterpret_cast<T*>(smem), dzg, wg, row0, col0,
+                                                   GPUCONV_DX_ARGS);
         gpuconv_wg_mainloop<T, Tile>(smem, KT, issue, acc);
     } else {  // a phase no tap reaches: dx is act(0 + bias) there
 #pragma unroll

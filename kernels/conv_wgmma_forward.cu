@@ -38,8 +38,9 @@ __device__ __forceinline__ void gpuconv_wgmma_fwd_body(const T* __restrict__ x, 
 
     float acc[2][64];
     const T* wg = TF32 ? w + (gpuconv_i64)(g * Mg + col0) * K : w + g * Mg + col0;
-    auto issue = gpuconv_tc_fwd_copies<T, Tile, TF32>(reinterpret_cast<T*>(smem), x + g * Cg, wg, N, H, W, C, KH,
-                                                      KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl, row0, col0);
+    gpuconv_tc_rows<Tile> rows;
+    auto issue = gpuconv_tc_fwd_copies<T, Tile, TF32>(rows, reinterpret_cast<T*>(smem), x + g * Cg, wg, N, H, W, C,
+                                                      KH, KW, M, G, OH, OW, s1, s2, d1, d2, pt, pl, row0, col0);
     gpuconv_wg_mainloop<T, Tile>(smem, KT, issue, acc);
 
     // Bias and activation on the float sums, one rounding on the store.

@@ -195,3 +195,14 @@ template <typename T>
 __device__ __forceinline__ void gpuconv_tc_zero16(T* dst) {
     *reinterpret_cast<int4*>(dst) = make_int4(0, 0, 0, 0);
 }
+
+// The state of one thread's 16-byte copies of an activation tile (gpuconv_tc_fwd_copies, gpuconv_tc_dx_copies):
+// for each of the R tile rows it copies chunks of, the row's image (-1: a row past the end) and the row and
+// column its tap of offset 0 reads. The kernel holds it and the copies' closure refers to it: copied into the
+// closure, the arrays cost ptxas 6-24 more instructions a reduction step on sm_90 (gpuconv_tc_fwd<float, 96,
+// 128, 4, true>: 371 against 347; docs/performance.md, 2026-12-03 (5)).
+template <typename Tile>
+struct gpuconv_tc_rows {
+    static constexpr int R = Tile::BM * (Tile::BK / Tile::VEC) / Tile::THREADS;
+    int b[R], h[R], w[R];
+};

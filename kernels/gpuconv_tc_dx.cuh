@@ -54,43 +54,44 @@ __device__ __forceinline__ void gpuconv_tc_dx_exact(const T* __restrict__ dzg, c
 
 // issue(kt, s) for the block tile at rows row0, columns col0 of group g's dz and w (dzg, wg): starts the copies of
 // reduction step kt into stage s of smem. It must be called for kt = 0, 1, 2, ... in order (it walks the taps).
+// rows: the caller's, written here and read by issue, which must not outlive it.
 // Needs Mg a multiple of Tile::BK and 16-byte aligned dz, w.
 template <typename T, typename Tile>
-__device__ __forceinline__ auto gpuconv_tc_dx_copies(T* smem, const T* __restrict__ dzg, const T* __restrict__ wg,
-                                                     int row0, int col0, GPUCONV_CONV_SHAPE_PARAMS,
-                                                     GPUCONV_DX_PHASE_PARAMS) {
+__device__ __forceinline__ auto gpuconv_tc_dx_copies(gpuconv_tc_rows<Tile>& rows, T* smem, const T* __restrict__ dzg,
+                                                     const T* __restrict__ wg, int row0, int col0,
+                                                     GPUCONV_CONV_SHAPE_PARAMS, GPUCONV_DX_PHASE_PARAMS) {
     constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     const int Cg = C / G, P = N * Hp * Wp;
     const int t = threadIdx.x;
-    constexpr int KCH = BK / V, RA = BM * KCH / TH, RB = BN * KCH / TH;
+    constexpr int KCH = BK / V, RA = gpuconv_tc_rows<Tile>::R, RB = BN * KCH / TH;
     static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
     static_assert(TH % KCH == 0 && RA * TH == BM * KCH && RB * TH == BN * KCH,
                   "the loaders' chunks cover the tiles exactly once");
     const int kc = t % KCH;  // this thread's 16-byte chunk of a reduction step (A and B alike)
-    int a_b[RA], a_qh[RA], a_qw[RA];  // batch (-1: past the end), output row / column of a tap of offset 0
+    // rows: batch (-1: past the end), the output row / column of a tap of offset 0
 #pragma unroll
     for (int i = 0; i < RA; ++i) {
         const int row = row0 + t / KCH + (TH / KCH) * i;
-        a_b[i] = -1;
-        a_qh[i] = a_qw[i] = 0;
+        rows.b[i] = -1;
+        rows.h[i] = rows.w[i] = 0;
         if (row < P) {
             const int b = row / (Hp * Wp), rem = row - b * (Hp * Wp);
             const int hp = rem / Wp;
-            a_b[i] = b;
-            a_qh[i] = qh0 + hp;
-            a_qw[i] = qw0 + rem - hp * Wp;
+            rows.b[i] = b;
+            rows.h[i] = qh0 + hp;
+            rows.w[i] = qw0 + rem - hp * Wp;
         }
     }
     int i1 = 0, i2 = 0, mm0 = 0;  // tap and first output channel of the step the next issue loads (taps fastest)
-    return [=](int, int s) mutable {
+    return [=, &rows](int, int s) mutable {
         const int di = k1b + i1 * k1i, dj = k2b + i2 * k2i;  // output row = qh - di, column = qw - dj
         const int k1 = k1f + i1 * k1s, k2 = k2f + i2 * k2s;
 #pragma unroll
         for (int i = 0; i < RA; ++i) {
             T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, kc * V);
-            const int oi = a_qh[i] - di, oj = a_qw[i] - dj;
-            if (a_b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
-                gpuconv_tc_copy16_cached(dst, dzg + (gpuconv_i64)((a_b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V);
+            const int oi = rows.h[i] - di, oj = rows.w[i] - dj;
+            if (rows.b[i] >= 0 && (unsigned)oi < (unsigned)OH && (unsigned)oj < (unsigned)OW)
+                gpuconv_tc_copy16_cached(dst, dzg + (gpuconv_i64)((rows.b[i] * OH + oi) * OW + oj) * M + mm0 + kc * V);
             else
                 gpuconv_tc_zero16(dst);
         }

@@ -7,38 +7,40 @@
 #include "gpuconv_tc.cuh"
 
 // issue(kt, s) for the block tile at rows row0, columns col0 of the group whose x and w start at xg, wg (wg at
-// column col0): starts the copies of reduction step kt into stage s of smem. It must be called for kt = 0, 1, 2,
+// column col0): starts the copies of reduction step kt into stage s of smem. rows: the caller's, written here
+// and read by issue, which must not outlive it. It must be called for kt = 0, 1, 2,
 // ... in order (it walks the taps). Needs Cg and Mg multiples of Tile::VEC and 16-byte aligned x, w.
 // W_KMAJOR: w is the filter transposed, (G, Mg, KH*KW*Cg) with the reduction index fastest
 // (gpuconv_tf32_filter_kmajor), and wg its row of output channel col0 of the group.
 template <typename T, typename Tile, bool W_KMAJOR = false>
-__device__ __forceinline__ auto gpuconv_tc_fwd_copies(T* smem, const T* __restrict__ xg, const T* __restrict__ wg,
-                                                      GPUCONV_CONV_SHAPE_PARAMS, int row0, int col0) {
+__device__ __forceinline__ auto gpuconv_tc_fwd_copies(gpuconv_tc_rows<Tile>& rows, T* smem, const T* __restrict__ xg,
+                                                      const T* __restrict__ wg, GPUCONV_CONV_SHAPE_PARAMS, int row0,
+                                                      int col0) {
     constexpr int BM = Tile::BM, BN = Tile::BN, BK = Tile::BK, V = Tile::VEC, TH = Tile::THREADS;
     const int Cg = C / G, Mg = M / G;
     const int P = N * OH * OW;   // GEMM rows
     const int K = KH * KW * Cg;  // reduction length
     const int t = threadIdx.x;
     // A: 16-byte chunk akc of rows t / KCH + (TH / KCH) i; B: chunk bn of reduction rows t / NCH + ... .
-    constexpr int KCH = BK / V, RA = BM * KCH / TH;
+    constexpr int KCH = BK / V, RA = gpuconv_tc_rows<Tile>::R;
     // B: chunk bn of reduction rows t / NCH + (TH / NCH) j, or (W_KMAJOR) chunk akc of tile columns t / KCH + ...
     constexpr int NCH = W_KMAJOR ? KCH : BN / V, RB = W_KMAJOR ? BN * KCH / TH : BK * NCH / TH;
     static_assert(RA >= 1 && RB >= 1, "tile too small for the loaders");
     static_assert(TH % KCH == 0 && TH % NCH == 0 && RA * TH == BM * KCH && RB * TH == (W_KMAJOR ? BN : BK) * NCH,
                   "the loaders' chunks cover the tiles exactly once");
     const int akc = t % KCH;
-    int a_pix[RA], a_ih[RA], a_iw[RA];  // b * H (-1: row past the end), window's top row, left column
+    // rows: b * H (-1: row past the end), the window's top row, left column
 #pragma unroll
     for (int i = 0; i < RA; ++i) {
         const int row = row0 + t / KCH + (TH / KCH) * i;
-        a_pix[i] = -1;
-        a_ih[i] = a_iw[i] = 0;
+        rows.b[i] = -1;
+        rows.h[i] = rows.w[i] = 0;
         if (row < P) {
             const int b = row / (OH * OW), rem = row - b * (OH * OW);
             const int oi = rem / OW, oj = rem - oi * OW;
-            a_pix[i] = b * H;
-            a_ih[i] = oi * s1 - pt;
-            a_iw[i] = oj * s2 - pl;
+            rows.b[i] = b * H;
+            rows.h[i] = oi * s1 - pt;
+            rows.w[i] = oj * s2 - pl;
         }
     }
     const int bn = (t % NCH) * V;
@@ -57,7 +59,7 @@ __device__ __forceinline__ auto gpuconv_tc_fwd_copies(T* smem, const T* __restri
         ka.init(0, 1, KH, KW);
     else
         ka.init(akc * V, BK, KW, Cg);
-    return [=](int, int s) mutable {
+    return [=, &rows](int, int s) mutable {
         // this thread's A chunk (k1, k2, n); k0: the reduction index of the step's first element
         const int k1 = taps_inner ? ka.i1 : ka.i0, k2 = taps_inner ? ka.i2 : ka.i1;
         const int n = taps_inner ? ka.i0 * BK + akc * V : ka.i2;
@@ -66,9 +68,9 @@ __device__ __forceinline__ auto gpuconv_tc_fwd_copies(T* smem, const T* __restri
 #pragma unroll
         for (int i = 0; i < RA; ++i) {
             T* dst = Tile::a_at(smem, s, t / KCH + (TH / KCH) * i, akc * V);
-            const int ih = a_ih[i] + k1 * d1, iw = a_iw[i] + k2 * d2;
-            if (a_pix[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
-                gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((a_pix[i] + ih) * W + iw) * C + n);
+            const int ih = rows.h[i] + k1 * d1, iw = rows.w[i] + k2 * d2;
+            if (rows.b[i] >= 0 && k1 < KH && (unsigned)ih < (unsigned)H && (unsigned)iw < (unsigned)W)
+                gpuconv_tc_copy16_cached(dst, xg + (gpuconv_i64)((rows.b[i] + ih) * W + iw) * C + n);
             else
                 gpuconv_tc_zero16(dst);
         }
