@@ -400,8 +400,8 @@ def sass_table() -> str:
     files), per warp and reduction step (a loop of two steps a trip, the TF32 wgmma ones', counted halved), with
     each kernel's registers on every architecture it is built for ("-": its mode has no tensor cores there, the
     body compiles empty) and the launch's dynamic shared memory."""
-    out = ["| kernel (main loop, per warp and reduction step) | instructions | HMMA | LDSM | LDS | LD (generic) | "
-           "LDGSTS | BAR | registers | dynamic smem (B) |", "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
+    out = [("| kernel (main loop, per warp and reduction step) | instructions | HMMA | LDSM | LDS | LD (generic) | "
+            "LDGSTS | BAR | registers | dynamic smem (B) |"), "|---|---:|---|---:|---:|---:|---:|---:|---|---:|"]
     for file in SASS_FILES:
         arches = nvrtc.file_arches(nvrtc.kernel_path(file), nvrtc.ARCHES)
         regs = {a: {r.kernel: r.registers for r in nvrtc.compile_report(file, a)} for a in arches}
