@@ -70,6 +70,16 @@ def test_sanitize_wgmma_dry_run_on_the_emulator():
         assert kernel in proc.stdout, proc.stdout
 
 
+@pytest.mark.skipif(emulator_unavailable_reason() is not None, reason=f"emulator: {emulator_unavailable_reason()}")
+def test_wgmma_dx_dry_run_on_the_emulator():
+    # the TF32 dx from a user's dz and from a rounded one on sm_90's plans: both wgmma variants, the same bits
+    proc = _run("wgmma_dx", GPU_CHECK_BACKEND="emulator")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for kernel in ("gpuconv_wgmma_bwd_input<float, 4>:", "gpuconv_wgmma_bwd_input<float, 4, true>:"):
+        assert kernel in proc.stdout, proc.stdout
+    assert "results bitwise equal" in proc.stdout, proc.stdout
+
+
 def test_bench_rejects_an_unknown_mode():
     proc = _run("bench", "fp8", GPU_CHECK_BACKEND="emulator")
     assert proc.returncode != 0 and "unknown mode(s) fp8; choose from bf16, fp16, fp32, tf32" in proc.stderr, \

@@ -10,6 +10,8 @@
   python tools/gpu_check.py breakdown [name...]  GPU time (events) of each kernel launch group per benchmark shape
   python tools/gpu_check.py once [name] one fused forward + backward of one benchmark shape (for ncu / nsys)
   python tools/gpu_check.py bigoffsets  element offsets past 2**31 on the tiled paths (~13 GiB of GPU memory)
+  python tools/gpu_check.py wgmma_dx    the TF32 wgmma dx from a user's dz and from a rounded one, timed side by
+                                        side on sm_90 (GPUCONV_WGMMA=1), results bitwise equal
   python tools/gpu_check.py work        FLOPs, bytes and peak-bound times of every benchmark layer (no GPU needed)
 
 Shapes are gpuconv._benchdata's, by name (GPU_SHAPE_NAMES: tiny-same, small-same, resnet-same, stem, mnist-same
@@ -349,19 +351,10 @@ def sanitize_wgmma():
     meant to run under compute-sanitizer; on the emulator (a dry run) the same pass on sm_90's plans."""
     from gpuconv._config import dtype_from_name, make_config
     from gpuconv.backends import cuda_tc
-    from gpuconv.backends.cuda import CudaBackend
 
-    os.environ[cuda_tc.WGMMA_ENV] = "1"
-    be = _cupy_backend()
-    if be.kind == "cupy" and be._arch() != cuda_tc.WGMMA_ARCH:
-        print(f"sanitize_wgmma: skipped: sm_{be._arch()} has no wgmma (sm_90 only)")
+    be = _sm90_backend("sanitize_wgmma")
+    if be is None:
         return 0
-    if be.kind != "cupy":
-        class Sm90Emulator(CudaBackend):  # the emulator runs whatever the plans of compute capability 9.0 take
-            def _arch(self):
-                return cuda_tc.WGMMA_ARCH
-
-        be = Sm90Emulator("emulator", be.xp)
     modes = [m for m in MODES if _mode_reason(be, *m) is None
              and cuda_tc.mode(dtype_from_name(m[0]), m[1]) in cuda_tc.TENSOR_CORE_MODES]
     _sanitize_pass(be, WGMMA_CASES, modes)
@@ -499,6 +492,70 @@ def wgmma_rate():
         tflops = 2.0 * blocks * steps * 128 * 128 * 32 / (ms * 1e-3) / 1e12
         print(f"wgmma_rate copies={copies}: {blocks} blocks x {steps} steps in {ms:.3f} ms: {tflops:.1f} TFLOP/s "
               f"({100 * tflops / peak:.0f}% of the {peak:.0f} FP16 dense peak); result {'ok' if ok else 'WRONG'}")
+    return 1 if failed else 0
+
+
+def _sm90_backend(what):
+    """The backend for a wgmma check with GPUCONV_WGMMA=1: the cupy one on an sm_90 GPU; on the emulator (a dry
+    run) one whose plans are sm_90's; None (and a line saying why) on another GPU."""
+    from gpuconv.backends import cuda_tc
+    from gpuconv.backends.cuda import CudaBackend
+
+    os.environ[cuda_tc.WGMMA_ENV] = "1"
+    be = _cupy_backend()
+    if be.kind == "cupy":
+        if be._arch() != cuda_tc.WGMMA_ARCH:
+            print(f"{what}: skipped: sm_{be._arch()} has no wgmma (sm_90 only)")
+            return None
+        return be
+
+    class Sm90Emulator(CudaBackend):  # the emulator runs whatever the plans of compute capability 9.0 take
+        def _arch(self):
+            return cuda_tc.WGMMA_ARCH
+
+    return Sm90Emulator("emulator", be.xp)
+
+
+def wgmma_dx():
+    """The TF32 wgmma dx's two variants side by side (docs/performance.md, 2026-12-03 (4), predicts ~3%): from a
+    user's dz (A loaded to registers and rounded there) and from a dz already rounded, as backward's pass stores
+    it (DZ_TF32: both operands from shared memory). Their results must be bitwise equal. On an sm_90 GPU the
+    ResNet-50 28 x 28 and stride-2 layers; on the emulator (a dry run) the 28 x 28 layer's channels on a 6 x 6
+    image."""
+    import dataclasses
+
+    import numpy as np
+
+    from gpuconv import _benchdata as bd
+    from gpuconv.backends import cuda_tc
+
+    be = _sm90_backend("wgmma_dx")
+    if be is None:
+        return 0
+    gpu = be.kind == "cupy"
+    shapes = [bd.SHAPES[n] for n in ("rn50-3x3-28", "rn50-3x3s2")]
+    if not gpu:
+        shapes = [dataclasses.replace(shapes[0], name="rn50-3x3-28-dry", n=1, h=6, w=6)]
+    failed = False
+    for shape in shapes:
+        cfg, x, w, b, dy = _layer(be, shape)
+        y = be.forward(x, w, b, cfg, "relu", precision="tf32")
+        dz = be.activation_backward(dy, y, "relu", tf32=True)
+        variants = []
+        for dz_tf32 in (False, True):
+            plan = cuda_tc.backward_input_plan(cfg, np.float32, "tf32", cuda_tc.WGMMA_ARCH, w.size, dz_tf32=dz_tf32,
+                                               wgmma=True)
+            name = cuda_tc.name_expression(plan[-1].kernel, np.float32, plan[-1].template)
+            run = (lambda d=dz_tf32: be.backward_input_fused(dz, None, w, cfg, "identity", precision="tf32", dz=dz,
+                                                             dz_tf32=d))
+            variants.append((name, run, be.to_host(run())))
+        same = variants[0][2].tobytes() == variants[1][2].tobytes()
+        failed |= not same
+        times = [_device_ms(run, be.xp, be.synchronize) for _, run, _ in variants]
+        for (name, _, _), ms in zip(variants, times):
+            print(f"wgmma_dx {shape.name}: {name}: {ms:.4f} ms, {1e-9 * shape.forward_flops / ms:.1f} TFLOP/s")
+        print(f"wgmma_dx {shape.name}: shared-memory A / register A = {times[1] / times[0]:.3f}; results "
+              f"{'bitwise equal' if same else 'DIFFER'}")
     return 1 if failed else 0
 
 
@@ -662,7 +719,7 @@ def work():
 
 COMMANDS = {"compile": compile_all, "resources": print_resources, "accuracy": accuracy, "determinism": determinism, "sanitize": sanitize,
             "sanitize_wgmma": sanitize_wgmma, "bench": bench, "breakdown": breakdown, "once": once, "work": work,
-            "bigoffsets": bigoffsets, "wgmma_rate": wgmma_rate}
+            "bigoffsets": bigoffsets, "wgmma_rate": wgmma_rate, "wgmma_dx": wgmma_dx}
 
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else "resources"

@@ -13,8 +13,8 @@
 #   5. dw / db bitwise-determinism over repeated runs, every mode
 #   5b. the wgmma forward and dx (sm_90 only, GPUCONV_WGMMA=1; FP16, BF16 and TF32): their tests
 #      against float64, the wgmma rate probe (tools/gpu_check.py wgmma_rate: the main loop's TFLOP/s without and
-#      with the copies), then fp16 and tf32 timings next to cuDNN (elsewhere the tests skip and the timings are the
-#      mma.sync kernels' again)
+#      with the copies), the TF32 dx's two variants timed side by side (wgmma_dx), then fp16 and tf32 timings
+#      next to cuDNN (elsewhere the tests skip and the timings are the mma.sync kernels' again)
 #   6. compute-sanitizer memcheck and racecheck over one pass of every kernel, every mode (and, in step wgmma, of
 #      the wgmma kernels: tools/gpu_check.py sanitize_wgmma)
 #   7. forward / backward timings of the benchmark shapes and the ResNet-50 training-size layers next to cuDNN
@@ -106,6 +106,7 @@ step determinism "dw/db determinism" 30 "$PY" tools/gpu_check.py determinism
 step wgmma "wgmma forward and dx on $BE: tests vs float64" 45 env GPUCONV_WGMMA=1 GPUCONV_KERNEL_BACKEND="$BE" \
     "${PYTEST[@]}" tests/test_tc_kernels.py -k "sm90 or forward_and_backward"
 step wgmma "wgmma rate probe (the model's wgmma assumptions)" 20 "$PY" tools/gpu_check.py wgmma_rate
+step wgmma "wgmma TF32 dx: A from registers vs from shared memory (DZ_TF32)" 30 "$PY" tools/gpu_check.py wgmma_dx
 [ "$BE" = cupy ] && step wgmma "wgmma forward and dx: fp16 and tf32 timings vs cuDNN" 90 env GPUCONV_WGMMA=1 "$PY" tools/gpu_check.py bench fp16 tf32
 step bigoffsets "offsets past 2**31 elements (tiled paths)" 60 "$PY" tools/gpu_check.py bigoffsets
 
