@@ -153,8 +153,8 @@ __device__ __forceinline__ void gpuconv_wg_load_a_tf32(const unsigned char* st, 
 // 16-bit operands, and TF32 ones that are TF32 values in shared memory (Tile::A_TF32): both from shared memory,
 // 2 x 2 m64n128k16 (m64n128k8 for TF32) a step.
 // TF32 otherwise (Tile::A_REGISTERS): A's registers loaded and rounded from the step's stage, B from shared
-// memory (K-major, TF32 values already), 2 x 2 m64n128k8 a step. A step's registers are operands in flight until the wait_group 1 at
-// the end of the next step, so two sets alternate: the loop runs two steps a trip, one with each, and a step
+// memory (K-major, TF32 values already), 2 x 2 m64n128k8 a step. A step's registers are operands in flight
+// until the wait_group 1 at the end of the next step, so two sets alternate: the loop runs two steps a trip, one with each, and a step
 // writes only the set whose wgmma (two steps back) was waited for. An odd last step runs after the loop: with
 // it inside, under a condition, a path would reach the even step with the even set still in flight (the
 // skipped odd step), and ptxas serializes every wgmma then (its note C7513).
@@ -171,7 +171,7 @@ __device__ __forceinline__ void gpuconv_wg_mainloop(unsigned char* smem, int KT,
                 gpuconv_wg_load_a_tf32<Tile>(st, a);
                 gpuconv_wgmma_fence();
 #pragma unroll
-                for (int j = 0; j < 2; ++j) {  // B K-major: the k8 step j 32 bytes into each 64-byte row
+                for (int j = 0; j < Tile::KSTEPS; ++j) {  // B K-major: the k8 step j 32 bytes into each row
                     const unsigned long long b =
                         gpuconv_wgmma_desc(st + Tile::A_BYTES + 32 * j, 16, 512, GPUCONV_WGMMA_SW64);
 #pragma unroll

@@ -469,11 +469,10 @@ def wgmma_rate():
     from gpuconv.backends import cuda_tc
     from gpuconv.cuda.modules import get_module
 
-    be = _cupy_backend()
-    gpu = be.kind == "cupy"
-    if gpu and be._arch() != cuda_tc.WGMMA_ARCH:
-        print(f"wgmma_rate: skipped: sm_{be._arch()} has no wgmma (sm_90 only)")
+    be = _sm90_backend("wgmma_rate")
+    if be is None:
         return 0
+    gpu = be.kind == "cupy"
     kernel = get_module(be.kind, "probe_wgmma_rate.cu").get_function("gpuconv_wgmma_rate<__half>")
     smem = cuda_tc.wgmma_smem_bytes()
     kernel.max_dynamic_shared_size_bytes = smem

@@ -114,6 +114,13 @@ def _as_tc(launch):
                            template=(*cuda_tc.WGMMA_TILE, cuda_tc.WGMMA_STAGES, True))
 
 
+def _steps_a_trip(ops: dict) -> int:
+    """Reduction steps in one trip of a main loop (its opcode counts): a wgmma step is 4 HGMMA (2 row halves x 2
+    k steps), and the TF32 register-A loops run two steps a trip (their two register sets); an mma.sync loop,
+    one."""
+    return sum(n for op, n in ops.items() if op.startswith("HGMMA.")) // 4 or 1
+
+
 def _hgmma_fma_and_bytes(opcode: str, size: int) -> tuple:
     """(FMAs, shared bytes read) of one HGMMA.MxNxK opcode with both operands in shared memory. The TF32
     kernels' A (forward and dx) comes from registers, which their LDS load from shared memory: the same bytes,
@@ -252,8 +259,7 @@ def _step_clocks(launch, cfg, dtype, mode: str) -> tuple:
     if _is_wgmma(launch):  # per warpgroup (the block): its HGMMA once, not once a warp
         hgmma = [(_hgmma_fma_and_bytes(op, size), n) for op, n in ops.items() if op.startswith("HGMMA.")]
         fma, reads, rate = sum(f * n for (f, _), n in hgmma), sum(b * n for (_, b), n in hgmma), WGMMA_EFFICIENCY
-        # a step is 4 HGMMA (2 row halves x 2 k steps); the TF32 loop runs two steps a trip (its two register sets)
-        trip = sum(n for _, n in hgmma) // 4
+        trip = _steps_a_trip(ops)
         instructions, fma, reads = instructions / trip, fma / trip, reads / trip
         bm, bn = cuda_tc.WGMMA_TILE
     else:
@@ -386,7 +392,7 @@ def table(shapes, detail: bool = False, wgmma: bool = False) -> str:
 
 SASS_FILES = (cuda_tc.TC_FORWARD_FILE, cuda_tc.TC_BACKWARD_FILE, cuda_tc.WGMMA_FORWARD_FILE,
               cuda_tc.WGMMA_BACKWARD_FILE)
-DTYPES = {"__half": np.dtype(np.float16), "float": np.dtype(np.float32), "__nv_bfloat16": cuda_tc.BFLOAT16}
+DTYPES = {c: d for d, c in cuda_tc.TC_CTYPES.items()}  # the kernels' C types -> dtypes
 
 
 def _template(expr: str) -> tuple:
@@ -412,7 +418,7 @@ def sass_table() -> str:
             dtype = DTYPES[args[0]]
             ops = r.loop_opcodes
             tensor = {op: n for op, n in ops.items() if op.startswith(("HMMA.", "HGMMA."))}
-            steps = sum(tensor.values()) // 4 if kernel.startswith("gpuconv_wgmma_") else 1
+            steps = _steps_a_trip(ops)
             if kernel.startswith("gpuconv_wgmma_"):
                 smem = cuda_tc.wgmma_smem_bytes(int(args[1]))
             else:
