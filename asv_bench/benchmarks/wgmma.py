@@ -1,6 +1,7 @@
 """The FP16 / BF16 / TF32 forward and dx on Hopper's wgmma kernels (kernels/conv_wgmma_*.cu), which the CUDA
 backend takes only on sm_90 with GPUCONV_WGMMA=1 until a GPU run confirms them. Compare with Conv2d (activation
-relu, NHWC) and Conv2dBackwardInput of the same mode and shape, which run the mma.sync kernels there."""
+relu, NHWC) and Conv2dBackwardInput of the same mode and shape, which run the mma.sync kernels there;
+time_backward_relu is relu's whole backward (dx, dw, db), whose TF32 dx reads the dz that db's pass rounded."""
 import os
 
 from .common import GFLOPS, SHAPES, Case, gpuconv
@@ -42,8 +43,13 @@ class WgmmaKernels:
         a, x_shape = c.a, c.shape.x_shape
         self.forward = lambda: gpuconv.conv2d(a["x"], a["w"], a["b"], activation="relu", **c.options)
         self.dx = lambda: gpuconv.conv2d_backward_input(a["dy"], a["w"], x_shape, **c.options)
+        # relu's whole backward: dz from db's pass (stored TF32-rounded in tf32), so dx takes the wgmma variant
+        # that reads it from shared memory (DZ_TF32), then dw on mma.sync
+        y = self.forward()
+        self.backward = lambda: gpuconv.conv2d_backward(a["dy"], a["x"], a["w"], y, activation="relu", **c.options)
         c.warm_up(self.forward)
         c.warm_up(self.dx)
+        c.warm_up(self.backward)
 
     def teardown(self, dtype, shape):
         if self.saved is None:
@@ -57,6 +63,10 @@ class WgmmaKernels:
 
     def time_backward_input(self, dtype, shape):
         self.dx()
+        self.case.sync()
+
+    def time_backward_relu(self, dtype, shape):
+        self.backward()
         self.case.sync()
 
     def track_forward_gflops(self, dtype, shape):
